@@ -1,0 +1,50 @@
+# ctmask: `make demo` and `make test` set everything up on a fresh machine (a local venv holding
+# libtorch 2.11.0 from PyPI, then the release build) and run the demo or every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+TORCH_VERSION := 2.11.0
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.ctmask-libtorch-$(TORCH_VERSION)
+# The minimal wheel set: torch without its 2.7 GB of nvidia-* dependencies, plus the two small
+# CUDA runtime wheels libtorch_cpu.so needs to load (see shared/spec/libtorch.md).
+WHEELS := torch==$(TORCH_VERSION) nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
+# The site-packages path differs with the Python minor version: find it, do not hard-code it.
+LIBTORCH = $(firstword $(wildcard $(CURDIR)/$(VENV)/lib/python3*/site-packages/torch))
+CARGO_ENV = LIBTORCH=$(LIBTORCH) LIBTORCH_BYPASS_VERSION_CHECK=0
+CARGO ?= cargo
+
+.PHONY: venv build test demo lint fmt clean-venv
+
+# The venv is (re)made only when it is missing or holds another torch version.
+$(STAMP):
+	@if [ -d "$(VENV)" ] && ! ls -d $(VENV)/lib/python3*/site-packages/torch-$(TORCH_VERSION).dist-info >/dev/null 2>&1; then \
+		echo "libtorch venv has the wrong version: recreating $(VENV)"; rm -rf $(VENV); fi
+	@if ! ls -d $(VENV)/lib/python3*/site-packages/torch-$(TORCH_VERSION).dist-info >/dev/null 2>&1; then \
+		echo "installing libtorch $(TORCH_VERSION) from PyPI into $(VENV) (about 540 MB download)"; \
+		$(PYTHON) -m venv $(VENV) && \
+		$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps $(WHEELS); fi
+	@touch $@
+
+venv: $(STAMP)
+
+build: $(STAMP)
+	$(CARGO_ENV) $(CARGO) build --release
+
+lint: $(STAMP)
+	$(CARGO) fmt --check
+	$(CARGO_ENV) $(CARGO) clippy --release --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+# Every test in the release profile (the same artifacts as the binary: torch-sys builds once).
+test: $(STAMP) lint
+	$(CARGO_ENV) $(CARGO) test --release
+
+demo: build
+	./target/release/ctmask demo
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,189 @@
+//! The typed `config/ctmask.yaml`: every setting with its default, loaded with serde. Unknown
+//! keys, wrong types and invalid values are rejected with the file, the line and the key named.
+//!
+//! YAML is read with `serde_yaml_ng`, a maintained fork of the deprecated `serde_yaml` that reads
+//! the same files; `serde_path_to_error` supplies the dotted key path. Range checks live in the
+//! value types themselves ([`Probability`], [`Positive`]), so a bad value fails during
+//! deserialisation, where the parser still knows its line.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::DeviceChoice;
+use crate::{Error, Result};
+
+/// A number within [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Probability(pub f64);
+
+impl TryFrom<f64> for Probability {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        if (0.0..=1.0).contains(&v) {
+            Ok(Probability(v))
+        } else {
+            Err(format!("must be within [0, 1], got {v}"))
+        }
+    }
+}
+
+impl From<Probability> for f64 {
+    fn from(p: Probability) -> f64 {
+        p.0
+    }
+}
+
+/// A whole number of at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct Positive(pub usize);
+
+impl TryFrom<i64> for Positive {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        if v >= 1 {
+            Ok(Positive(v as usize))
+        } else {
+            Err(format!("must be at least 1, got {v}"))
+        }
+    }
+}
+
+impl From<Positive> for i64 {
+    fn from(p: Positive) -> i64 {
+        p.0 as i64
+    }
+}
+
+/// Numeric precision of inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float32 everywhere (parity with the original).
+    #[default]
+    Fp32,
+    /// bfloat16 autocast on CUDA.
+    Bf16,
+    /// float16 autocast on CUDA.
+    Fp16,
+}
+
+/// The model files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPaths {
+    /// The segmentation model (ctmask safetensors).
+    pub segmentation: PathBuf,
+    /// The classifier (ctmask safetensors with module S); optional.
+    #[serde(default)]
+    pub classifier: Option<PathBuf>,
+}
+
+/// How slices are screened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScreeningSettings {
+    /// Pixels count as lesion above this mask probability (sigmoid(0.5): the original's logit > 0.5).
+    pub mask_threshold: Probability,
+    /// Lesions below this detection score are not reported.
+    pub score_threshold: Probability,
+    /// Slices screened together on the GPU.
+    pub batch_size: Positive,
+    /// fp32 (parity), bf16 or fp16 (CUDA only).
+    pub precision: Precision,
+}
+
+impl Default for ScreeningSettings {
+    fn default() -> Self {
+        ScreeningSettings {
+            mask_threshold: Probability(crate::model::default_mask_threshold()),
+            score_threshold: Probability(0.05),
+            batch_size: Positive(4),
+            precision: Precision::Fp32,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub models: ModelPaths,
+    /// auto (CUDA when usable), cpu or cuda.
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// torch CPU threads; absent: the cores this process may use (cgroup limits respected).
+    #[serde(default)]
+    pub threads: Option<Positive>,
+    #[serde(default)]
+    pub screening: ScreeningSettings,
+}
+
+impl Config {
+    /// Parse YAML text; `origin` names the file in errors.
+    pub fn from_yaml(text: &str, origin: &Path) -> Result<Self> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.location().map(|l| format!(" line {}", l.line())).unwrap_or_default();
+            let msg = inner.to_string();
+            // serde_yaml_ng appends " at line L column C"; keep the message, name file, line and key
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            let key = if key == "." { String::new() } else { format!(" key '{key}':") };
+            Error::Config(format!("{}:{line}:{key} {msg}", origin.display()))
+        })
+    }
+
+    /// Load a config file; relative model paths are taken relative to the file's folder's parent
+    /// when they do not exist relative to the working directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: cannot read config: {e}", path.display())))?;
+        Self::from_yaml(&text, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config> {
+        Config::from_yaml(s, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = parse("models:\n  segmentation: a.safetensors\n").unwrap();
+        assert_eq!(c.device, DeviceChoice::Auto);
+        assert_eq!(c.screening.batch_size, Positive(4));
+        assert!((c.screening.mask_threshold.0 - 0.6224593).abs() < 1e-6);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("models:\n  segmentation: a\n  segmentaton: b\n").unwrap_err().to_string();
+        assert!(e.starts_with("test.yaml: line 3:"), "{e}");
+        assert!(e.contains("unknown field `segmentaton`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_values_are_rejected_with_key() {
+        let e = parse("models:\n  segmentation: a\nscreening:\n  batch_size: many\n").unwrap_err().to_string();
+        assert!(e.contains("line 4") && e.contains("screening.batch_size"), "{e}");
+        let e = parse("models:\n  segmentation: a\nscreening:\n  mask_threshold: -0.5\n").unwrap_err().to_string();
+        assert!(e.contains("screening.mask_threshold") && e.contains("must be within [0, 1]"), "{e}");
+        let e = parse("models:\n  segmentation: a\nscreening:\n  batch_size: 0\n").unwrap_err().to_string();
+        assert!(e.contains("must be at least 1"), "{e}");
+        let e = parse("device: gpu\nmodels:\n  segmentation: a\n").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("device"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let e = Config::load(Path::new("/nonexistent/ctmask.yaml")).unwrap_err().to_string();
+        assert!(e.starts_with("/nonexistent/ctmask.yaml: cannot read config"), "{e}");
+    }
+}

@@ -1,0 +1,4 @@
+//! placeholder
+pub mod queue;
+pub mod settings;
+pub mod watcher;

@@ -1,0 +1,306 @@
+//! Per-series reports: `<output>/<series key>/series.json`, written when no slice of the series
+//! arrived for the quiet period and written again (next `revision`) when late slices arrive.
+//!
+//! Slices are listed in anatomical order: by ImagePositionPatient z (ascending: feet to head) when
+//! every slice has it, else SliceLocation, else InstanceNumber, else file name. The lesion burden
+//! sums each slice's GGO and consolidation areas (pixels x row spacing x column spacing) times the
+//! slice thickness (SliceThickness, else the median spacing of successive z positions), in mL; the
+//! involvement is lesion pixels over lung-field pixels over the slices whose lung field is known.
+//! The verdict follows the configured rule (`SeriesSettings`), named and spelled out in the report.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::outputs::{OutputError, write_atomic};
+use super::settings::{SeriesSettings, VerdictRule};
+use crate::protocol::{ModelInfo, SeriesSummary, SliceSummary};
+use crate::structures::CLASS_NAMES;
+
+/// Schema of the series JSON report.
+pub const SERIES_SCHEMA: &str = "ctmask.series/1";
+/// File name of the series report inside the series folder.
+pub const SERIES_FILE: &str = "series.json";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Burden {
+    pub ggo_ml: Option<f64>,
+    pub consolidation_ml: Option<f64>,
+    pub involvement_percent: Option<f64>,
+    pub slice_thickness_mm: Option<f64>,
+    /// `slice_thickness`, `position_spacing` or `unknown`.
+    pub thickness_source: &'static str,
+    pub method: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub label: String,
+    pub rule: &'static str,
+    pub description: String,
+    pub classified_slices: u32,
+    pub covid_slices: u32,
+    pub covid_percent: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesReport {
+    pub schema: &'static str,
+    pub research_use_only: bool,
+    pub disclaimer: &'static str,
+    pub series_key: String,
+    pub series_uid: Option<String>,
+    pub revision: u32,
+    pub complete: bool,
+    pub slice_count: u32,
+    /// How `slices` are ordered.
+    pub order: &'static str,
+    pub slices: Vec<SliceSummary>,
+    /// Slices per classifier label (`unclassified` for slices without a label).
+    pub counts: BTreeMap<String, u32>,
+    pub lesion_counts: BTreeMap<String, u32>,
+    pub burden: Burden,
+    pub verdict: Verdict,
+    pub models: Vec<ModelInfo>,
+    pub reported_ms: i64,
+}
+
+/// Sorts slices anatomically; returns the key used.
+pub fn order_slices(slices: &mut [SliceSummary]) -> &'static str {
+    let tie = |a: &SliceSummary, b: &SliceSummary| (a.frame, a.job_id).cmp(&(b.frame, b.job_id));
+    if slices.iter().all(|s| s.position_z.is_some()) {
+        slices.sort_by(|a, b| a.position_z.partial_cmp(&b.position_z).unwrap_or(std::cmp::Ordering::Equal).then(tie(a, b)));
+        "image_position_z"
+    } else if slices.iter().all(|s| s.slice_location.is_some()) {
+        slices.sort_by(|a, b| {
+            a.slice_location.partial_cmp(&b.slice_location).unwrap_or(std::cmp::Ordering::Equal).then(tie(a, b))
+        });
+        "slice_location"
+    } else if slices.iter().all(|s| s.instance_number.is_some()) {
+        slices.sort_by(|a, b| a.instance_number.cmp(&b.instance_number).then(tie(a, b)));
+        "instance_number"
+    } else {
+        slices.sort_by(|a, b| a.file_name.cmp(&b.file_name).then(tie(a, b)));
+        "file_name"
+    }
+}
+
+/// The series verdict by the configured rule.
+pub fn verdict(slices: &[SliceSummary], cfg: &SeriesSettings) -> Verdict {
+    let classified: Vec<&SliceSummary> = slices.iter().filter(|s| s.label.is_some()).collect();
+    let n = classified.len() as u32;
+    let count = |label: &str| classified.iter().filter(|s| s.label.as_deref() == Some(label)).count() as u32;
+    let percent = |k: u32| if n == 0 { 0.0 } else { 100.0 * f64::from(k) / f64::from(n) };
+    let covid = count("covid");
+    let (rule, description, label) = match cfg.rule {
+        VerdictRule::CovidFraction => {
+            let (k, p) = (cfg.min_covid_slices, cfg.min_covid_percent);
+            let hit = |c: u32| c > 0 && (c >= k || percent(c) >= p);
+            let label = if n == 0 {
+                "unclassified"
+            } else if hit(covid) {
+                "covid"
+            } else if hit(count("pneumonia")) {
+                "pneumonia"
+            } else {
+                "control"
+            };
+            let text = format!(
+                "covid if at least {k} slices or {p}% of the classified slices are labelled covid; \
+                 else pneumonia by the same thresholds; else control"
+            );
+            ("covid_fraction", text, label)
+        }
+        VerdictRule::MeanProbability => {
+            let mut mean = [0f64; 3];
+            let with_p: Vec<[f32; 3]> = slices.iter().filter_map(|s| s.probabilities).collect();
+            for p in &with_p {
+                for (m, v) in mean.iter_mut().zip(p) {
+                    *m += f64::from(*v) / with_p.len() as f64;
+                }
+            }
+            let best = (0..3).max_by(|&a, &b| mean[a].total_cmp(&mean[b])).unwrap_or(0);
+            let label = if with_p.is_empty() { "unclassified" } else { CLASS_NAMES[best] };
+            ("mean_probability", "the class with the highest mean probability over the slices".to_string(), label)
+        }
+    };
+    Verdict {
+        label: label.to_string(),
+        rule,
+        description,
+        classified_slices: n,
+        covid_slices: covid,
+        covid_percent: percent(covid),
+    }
+}
+
+/// GGO and consolidation volumes and lung involvement of slices in anatomical order.
+pub fn burden(slices: &[SliceSummary]) -> Burden {
+    let zs: Vec<f64> = slices.iter().filter_map(|s| s.position_z).collect();
+    let mut gaps: Vec<f64> = zs.windows(2).map(|w| (w[1] - w[0]).abs()).filter(|g| *g > 1e-6).collect();
+    gaps.sort_by(f64::total_cmp);
+    let spacing_z = gaps.get(gaps.len() / 2).copied();
+    let has_thickness = slices.iter().any(|s| s.slice_thickness.is_some());
+    let mut volumes = [Some(0.0f64), Some(0.0f64)];
+    for s in slices {
+        let thickness = s.slice_thickness.or(spacing_z);
+        for (vol, px) in volumes.iter_mut().zip([s.ggo_px, s.consolidation_px]) {
+            *vol = match (*vol, s.pixel_spacing, thickness) {
+                (Some(v), Some([r, c]), Some(t)) => Some(v + px as f64 * r * c * t / 1000.0),
+                _ => None,
+            };
+        }
+    }
+    if slices.is_empty() {
+        volumes = [None, None];
+    }
+    let with_lung: Vec<&SliceSummary> = slices.iter().filter(|s| s.lung_px.is_some_and(|l| l > 0)).collect();
+    let lung: u64 = with_lung.iter().filter_map(|s| s.lung_px).sum();
+    let lesion: u64 = with_lung.iter().map(|s| s.ggo_px + s.consolidation_px).sum();
+    Burden {
+        ggo_ml: volumes[0],
+        consolidation_ml: volumes[1],
+        involvement_percent: (lung > 0).then(|| 100.0 * lesion as f64 / lung as f64),
+        slice_thickness_mm: slices.iter().find_map(|s| s.slice_thickness).or(spacing_z),
+        thickness_source: if has_thickness {
+            "slice_thickness"
+        } else if spacing_z.is_some() {
+            "position_spacing"
+        } else {
+            "unknown"
+        },
+        method: "sum over slices of lesion pixels x row spacing x column spacing x slice thickness; \
+                 involvement = lesion pixels / lung-field pixels",
+    }
+}
+
+/// Builds the report of one series from all its screened slices.
+pub fn build(key: &str, mut slices: Vec<SliceSummary>, cfg: &SeriesSettings, revision: u32, models: &[ModelInfo]) -> SeriesReport {
+    for s in &mut slices {
+        s.thumbnail = None;
+    }
+    let order = order_slices(&mut slices);
+    let mut counts = BTreeMap::new();
+    let mut lesion_counts = BTreeMap::new();
+    for s in &slices {
+        *counts.entry(s.label.clone().unwrap_or_else(|| "unclassified".into())).or_insert(0) += 1;
+        for (class, n) in &s.lesion_counts {
+            *lesion_counts.entry(class.clone()).or_insert(0) += n;
+        }
+    }
+    SeriesReport {
+        schema: SERIES_SCHEMA,
+        research_use_only: true,
+        disclaimer: crate::DISCLAIMER,
+        series_key: key.to_string(),
+        series_uid: slices.iter().find_map(|s| s.series_uid.clone()),
+        revision,
+        complete: true,
+        slice_count: slices.len() as u32,
+        order,
+        burden: burden(&slices),
+        verdict: verdict(&slices, cfg),
+        counts,
+        lesion_counts,
+        slices,
+        models: models.to_vec(),
+        reported_ms: super::queue::now_ms(),
+    }
+}
+
+impl SeriesReport {
+    /// The dashboard's view of this report.
+    pub fn summary(&self) -> SeriesSummary {
+        SeriesSummary {
+            key: self.series_key.clone(),
+            series_uid: self.series_uid.clone(),
+            slice_count: self.slice_count,
+            counts: self.counts.clone(),
+            verdict: self.verdict.label.clone(),
+            rule: format!("{}: {}", self.verdict.rule, self.verdict.description),
+            ggo_ml: self.burden.ggo_ml,
+            consolidation_ml: self.burden.consolidation_ml,
+            involvement_percent: self.burden.involvement_percent,
+            lesion_counts: self.lesion_counts.clone(),
+            revision: self.revision,
+            updated_ms: self.reported_ms.max(0) as u64,
+        }
+    }
+
+    /// Writes `<output>/<key>/series.json` atomically.
+    pub fn write(&self, output: &Path) -> Result<(), OutputError> {
+        let path = output.join(&self.series_key).join(SERIES_FILE);
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| OutputError::Encode { path: path.clone(), reason: e.to_string() })?;
+        write_atomic(&path, &json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(job_id: i64, z: f64, label: &str, ggo_px: u64) -> SliceSummary {
+        SliceSummary {
+            job_id,
+            series_key: "S".into(),
+            series_uid: Some("1.2".into()),
+            position_z: Some(z),
+            instance_number: Some(job_id as i32),
+            pixel_spacing: Some([0.5, 0.5]),
+            label: Some(label.into()),
+            probabilities: Some(if label == "covid" { [0.1, 0.1, 0.8] } else { [0.8, 0.1, 0.1] }),
+            ggo_px,
+            consolidation_px: 100,
+            lung_px: Some(10_000),
+            ..SliceSummary::default()
+        }
+    }
+
+    #[test]
+    fn orders_anatomically_and_measures_burden() {
+        let slices = vec![slice(1, 10.0, "covid", 400), slice(2, 0.0, "control", 0), slice(3, 5.0, "covid", 400)];
+        let r = build("S", slices, &SeriesSettings::default(), 1, &[]);
+        assert_eq!(r.order, "image_position_z");
+        assert_eq!(r.slices.iter().map(|s| s.job_id).collect::<Vec<_>>(), vec![2, 3, 1]);
+        assert_eq!(r.burden.thickness_source, "position_spacing");
+        // 800 px * 0.25 mm² * 5 mm / 1000 = 1 mL; consolidation 300 px -> 0.375 mL.
+        assert!((r.burden.ggo_ml.expect("ggo") - 1.0).abs() < 1e-9);
+        assert!((r.burden.consolidation_ml.expect("cons") - 0.375).abs() < 1e-9);
+        assert!((r.burden.involvement_percent.expect("inv") - 100.0 * 1100.0 / 30_000.0).abs() < 1e-9);
+        assert_eq!(r.counts.get("covid"), Some(&2));
+        let summary = r.summary();
+        assert_eq!((summary.verdict.as_str(), summary.slice_count), ("covid", 3));
+        assert!(summary.rule.starts_with("covid_fraction"));
+    }
+
+    #[test]
+    fn falls_back_to_other_orders_and_unknown_volumes() {
+        let mut s = vec![slice(1, 0.0, "covid", 1), slice(2, 0.0, "covid", 1)];
+        s[0].position_z = None;
+        s[0].instance_number = Some(9);
+        s[1].instance_number = Some(3);
+        s[0].pixel_spacing = None;
+        assert_eq!(order_slices(&mut s), "instance_number");
+        assert_eq!(s[0].job_id, 2);
+        let b = burden(&s);
+        assert_eq!((b.ggo_ml, b.thickness_source), (None, "unknown"));
+    }
+
+    #[test]
+    fn verdict_rules_follow_their_thresholds() {
+        let mut slices: Vec<SliceSummary> = (0..20).map(|i| slice(i, i as f64, "control", 0)).collect();
+        let cfg = SeriesSettings { min_covid_slices: 3, min_covid_percent: 15.0, ..SeriesSettings::default() };
+        assert_eq!(verdict(&slices, &cfg).label, "control");
+        slices[0].label = Some("covid".into());
+        slices[1].label = Some("covid".into());
+        assert_eq!(verdict(&slices, &cfg).label, "control", "2 slices = 10 %: under both thresholds");
+        slices[2].label = Some("covid".into());
+        let v = verdict(&slices, &cfg);
+        assert_eq!((v.label.as_str(), v.covid_slices, v.covid_percent), ("covid", 3, 15.0));
+        let mean = SeriesSettings { rule: VerdictRule::MeanProbability, ..cfg.clone() };
+        assert_eq!(verdict(&slices, &mean).label, "control");
+        assert_eq!(verdict(&[], &cfg).label, "unclassified");
+    }
+}

@@ -1,0 +1,308 @@
+//! The screening pipeline around a model-agnostic `Screener`. Two threads:
+//! - the reader claims due jobs, reads each file once (checking that its content still has the
+//!   job's hash), decodes its slices and hands them over a small bounded channel, so the reading
+//!   of the next slices overlaps the model's work;
+//! - the worker owns the screener (built on that thread by the caller's closure: tensors are not
+//!   `Sync`), screens in batches, writes the outputs and records each job's outcome.
+//!
+//! A slice failure is data: an `Err` or a caught panic fails its job (retried with backoff, then
+//! quarantined); a file the reader refuses (not CT, localizer, corrupt...) is quarantined at once,
+//! since the same content would be refused again; a full disk requeues without counting a try.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use super::outputs::{self, SliceContext};
+use super::queue::{Job, Queue};
+use super::Shared;
+use crate::protocol::{EventKind, JobState, SliceSummary};
+use crate::slice::{Slice, read_slices_from_bytes};
+use crate::structures::Finding;
+
+/// What the daemon needs from the models: screen slices, say which models and where.
+pub trait Screener {
+    /// One result per slice, in order; a failed slice is an `Err` with a short reason.
+    fn screen_batch(&mut self, slices: &[Slice]) -> Vec<Result<Finding, String>>;
+    /// (name, sha256) of every model file used; jobs are keyed by these.
+    fn model_identity(&self) -> Vec<(String, String)>;
+    /// Where the models run (`cpu`, `cuda:0`).
+    fn device(&self) -> String;
+}
+
+/// Builds the screener on the worker thread.
+pub type MakeScreener =
+    Box<dyn FnOnce() -> Result<Box<dyn Screener>, Box<dyn std::error::Error + Send + Sync>> + Send>;
+
+/// What the worker reports once its screener is built.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub models: Vec<(String, String)>,
+    pub device: String,
+}
+
+/// A claimed job with its decoded slices.
+pub struct ReadJob {
+    pub job: Job,
+    /// The path actually read (the job's newest path, or another one recorded for its hash).
+    pub path: PathBuf,
+    pub slices: Vec<Slice>,
+    pub read_ms: f64,
+}
+
+/// Why a job could not be read.
+enum ReadFailure {
+    /// Same content would fail again: quarantine now.
+    Permanent(String),
+    Retry(String),
+}
+
+fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Vec<Slice>), ReadFailure> {
+    let max = shared.settings().max_file_bytes;
+    let mut candidates = vec![job.path.clone()];
+    candidates.extend(queue.paths_for(&job.sha256).unwrap_or_default().into_iter().filter(|p| *p != job.path));
+    let mut last_err = String::from("file no longer exists");
+    for path in candidates {
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) => {
+                last_err = format!("cannot read file: {e}");
+                continue;
+            }
+        };
+        if size > max {
+            return Err(ReadFailure::Permanent(format!("file too large: {size} bytes > max_file_bytes {max}")));
+        }
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                last_err = format!("cannot read file: {e}");
+                continue;
+            }
+        };
+        if outputs::sha256_hex(&bytes) != job.sha256 {
+            last_err = "file changed after it was queued (its new content is queued separately)".into();
+            continue;
+        }
+        let slices = read_slices_from_bytes(&bytes, &format!("job {}", job.id), &shared.slice_options())
+            .map_err(|e| match e.rejection() {
+                Some(_) => ReadFailure::Permanent(e.reason()),
+                None => ReadFailure::Retry(e.reason()),
+            })?;
+        if slices.is_empty() {
+            return Err(ReadFailure::Permanent("no slices in file".into()));
+        }
+        return Ok((path, slices));
+    }
+    Err(if last_err.starts_with("file changed") { ReadFailure::Permanent(last_err) } else { ReadFailure::Retry(last_err) })
+}
+
+/// Records a failure and publishes it; returns the new state.
+pub(crate) fn record_failure(queue: &mut Queue, shared: &Shared, job: &Job, reason: &str, permanent: bool) {
+    let s = shared.settings();
+    match queue.fail(job.id, reason, permanent, s.retries, |a| s.backoff(a)) {
+        Ok(JobState::Quarantined) => {
+            shared.publish(EventKind::Quarantined, format!("job {} quarantined: {reason}", job.id), Some(job.id), None);
+            if let Some(dir) = &s.quarantine_dir {
+                move_to_quarantine(&job.path, dir, job.id);
+            }
+        }
+        Ok(_) => {
+            shared.publish(EventKind::Failed, format!("job {} failed, will retry: {reason}", job.id), Some(job.id), None)
+        }
+        Err(e) => tracing::error!(job = job.id, error = %e, "cannot record a failure"),
+    }
+}
+
+fn move_to_quarantine(path: &Path, dir: &Path, id: i64) {
+    let Some(name) = path.file_name() else { return };
+    let target = dir.join(format!("{id}-{}", name.to_string_lossy()));
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::rename(path, &target)) {
+        tracing::warn!(job = id, error = %e, "cannot move a quarantined input");
+    }
+}
+
+/// The reader thread: claims due jobs while intake runs, reads them, feeds the worker.
+pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<ReadJob>) {
+    while !shared.stopping() {
+        if shared.intake_paused() {
+            shared.wait_for_work(Duration::from_millis(250));
+            continue;
+        }
+        let batch = shared.settings().batch_size;
+        let jobs = match queue.claim(batch) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot claim jobs");
+                shared.wait_for_work(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if jobs.is_empty() {
+            shared.wait_for_work(Duration::from_millis(500));
+            continue;
+        }
+        let mut pending = jobs.into_iter();
+        while let Some(job) = pending.next() {
+            let t0 = Instant::now();
+            let item = match read_job(&queue, &job, &shared) {
+                Ok((path, slices)) => ReadJob { job, path, slices, read_ms: t0.elapsed().as_secs_f64() * 1e3 },
+                Err(ReadFailure::Permanent(r)) => {
+                    record_failure(&mut queue, &shared, &job, &r, true);
+                    continue;
+                }
+                Err(ReadFailure::Retry(r)) => {
+                    record_failure(&mut queue, &shared, &job, &r, false);
+                    continue;
+                }
+            };
+            if let Err(job) = send_until_stopped(&tx, item, &shared) {
+                // Stopping: this and the other claimed jobs go back to pending.
+                for j in std::iter::once(job).chain(pending.by_ref()) {
+                    let _ = queue.requeue(j.id, Duration::ZERO);
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn send_until_stopped(tx: &SyncSender<ReadJob>, mut item: ReadJob, shared: &Shared) -> Result<(), Job> {
+    loop {
+        match tx.try_send(item) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Disconnected(i)) => return Err(i.job),
+            Err(TrySendError::Full(i)) => {
+                if shared.stopping() {
+                    return Err(i.job);
+                }
+                item = i;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Screens `slices`, turning a panic into per-slice errors; after a panic in a batch, each slice
+/// is retried alone so that one bad slice does not fail its neighbours.
+pub fn screen_guarded(screener: &mut dyn Screener, slices: &[Slice]) -> Vec<Result<Finding, String>> {
+    let mut once = |s: &[Slice]| -> Result<Vec<Result<Finding, String>>, String> {
+        match catch_unwind(AssertUnwindSafe(|| screener.screen_batch(s))) {
+            Ok(r) if r.len() == s.len() => Ok(r),
+            Ok(r) => Err(format!("screener returned {} results for {} slices", r.len(), s.len())),
+            Err(p) => Err(format!("screener panicked: {}", panic_message(&p))),
+        }
+    };
+    match once(slices) {
+        Ok(r) => r,
+        Err(e) if slices.len() == 1 => vec![Err(e)],
+        Err(_) => slices.iter().map(|s| once(std::slice::from_ref(s)).and_then(|mut r| r.remove(0))).collect(),
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The worker thread's screening loop (the screener is already built).
+pub(crate) fn worker_loop(shared: Arc<Shared>, mut queue: Queue, screener: &mut dyn Screener, rx: Receiver<ReadJob>) {
+    loop {
+        let first = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(j) => j,
+            Err(RecvTimeoutError::Timeout) if !shared.stopping() => continue,
+            Err(_) => break,
+        };
+        let batch_size = shared.settings().batch_size;
+        let mut jobs = vec![first];
+        while jobs.iter().map(|j| j.slices.len()).sum::<usize>() < batch_size {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if shared.stopping() {
+            requeue_all(&mut queue, jobs.iter().map(|j| &j.job));
+            break;
+        }
+        screen_jobs(&shared, &mut queue, screener, jobs, batch_size);
+    }
+    // Whatever the reader already handed over goes back to pending.
+    let left: Vec<ReadJob> = rx.try_iter().collect();
+    requeue_all(&mut queue, left.iter().map(|j| &j.job));
+}
+
+fn requeue_all<'a>(queue: &mut Queue, jobs: impl Iterator<Item = &'a Job>) {
+    for job in jobs {
+        if let Err(e) = queue.requeue(job.id, Duration::ZERO) {
+            tracing::error!(job = job.id, error = %e, "cannot requeue");
+        }
+    }
+}
+
+fn screen_jobs(shared: &Shared, queue: &mut Queue, screener: &mut dyn Screener, jobs: Vec<ReadJob>, batch_size: usize) {
+    let all: Vec<Slice> = jobs.iter().flat_map(|j| j.slices.iter().cloned()).collect();
+    let t0 = Instant::now();
+    let mut results = Vec::with_capacity(all.len());
+    for chunk in all.chunks(batch_size.max(1)) {
+        results.extend(screen_guarded(screener, chunk));
+    }
+    let model_ms = t0.elapsed().as_secs_f64() * 1e3 / all.len().max(1) as f64;
+    let mut results = results.into_iter();
+    for job in jobs {
+        let t1 = Instant::now();
+        let findings: Vec<Result<Finding, String>> = results.by_ref().take(job.slices.len()).collect();
+        let n = job.slices.len();
+        let outcome = finish_job(shared, queue, &job, findings);
+        let overhead = (job.read_ms + t1.elapsed().as_secs_f64() * 1e3) / n.max(1) as f64;
+        if outcome {
+            shared.record_slices(n, model_ms, overhead);
+        }
+    }
+}
+
+/// Writes the outputs of a job whose slices all succeeded and marks it done; otherwise records
+/// the failure. Returns whether the job is done.
+fn finish_job(shared: &Shared, queue: &mut Queue, job: &ReadJob, findings: Vec<Result<Finding, String>>) -> bool {
+    if let Some((i, Err(reason))) = findings.iter().enumerate().find(|(_, r)| r.is_err()) {
+        let reason = if job.slices.len() > 1 { format!("slice {i}: {reason}") } else { reason.clone() };
+        record_failure(queue, shared, &job.job, &format!("screening failed: {reason}"), false);
+        return false;
+    }
+    let output = shared.settings().output.clone();
+    let models = shared.models.clone();
+    let ctx = SliceContext { job_id: job.job.id, path: &job.path, sha256: &job.job.sha256, models: &models };
+    let mut summaries: Vec<SliceSummary> = Vec::with_capacity(findings.len());
+    for (slice, finding) in job.slices.iter().zip(findings.into_iter().flatten()) {
+        match outputs::write_slice(&output, &ctx, slice, &finding) {
+            Ok(s) => summaries.push(s),
+            Err(e) if e.is_disk_full() => {
+                tracing::warn!(job = job.job.id, error = %e, "output disk full; job requeued");
+                shared.disk_check_now.store(true, Ordering::SeqCst);
+                let _ = queue.requeue(job.job.id, Duration::from_secs(5));
+                return false;
+            }
+            Err(e) => {
+                record_failure(queue, shared, &job.job, &format!("cannot write outputs: {e}"), false);
+                return false;
+            }
+        }
+    }
+    let series = summaries.first().map(|s| s.series_key.clone());
+    match queue.complete(job.job.id, &summaries) {
+        Ok(()) => {
+            let label = summaries.first().and_then(|s| s.label.clone()).unwrap_or_else(|| "screened".into());
+            shared.publish(EventKind::Done, format!("job {} done: {label}", job.job.id), Some(job.job.id), series);
+            true
+        }
+        Err(e) => {
+            tracing::error!(job = job.job.id, error = %e, "cannot record a finished job");
+            false
+        }
+    }
+}

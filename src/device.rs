@@ -1,0 +1,225 @@
+//! Where the model runs: making CUDA visible to a binary built against a CPU-only libtorch, picking
+//! the device, and setting torch's CPU threads from the cores this process may use.
+//!
+//! rustc links with `--as-needed`, so nothing ever loads `libtorch_cuda.so` and
+//! `tch::Cuda::is_available()` would be false even on a GPU machine. [`init`] loads it at run
+//! time (dlopen, `RTLD_GLOBAL`) when it can be found next to the libtorch in use; its static
+//! initialisers register the CUDA hooks. Where it is missing or its dependencies are (the minimal
+//! CPU venv), the load fails cleanly and everything runs on the CPU.
+
+use std::ffi::CString;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+/// What happened when ctmask tried to load libtorch's CUDA library.
+#[derive(Debug, Clone, Serialize)]
+pub struct CudaLoad {
+    /// The library that was loaded, if any.
+    pub loaded: Option<String>,
+    /// Why it was not loaded (the dlopen error), if it was not.
+    pub error: Option<String>,
+}
+
+static CUDA_LOAD: OnceLock<CudaLoad> = OnceLock::new();
+
+/// Load `libtorch_cuda.so` once per process (a no-op after the first call) and return the outcome.
+pub fn init() -> &'static CudaLoad {
+    CUDA_LOAD.get_or_init(load_torch_cuda)
+}
+
+fn load_torch_cuda() -> CudaLoad {
+    let mut error = None;
+    for candidate in cuda_library_candidates() {
+        let Ok(c_path) = CString::new(candidate.clone()) else {
+            continue;
+        };
+        // SAFETY: dlopen is given a valid NUL-terminated path; the handle is deliberately kept
+        // for the life of the process (the library registers global hooks).
+        let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        if !handle.is_null() {
+            return CudaLoad {
+                loaded: Some(candidate),
+                error: None,
+            };
+        }
+        // SAFETY: dlerror returns a thread-local C string or NULL.
+        let msg = unsafe {
+            let e = libc::dlerror();
+            if e.is_null() {
+                "unknown dlopen error".to_string()
+            } else {
+                std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
+            }
+        };
+        error.get_or_insert(msg);
+    }
+    CudaLoad {
+        loaded: None,
+        error: Some(error.unwrap_or_else(|| "libtorch_cuda.so not found".into())),
+    }
+}
+
+/// `libtorch_cuda.so` by name first (the dynamic loader searches LD_LIBRARY_PATH, then the
+/// binary's RUNPATH), then in the libtorch directory the binary was built against.
+fn cuda_library_candidates() -> Vec<String> {
+    let mut v = vec!["libtorch_cuda.so".to_string()];
+    if let Some(dir) = libtorch_build_dir() {
+        v.push(format!("{dir}/libtorch_cuda.so"));
+    }
+    v
+}
+
+/// The libtorch library directory this binary was linked against (its RUNPATH).
+pub fn libtorch_build_dir() -> Option<&'static str> {
+    option_env!("CTMASK_LIBTORCH_LIB")
+}
+
+/// The directory of the libtorch actually loaded in this process, read from /proc/self/maps.
+pub fn libtorch_loaded_dir() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libtorch_cpu.so"))
+        .and_then(|p| p.rsplit_once('/').map(|(d, _)| d.to_string()))
+}
+
+/// The device a user asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when a usable GPU is present, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceChoice {
+    /// Resolve to a tch device; asking for CUDA where there is none is an error.
+    pub fn resolve(self) -> crate::Result<tch::Device> {
+        init();
+        match self {
+            DeviceChoice::Cpu => Ok(tch::Device::Cpu),
+            DeviceChoice::Auto => Ok(if tch::Cuda::is_available() {
+                tch::Device::Cuda(0)
+            } else {
+                tch::Device::Cpu
+            }),
+            DeviceChoice::Cuda => {
+                if tch::Cuda::is_available() {
+                    Ok(tch::Device::Cuda(0))
+                } else {
+                    Err(crate::Error::Other(format!(
+                        "cuda asked for but not usable: {}",
+                        init().error.as_deref().unwrap_or("no CUDA device")
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// A short name for a device, as reports print it.
+pub fn device_name(d: tch::Device) -> String {
+    match d {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// CPU cores this process may use: the affinity mask, further limited by a cgroup v2 CPU quota.
+pub fn available_cores() -> usize {
+    let affinity = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu.max")
+        .ok()
+        .and_then(|s| parse_cpu_max(&s));
+    match quota {
+        Some(q) => affinity.min(q.max(1)),
+        None => affinity,
+    }
+}
+
+/// Parse cgroup v2 `cpu.max` ("max 100000" or "150000 100000") into whole cores (rounded up).
+pub fn parse_cpu_max(s: &str) -> Option<usize> {
+    let mut it = s.split_whitespace();
+    let quota = it.next()?;
+    let period: f64 = it.next()?.parse().ok()?;
+    if quota == "max" || period <= 0.0 {
+        return None;
+    }
+    let q: f64 = quota.parse().ok()?;
+    Some((q / period).ceil() as usize)
+}
+
+/// Set torch's intra-op threads to the cores available (or `requested` when given).
+pub fn set_threads(requested: Option<usize>) -> usize {
+    let n = requested.unwrap_or_else(available_cores).max(1);
+    tch::set_num_threads(n as i32);
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_max_parsing() {
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_cpu_max("150000 100000\n"), Some(2));
+        assert_eq!(parse_cpu_max("100000 100000"), Some(1));
+        assert_eq!(parse_cpu_max("garbage"), None);
+    }
+
+    #[test]
+    fn cuda_load_fails_cleanly_without_cuda_libraries() {
+        let r = init();
+        // On a CPU-only venv the load must fail with a reason, never abort the process.
+        if !tch::Cuda::is_available() {
+            assert!(r.loaded.is_none() || tch::Cuda::device_count() == 0);
+        }
+        assert_eq!(DeviceChoice::Cpu.resolve().ok(), Some(tch::Device::Cpu));
+    }
+}
+
+type CudaGetDeviceProperties = unsafe extern "C" fn(*mut u8, i32) -> i32;
+
+/// Name and memory of a CUDA device through the CUDA runtime's `cudaGetDeviceProperties`
+/// (looked up at run time, so CPU-only builds need nothing).
+fn cuda_properties(index: i64) -> Option<(String, u64)> {
+    // SAFETY: dlsym on RTLD_DEFAULT looks a symbol up in the already-loaded libraries; the
+    // function signature is the CUDA runtime's documented one. The struct is larger than 1 KiB
+    // in every CUDA version; 4 KiB leaves room. name is char[256] at offset 0 and totalGlobalMem
+    // a size_t at offset 288 (after name[256] and the 16-byte uuid and 8-byte luid + 4-byte
+    // luidDeviceNodeMask, padded).
+    unsafe {
+        let sym = libc::dlsym(libc::RTLD_DEFAULT, c"cudaGetDeviceProperties_v2".as_ptr());
+        let sym = if sym.is_null() { libc::dlsym(libc::RTLD_DEFAULT, c"cudaGetDeviceProperties".as_ptr()) } else { sym };
+        if sym.is_null() {
+            return None;
+        }
+        let f: CudaGetDeviceProperties = std::mem::transmute(sym);
+        let mut buf = vec![0u8; 4096];
+        if f(buf.as_mut_ptr(), index as i32) != 0 {
+            return None;
+        }
+        let name_end = buf[..256].iter().position(|&b| b == 0).unwrap_or(256);
+        let name = String::from_utf8_lossy(&buf[..name_end]).into_owned();
+        let mut mem = [0u8; 8];
+        mem.copy_from_slice(&buf[288..296]);
+        Some((name, u64::from_ne_bytes(mem)))
+    }
+}
+
+/// A CUDA device's name.
+pub fn cuda_device_name(index: i64) -> Option<String> {
+    cuda_properties(index).map(|p| p.0)
+}
+
+/// A CUDA device's total memory in bytes.
+pub fn cuda_total_memory(index: i64) -> Option<u64> {
+    cuda_properties(index).map(|p| p.1)
+}

@@ -1,0 +1,20 @@
+//! The `ctmask` binary: parse the command line, run one library function, map errors to exit codes.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = ctmask::cli::Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    ctmask::device::init();
+    match ctmask::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

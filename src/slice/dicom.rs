@@ -1,0 +1,232 @@
+//! DICOM slices: screen for axial CT, decode pixels through dicom-pixeldata, turn them into
+//! HU and lung-window them.
+//!
+//! Screening order (first failure wins): not an image (SEG, SR, RT...), not CT, localizer,
+//! no pixel data, unsupported encoding, too large, then per frame: not axial. Stored values
+//! are masked to BitsStored (after HighBit) and sign-extended when PixelRepresentation is 1;
+//! JPEG 2000 output is taken as decoded (its codestream carries the sign and its lossy
+//! samples may overshoot BitsStored). `HU = stored * RescaleSlope + RescaleIntercept`,
+//! looked up per frame in the functional groups of enhanced objects.
+
+use std::io::Cursor;
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::file::ReadPreamble;
+use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
+use dicom_pixeldata::PixelDecoder;
+use dicom_transfer_syntax_registry::{TransferSyntaxRegistry, entries};
+
+use super::frame::{FrameInfo, frame_info, hu_and_rgb, stored_values};
+use super::raster::check_size;
+use super::{Detected, Rejection, Slice, SliceFormat, SliceOptions};
+
+/// Modalities whose objects hold no image to screen.
+const NON_IMAGE_MODALITIES: &[&str] = &[
+    "SEG", "SR", "KO", "PR", "REG", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "DOC", "FID",
+    "PLAN", "RWV", "AU", "ECG",
+];
+/// JPEG Extended (process 2 & 4): jpeg-decoder reads only its 8-bit form.
+const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+/// Segmentation Storage: refused even when Modality is missing.
+const SEG_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
+
+pub(super) fn read(
+    bytes: &[u8],
+    kind: Detected,
+    opts: &SliceOptions,
+) -> Result<Vec<Slice>, Rejection> {
+    let obj = open(bytes, kind)?;
+    let ts = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches(['\0', ' '])
+        .to_string();
+    screen(&obj)?;
+    if obj.get(tags::PIXEL_DATA).is_none() {
+        return Err(Rejection::NoPixelData);
+    }
+    match TransferSyntaxRegistry.get(&ts) {
+        Some(entry) if entry.can_decode_all() => {}
+        _ => return Err(Rejection::UnsupportedEncoding(ts)),
+    }
+    let width = u32_attr(&obj, tags::COLUMNS)?;
+    let height = u32_attr(&obj, tags::ROWS)?;
+    check_size(width, height, opts)?;
+    check_layout(&obj)?;
+    if ts == JPEG_EXTENDED && u32_opt(&obj, tags::BITS_STORED).unwrap_or(8) > 8 {
+        return Err(Rejection::UnsupportedEncoding(format!(
+            "{ts} (12-bit JPEG extended: no pure-Rust decoder)"
+        )));
+    }
+    let frames = u32_opt(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+
+    let infos: Vec<FrameInfo> = (0..frames).map(|f| frame_info(&obj, f, frames)).collect();
+    let mut first_refusal = None;
+    let accepted: Vec<&FrameInfo> = infos
+        .iter()
+        .filter(|info| match info.screen(opts) {
+            Ok(()) => true,
+            Err(r) => {
+                first_refusal.get_or_insert(r);
+                false
+            }
+        })
+        .collect();
+    if accepted.is_empty() {
+        return Err(first_refusal.unwrap_or(Rejection::NoPixelData));
+    }
+
+    let decoded = obj
+        .decode_pixel_data()
+        .map_err(|e| Rejection::Corrupt(format!("pixel data: {}", chain(&e))))?;
+    let j2k = is_jpeg2000(&ts);
+    accepted
+        .into_iter()
+        .map(|info| {
+            let stored = stored_values(&decoded, info.frame, j2k)?;
+            let (hu, rgb) = hu_and_rgb(&stored, info.slope, info.intercept, opts);
+            Ok(Slice {
+                width,
+                height,
+                rgb,
+                hu: Some(hu),
+                format: SliceFormat::Dicom {
+                    transfer_syntax: ts.clone(),
+                },
+                meta: info.meta.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Parse the bytes with or without preamble and file meta.
+fn open(bytes: &[u8], kind: Detected) -> Result<DefaultDicomObject, Rejection> {
+    let parsed = match kind {
+        Detected::DicomPreamble | Detected::DicomNoPreamble => {
+            let preamble = if kind == Detected::DicomPreamble {
+                ReadPreamble::Always
+            } else {
+                ReadPreamble::Never
+            };
+            OpenFileOptions::new()
+                .read_preamble(preamble)
+                .from_reader(Cursor::new(bytes))
+                .map_err(|e| parse_rejection(&chain(&e)))?
+        }
+        Detected::DicomBare { explicit } => open_bare(bytes, explicit)?,
+        Detected::Png | Detected::Jpeg => {
+            return Err(Rejection::UnknownFormat);
+        }
+    };
+    Ok(parsed)
+}
+
+/// A data set with no file meta: little endian, implicit or explicit VR.
+fn open_bare(bytes: &[u8], explicit: bool) -> Result<DefaultDicomObject, Rejection> {
+    let ts = if explicit {
+        entries::EXPLICIT_VR_LITTLE_ENDIAN.erased()
+    } else {
+        entries::IMPLICIT_VR_LITTLE_ENDIAN.erased()
+    };
+    let obj = InMemDicomObject::read_dataset_with_ts(Cursor::new(bytes), &ts)
+        .map_err(|e| parse_rejection(&chain(&e)))?;
+    let uid = |tag| text(&obj, tag).unwrap_or_else(|| "2.25.0".to_string());
+    let meta = FileMetaTableBuilder::new()
+        .transfer_syntax(ts.uid())
+        .media_storage_sop_class_uid(uid(tags::SOP_CLASS_UID))
+        .media_storage_sop_instance_uid(uid(tags::SOP_INSTANCE_UID));
+    obj.with_meta(meta)
+        .map_err(|e| Rejection::Corrupt(format!("file meta: {e}")))
+}
+
+/// Parser errors: an unknown transfer syntax is an encoding problem, the rest is corruption.
+fn parse_rejection(message: &str) -> Rejection {
+    let lower = message.to_lowercase();
+    if lower.contains("transfer syntax") && (lower.contains("unsupported") || lower.contains("unrecognized") || lower.contains("unknown")) {
+        Rejection::UnsupportedEncoding(message.to_string())
+    } else {
+        Rejection::Corrupt(message.to_string())
+    }
+}
+
+/// Object-level screening: image, CT, not a localizer.
+fn screen(obj: &DefaultDicomObject) -> Result<(), Rejection> {
+    let modality = text(obj, tags::MODALITY);
+    let sop_class = text(obj, tags::SOP_CLASS_UID).unwrap_or_default();
+    if let Some(m) = modality.as_deref().filter(|m| NON_IMAGE_MODALITIES.contains(m)) {
+        return Err(Rejection::NotAnImage(format!("modality {m}")));
+    }
+    if sop_class == SEG_STORAGE {
+        return Err(Rejection::NotAnImage("segmentation storage".to_string()));
+    }
+    match modality.as_deref() {
+        Some("CT") => {}
+        Some(m) => return Err(Rejection::NotCt(m.to_string())),
+        None => return Err(Rejection::NotCt("missing".to_string())),
+    }
+    if is_localizer(obj.get(tags::IMAGE_TYPE)) {
+        return Err(Rejection::Localizer);
+    }
+    Ok(())
+}
+
+/// True when an ImageType/FrameType element holds the value LOCALIZER.
+pub(super) fn is_localizer(elem: Option<&dicom_object::mem::InMemElement>) -> bool {
+    elem.and_then(|e| e.to_multi_str().ok())
+        .is_some_and(|values| values.iter().any(|v| v.trim() == "LOCALIZER"))
+}
+
+/// One grey sample per pixel in 8, 16 or 32 bits.
+fn check_layout(obj: &DefaultDicomObject) -> Result<(), Rejection> {
+    let samples = u32_opt(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let photometric = text(obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
+    if samples != 1 || !photometric.starts_with("MONOCHROME") {
+        return Err(Rejection::UnsupportedEncoding(format!(
+            "{samples} samples per pixel, photometric {photometric}"
+        )));
+    }
+    let bits = u32_attr(obj, tags::BITS_ALLOCATED)?;
+    if ![8, 16, 32].contains(&bits) {
+        return Err(Rejection::UnsupportedEncoding(format!(
+            "{bits} bits allocated"
+        )));
+    }
+    Ok(())
+}
+
+/// An error and its sources, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.ends_with(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn is_jpeg2000(ts: &str) -> bool {
+    ["1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20"]
+        .iter()
+        .any(|prefix| ts.starts_with(prefix))
+}
+
+/// A trimmed string value, `None` when absent, empty or unreadable.
+pub(super) fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let value = obj.get(tag)?.to_str().ok()?;
+    let trimmed = value.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    (!trimmed.is_empty()).then(|| trimmed.to_string())
+}
+
+fn u32_opt(obj: &InMemDicomObject, tag: Tag) -> Option<u32> {
+    obj.get(tag)?.to_int::<u32>().ok()
+}
+
+fn u32_attr(obj: &InMemDicomObject, tag: Tag) -> Result<u32, Rejection> {
+    u32_opt(obj, tag).ok_or_else(|| Rejection::Corrupt(format!("missing or invalid {tag}")))
+}

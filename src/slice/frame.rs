@@ -1,0 +1,179 @@
+//! Per-frame DICOM work: attributes looked up frame by frame (per-frame functional groups,
+//! then shared ones, then the top level), axial screening, stored values and HU.
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use dicom_object::mem::InMemElement;
+use dicom_pixeldata::{DecodedPixelData, PixelRepresentation};
+
+use super::dicom::{is_localizer, text};
+use super::{Rejection, SliceMeta, SliceOptions, lung_window};
+
+/// What one frame needs for screening and conversion.
+#[derive(Debug, Clone)]
+pub(super) struct FrameInfo {
+    pub frame: u32,
+    pub slope: f64,
+    pub intercept: f64,
+    /// ImageOrientationPatient: `None` when absent, an error text when malformed.
+    orientation: Result<Option<[f64; 6]>, String>,
+    localizer: bool,
+    pub meta: SliceMeta,
+}
+
+impl FrameInfo {
+    /// Accept only axial frames: row and column direction cosines both within
+    /// `axial_tolerance` of the axial plane (|z| components); absent orientation is accepted.
+    pub fn screen(&self, opts: &SliceOptions) -> Result<(), Rejection> {
+        if self.localizer {
+            return Err(Rejection::Localizer);
+        }
+        match &self.orientation {
+            Err(message) => Err(Rejection::Corrupt(message.clone())),
+            Ok(None) => Ok(()),
+            Ok(Some(o)) => {
+                let tol = f64::from(opts.axial_tolerance);
+                if o[2].abs() <= tol && o[5].abs() <= tol {
+                    Ok(())
+                } else {
+                    Err(Rejection::NotAxial)
+                }
+            }
+        }
+    }
+}
+
+/// The element `tag` for `frame`: per-frame group item `seq`, then the shared group, then top level.
+fn frame_elem(obj: &InMemDicomObject, frame: u32, seq: Tag, tag: Tag) -> Option<&InMemElement> {
+    let in_group = |group: Tag, index: usize| {
+        obj.get(group)?
+            .items()?
+            .get(index)?
+            .get(seq)?
+            .items()?
+            .first()?
+            .get(tag)
+    };
+    in_group(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, frame as usize)
+        .or_else(|| in_group(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, 0))
+        .or_else(|| obj.get(tag))
+}
+
+fn floats(elem: Option<&InMemElement>) -> Option<Vec<f64>> {
+    elem?.to_multi_float64().ok().filter(|v| !v.is_empty())
+}
+
+fn float_n<const N: usize>(elem: Option<&InMemElement>) -> Option<[f64; N]> {
+    floats(elem)?.try_into().ok()
+}
+
+/// Gather screening inputs and report metadata of one frame.
+pub(super) fn frame_info(obj: &InMemDicomObject, frame: u32, frames: u32) -> FrameInfo {
+    let at = |seq, tag| frame_elem(obj, frame, seq, tag);
+    let orientation = match floats(at(tags::PLANE_ORIENTATION_SEQUENCE, tags::IMAGE_ORIENTATION_PATIENT)) {
+        None => Ok(None),
+        Some(v) => <[f64; 6]>::try_from(v.as_slice())
+            .map(Some)
+            .map_err(|_| format!("ImageOrientationPatient has {} values", v.len())),
+    };
+    let pvt = tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE;
+    let scalar = |seq, tag| floats(at(seq, tag)).and_then(|v| v.first().copied());
+    let measures = tags::PIXEL_MEASURES_SEQUENCE;
+    let meta = SliceMeta {
+        study_uid: text(obj, tags::STUDY_INSTANCE_UID),
+        series_uid: text(obj, tags::SERIES_INSTANCE_UID),
+        sop_uid: text(obj, tags::SOP_INSTANCE_UID),
+        instance_number: obj.get(tags::INSTANCE_NUMBER).and_then(|e| e.to_int::<i32>().ok()),
+        slice_location: (frames == 1)
+            .then(|| floats(obj.get(tags::SLICE_LOCATION)).and_then(|v| v.first().copied()))
+            .flatten(),
+        image_position: float_n(at(tags::PLANE_POSITION_SEQUENCE, tags::IMAGE_POSITION_PATIENT)),
+        pixel_spacing: float_n(at(measures, tags::PIXEL_SPACING)),
+        slice_thickness: scalar(measures, tags::SLICE_THICKNESS),
+        frame: (frames > 1).then_some(frame),
+    };
+    FrameInfo {
+        frame,
+        slope: scalar(pvt, tags::RESCALE_SLOPE).unwrap_or(1.0),
+        intercept: scalar(pvt, tags::RESCALE_INTERCEPT).unwrap_or(0.0),
+        orientation,
+        localizer: is_localizer(at(tags::CT_IMAGE_FRAME_TYPE_SEQUENCE, tags::FRAME_TYPE)),
+        meta,
+    }
+}
+
+/// The stored values of one frame as i32, masked to BitsStored and sign-extended
+/// (JPEG 2000 samples are taken as decoded).
+pub(super) fn stored_values(
+    px: &DecodedPixelData<'_>,
+    frame: u32,
+    jpeg2000: bool,
+) -> Result<Vec<i32>, Rejection> {
+    let data = px
+        .frame_data(frame)
+        .map_err(|e| Rejection::Corrupt(format!("frame {frame}: {e}")))?;
+    let signed = px.pixel_representation() == PixelRepresentation::Signed;
+    let allocated = u32::from(px.bits_allocated());
+    let stored = u32::from(px.bits_stored()).clamp(1, allocated);
+    let shift = (u32::from(px.high_bit()) + 1).saturating_sub(stored);
+    let convert = |raw: u32| -> i32 {
+        if jpeg2000 {
+            return sign_extend(raw, allocated, signed);
+        }
+        let mask = if stored >= 32 { u32::MAX } else { (1 << stored) - 1 };
+        sign_extend((raw >> shift) & mask, stored, signed)
+    };
+    let values = match allocated {
+        8 => data.iter().map(|&b| convert(u32::from(b))).collect(),
+        16 => data
+            .chunks_exact(2)
+            .map(|c| convert(u32::from(u16::from_le_bytes([c[0], c[1]]))))
+            .collect(),
+        32 => data
+            .chunks_exact(4)
+            .map(|c| convert(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        other => {
+            return Err(Rejection::UnsupportedEncoding(format!(
+                "{other} bits allocated"
+            )));
+        }
+    };
+    Ok(values)
+}
+
+/// Interpret the low `bits` of `v` as two's complement when `signed`.
+fn sign_extend(v: u32, bits: u32, signed: bool) -> i32 {
+    if !signed || bits >= 32 {
+        return v as i32;
+    }
+    let sign = 1u32 << (bits - 1);
+    if v & sign != 0 {
+        (v as i64 - (1i64 << bits)) as i32
+    } else {
+        v as i32
+    }
+}
+
+/// HU (clamped) and the windowed grey copied to RGB.
+pub(super) fn hu_and_rgb(
+    stored: &[i32],
+    slope: f64,
+    intercept: f64,
+    opts: &SliceOptions,
+) -> (Vec<f32>, Vec<u8>) {
+    let (lo, hi) = opts.hu_clamp;
+    let hu: Vec<f32> = stored
+        .iter()
+        .map(|&s| ((f64::from(s) * slope + intercept) as f32).clamp(lo, hi))
+        .collect();
+    let rgb = hu
+        .iter()
+        .flat_map(|&h| {
+            let g = lung_window(h, opts.window_level, opts.window_width);
+            [g, g, g]
+        })
+        .collect();
+    (hu, rgb)
+}
