@@ -54,6 +54,7 @@ def dtypes():
     sd["u8"] = torch.tensor([0, 255], dtype=torch.uint8)
     sd["bool"] = torch.tensor([True, False, True])
     sd["scalar"] = torch.tensor(3, dtype=torch.int64)
+    sd["parameter"] = torch.nn.Parameter(base[1].clone())  # _rebuild_parameter
     save_both("dtypes", sd, sd)
 
 
@@ -128,12 +129,19 @@ def craft_pickle(obj):
     return buf.getvalue()
 
 
-def craft_zip(path, pkl, storages):
+def craft_zip(path, pkl, storages, byteorder="little"):
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr("archive/data.pkl", pkl)
-        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/byteorder", byteorder)
         for key, data in storages.items():
             z.writestr(f"archive/data/{key}", data)
+
+
+def big_endian():
+    """A zip whose byteorder record says big: floats 1..4 stored big-endian, read transposed."""
+    data = struct.pack(">4f", 1, 2, 3, 4)
+    pkl = craft_pickle({"w": Tensor(Storage("0", 4), 0, (2, 2), (1, 2))})
+    craft_zip(OUT / "big_endian_zip.pth", pkl, {"0": data}, byteorder="big")
 
 
 def broken():
@@ -170,6 +178,7 @@ def main():
     dtypes()
     views()
     nested()
+    big_endian()
     broken()
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())

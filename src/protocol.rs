@@ -24,7 +24,10 @@ pub const THUMBNAIL_MAX_SIDE: u32 = 48;
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
     #[error("cannot encode {what}: {source}")]
-    Encode { what: &'static str, source: serde_json::Error },
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
     #[error("malformed message: {source}")]
     Decode { source: serde_json::Error },
     #[error("message longer than {MAX_LINE_BYTES} bytes")]
@@ -66,13 +69,22 @@ fn default_recent_limit() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
-    Hello { version: u32, server: String },
-    Snapshot(Snapshot),
+    Hello {
+        version: u32,
+        server: String,
+    },
+    Snapshot(Box<Snapshot>),
     Event(Event),
     Results(Results),
     /// A request was carried out (`pause`, `resume`, `retry`).
-    Ack { request: String, message: String },
-    Error { code: String, message: String },
+    Ack {
+        request: String,
+        message: String,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
     #[serde(other)]
     Unknown,
 }
@@ -325,7 +337,12 @@ impl Thumbnail {
                 data.extend(sum.iter().map(|s| (s / n) as u8));
             }
         }
-        Some(Thumbnail { width: tw as u32, height: th as u32, channels: 3, data })
+        Some(Thumbnail {
+            width: tw as u32,
+            height: th as u32,
+            channels: 3,
+            data,
+        })
     }
 
     /// The RGB colour at (x, y), or None outside the image or for malformed data.
@@ -363,15 +380,19 @@ mod hex_bytes {
         }
         (0..s.len())
             .step_by(2)
-            .map(|i| u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16).map_err(D::Error::custom))
+            .map(|i| {
+                u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16).map_err(D::Error::custom)
+            })
             .collect()
     }
 }
 
 /// One message as a line (JSON + `\n`).
 pub fn encode<T: Serialize>(message: &T) -> Result<String, ProtocolError> {
-    let mut line = serde_json::to_string(message)
-        .map_err(|source| ProtocolError::Encode { what: std::any::type_name::<T>(), source })?;
+    let mut line = serde_json::to_string(message).map_err(|source| ProtocolError::Encode {
+        what: std::any::type_name::<T>(),
+        source,
+    })?;
     line.push('\n');
     Ok(line)
 }
@@ -382,11 +403,16 @@ pub fn decode<T: DeserializeOwned>(line: &str) -> Result<T, ProtocolError> {
 }
 
 /// Reads the next non-empty line and decodes it; `Ok(None)` at the end of the stream.
-pub fn read_message<T: DeserializeOwned, R: BufRead>(reader: &mut R) -> Result<Option<T>, ProtocolError> {
+pub fn read_message<T: DeserializeOwned, R: BufRead>(
+    reader: &mut R,
+) -> Result<Option<T>, ProtocolError> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = reader.by_ref().take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf)?;
+        let n = reader
+            .by_ref()
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buf)?;
         if n == 0 {
             return Ok(None);
         }
@@ -441,7 +467,10 @@ mod tests {
     #[test]
     fn every_request_round_trips() {
         for r in [
-            Request::Hello { version: PROTOCOL_VERSION, client: "tui".into() },
+            Request::Hello {
+                version: PROTOCOL_VERSION,
+                client: "tui".into(),
+            },
             Request::Status,
             Request::Subscribe,
             Request::Pause,
@@ -451,7 +480,10 @@ mod tests {
         ] {
             round_trip(r);
         }
-        assert_eq!(encode(&Request::Status).expect("encode"), "{\"type\":\"status\"}\n");
+        assert_eq!(
+            encode(&Request::Status).expect("encode"),
+            "{\"type\":\"status\"}\n"
+        );
     }
 
     #[test]
@@ -461,9 +493,21 @@ mod tests {
             daemon_version: "0.1.0".into(),
             pid: 12,
             device: "cpu".into(),
-            models: vec![ModelInfo { name: "segmenter".into(), sha256: "ab".into() }],
-            intake: Intake { paused: true, reasons: vec!["low disk space".into()] },
-            counts: QueueCounts { pending: 1, running: 2, done: 3, failed: 4, quarantined: 5 },
+            models: vec![ModelInfo {
+                name: "segmenter".into(),
+                sha256: "ab".into(),
+            }],
+            intake: Intake {
+                paused: true,
+                reasons: vec!["low disk space".into()],
+            },
+            counts: QueueCounts {
+                pending: 1,
+                running: 2,
+                done: 3,
+                failed: 4,
+                quarantined: 5,
+            },
             jobs: vec![JobInfo {
                 id: 1,
                 state: JobState::Failed,
@@ -474,7 +518,12 @@ mod tests {
                 reason: Some("truncated".into()),
                 next_retry_s: Some(4.0),
             }],
-            disk: Some(DiskInfo { path: "/out".into(), free_bytes: 1, total_bytes: 2, free_percent: 50.0 }),
+            disk: Some(DiskInfo {
+                path: "/out".into(),
+                free_bytes: 1,
+                total_bytes: 2,
+                free_percent: 50.0,
+            }),
             ..Snapshot::default()
         };
         let event = Event {
@@ -486,16 +535,29 @@ mod tests {
             series: Some("1.2.3".into()),
         };
         let results = Results {
-            series: vec![SeriesSummary { key: "1.2.3".into(), verdict: "covid".into(), ..SeriesSummary::default() }],
+            series: vec![SeriesSummary {
+                key: "1.2.3".into(),
+                verdict: "covid".into(),
+                ..SeriesSummary::default()
+            }],
             slices: vec![slice_summary()],
         };
         for m in [
-            Message::Hello { version: 1, server: "ctmask 0.1.0".into() },
-            Message::Snapshot(snapshot),
+            Message::Hello {
+                version: 1,
+                server: "ctmask 0.1.0".into(),
+            },
+            Message::Snapshot(Box::new(snapshot)),
             Message::Event(event),
             Message::Results(results),
-            Message::Ack { request: "pause".into(), message: "intake paused".into() },
-            Message::Error { code: "bad_request".into(), message: "x".into() },
+            Message::Ack {
+                request: "pause".into(),
+                message: "intake paused".into(),
+            },
+            Message::Error {
+                code: "bad_request".into(),
+                message: "x".into(),
+            },
         ] {
             round_trip(m);
         }
@@ -503,26 +565,56 @@ mod tests {
 
     #[test]
     fn tolerates_newer_peers_and_rejects_garbage() {
-        let m: Message = decode(r#"{"type":"ack","request":"pause","message":"ok","extra":[1,2]}"#).expect("extra field");
-        assert_eq!(m, Message::Ack { request: "pause".into(), message: "ok".into() });
-        assert_eq!(decode::<Message>(r#"{"type":"gpu_stats","x":1}"#).expect("unknown type"), Message::Unknown);
-        assert_eq!(decode::<Request>(r#"{"type":"shutdown"}"#).expect("unknown type"), Request::Unknown);
-        let e: Event = decode(r#"{"seq":1,"time_ms":2,"kind":"new_kind","message":"m"}"#).expect("unknown kind");
+        let m: Message = decode(r#"{"type":"ack","request":"pause","message":"ok","extra":[1,2]}"#)
+            .expect("extra field");
+        assert_eq!(
+            m,
+            Message::Ack {
+                request: "pause".into(),
+                message: "ok".into()
+            }
+        );
+        assert_eq!(
+            decode::<Message>(r#"{"type":"gpu_stats","x":1}"#).expect("unknown type"),
+            Message::Unknown
+        );
+        assert_eq!(
+            decode::<Request>(r#"{"type":"shutdown"}"#).expect("unknown type"),
+            Request::Unknown
+        );
+        let e: Event = decode(r#"{"seq":1,"time_ms":2,"kind":"new_kind","message":"m"}"#)
+            .expect("unknown kind");
         assert_eq!(e.kind, EventKind::Other);
-        assert_eq!(decode::<Request>(r#"{"type":"recent"}"#).expect("default limit"), Request::Recent { limit: 50 });
-        assert!(decode::<Request>(r#"{"type":"retry"}"#).is_err(), "missing job_id");
+        assert_eq!(
+            decode::<Request>(r#"{"type":"recent"}"#).expect("default limit"),
+            Request::Recent { limit: 50 }
+        );
+        assert!(
+            decode::<Request>(r#"{"type":"retry"}"#).is_err(),
+            "missing job_id"
+        );
         assert!(decode::<Request>("not json").is_err());
         assert!(decode::<Request>(r#"{"limit":3}"#).is_err(), "missing type");
     }
 
     #[test]
     fn reads_lines_and_limits_them() {
-        let mut input = std::io::Cursor::new(b"\n{\"type\":\"status\"}\n{\"type\":\"pause\"}".to_vec());
-        assert_eq!(read_message::<Request, _>(&mut input).expect("first"), Some(Request::Status));
-        assert_eq!(read_message::<Request, _>(&mut input).expect("second"), Some(Request::Pause));
+        let mut input =
+            std::io::Cursor::new(b"\n{\"type\":\"status\"}\n{\"type\":\"pause\"}".to_vec());
+        assert_eq!(
+            read_message::<Request, _>(&mut input).expect("first"),
+            Some(Request::Status)
+        );
+        assert_eq!(
+            read_message::<Request, _>(&mut input).expect("second"),
+            Some(Request::Pause)
+        );
         assert_eq!(read_message::<Request, _>(&mut input).expect("end"), None);
         let mut long = std::io::Cursor::new(vec![b'x'; MAX_LINE_BYTES + 10]);
-        assert!(matches!(read_message::<Request, _>(&mut long), Err(ProtocolError::TooLong)));
+        assert!(matches!(
+            read_message::<Request, _>(&mut long),
+            Err(ProtocolError::TooLong)
+        ));
     }
 
     #[test]
@@ -536,7 +628,12 @@ mod tests {
         let json = serde_json::to_string(&t).expect("json");
         assert!(json.contains("\"3f0000"), "{json}");
         assert!(Thumbnail::from_rgb(4, 4, &rgb[..5], 2).is_none());
-        let grey = Thumbnail { width: 1, height: 1, channels: 1, data: vec![9] };
+        let grey = Thumbnail {
+            width: 1,
+            height: 1,
+            channels: 1,
+            data: vec![9],
+        };
         assert_eq!(grey.pixel(0, 0), Some([9, 9, 9]));
     }
 }

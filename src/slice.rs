@@ -159,7 +159,9 @@ enum Detected {
     /// `DICM` at byte 0 (file meta without preamble).
     DicomNoPreamble,
     /// A bare data set starting with a group 0008 element, no file meta.
-    DicomBare { explicit: bool },
+    DicomBare {
+        explicit: bool,
+    },
 }
 
 fn detect(bytes: &[u8]) -> Option<Detected> {

@@ -111,8 +111,22 @@ mod tests {
                 no_detections: false,
             }),
             lesions: vec![
-                Lesion { class: "ggo".into(), label: 1, score: 0.9, bbox: [1.0, 2.0, 3.0, 4.0], area_px: 10, area_mm2: None },
-                Lesion { class: "ggo".into(), label: 1, score: 0.8, bbox: [0.0; 4], area_px: 4, area_mm2: None },
+                Lesion {
+                    class: "ggo".into(),
+                    label: 1,
+                    score: 0.9,
+                    bbox: [1.0, 2.0, 3.0, 4.0],
+                    area_px: 10,
+                    area_mm2: None,
+                },
+                Lesion {
+                    class: "ggo".into(),
+                    label: 1,
+                    score: 0.8,
+                    bbox: [0.0; 4],
+                    area_px: 4,
+                    area_mm2: None,
+                },
             ],
             width: 2,
             height: 2,
@@ -141,6 +155,11 @@ mod tests {
         assert_eq!(f.mask_pixels(MASK_CONSOLIDATION), 1);
         f.set_lesion_areas_mm2([0.5, 0.5]);
         assert_eq!(f.lesions[0].area_mm2, Some(2.5));
-        assert_eq!(f.classification.as_ref().and_then(Classification::class_index), Some(2));
+        assert_eq!(
+            f.classification
+                .as_ref()
+                .and_then(Classification::class_index),
+            Some(2)
+        );
     }
 }

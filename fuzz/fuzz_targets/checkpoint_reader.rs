@@ -3,7 +3,7 @@
 //! with `tests/fixtures/checkpoint/**/*.pth`.
 #![no_main]
 
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../../src/checkpoint/mod.rs"]
 mod checkpoint;
 

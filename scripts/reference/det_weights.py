@@ -65,8 +65,8 @@ def uniform(name: str, numel: int) -> np.ndarray:
 # the float32 cast: the last BN weight of every residual branch (layer*.*.bn3.weight; bn2.weight
 # when the state dict has no bn3, i.e. BasicBlock) and the rank>=2 weights of the final predictor
 # layers (rpn.head.cls_logits, rpn.head.bbox_pred, roi_heads.box_predictor.*,
-# roi_heads.mask_predictor.mask_fcn_logits). Default profile: "doc" (exactly the documented table).
-PROFILE = os.environ.get("CTMASK_WEIGHTS_PROFILE", "doc")
+# roi_heads.mask_predictor.mask_fcn_logits). Default profile: "scaled" (docs/deterministic-weights.md); "doc" is the bare table.
+PROFILE = os.environ.get("CTMASK_WEIGHTS_PROFILE", "scaled")
 _LAST_BN3 = re.compile(r"layer\d+\.\d+\.bn3\.weight$")
 _LAST_BN2 = re.compile(r"layer\d+\.\d+\.bn2\.weight$")
 _HEAD_OUT = re.compile(

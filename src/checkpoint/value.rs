@@ -101,13 +101,17 @@ impl RawTensor {
         let out = match self.dtype {
             DType::F32 => chunks.map(|c| f32::from_le_bytes(arr(c))).collect(),
             DType::F64 => chunks.map(|c| f64::from_le_bytes(arr(c)) as f32).collect(),
-            DType::F16 => chunks.map(|c| f16_to_f32(u16::from_le_bytes(arr(c)))).collect(),
+            DType::F16 => chunks
+                .map(|c| f16_to_f32(u16::from_le_bytes(arr(c))))
+                .collect(),
             DType::BF16 => chunks
                 .map(|c| f32::from_bits(u32::from(u16::from_le_bytes(arr(c))) << 16))
                 .collect(),
             DType::I64 => chunks.map(|c| i64::from_le_bytes(arr(c)) as f32).collect(),
             DType::I32 => chunks.map(|c| i32::from_le_bytes(arr(c)) as f32).collect(),
-            DType::I16 => chunks.map(|c| f32::from(i16::from_le_bytes(arr(c)))).collect(),
+            DType::I16 => chunks
+                .map(|c| f32::from(i16::from_le_bytes(arr(c))))
+                .collect(),
             DType::I8 => chunks.map(|c| f32::from(c[0] as i8)).collect(),
             DType::U8 => chunks.map(|c| f32::from(c[0])).collect(),
             DType::Bool => chunks.map(|c| if c[0] != 0 { 1.0 } else { 0.0 }).collect(),
@@ -118,7 +122,8 @@ impl RawTensor {
 
 /// A fixed-size array from a chunk of exactly that size.
 fn arr<const N: usize>(c: &[u8]) -> [u8; N] {
-    c.try_into().expect("chunks_exact yields chunks of the element size")
+    c.try_into()
+        .expect("chunks_exact yields chunks of the element size")
 }
 
 /// IEEE half to single precision, exact for every value including subnormals, inf and NaN.
@@ -158,10 +163,17 @@ pub enum Value {
     Dict(Vec<(Value, Value)>),
     Tensor(RawTensor),
     /// A class or function named by the pickle, never imported.
-    Global { module: String, name: String },
+    Global {
+        module: String,
+        name: String,
+    },
     /// An instance of a class this reader does not build (`module.Name`), with its constructor
     /// arguments and the state given to BUILD (usually its `__dict__`).
-    Object { class: String, args: Vec<Value>, state: Option<Box<Value>> },
+    Object {
+        class: String,
+        args: Vec<Value>,
+        state: Option<Box<Value>>,
+    },
 }
 
 impl Value {
@@ -173,7 +185,9 @@ impl Value {
                 .rev()
                 .find(|(k, _)| k.as_str() == Some(key))
                 .map(|(_, v)| v),
-            Value::Object { state: Some(state), .. } => match state.as_ref() {
+            Value::Object {
+                state: Some(state), ..
+            } => match state.as_ref() {
                 // (dict state, slot state), as pickle's BUILD allows.
                 Value::Tuple(parts) => parts.iter().find_map(|p| p.get(key)),
                 other => other.get(key),
@@ -285,9 +299,16 @@ fn is_tensor_dict(v: &Value) -> bool {
         && p.iter().all(|(k, t)| k.as_str().is_some() && t.as_tensor().is_some()))
 }
 
+/// The `sizes` and `aspect_ratios` of a pickled AnchorGenerator, one list per feature level.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnchorSpec {
+    pub sizes: Vec<Vec<f64>>,
+    pub aspect_ratios: Vec<Vec<f64>>,
+}
+
 /// The anchor sizes and aspect ratios of a pickled AnchorGenerator found under
 /// 'anchor_generator', if any (its `sizes` / `aspect_ratios` attributes, ints read as floats).
-pub fn anchor_generator(v: &Value) -> Option<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+pub fn anchor_generator(v: &Value) -> Option<AnchorSpec> {
     let ag = v.get("anchor_generator")?;
     let nested = |name: &str| -> Option<Vec<Vec<f64>>> {
         ag.get(name)?
@@ -296,7 +317,10 @@ pub fn anchor_generator(v: &Value) -> Option<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
             .map(|level| level.as_seq()?.iter().map(Value::as_f64).collect())
             .collect()
     };
-    Some((nested("sizes")?, nested("aspect_ratios")?))
+    Some(AnchorSpec {
+        sizes: nested("sizes")?,
+        aspect_ratios: nested("aspect_ratios")?,
+    })
 }
 
 #[cfg(test)]
@@ -335,20 +359,38 @@ mod tests {
 
     #[test]
     fn to_f32_vec_converts_each_dtype() {
-        let t = |dtype, data: Vec<u8>| RawTensor { dtype, shape: vec![2], data };
+        let t = |dtype, data: Vec<u8>| RawTensor {
+            dtype,
+            shape: vec![2],
+            data,
+        };
         let i64s = [-3i64, 7].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(t(DType::I64, i64s).to_f32_vec().unwrap(), [-3.0, 7.0]);
-        assert_eq!(t(DType::I8, vec![0xff, 2]).to_f32_vec().unwrap(), [-1.0, 2.0]);
+        assert_eq!(
+            t(DType::I8, vec![0xff, 2]).to_f32_vec().unwrap(),
+            [-1.0, 2.0]
+        );
         assert_eq!(t(DType::Bool, vec![0, 1]).to_f32_vec().unwrap(), [0.0, 1.0]);
-        assert_eq!(t(DType::BF16, vec![0x80, 0x3f, 0, 0xc0]).to_f32_vec().unwrap(), [1.0, -2.0]);
+        assert_eq!(
+            t(DType::BF16, vec![0x80, 0x3f, 0, 0xc0])
+                .to_f32_vec()
+                .unwrap(),
+            [1.0, -2.0]
+        );
         assert!(t(DType::F32, vec![0; 4]).to_f32_vec().is_err());
     }
 
     #[test]
     fn state_dict_is_found_at_top_or_under_known_keys() {
-        let sd = Value::Dict(vec![(s("a"), tensor(&[1.0])), (s("b"), tensor(&[2.0, 3.0]))]);
+        let sd = Value::Dict(vec![
+            (s("a"), tensor(&[1.0])),
+            (s("b"), tensor(&[2.0, 3.0])),
+        ]);
         assert_eq!(state_dict(&sd).unwrap().len(), 2);
-        let nested = Value::Dict(vec![(s("epoch"), s("50")), (s("model_weights"), sd.clone())]);
+        let nested = Value::Dict(vec![
+            (s("epoch"), s("50")),
+            (s("model_weights"), sd.clone()),
+        ]);
         let found = state_dict(&nested).unwrap();
         assert_eq!(found[1].0, "b");
         assert_eq!(found[1].1.to_f32_vec().unwrap(), [2.0, 3.0]);
@@ -363,11 +405,24 @@ mod tests {
         let ints = |v: &[i64]| Value::Tuple(v.iter().map(|&i| Value::Int(i)).collect());
         let state = Value::Dict(vec![
             (s("sizes"), Value::Tuple(vec![ints(&[2, 4])])),
-            (s("aspect_ratios"), Value::Tuple(vec![Value::Tuple(vec![Value::Float(0.5), Value::Int(1)])])),
+            (
+                s("aspect_ratios"),
+                Value::Tuple(vec![Value::Tuple(vec![Value::Float(0.5), Value::Int(1)])]),
+            ),
         ]);
-        let ag = Value::Object { class: "x.AnchorGenerator".into(), args: vec![], state: Some(Box::new(state)) };
+        let ag = Value::Object {
+            class: "x.AnchorGenerator".into(),
+            args: vec![],
+            state: Some(Box::new(state)),
+        };
         let ckpt = Value::Dict(vec![(s("anchor_generator"), ag)]);
-        assert_eq!(anchor_generator(&ckpt), Some((vec![vec![2.0, 4.0]], vec![vec![0.5, 1.0]])));
+        assert_eq!(
+            anchor_generator(&ckpt),
+            Some(AnchorSpec {
+                sizes: vec![vec![2.0, 4.0]],
+                aspect_ratios: vec![vec![0.5, 1.0]]
+            })
+        );
         assert_eq!(anchor_generator(&Value::Dict(vec![])), None);
     }
 }

@@ -1,4 +1,256 @@
-//! placeholder
+//! The screening daemon, as a library function: `run(settings, make_screener, shutdown)` returns
+//! when `shutdown` is triggered (SIGTERM through `ShutdownSignal::install_os_handlers`, or a test).
+//!
+//! Threads, each with its own SQLite connection, moving paths, job ids and summaries:
+//! watcher (complete files) -> intake (hash, enqueue) -> reader (claim, read, decode) -> worker
+//! (owns the screener; screens, writes outputs, records) ; the server answers the socket; the
+//! calling thread supervises: signals, reloads, disk space, series reports, systemd notify.
+
+mod intake;
+pub mod ops;
+pub mod outputs;
 pub mod queue;
+pub mod series;
+pub mod server;
 pub mod settings;
+mod shared;
+mod supervisor;
 pub mod watcher;
+pub mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+pub use intake::sha256_file;
+pub use ops::{Reloader, ShutdownSignal};
+pub use server::{Client, status_client};
+pub use settings::DaemonSettings;
+pub use worker::{Identity, MakeScreener, Screener};
+
+use crate::protocol::{EventKind, ModelInfo};
+use queue::{Queue, QueueError, StateLock};
+pub(crate) use shared::Shared;
+use supervisor::Supervisor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Settings(#[from] settings::SettingsError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    #[error("cannot create output folder {path}: {source}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the screener could not be built: {0}")]
+    Screener(String),
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        name: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Hash identifying a set of models: sha256 over `name=sha256` lines.
+pub fn models_hash(models: &[(String, String)]) -> String {
+    let text: String = models.iter().map(|(n, h)| format!("{n}={h}\n")).collect();
+    outputs::sha256_hex(text.as_bytes())
+}
+
+fn spawn<F: FnOnce() + Send + 'static>(
+    name: &'static str,
+    f: F,
+) -> Result<std::thread::JoinHandle<()>, DaemonError> {
+    std::thread::Builder::new()
+        .name(format!("ctmask-{name}"))
+        .spawn(f)
+        .map_err(|source| DaemonError::Thread { name, source })
+}
+
+/// What the worker thread needs once the daemon is set up.
+type WorkerStart = (Arc<Shared>, Queue, Receiver<worker::ReadJob>);
+
+/// Starts the worker thread, builds the screener there and waits for its identity.
+fn start_worker(
+    make: MakeScreener,
+) -> Result<
+    (
+        Identity,
+        std::sync::mpsc::Sender<WorkerStart>,
+        std::thread::JoinHandle<()>,
+    ),
+    DaemonError,
+> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Identity, String>>();
+    let (start_tx, start_rx) = std::sync::mpsc::channel::<WorkerStart>();
+    let handle = spawn("worker", move || {
+        let mut screener = match make() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let _ = ready_tx.send(Ok(Identity {
+            models: screener.model_identity(),
+            device: screener.device(),
+        }));
+        if let Ok((shared, queue, rx)) = start_rx.recv() {
+            worker::worker_loop(shared, queue, screener.as_mut(), rx);
+        }
+    })?;
+    match ready_rx.recv() {
+        Ok(Ok(identity)) => Ok((identity, start_tx, handle)),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(DaemonError::Screener(e))
+        }
+        Err(_) => {
+            let _ = handle.join();
+            Err(DaemonError::Screener(
+                "the worker thread ended while building the screener".into(),
+            ))
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` is triggered. Set `settings.slice_options` (not part of the
+/// YAML block) before calling.
+pub fn run(
+    settings: DaemonSettings,
+    make_screener: MakeScreener,
+    shutdown: ShutdownSignal,
+) -> Result<(), DaemonError> {
+    settings.validate()?;
+    let _lock = StateLock::acquire(&settings.state)?;
+    std::fs::create_dir_all(&settings.output).map_err(|source| DaemonError::Output {
+        path: settings.output.clone(),
+        source,
+    })?;
+    let swept = outputs::sweep_temp_files(&settings.output);
+    if swept > 0 {
+        tracing::info!(files = swept, "removed temporary files left by a crash");
+    }
+    let server = server::Server::bind(&settings)?;
+    let (identity, start_worker_tx, worker_handle) = start_worker(make_screener)?;
+    let models_hash = models_hash(&identity.models);
+    let mut queue = Queue::open(&settings.state, &models_hash)?;
+    let requeued = queue.requeue_running()?;
+    let known = queue.known_files()?;
+    let rescan = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared {
+        slice_options: settings.slice_options.clone(),
+        state_dir: settings.state.clone(),
+        models: identity
+            .models
+            .iter()
+            .map(|(name, sha256)| ModelInfo {
+                name: name.clone(),
+                sha256: sha256.clone(),
+            })
+            .collect(),
+        models_hash: models_hash.clone(),
+        device: identity.device.clone(),
+        hub: server::Hub::default(),
+        stop: AtomicBool::new(false),
+        operator_paused: AtomicBool::new(false),
+        disk_low: Mutex::new(None),
+        disk: Mutex::new(None),
+        disk_check_now: AtomicBool::new(true),
+        rescan: rescan.clone(),
+        wake: (Mutex::new(0), Condvar::new()),
+        metrics: Mutex::new(VecDeque::new()),
+        slices_total: Default::default(),
+        started: Instant::now(),
+        settings: RwLock::new(settings.clone()),
+    });
+    let mut sup = Supervisor::new(shared.clone(), Queue::open(&settings.state, &models_hash)?);
+    sup.check_disk(); // before anything is taken
+
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel(1);
+    let _ = start_worker_tx.send((
+        shared.clone(),
+        Queue::open(&settings.state, &models_hash)?,
+        job_rx,
+    ));
+    let reader_queue = Queue::open(&settings.state, &models_hash)?;
+    let reader = spawn("reader", {
+        let shared = shared.clone();
+        move || worker::reader_loop(shared, reader_queue, job_tx)
+    })?;
+    let (taken_tx, taken_rx) = std::sync::mpsc::channel();
+    let intake_queue = Queue::open(&settings.state, &models_hash)?;
+    let intake = spawn("intake", {
+        let shared = shared.clone();
+        move || intake::intake_loop(shared, intake_queue, taken_rx)
+    })?;
+    let watch = watcher::Watcher::new(settings.clone(), known, taken_tx);
+    if !watch.polled_dirs().is_empty() {
+        tracing::info!(
+            folders = watch.polled_dirs().len(),
+            "polling folders on network filesystems"
+        );
+    }
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let watcher = watcher::spawn(watch, watch_stop.clone(), rescan).map_err(|source| {
+        DaemonError::Thread {
+            name: "watch",
+            source,
+        }
+    })?;
+    let serve = spawn("server", {
+        let shared = shared.clone();
+        move || server.serve(shared)
+    })?;
+
+    shared.publish(
+        EventKind::DaemonStarted,
+        format!(
+            "daemon started on {} ({} jobs requeued)",
+            identity.device, requeued
+        ),
+        None,
+        None,
+    );
+    ops::sd_notify("READY=1");
+    sup.run(&shutdown, &mut queue);
+
+    // Drain: stop intake and reading at once; the worker finishes or requeues what it holds.
+    shared.publish(
+        EventKind::DaemonStopping,
+        "daemon stopping".into(),
+        None,
+        None,
+    );
+    ops::sd_notify("STOPPING=1");
+    shared.stop.store(true, Ordering::SeqCst);
+    watch_stop.store(true, Ordering::SeqCst);
+    shared.wake();
+    let deadline = Instant::now() + Duration::from_secs_f64(shared.settings().drain_timeout_s);
+    for h in [watcher, intake, reader, serve] {
+        let _ = h.join();
+    }
+    while !worker_handle.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if worker_handle.is_finished() {
+        let _ = worker_handle.join();
+    } else {
+        tracing::warn!("the slice in hand did not finish within drain_timeout_s; requeued");
+    }
+    let requeued = queue.requeue_running()?;
+    if requeued > 0 {
+        tracing::info!(jobs = requeued, "requeued unfinished jobs");
+    }
+    Ok(())
+}

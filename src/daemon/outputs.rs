@@ -29,7 +29,10 @@ pub const TEMP_PREFIX: &str = ".ctmask-tmp-";
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("cannot write {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot encode {path}: {reason}")]
     Encode { path: PathBuf, reason: String },
 }
@@ -45,7 +48,10 @@ impl OutputError {
 type Result<T> = std::result::Result<T, OutputError>;
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> OutputError + '_ {
-    move |source| OutputError::Io { path: path.to_path_buf(), source }
+    move |source| OutputError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Files staged in one folder, made visible together by `commit` (one folder fsync).
@@ -63,14 +69,19 @@ impl AtomicBatch {
                 sync_dir(parent)?;
             }
         }
-        Ok(AtomicBatch { dir: dir.to_path_buf(), staged: Vec::new() })
+        Ok(AtomicBatch {
+            dir: dir.to_path_buf(),
+            staged: Vec::new(),
+        })
     }
 
     /// Writes and fsyncs `bytes` under a temporary name for `name`.
     pub fn add(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!("{TEMP_PREFIX}{}-{n}-{name}", std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!("{TEMP_PREFIX}{}-{n}-{name}", std::process::id()));
         let final_path = self.dir.join(name);
         // Registered first, so a failed write is cleaned up by Drop.
         self.staged.push((tmp.clone(), final_path));
@@ -86,7 +97,10 @@ impl AtomicBatch {
         for (i, (tmp, final_path)) in staged.iter().enumerate() {
             if let Err(source) = std::fs::rename(tmp, final_path) {
                 self.staged = staged[i..].to_vec();
-                return Err(OutputError::Io { path: final_path.clone(), source });
+                return Err(OutputError::Io {
+                    path: final_path.clone(),
+                    source,
+                });
             }
         }
         sync_dir(&self.dir)
@@ -102,16 +116,21 @@ impl Drop for AtomicBatch {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// Atomically writes one file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| OutputError::Encode {
-        path: path.to_path_buf(),
-        reason: "not a UTF-8 file name".into(),
-    })?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| OutputError::Encode {
+            path: path.to_path_buf(),
+            reason: "not a UTF-8 file name".into(),
+        })?;
     let mut batch = AtomicBatch::new(dir)?;
     batch.add(name, bytes)?;
     batch.commit()
@@ -122,12 +141,21 @@ pub fn sweep_temp_files(root: &Path) -> usize {
     let mut removed = 0;
     let mut dirs = vec![root.to_path_buf()];
     if let Ok(entries) = std::fs::read_dir(root) {
-        dirs.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        dirs.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
     }
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) && std::fs::remove_file(e.path()).is_ok() {
+            if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+                && std::fs::remove_file(e.path()).is_ok()
+            {
                 removed += 1;
             }
         }
@@ -150,7 +178,13 @@ pub fn sanitize(s: &str) -> String {
     let mut out: String = s
         .chars()
         .take(64)
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if out.starts_with('.') || out.is_empty() {
         out.insert(0, '_');
@@ -169,7 +203,10 @@ pub fn series_key(meta: &SliceMeta, input: &Path) -> String {
 /// `dir-<first 16 hex digits of sha256(folder path)>`.
 pub fn folder_key(input: &Path) -> String {
     let folder = input.parent().unwrap_or(Path::new("/"));
-    format!("dir-{}", &sha256_hex(folder.as_os_str().as_encoded_bytes())[..16])
+    format!(
+        "dir-{}",
+        &sha256_hex(folder.as_os_str().as_encoded_bytes())[..16]
+    )
 }
 
 /// The file stem of one slice's outputs.
@@ -242,38 +279,73 @@ struct SliceReport<'a> {
     screened_ms: i64,
 }
 
-fn png(path: &Path, w: u32, h: u32, data: &[u8], color: image::ExtendedColorType) -> Result<Vec<u8>> {
+fn png(
+    path: &Path,
+    w: u32,
+    h: u32,
+    data: &[u8],
+    color: image::ExtendedColorType,
+) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     PngEncoder::new_with_quality(&mut buf, CompressionType::Fast, FilterType::Sub)
         .write_image(data, w, h, color)
-        .map_err(|e| OutputError::Encode { path: path.to_path_buf(), reason: e.to_string() })?;
+        .map_err(|e| OutputError::Encode {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     Ok(buf)
 }
 
 /// Writes one slice's report, mask and overlay; returns the summary the queue keeps.
-pub fn write_slice(output: &Path, ctx: &SliceContext<'_>, slice: &Slice, finding: &Finding) -> Result<SliceSummary> {
+pub fn write_slice(
+    output: &Path,
+    ctx: &SliceContext<'_>,
+    slice: &Slice,
+    finding: &Finding,
+) -> Result<SliceSummary> {
     let meta = &slice.meta;
     let key = series_key(meta, ctx.path);
     let stem = slice_stem(meta, ctx.sha256);
     let dir = output.join(&key);
     let mut finding = finding.clone();
-    if let Some(spacing) = meta.pixel_spacing {
-        if finding.lesions.iter().any(|l| l.area_mm2.is_none()) {
-            finding.set_lesion_areas_mm2(spacing);
-        }
+    if let Some(spacing) = meta.pixel_spacing
+        && finding.lesions.iter().any(|l| l.area_mm2.is_none())
+    {
+        finding.set_lesion_areas_mm2(spacing);
     }
     let (w, h) = (finding.width, finding.height);
     let n = w as usize * h as usize;
     let mut batch = AtomicBatch::new(&dir)?;
-    let mut names = OutputNames { mask: None, overlay: None };
+    let mut names = OutputNames {
+        mask: None,
+        overlay: None,
+    };
     if n > 0 && finding.label_mask.len() == n {
         let name = format!("{stem}_mask.png");
-        batch.add(&name, &png(&dir.join(&name), w, h, &finding.label_mask, image::ExtendedColorType::L8)?)?;
+        batch.add(
+            &name,
+            &png(
+                &dir.join(&name),
+                w,
+                h,
+                &finding.label_mask,
+                image::ExtendedColorType::L8,
+            )?,
+        )?;
         names.mask = Some(name);
     }
     if n > 0 && finding.overlay_rgb.len() == n * 3 {
         let name = format!("{stem}_overlay.png");
-        batch.add(&name, &png(&dir.join(&name), w, h, &finding.overlay_rgb, image::ExtendedColorType::Rgb8)?)?;
+        batch.add(
+            &name,
+            &png(
+                &dir.join(&name),
+                w,
+                h,
+                &finding.overlay_rgb,
+                image::ExtendedColorType::Rgb8,
+            )?,
+        )?;
         names.overlay = Some(name);
     }
     let (format, transfer_syntax) = format_name(&slice.format);
@@ -309,8 +381,10 @@ pub fn write_slice(output: &Path, ctx: &SliceContext<'_>, slice: &Slice, finding
         outputs: names,
         screened_ms: super::queue::now_ms(),
     };
-    let json = serde_json::to_vec_pretty(&report)
-        .map_err(|e| OutputError::Encode { path: dir.join(&report_name), reason: e.to_string() })?;
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| OutputError::Encode {
+        path: dir.join(&report_name),
+        reason: e.to_string(),
+    })?;
     // The report goes last in the batch: whoever sees it finds the images beside it.
     batch.add(&report_name, &json)?;
     batch.commit()?;
@@ -331,7 +405,11 @@ pub fn write_slice(output: &Path, ctx: &SliceContext<'_>, slice: &Slice, finding
         position_z: meta.image_position.map(|p| p[2]),
         pixel_spacing: meta.pixel_spacing,
         slice_thickness: meta.slice_thickness,
-        file_name: ctx.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        file_name: ctx
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         report: report_name,
         label: finding.classification.as_ref().map(|c| c.label.clone()),
         probabilities: finding.classification.as_ref().map(|c| c.probabilities),
@@ -365,8 +443,10 @@ mod tests {
         assert_eq!(std::fs::read(sub.join("a.json")).expect("a"), b"{}");
         write_atomic(&sub.join("a.json"), b"{\"x\":1}").expect("replace");
         assert_eq!(std::fs::read(sub.join("a.json")).expect("a"), b"{\"x\":1}");
-        let names: Vec<String> =
-            std::fs::read_dir(&sub).expect("dir").map(|e| e.expect("e").file_name().to_string_lossy().into()).collect();
+        let names: Vec<String> = std::fs::read_dir(&sub)
+            .expect("dir")
+            .map(|e| e.expect("e").file_name().to_string_lossy().into())
+            .collect();
         assert_eq!(names.len(), 2, "no temporary left: {names:?}");
 
         let mut abandoned = AtomicBatch::new(&sub).expect("batch");
@@ -381,7 +461,11 @@ mod tests {
 
     #[test]
     fn names_come_from_uids_or_hashes() {
-        let mut meta = SliceMeta { series_uid: Some("1.2.840.1".into()), sop_uid: Some("1.2.840.1.7".into()), ..SliceMeta::default() };
+        let mut meta = SliceMeta {
+            series_uid: Some("1.2.840.1".into()),
+            sop_uid: Some("1.2.840.1.7".into()),
+            ..SliceMeta::default()
+        };
         assert_eq!(series_key(&meta, Path::new("/in/x.dcm")), "1.2.840.1");
         assert_eq!(slice_stem(&meta, "abcdef0123456789ff"), "1.2.840.1.7");
         meta.frame = Some(3);
@@ -404,7 +488,9 @@ mod tests {
             height: 2,
             rgb: vec![100; 12],
             hu: None,
-            format: SliceFormat::Dicom { transfer_syntax: "1.2.840.10008.1.2.1".into() },
+            format: SliceFormat::Dicom {
+                transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            },
             meta: SliceMeta {
                 series_uid: Some("1.2.3".into()),
                 sop_uid: Some("1.2.3.4".into()),
@@ -414,7 +500,14 @@ mod tests {
             },
         };
         let finding = Finding {
-            lesions: vec![Lesion { class: "ggo".into(), label: 1, score: 0.9, bbox: [0.0; 4], area_px: 8, area_mm2: None }],
+            lesions: vec![Lesion {
+                class: "ggo".into(),
+                label: 1,
+                score: 0.9,
+                bbox: [0.0; 4],
+                area_px: 8,
+                area_mm2: None,
+            }],
             width: 2,
             height: 2,
             label_mask: vec![0, 1, 1, 2],
@@ -422,22 +515,44 @@ mod tests {
             device: "cpu".into(),
             ..Finding::default()
         };
-        let models = [ModelInfo { name: "seg".into(), sha256: "00".into() }];
-        let ctx = SliceContext { job_id: 3, path: Path::new("/in/IM1"), sha256: "ff", models: &models };
+        let models = [ModelInfo {
+            name: "seg".into(),
+            sha256: "00".into(),
+        }];
+        let ctx = SliceContext {
+            job_id: 3,
+            path: Path::new("/in/IM1"),
+            sha256: "ff",
+            models: &models,
+        };
         let s = write_slice(dir.path(), &ctx, &slice, &finding).expect("write");
-        assert_eq!((s.series_key.as_str(), s.report.as_str(), s.ggo_px, s.consolidation_px), ("1.2.3", "1.2.3.4.json", 2, 1));
+        assert_eq!(
+            (
+                s.series_key.as_str(),
+                s.report.as_str(),
+                s.ggo_px,
+                s.consolidation_px
+            ),
+            ("1.2.3", "1.2.3.4.json", 2, 1)
+        );
         assert_eq!(s.position_z, Some(-50.0));
         let series = dir.path().join("1.2.3");
         let json: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(series.join("1.2.3.4.json")).expect("report")).expect("json");
+            serde_json::from_slice(&std::fs::read(series.join("1.2.3.4.json")).expect("report"))
+                .expect("json");
         assert_eq!(json["schema"], SLICE_SCHEMA);
         assert_eq!(json["research_use_only"], true);
         assert_eq!(json["input"]["format"], "dicom");
         assert_eq!(json["lesions"][0]["area_mm2"], 2.0);
         assert_eq!(json["outputs"]["mask"], "1.2.3.4_mask.png");
-        let mask = image::open(series.join("1.2.3.4_mask.png")).expect("mask png").to_luma8();
+        let mask = image::open(series.join("1.2.3.4_mask.png"))
+            .expect("mask png")
+            .to_luma8();
         assert_eq!(mask.into_raw(), vec![0, 1, 1, 2]);
         assert!(series.join("1.2.3.4_overlay.png").is_file());
-        assert_eq!(s.thumbnail.as_ref().map(|t| t.pixel(0, 0)), Some(Some([50, 50, 50])));
+        assert_eq!(
+            s.thumbnail.as_ref().map(|t| t.pixel(0, 0)),
+            Some(Some([50, 50, 50]))
+        );
     }
 }

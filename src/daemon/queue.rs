@@ -19,10 +19,18 @@ use crate::protocol::{JobInfo, JobState, QueueCounts, SliceSummary};
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("queue database {path}: {source}")]
-    Db { path: PathBuf, source: rusqlite::Error },
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("cannot use state folder {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("another ctmask daemon ({holder}) is using the state folder {path}; stop it first or use another state folder")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another ctmask daemon ({holder}) is using the state folder {path}; stop it first or use another state folder"
+    )]
     Locked { path: PathBuf, holder: String },
     #[error("job {0} does not exist")]
     NoSuchJob(i64),
@@ -110,7 +118,8 @@ CREATE TABLE IF NOT EXISTS thumbnails (
 PRAGMA user_version = 1;
 ";
 
-const JOB_COLUMNS: &str = "id, sha256, path, state, attempts, reason, series_key, created_ms, next_attempt_ms";
+const JOB_COLUMNS: &str =
+    "id, sha256, path, state, attempts, reason, series_key, created_ms, next_attempt_ms";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -132,26 +141,50 @@ impl Queue {
 
     /// Opens (creating if needed) the queue in `state_dir` for jobs of the models with hash `models`.
     pub fn open(state_dir: &Path, models: &str) -> Result<Queue> {
-        std::fs::create_dir_all(state_dir).map_err(|source| QueueError::Io { path: state_dir.into(), source })?;
+        std::fs::create_dir_all(state_dir).map_err(|source| QueueError::Io {
+            path: state_dir.into(),
+            source,
+        })?;
         let path = state_dir.join(Self::FILE_NAME);
-        let db = |source| QueueError::Db { path: path.clone(), source };
+        let db = |source| QueueError::Db {
+            path: path.clone(),
+            source,
+        };
         let conn = Connection::open(&path).map_err(db)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
-        Ok(Queue { conn, path, models: models.to_string() })
+        Ok(Queue {
+            conn,
+            path,
+            models: models.to_string(),
+        })
     }
 
     fn db(&self) -> impl Fn(rusqlite::Error) -> QueueError + '_ {
-        |source| QueueError::Db { path: self.path.clone(), source }
+        |source| QueueError::Db {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Runs `f` in one IMMEDIATE transaction (committed when `f` succeeds).
-    fn in_tx<T>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T> {
+    fn in_tx<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
         let path = self.path.clone();
-        let err = |source| QueueError::Db { path: path.clone(), source };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let err = |source| QueueError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
         let out = f(&tx).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(out)
@@ -162,7 +195,10 @@ impl Queue {
         let now = now_ms();
         let n = self
             .conn
-            .execute("UPDATE jobs SET state = 'pending', updated_ms = ?1 WHERE state = 'running'", params![now])
+            .execute(
+                "UPDATE jobs SET state = 'pending', updated_ms = ?1 WHERE state = 'running'",
+                params![now],
+            )
             .map_err(self.db())?;
         Ok(n)
     }
@@ -212,9 +248,14 @@ impl Queue {
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE models = ?1 AND state IN ('pending', 'failed')
                  AND next_attempt_ms <= ?2 ORDER BY next_attempt_ms, id LIMIT ?3"
             ))?;
-            let jobs: Vec<Job> = stmt.query_map(params![models, now, limit as i64], job_row)?.collect::<rusqlite::Result<_>>()?;
+            let jobs: Vec<Job> = stmt
+                .query_map(params![models, now, limit as i64], job_row)?
+                .collect::<rusqlite::Result<_>>()?;
             for job in &jobs {
-                tx.execute("UPDATE jobs SET state = 'running', updated_ms = ?2 WHERE id = ?1", params![job.id, now])?;
+                tx.execute(
+                    "UPDATE jobs SET state = 'running', updated_ms = ?2 WHERE id = ?1",
+                    params![job.id, now],
+                )?;
             }
             Ok(jobs)
         })?;
@@ -228,14 +269,24 @@ impl Queue {
     pub fn complete(&mut self, id: i64, slices: &[SliceSummary]) -> Result<()> {
         let now = now_ms();
         // Thumbnails live in their own table: the summaries stay small for series reports.
-        let bare: Vec<SliceSummary> = slices.iter().map(|s| SliceSummary { thumbnail: None, ..s.clone() }).collect();
-        let summary = serde_json::to_string(&bare).map_err(|source| QueueError::Summary { id, source })?;
+        let bare: Vec<SliceSummary> = slices
+            .iter()
+            .map(|s| SliceSummary {
+                thumbnail: None,
+                ..s.clone()
+            })
+            .collect();
+        let summary =
+            serde_json::to_string(&bare).map_err(|source| QueueError::Summary { id, source })?;
         let series_key = slices.first().map(|s| s.series_key.clone());
         let thumbs: Vec<(i64, String)> = slices
             .iter()
             .filter_map(|s| {
                 let t = s.thumbnail.as_ref()?;
-                Some((i64::from(s.frame.unwrap_or(0)), serde_json::to_string(t).ok()?))
+                Some((
+                    i64::from(s.frame.unwrap_or(0)),
+                    serde_json::to_string(t).ok()?,
+                ))
             })
             .collect();
         self.in_tx(|tx| {
@@ -320,13 +371,20 @@ impl Queue {
         match state {
             None => Err(QueueError::NoSuchJob(id)),
             Some(JobState::Failed | JobState::Quarantined) => Ok(()),
-            Some(state) => Err(QueueError::NotRetryable { id, state: state.as_str() }),
+            Some(state) => Err(QueueError::NotRetryable {
+                id,
+                state: state.as_str(),
+            }),
         }
     }
 
     pub fn job(&self, id: i64) -> Result<Job> {
         self.conn
-            .query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), params![id], job_row)
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                params![id],
+                job_row,
+            )
             .optional()
             .map_err(self.db())?
             .ok_or(QueueError::NoSuchJob(id))
@@ -338,15 +396,27 @@ impl Queue {
             .conn
             .prepare("SELECT path FROM paths WHERE sha256 = ?1 ORDER BY last_seen_ms DESC")
             .map_err(self.db())?;
-        let rows = stmt.query_map(params![sha256], |r| r.get::<_, String>(0)).map_err(self.db())?;
-        rows.map(|r| r.map(PathBuf::from)).collect::<rusqlite::Result<_>>().map_err(self.db())
+        let rows = stmt
+            .query_map(params![sha256], |r| r.get::<_, String>(0))
+            .map_err(self.db())?;
+        rows.map(|r| r.map(PathBuf::from))
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.db())
     }
 
     /// Path -> (size, mtime_ns) of every file already recorded (the watcher skips unchanged ones).
     pub fn known_files(&self) -> Result<HashMap<PathBuf, (u64, i64)>> {
-        let mut stmt = self.conn.prepare("SELECT path, size, mtime_ns FROM paths").map_err(self.db())?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path, size, mtime_ns FROM paths")
+            .map_err(self.db())?;
         let rows = stmt
-            .query_map([], |r| Ok((PathBuf::from(r.get::<_, String>(0)?), (r.get::<_, i64>(1)? as u64, r.get(2)?))))
+            .query_map([], |r| {
+                Ok((
+                    PathBuf::from(r.get::<_, String>(0)?),
+                    (r.get::<_, i64>(1)? as u64, r.get(2)?),
+                ))
+            })
             .map_err(self.db())?;
         rows.collect::<rusqlite::Result<_>>().map_err(self.db())
     }
@@ -357,7 +427,9 @@ impl Queue {
             .prepare("SELECT state, COUNT(*) FROM jobs WHERE models = ?1 GROUP BY state")
             .map_err(self.db())?;
         let rows = stmt
-            .query_map(params![self.models], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .query_map(params![self.models], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
             .map_err(self.db())?;
         let mut c = QueueCounts::default();
         for row in rows {
@@ -383,7 +455,9 @@ impl Queue {
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE models = ?1 AND state != 'done' ORDER BY id DESC LIMIT ?2"
             ))
             .map_err(self.db())?;
-        let rows = stmt.query_map(params![self.models, limit as i64], job_row).map_err(self.db())?;
+        let rows = stmt
+            .query_map(params![self.models, limit as i64], job_row)
+            .map_err(self.db())?;
         let jobs: Vec<Job> = rows.collect::<rusqlite::Result<_>>().map_err(self.db())?;
         Ok(jobs
             .into_iter()
@@ -395,14 +469,16 @@ impl Queue {
                 age_s: (now - j.created_ms).max(0) as f64 / 1000.0,
                 attempts: j.attempts,
                 reason: j.reason,
-                next_retry_s: (j.state == JobState::Failed).then(|| (j.next_attempt_ms - now).max(0) as f64 / 1000.0),
+                next_retry_s: (j.state == JobState::Failed)
+                    .then(|| (j.next_attempt_ms - now).max(0) as f64 / 1000.0),
             })
             .collect())
     }
 
     /// Summaries of the most recently finished slices, newest first (with thumbnails when asked).
     pub fn recent_slices(&self, limit: usize, thumbnails: bool) -> Result<Vec<SliceSummary>> {
-        let sql = "SELECT summary FROM jobs WHERE models = ?1 AND state = 'done' AND summary IS NOT NULL
+        let sql =
+            "SELECT summary FROM jobs WHERE models = ?1 AND state = 'done' AND summary IS NOT NULL
                    ORDER BY updated_ms DESC, id DESC LIMIT ?2";
         let mut out = self.summaries(sql, params![self.models, limit as i64])?;
         out.truncate(limit);
@@ -420,7 +496,9 @@ impl Queue {
 
     fn summaries(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<SliceSummary>> {
         let mut stmt = self.conn.prepare(sql).map_err(self.db())?;
-        let rows = stmt.query_map(args, |r| r.get::<_, String>(0)).map_err(self.db())?;
+        let rows = stmt
+            .query_map(args, |r| r.get::<_, String>(0))
+            .map_err(self.db())?;
         let mut out = Vec::new();
         for row in rows {
             let json = row.map_err(self.db())?;
@@ -439,7 +517,9 @@ impl Queue {
             .map_err(self.db())?;
         for s in slices {
             let json: Option<String> = stmt
-                .query_row(params![s.job_id, i64::from(s.frame.unwrap_or(0))], |r| r.get(0))
+                .query_row(params![s.job_id, i64::from(s.frame.unwrap_or(0))], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(self.db())?;
             s.thumbnail = json.and_then(|j| serde_json::from_str(&j).ok());
@@ -455,12 +535,19 @@ impl Queue {
             .conn
             .prepare("SELECT key, last_done_ms FROM series WHERE last_done_ms > reported_ms AND last_done_ms <= ?1")
             .map_err(self.db())?;
-        let rows = stmt.query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?))).map_err(self.db())?;
+        let rows = stmt
+            .query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.db())?;
         rows.collect::<rusqlite::Result<_>>().map_err(self.db())
     }
 
     /// Records a series report covering slices done up to `last_done_ms`; returns its revision.
-    pub fn series_reported(&mut self, key: &str, last_done_ms: i64, summary_json: &str) -> Result<u32> {
+    pub fn series_reported(
+        &mut self,
+        key: &str,
+        last_done_ms: i64,
+        summary_json: &str,
+    ) -> Result<u32> {
         self.in_tx(|tx| {
             tx.execute(
                 "UPDATE series SET reported_ms = MAX(reported_ms, ?2), revision = revision + 1, summary = ?3 WHERE key = ?1",
@@ -474,7 +561,11 @@ impl Queue {
     pub fn series_revision(&self, key: &str) -> Result<u32> {
         let rev: Option<u32> = self
             .conn
-            .query_row("SELECT revision FROM series WHERE key = ?1", params![key], |r| r.get(0))
+            .query_row(
+                "SELECT revision FROM series WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(self.db())?;
         Ok(rev.unwrap_or(0) + 1)
@@ -486,7 +577,9 @@ impl Queue {
             .conn
             .prepare("SELECT summary FROM series WHERE summary IS NOT NULL ORDER BY reported_ms DESC LIMIT ?1")
             .map_err(self.db())?;
-        let rows = stmt.query_map(params![limit as i64], |r| r.get(0)).map_err(self.db())?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| r.get(0))
+            .map_err(self.db())?;
         rows.collect::<rusqlite::Result<_>>().map_err(self.db())
     }
 }
@@ -515,7 +608,10 @@ impl StateLock {
     pub const FILE_NAME: &'static str = "ctmask.lock";
 
     pub fn acquire(state_dir: &Path) -> Result<StateLock> {
-        let io = |source| QueueError::Io { path: state_dir.into(), source };
+        let io = |source| QueueError::Io {
+            path: state_dir.into(),
+            source,
+        };
         std::fs::create_dir_all(state_dir).map_err(io)?;
         let path = state_dir.join(Self::FILE_NAME);
         let mut file = std::fs::OpenOptions::new()
@@ -536,7 +632,10 @@ impl StateLock {
                     "" => "unknown pid".to_string(),
                     pid => format!("pid {pid}"),
                 };
-                return Err(QueueError::Locked { path: state_dir.into(), holder });
+                return Err(QueueError::Locked {
+                    path: state_dir.into(),
+                    holder,
+                });
             }
             return Err(io(err));
         }
@@ -551,30 +650,70 @@ mod tests {
     use super::*;
 
     fn seen(path: &str, sha: &str) -> FileSeen {
-        FileSeen { path: path.into(), sha256: sha.into(), size: 10, mtime_ns: 1, series_key: None }
+        FileSeen {
+            path: path.into(),
+            sha256: sha.into(),
+            size: 10,
+            mtime_ns: 1,
+            series_key: None,
+        }
     }
 
     fn summary(job_id: i64, key: &str) -> SliceSummary {
-        SliceSummary { job_id, series_key: key.into(), label: Some("covid".into()), ..SliceSummary::default() }
+        SliceSummary {
+            job_id,
+            series_key: key.into(),
+            label: Some("covid".into()),
+            ..SliceSummary::default()
+        }
     }
 
     #[test]
     fn same_content_is_one_job_across_copies_and_renames() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut q = Queue::open(dir.path(), "m1").expect("open");
-        let Enqueued::New(id) = q.enqueue(&seen("/in/a.dcm", "aa")).expect("enqueue") else { panic!("not new") };
-        assert_eq!(q.enqueue(&seen("/in/copy.dcm", "aa")).expect("copy"), Enqueued::Known(id, JobState::Pending));
-        assert_eq!(q.job(id).expect("job").path, PathBuf::from("/in/copy.dcm"), "pending job follows the newest path");
+        let Enqueued::New(id) = q.enqueue(&seen("/in/a.dcm", "aa")).expect("enqueue") else {
+            panic!("not new")
+        };
+        assert_eq!(
+            q.enqueue(&seen("/in/copy.dcm", "aa")).expect("copy"),
+            Enqueued::Known(id, JobState::Pending)
+        );
+        assert_eq!(
+            q.job(id).expect("job").path,
+            PathBuf::from("/in/copy.dcm"),
+            "pending job follows the newest path"
+        );
         let claimed = q.claim(10).expect("claim");
-        q.complete(claimed[0].id, &[summary(id, "s1")]).expect("complete");
-        assert_eq!(q.enqueue(&seen("/in/renamed.dcm", "aa")).expect("rename"), Enqueued::Known(id, JobState::Done));
+        q.complete(claimed[0].id, &[summary(id, "s1")])
+            .expect("complete");
+        assert_eq!(
+            q.enqueue(&seen("/in/renamed.dcm", "aa")).expect("rename"),
+            Enqueued::Known(id, JobState::Done)
+        );
         assert_eq!(q.paths_for("aa").expect("paths").len(), 3);
-        assert!(matches!(q.enqueue(&seen("/in/b.dcm", "bb")).expect("other"), Enqueued::New(_)));
+        assert!(matches!(
+            q.enqueue(&seen("/in/b.dcm", "bb")).expect("other"),
+            Enqueued::New(_)
+        ));
         // Other models: the same content is a new job.
         let mut q2 = Queue::open(dir.path(), "m2").expect("open m2");
-        assert!(matches!(q2.enqueue(&seen("/in/a.dcm", "aa")).expect("m2"), Enqueued::New(_)));
-        assert_eq!(q.counts().expect("counts"), QueueCounts { pending: 1, done: 1, ..QueueCounts::default() });
-        assert_eq!(q.known_files().expect("known").get(Path::new("/in/a.dcm")), Some(&(10, 1)));
+        assert!(matches!(
+            q2.enqueue(&seen("/in/a.dcm", "aa")).expect("m2"),
+            Enqueued::New(_)
+        ));
+        assert_eq!(
+            q.counts().expect("counts"),
+            QueueCounts {
+                pending: 1,
+                done: 1,
+                ..QueueCounts::default()
+            }
+        );
+        assert_eq!(
+            q.known_files().expect("known").get(Path::new("/in/a.dcm")),
+            Some(&(10, 1))
+        );
     }
 
     #[test]
@@ -600,25 +739,48 @@ mod tests {
         q.enqueue(&seen("/bad", "x")).expect("enqueue");
         let backoff = |a: u32| Duration::from_millis(40 * u64::from(a));
         let id = q.claim(1).expect("claim")[0].id;
-        assert_eq!(q.fail(id, "truncated", false, 2, backoff).expect("fail 1"), JobState::Failed);
-        assert!(q.claim(1).expect("too early").is_empty(), "backoff not over");
+        assert_eq!(
+            q.fail(id, "truncated", false, 2, backoff).expect("fail 1"),
+            JobState::Failed
+        );
+        assert!(
+            q.claim(1).expect("too early").is_empty(),
+            "backoff not over"
+        );
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(q.claim(1).expect("due")[0].id, id);
-        assert_eq!(q.fail(id, "truncated", false, 2, backoff).expect("fail 2"), JobState::Failed);
+        assert_eq!(
+            q.fail(id, "truncated", false, 2, backoff).expect("fail 2"),
+            JobState::Failed
+        );
         std::thread::sleep(Duration::from_millis(100));
         q.claim(1).expect("due again");
-        assert_eq!(q.fail(id, "truncated again", false, 2, backoff).expect("fail 3"), JobState::Quarantined);
+        assert_eq!(
+            q.fail(id, "truncated again", false, 2, backoff)
+                .expect("fail 3"),
+            JobState::Quarantined
+        );
         let job = q.job(id).expect("job");
-        assert_eq!((job.attempts, job.reason.as_deref()), (3, Some("truncated again")));
+        assert_eq!(
+            (job.attempts, job.reason.as_deref()),
+            (3, Some("truncated again"))
+        );
         std::thread::sleep(Duration::from_millis(10));
         assert!(q.claim(1).expect("quarantined").is_empty());
         let open = q.open_jobs(10).expect("open jobs");
-        assert_eq!((open[0].state, open[0].attempts), (JobState::Quarantined, 3));
+        assert_eq!(
+            (open[0].state, open[0].attempts),
+            (JobState::Quarantined, 3)
+        );
         q.retry(id).expect("retry");
         assert_eq!(q.claim(1).expect("retried")[0].attempts, 0);
         assert!(matches!(q.retry(id), Err(QueueError::NotRetryable { .. })));
         assert!(matches!(q.retry(999), Err(QueueError::NoSuchJob(999))));
-        assert_eq!(q.fail(id, "not dicom", true, 5, backoff).expect("permanent"), JobState::Quarantined);
+        assert_eq!(
+            q.fail(id, "not dicom", true, 5, backoff)
+                .expect("permanent"),
+            JobState::Quarantined
+        );
     }
 
     #[test]
@@ -628,7 +790,12 @@ mod tests {
         q.enqueue(&seen("/a", "1")).expect("enqueue");
         let id = q.claim(1).expect("claim")[0].id;
         q.complete(id, &[summary(id, "S")]).expect("complete");
-        assert!(q.series_due(Duration::from_secs(60)).expect("due").is_empty(), "still quiet period");
+        assert!(
+            q.series_due(Duration::from_secs(60))
+                .expect("due")
+                .is_empty(),
+            "still quiet period"
+        );
         let due = q.series_due(Duration::ZERO).expect("due");
         assert_eq!(due.len(), 1);
         assert_eq!(q.series_reported("S", due[0].1, "{}").expect("reported"), 1);
@@ -648,7 +815,10 @@ mod tests {
         let first = StateLock::acquire(dir.path()).expect("first");
         let err = StateLock::acquire(dir.path()).expect_err("second");
         let msg = err.to_string();
-        assert!(msg.contains("another ctmask daemon") && msg.contains(&std::process::id().to_string()), "{msg}");
+        assert!(
+            msg.contains("another ctmask daemon") && msg.contains(&std::process::id().to_string()),
+            "{msg}"
+        );
         drop(first);
         StateLock::acquire(dir.path()).expect("free again");
     }

@@ -70,11 +70,19 @@ pub struct SeriesReport {
 pub fn order_slices(slices: &mut [SliceSummary]) -> &'static str {
     let tie = |a: &SliceSummary, b: &SliceSummary| (a.frame, a.job_id).cmp(&(b.frame, b.job_id));
     if slices.iter().all(|s| s.position_z.is_some()) {
-        slices.sort_by(|a, b| a.position_z.partial_cmp(&b.position_z).unwrap_or(std::cmp::Ordering::Equal).then(tie(a, b)));
+        slices.sort_by(|a, b| {
+            a.position_z
+                .partial_cmp(&b.position_z)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(tie(a, b))
+        });
         "image_position_z"
     } else if slices.iter().all(|s| s.slice_location.is_some()) {
         slices.sort_by(|a, b| {
-            a.slice_location.partial_cmp(&b.slice_location).unwrap_or(std::cmp::Ordering::Equal).then(tie(a, b))
+            a.slice_location
+                .partial_cmp(&b.slice_location)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(tie(a, b))
         });
         "slice_location"
     } else if slices.iter().all(|s| s.instance_number.is_some()) {
@@ -90,8 +98,19 @@ pub fn order_slices(slices: &mut [SliceSummary]) -> &'static str {
 pub fn verdict(slices: &[SliceSummary], cfg: &SeriesSettings) -> Verdict {
     let classified: Vec<&SliceSummary> = slices.iter().filter(|s| s.label.is_some()).collect();
     let n = classified.len() as u32;
-    let count = |label: &str| classified.iter().filter(|s| s.label.as_deref() == Some(label)).count() as u32;
-    let percent = |k: u32| if n == 0 { 0.0 } else { 100.0 * f64::from(k) / f64::from(n) };
+    let count = |label: &str| {
+        classified
+            .iter()
+            .filter(|s| s.label.as_deref() == Some(label))
+            .count() as u32
+    };
+    let percent = |k: u32| {
+        if n == 0 {
+            0.0
+        } else {
+            100.0 * f64::from(k) / f64::from(n)
+        }
+    };
     let covid = count("covid");
     let (rule, description, label) = match cfg.rule {
         VerdictRule::CovidFraction => {
@@ -120,9 +139,19 @@ pub fn verdict(slices: &[SliceSummary], cfg: &SeriesSettings) -> Verdict {
                     *m += f64::from(*v) / with_p.len() as f64;
                 }
             }
-            let best = (0..3).max_by(|&a, &b| mean[a].total_cmp(&mean[b])).unwrap_or(0);
-            let label = if with_p.is_empty() { "unclassified" } else { CLASS_NAMES[best] };
-            ("mean_probability", "the class with the highest mean probability over the slices".to_string(), label)
+            let best = (0..3)
+                .max_by(|&a, &b| mean[a].total_cmp(&mean[b]))
+                .unwrap_or(0);
+            let label = if with_p.is_empty() {
+                "unclassified"
+            } else {
+                CLASS_NAMES[best]
+            };
+            (
+                "mean_probability",
+                "the class with the highest mean probability over the slices".to_string(),
+                label,
+            )
         }
     };
     Verdict {
@@ -138,7 +167,11 @@ pub fn verdict(slices: &[SliceSummary], cfg: &SeriesSettings) -> Verdict {
 /// GGO and consolidation volumes and lung involvement of slices in anatomical order.
 pub fn burden(slices: &[SliceSummary]) -> Burden {
     let zs: Vec<f64> = slices.iter().filter_map(|s| s.position_z).collect();
-    let mut gaps: Vec<f64> = zs.windows(2).map(|w| (w[1] - w[0]).abs()).filter(|g| *g > 1e-6).collect();
+    let mut gaps: Vec<f64> = zs
+        .windows(2)
+        .map(|w| (w[1] - w[0]).abs())
+        .filter(|g| *g > 1e-6)
+        .collect();
     gaps.sort_by(f64::total_cmp);
     let spacing_z = gaps.get(gaps.len() / 2).copied();
     let has_thickness = slices.iter().any(|s| s.slice_thickness.is_some());
@@ -155,9 +188,15 @@ pub fn burden(slices: &[SliceSummary]) -> Burden {
     if slices.is_empty() {
         volumes = [None, None];
     }
-    let with_lung: Vec<&SliceSummary> = slices.iter().filter(|s| s.lung_px.is_some_and(|l| l > 0)).collect();
+    let with_lung: Vec<&SliceSummary> = slices
+        .iter()
+        .filter(|s| s.lung_px.is_some_and(|l| l > 0))
+        .collect();
     let lung: u64 = with_lung.iter().filter_map(|s| s.lung_px).sum();
-    let lesion: u64 = with_lung.iter().map(|s| s.ggo_px + s.consolidation_px).sum();
+    let lesion: u64 = with_lung
+        .iter()
+        .map(|s| s.ggo_px + s.consolidation_px)
+        .sum();
     Burden {
         ggo_ml: volumes[0],
         consolidation_ml: volumes[1],
@@ -176,7 +215,13 @@ pub fn burden(slices: &[SliceSummary]) -> Burden {
 }
 
 /// Builds the report of one series from all its screened slices.
-pub fn build(key: &str, mut slices: Vec<SliceSummary>, cfg: &SeriesSettings, revision: u32, models: &[ModelInfo]) -> SeriesReport {
+pub fn build(
+    key: &str,
+    mut slices: Vec<SliceSummary>,
+    cfg: &SeriesSettings,
+    revision: u32,
+    models: &[ModelInfo],
+) -> SeriesReport {
     for s in &mut slices {
         s.thumbnail = None;
     }
@@ -184,7 +229,9 @@ pub fn build(key: &str, mut slices: Vec<SliceSummary>, cfg: &SeriesSettings, rev
     let mut counts = BTreeMap::new();
     let mut lesion_counts = BTreeMap::new();
     for s in &slices {
-        *counts.entry(s.label.clone().unwrap_or_else(|| "unclassified".into())).or_insert(0) += 1;
+        *counts
+            .entry(s.label.clone().unwrap_or_else(|| "unclassified".into()))
+            .or_insert(0) += 1;
         for (class, n) in &s.lesion_counts {
             *lesion_counts.entry(class.clone()).or_insert(0) += n;
         }
@@ -231,8 +278,10 @@ impl SeriesReport {
     /// Writes `<output>/<key>/series.json` atomically.
     pub fn write(&self, output: &Path) -> Result<(), OutputError> {
         let path = output.join(&self.series_key).join(SERIES_FILE);
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| OutputError::Encode { path: path.clone(), reason: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(self).map_err(|e| OutputError::Encode {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         write_atomic(&path, &json)
     }
 }
@@ -250,7 +299,11 @@ mod tests {
             instance_number: Some(job_id as i32),
             pixel_spacing: Some([0.5, 0.5]),
             label: Some(label.into()),
-            probabilities: Some(if label == "covid" { [0.1, 0.1, 0.8] } else { [0.8, 0.1, 0.1] }),
+            probabilities: Some(if label == "covid" {
+                [0.1, 0.1, 0.8]
+            } else {
+                [0.8, 0.1, 0.1]
+            }),
             ggo_px,
             consolidation_px: 100,
             lung_px: Some(10_000),
@@ -260,18 +313,30 @@ mod tests {
 
     #[test]
     fn orders_anatomically_and_measures_burden() {
-        let slices = vec![slice(1, 10.0, "covid", 400), slice(2, 0.0, "control", 0), slice(3, 5.0, "covid", 400)];
+        let slices = vec![
+            slice(1, 10.0, "covid", 400),
+            slice(2, 0.0, "control", 0),
+            slice(3, 5.0, "covid", 400),
+        ];
         let r = build("S", slices, &SeriesSettings::default(), 1, &[]);
         assert_eq!(r.order, "image_position_z");
-        assert_eq!(r.slices.iter().map(|s| s.job_id).collect::<Vec<_>>(), vec![2, 3, 1]);
+        assert_eq!(
+            r.slices.iter().map(|s| s.job_id).collect::<Vec<_>>(),
+            vec![2, 3, 1]
+        );
         assert_eq!(r.burden.thickness_source, "position_spacing");
         // 800 px * 0.25 mm² * 5 mm / 1000 = 1 mL; consolidation 300 px -> 0.375 mL.
         assert!((r.burden.ggo_ml.expect("ggo") - 1.0).abs() < 1e-9);
         assert!((r.burden.consolidation_ml.expect("cons") - 0.375).abs() < 1e-9);
-        assert!((r.burden.involvement_percent.expect("inv") - 100.0 * 1100.0 / 30_000.0).abs() < 1e-9);
+        assert!(
+            (r.burden.involvement_percent.expect("inv") - 100.0 * 1100.0 / 30_000.0).abs() < 1e-9
+        );
         assert_eq!(r.counts.get("covid"), Some(&2));
         let summary = r.summary();
-        assert_eq!((summary.verdict.as_str(), summary.slice_count), ("covid", 3));
+        assert_eq!(
+            (summary.verdict.as_str(), summary.slice_count),
+            ("covid", 3)
+        );
         assert!(summary.rule.starts_with("covid_fraction"));
     }
 
@@ -290,16 +355,31 @@ mod tests {
 
     #[test]
     fn verdict_rules_follow_their_thresholds() {
-        let mut slices: Vec<SliceSummary> = (0..20).map(|i| slice(i, i as f64, "control", 0)).collect();
-        let cfg = SeriesSettings { min_covid_slices: 3, min_covid_percent: 15.0, ..SeriesSettings::default() };
+        let mut slices: Vec<SliceSummary> =
+            (0..20).map(|i| slice(i, i as f64, "control", 0)).collect();
+        let cfg = SeriesSettings {
+            min_covid_slices: 3,
+            min_covid_percent: 15.0,
+            ..SeriesSettings::default()
+        };
         assert_eq!(verdict(&slices, &cfg).label, "control");
         slices[0].label = Some("covid".into());
         slices[1].label = Some("covid".into());
-        assert_eq!(verdict(&slices, &cfg).label, "control", "2 slices = 10 %: under both thresholds");
+        assert_eq!(
+            verdict(&slices, &cfg).label,
+            "control",
+            "2 slices = 10 %: under both thresholds"
+        );
         slices[2].label = Some("covid".into());
         let v = verdict(&slices, &cfg);
-        assert_eq!((v.label.as_str(), v.covid_slices, v.covid_percent), ("covid", 3, 15.0));
-        let mean = SeriesSettings { rule: VerdictRule::MeanProbability, ..cfg.clone() };
+        assert_eq!(
+            (v.label.as_str(), v.covid_slices, v.covid_percent),
+            ("covid", 3, 15.0)
+        );
+        let mean = SeriesSettings {
+            rule: VerdictRule::MeanProbability,
+            ..cfg.clone()
+        };
         assert_eq!(verdict(&slices, &mean).label, "control");
         assert_eq!(verdict(&[], &cfg).label, "unclassified");
     }

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::slice::SliceOptions;
+
 /// How the watcher learns about new files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -37,7 +39,11 @@ pub struct SeriesSettings {
 
 impl Default for SeriesSettings {
     fn default() -> Self {
-        SeriesSettings { rule: VerdictRule::CovidFraction, min_covid_slices: 3, min_covid_percent: 10.0 }
+        SeriesSettings {
+            rule: VerdictRule::CovidFraction,
+            min_covid_slices: 3,
+            min_covid_percent: 10.0,
+        }
     }
 }
 
@@ -89,6 +95,9 @@ pub struct DaemonSettings {
     /// On SIGTERM, the slice in hand gets this long (s) before it is requeued.
     pub drain_timeout_s: f64,
     pub series: SeriesSettings,
+    /// How slices are decoded; not a YAML key here: the caller copies it from the top-level config.
+    #[serde(skip)]
+    pub slice_options: SliceOptions,
 }
 
 impl Default for DaemonSettings {
@@ -119,6 +128,7 @@ impl Default for DaemonSettings {
             quarantine_dir: None,
             drain_timeout_s: 20.0,
             series: SeriesSettings::default(),
+            slice_options: SliceOptions::default(),
         }
     }
 }
@@ -133,20 +143,35 @@ impl DaemonSettings {
     /// Every problem, each naming its key; empty when the settings are usable.
     pub fn problems(&self) -> Vec<SettingsError> {
         let mut out = Vec::new();
-        let mut bad = |key: &'static str, reason: String| out.push(SettingsError::Invalid { key, reason });
+        let mut bad =
+            |key: &'static str, reason: String| out.push(SettingsError::Invalid { key, reason });
         if self.watch.is_empty() {
             bad("watch", "at least one folder is needed".into());
         }
-        for (key, path) in [("output", &self.output), ("state", &self.state), ("socket", &self.socket)] {
+        for (key, path) in [
+            ("output", &self.output),
+            ("state", &self.state),
+            ("socket", &self.socket),
+        ] {
             if path.as_os_str().is_empty() {
                 bad(key, "must not be empty".into());
             }
         }
-        if self.watch.iter().any(|w| self.output.starts_with(w) || self.state.starts_with(w)) {
-            bad("output", "output and state folders must not lie inside a watch folder".into());
+        if self
+            .watch
+            .iter()
+            .any(|w| self.output.starts_with(w) || self.state.starts_with(w))
+        {
+            bad(
+                "output",
+                "output and state folders must not lie inside a watch folder".into(),
+            );
         }
         if self.socket_mode().is_none() {
-            bad("socket_mode", format!("`{}` is not an octal mode such as 0660", self.socket_mode));
+            bad(
+                "socket_mode",
+                format!("`{}` is not an octal mode such as 0660", self.socket_mode),
+            );
         }
         for (key, v) in [
             ("poll_interval_s", self.poll_interval_s),
@@ -156,10 +181,16 @@ impl DaemonSettings {
             ("disk_check_interval_s", self.disk_check_interval_s),
         ] {
             if !(v.is_finite() && v > 0.0) {
-                bad(key, format!("must be a positive number of seconds, got {v}"));
+                bad(
+                    key,
+                    format!("must be a positive number of seconds, got {v}"),
+                );
             }
         }
-        for (key, v) in [("quiet_period_s", self.quiet_period_s), ("drain_timeout_s", self.drain_timeout_s)] {
+        for (key, v) in [
+            ("quiet_period_s", self.quiet_period_s),
+            ("drain_timeout_s", self.drain_timeout_s),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
                 bad(key, format!("must be zero or more seconds, got {v}"));
             }
@@ -174,18 +205,32 @@ impl DaemonSettings {
             bad("max_file_bytes", "must be at least 1".into());
         }
         if !(0.0..100.0).contains(&self.min_free_percent) {
-            bad("min_free_percent", format!("must be in [0, 100), got {}", self.min_free_percent));
+            bad(
+                "min_free_percent",
+                format!("must be in [0, 100), got {}", self.min_free_percent),
+            );
         }
         let dev = self.device.as_str();
-        let cuda_index = dev.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
+        let cuda_index = dev
+            .strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<u32>().is_ok());
         if !(matches!(dev, "auto" | "cpu" | "cuda") || cuda_index) {
-            bad("device", format!("`{dev}` is not auto, cpu, cuda or cuda:N"));
+            bad(
+                "device",
+                format!("`{dev}` is not auto, cpu, cuda or cuda:N"),
+            );
         }
         if !(0.0..=100.0).contains(&self.series.min_covid_percent) {
-            bad("series.min_covid_percent", format!("must be in [0, 100], got {}", self.series.min_covid_percent));
+            bad(
+                "series.min_covid_percent",
+                format!("must be in [0, 100], got {}", self.series.min_covid_percent),
+            );
         }
         if self.ignore_suffixes.iter().any(String::is_empty) {
-            bad("ignore_suffixes", "an empty suffix would ignore every file".into());
+            bad(
+                "ignore_suffixes",
+                "an empty suffix would ignore every file".into(),
+            );
         }
         out
     }
@@ -200,12 +245,18 @@ impl DaemonSettings {
 
     /// `socket_mode` parsed, when it is a valid octal mode no wider than 0777.
     pub fn socket_mode(&self) -> Option<u32> {
-        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8).ok().filter(|m| *m <= 0o777)
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
     }
 
     /// Whether a file name is never taken (hidden or temporary).
     pub fn ignores_name(&self, name: &str) -> bool {
-        name.starts_with('.') || self.ignore_suffixes.iter().any(|s| name.ends_with(s.as_str()))
+        name.starts_with('.')
+            || self
+                .ignore_suffixes
+                .iter()
+                .any(|s| name.ends_with(s.as_str()))
     }
 
     /// Delay before retry number `attempt` (1-based): `backoff_s * 2^(attempt-1)`, capped.
@@ -298,8 +349,16 @@ mod tests {
             ..DaemonSettings::default()
         };
         let msgs: Vec<String> = s.problems().iter().map(ToString::to_string).collect();
-        for key in ["daemon.batch_size", "daemon.socket_mode", "daemon.device", "daemon.output"] {
-            assert!(msgs.iter().any(|m| m.contains(key)), "{key} missing in {msgs:?}");
+        for key in [
+            "daemon.batch_size",
+            "daemon.socket_mode",
+            "daemon.device",
+            "daemon.output",
+        ] {
+            assert!(
+                msgs.iter().any(|m| m.contains(key)),
+                "{key} missing in {msgs:?}"
+            );
         }
         assert!(s.validate().is_err());
     }
@@ -308,7 +367,9 @@ mod tests {
     fn names_mode_and_backoff() {
         let s = DaemonSettings::default();
         assert_eq!(s.socket_mode(), Some(0o660));
-        assert!(s.ignores_name(".hidden") && s.ignores_name("a.dcm.part") && s.ignores_name("x.tmp"));
+        assert!(
+            s.ignores_name(".hidden") && s.ignores_name("a.dcm.part") && s.ignores_name("x.tmp")
+        );
         assert!(!s.ignores_name("IM0001") && !s.ignores_name("a.png"));
         assert_eq!(s.backoff(1).as_secs(), 5);
         assert_eq!(s.backoff(3).as_secs(), 20);

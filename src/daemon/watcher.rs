@@ -46,8 +46,8 @@ const STALE_WRITER: Duration = Duration::from_secs(600);
 
 /// statfs magic numbers of filesystems where inotify misses remote writes.
 const NETWORK_FS_MAGIC: [u64; 10] = [
-    0x6969,     // NFS
-    0x517B,     // SMB
+    0x6969,      // NFS
+    0x517B,      // SMB
     0xFF53_4D42, // CIFS
     0xFE53_4D42, // SMB2
     0x0102_1997, // 9p
@@ -55,7 +55,7 @@ const NETWORK_FS_MAGIC: [u64; 10] = [
     0x6573_5546, // FUSE (sshfs, ...)
     0x5346_414F, // AFS
     0x7375_7245, // Coda
-    0x564C,     // NCP
+    0x564C,      // NCP
 ];
 
 /// Whether `path` lies on a network filesystem (statfs magic), so events cannot be trusted.
@@ -96,7 +96,11 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(settings: DaemonSettings, known: HashMap<PathBuf, (u64, i64)>, out: Sender<TakenFile>) -> Watcher {
+    pub fn new(
+        settings: DaemonSettings,
+        known: HashMap<PathBuf, (u64, i64)>,
+        out: Sender<TakenFile>,
+    ) -> Watcher {
         let (mut inotify_dirs, mut poll_dirs) = (Vec::new(), Vec::new());
         for dir in &settings.watch {
             let poll = match settings.poll {
@@ -104,9 +108,21 @@ impl Watcher {
                 PollMode::Inotify => false,
                 PollMode::Auto => is_network_fs(dir),
             };
-            if poll { poll_dirs.push(dir.clone()) } else { inotify_dirs.push(dir.clone()) }
+            if poll {
+                poll_dirs.push(dir.clone())
+            } else {
+                inotify_dirs.push(dir.clone())
+            }
         }
-        Watcher { settings, out, known, tracking: HashMap::new(), writing: HashMap::new(), inotify_dirs, poll_dirs }
+        Watcher {
+            settings,
+            out,
+            known,
+            tracking: HashMap::new(),
+            writing: HashMap::new(),
+            inotify_dirs,
+            poll_dirs,
+        }
     }
 
     /// Folders watched by polling (network filesystems, or `poll: poll`).
@@ -160,8 +176,14 @@ impl Watcher {
                 return; // nobody listens any more
             }
             let next_track = self.tracking.values().map(|t| t.next).min();
-            let wake = [Some(next_full), Some(next_poll), next_track].into_iter().flatten().min().unwrap_or(now);
-            let wait = wake.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
+            let wake = [Some(next_full), Some(next_poll), next_track]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(now);
+            let wait = wake
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200));
             match ev_rx.recv_timeout(wait) {
                 Ok(ev) => {
                     self.on_event(ev);
@@ -179,7 +201,9 @@ impl Watcher {
     }
 
     fn ignored(&self, path: &Path) -> bool {
-        path.file_name().and_then(|n| n.to_str()).is_none_or(|n| self.settings.ignores_name(n))
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| self.settings.ignores_name(n))
     }
 
     fn on_event(&mut self, ev: notify::Result<notify::Event>) {
@@ -230,7 +254,12 @@ impl Watcher {
     }
 
     fn rescan_all(&mut self) {
-        let dirs: Vec<PathBuf> = self.inotify_dirs.iter().chain(&self.poll_dirs).cloned().collect();
+        let dirs: Vec<PathBuf> = self
+            .inotify_dirs
+            .iter()
+            .chain(&self.poll_dirs)
+            .cloned()
+            .collect();
         self.scan(&dirs);
     }
 
@@ -240,7 +269,9 @@ impl Watcher {
         let mut stack: Vec<PathBuf> = dirs.to_vec();
         let mut seen = HashSet::new();
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
                 if self.ignored(&path) {
@@ -257,7 +288,11 @@ impl Watcher {
                     if self.known.get(&path) == Some(&sig) || self.tracking.contains_key(&path) {
                         continue;
                     }
-                    if self.writing.get(&path).is_some_and(|t| now.duration_since(*t) < STALE_WRITER) {
+                    if self
+                        .writing
+                        .get(&path)
+                        .is_some_and(|t| now.duration_since(*t) < STALE_WRITER)
+                    {
                         continue; // a writer has it open; its close event will bring it
                     }
                     self.track(&path, false, now);
@@ -267,7 +302,9 @@ impl Watcher {
     }
 
     fn track(&mut self, path: &Path, fast: bool, now: Instant) {
-        let Ok(meta) = std::fs::metadata(path) else { return };
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
         if !meta.is_file() {
             return;
         }
@@ -277,8 +314,21 @@ impl Watcher {
         }
         // An empty file closed after writing is more likely a placeholder: let it settle by polls.
         let fast = fast && size > 0;
-        let delay = if fast { Duration::from_millis(self.settings.settle_ms) } else { self.poll_interval() };
-        self.tracking.insert(path.to_path_buf(), Track { size, mtime_ns, seen: 1, next: now + delay, fast });
+        let delay = if fast {
+            Duration::from_millis(self.settings.settle_ms)
+        } else {
+            self.poll_interval()
+        };
+        self.tracking.insert(
+            path.to_path_buf(),
+            Track {
+                size,
+                mtime_ns,
+                seen: 1,
+                next: now + delay,
+                fast,
+            },
+        );
     }
 
     fn poll_interval(&self) -> Duration {
@@ -288,7 +338,12 @@ impl Watcher {
     /// Re-checks tracked files that are due; takes the stable ones. Err when the receiver is gone.
     fn check_tracked(&mut self) -> Result<(), ()> {
         let now = Instant::now();
-        let due: Vec<PathBuf> = self.tracking.iter().filter(|(_, t)| t.next <= now).map(|(p, _)| p.clone()).collect();
+        let due: Vec<PathBuf> = self
+            .tracking
+            .iter()
+            .filter(|(_, t)| t.next <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
         let needed = self.settings.stability_polls.max(1);
         for path in due {
             let Ok(meta) = std::fs::metadata(&path) else {
@@ -298,14 +353,20 @@ impl Watcher {
             let sig = (meta.len(), mtime_ns(&meta));
             let interval = self.poll_interval();
             let settle = Duration::from_millis(self.settings.settle_ms);
-            let Some(t) = self.tracking.get_mut(&path) else { continue };
+            let Some(t) = self.tracking.get_mut(&path) else {
+                continue;
+            };
             if (t.size, t.mtime_ns) == sig && t.seen > 0 {
                 t.seen += 1;
             } else {
                 (t.size, t.mtime_ns, t.seen) = (sig.0, sig.1, 1);
             }
             if t.seen >= needed {
-                let via = if t.fast { TakenVia::Closed } else { TakenVia::Scan };
+                let via = if t.fast {
+                    TakenVia::Closed
+                } else {
+                    TakenVia::Scan
+                };
                 self.tracking.remove(&path);
                 self.emit(path, sig, via)?;
             } else {
@@ -316,7 +377,9 @@ impl Watcher {
     }
 
     fn take_now(&mut self, path: &Path) {
-        let Ok(meta) = std::fs::metadata(path) else { return };
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
         if !meta.is_file() {
             return;
         }
@@ -327,14 +390,29 @@ impl Watcher {
         }
     }
 
-    fn emit(&mut self, path: PathBuf, (size, mtime_ns): (u64, i64), via: TakenVia) -> Result<(), ()> {
+    fn emit(
+        &mut self,
+        path: PathBuf,
+        (size, mtime_ns): (u64, i64),
+        via: TakenVia,
+    ) -> Result<(), ()> {
         self.known.insert(path.clone(), (size, mtime_ns));
-        self.out.send(TakenFile { path, size, mtime_ns, via, at: Instant::now() }).map_err(|_| ())
+        self.out
+            .send(TakenFile {
+                path,
+                size,
+                mtime_ns,
+                via,
+                at: Instant::now(),
+            })
+            .map_err(|_| ())
     }
 }
 
 fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
-    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
 }
 
 /// Spawns the watcher thread.
@@ -343,7 +421,9 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
     rescan: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("ctmask-watch".into()).spawn(move || watcher.run(stop, rescan))
+    std::thread::Builder::new()
+        .name("ctmask-watch".into())
+        .spawn(move || watcher.run(stop, rescan))
 }
 
 /// Receives taken files with a timeout (test and intake helper).
@@ -356,7 +436,14 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn start(dir: &Path, poll: PollMode) -> (Receiver<TakenFile>, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    fn start(
+        dir: &Path,
+        poll: PollMode,
+    ) -> (
+        Receiver<TakenFile>,
+        Arc<AtomicBool>,
+        std::thread::JoinHandle<()>,
+    ) {
         let settings = DaemonSettings {
             watch: vec![dir.to_path_buf()],
             poll,
@@ -380,7 +467,10 @@ mod tests {
         for _ in 0..pieces {
             f.write_all(&[7u8; 1000]).expect("write");
             f.flush().expect("flush");
-            assert!(rx.recv_timeout(pause).is_err(), "taken while still being written");
+            assert!(
+                rx.recv_timeout(pause).is_err(),
+                "taken while still being written"
+            );
         }
     }
 
@@ -392,9 +482,18 @@ mod tests {
         // Pauses longer than the poll and rescan intervals: only the open writer keeps it out.
         write_slowly(&slow, &rx, 4, Duration::from_millis(400));
         let closed = Instant::now();
-        let got = rx.recv_timeout(Duration::from_secs(2)).expect("taken after close");
-        assert_eq!((got.path.as_path(), got.size, got.via), (slow.as_path(), 4000, TakenVia::Closed));
-        assert!(closed.elapsed() < Duration::from_millis(200), "close -> taken took {:?}", closed.elapsed());
+        let got = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("taken after close");
+        assert_eq!(
+            (got.path.as_path(), got.size, got.via),
+            (slow.as_path(), 4000, TakenVia::Closed)
+        );
+        assert!(
+            closed.elapsed() < Duration::from_millis(200),
+            "close -> taken took {:?}",
+            closed.elapsed()
+        );
 
         let part = dir.path().join("b.dcm.part");
         std::fs::write(&part, [1u8; 10]).expect("write part");
@@ -403,9 +502,15 @@ mod tests {
         let done = dir.path().join("b.dcm");
         let t0 = Instant::now();
         std::fs::rename(&part, &done).expect("rename");
-        let got = rx.recv_timeout(Duration::from_secs(1)).expect("renamed file taken");
+        let got = rx
+            .recv_timeout(Duration::from_secs(1))
+            .expect("renamed file taken");
         assert_eq!((got.path, got.via), (done, TakenVia::Renamed));
-        assert!(t0.elapsed() < Duration::from_millis(100), "rename -> taken took {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_millis(100),
+            "rename -> taken took {:?}",
+            t0.elapsed()
+        );
         std::thread::sleep(Duration::from_millis(500));
         assert!(rx.try_recv().is_err(), "a file was taken twice");
         stop.store(true, Ordering::SeqCst);
@@ -421,12 +526,19 @@ mod tests {
         }
         std::fs::write(dir.path().join("sub/old.png"), [1u8; 4]).expect("write");
         let (rx, stop, handle) = start(dir.path(), PollMode::Poll);
-        let got = rx.recv_timeout(Duration::from_secs(2)).expect("existing file taken by the start-up scan");
-        assert_eq!((got.path, got.via), (dir.path().join("sub/old.png"), TakenVia::Scan));
+        let got = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("existing file taken by the start-up scan");
+        assert_eq!(
+            (got.path, got.via),
+            (dir.path().join("sub/old.png"), TakenVia::Scan)
+        );
         // Pieces every 50 ms with 100 ms polls: never stable across two polls until done.
         let slow = dir.path().join("slow.dcm");
         write_slowly(&slow, &rx, 10, Duration::from_millis(50));
-        let got = rx.recv_timeout(Duration::from_secs(2)).expect("taken once stable");
+        let got = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("taken once stable");
         assert_eq!((got.path.as_path(), got.size), (slow.as_path(), 10_000));
         std::thread::sleep(Duration::from_millis(400));
         assert!(rx.try_recv().is_err(), "hidden or temporary names taken");

@@ -16,9 +16,9 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
+use super::Shared;
 use super::outputs::{self, SliceContext};
 use super::queue::{Job, Queue};
-use super::Shared;
 use crate::protocol::{EventKind, JobState, SliceSummary};
 use crate::slice::{Slice, read_slices_from_bytes};
 use crate::structures::Finding;
@@ -60,10 +60,20 @@ enum ReadFailure {
     Retry(String),
 }
 
-fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Vec<Slice>), ReadFailure> {
+fn read_job(
+    queue: &Queue,
+    job: &Job,
+    shared: &Shared,
+) -> Result<(PathBuf, Vec<Slice>), ReadFailure> {
     let max = shared.settings().max_file_bytes;
     let mut candidates = vec![job.path.clone()];
-    candidates.extend(queue.paths_for(&job.sha256).unwrap_or_default().into_iter().filter(|p| *p != job.path));
+    candidates.extend(
+        queue
+            .paths_for(&job.sha256)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| *p != job.path),
+    );
     let mut last_err = String::from("file no longer exists");
     for path in candidates {
         let size = match std::fs::metadata(&path) {
@@ -74,7 +84,9 @@ fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Vec<S
             }
         };
         if size > max {
-            return Err(ReadFailure::Permanent(format!("file too large: {size} bytes > max_file_bytes {max}")));
+            return Err(ReadFailure::Permanent(format!(
+                "file too large: {size} bytes > max_file_bytes {max}"
+            )));
         }
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -84,35 +96,55 @@ fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Vec<S
             }
         };
         if outputs::sha256_hex(&bytes) != job.sha256 {
-            last_err = "file changed after it was queued (its new content is queued separately)".into();
+            last_err =
+                "file changed after it was queued (its new content is queued separately)".into();
             continue;
         }
-        let slices = read_slices_from_bytes(&bytes, &format!("job {}", job.id), &shared.slice_options())
-            .map_err(|e| match e.rejection() {
-                Some(_) => ReadFailure::Permanent(e.reason()),
-                None => ReadFailure::Retry(e.reason()),
-            })?;
+        let slices =
+            read_slices_from_bytes(&bytes, &format!("job {}", job.id), &shared.slice_options())
+                .map_err(|e| match e.rejection() {
+                    Some(_) => ReadFailure::Permanent(e.reason()),
+                    None => ReadFailure::Retry(e.reason()),
+                })?;
         if slices.is_empty() {
             return Err(ReadFailure::Permanent("no slices in file".into()));
         }
         return Ok((path, slices));
     }
-    Err(if last_err.starts_with("file changed") { ReadFailure::Permanent(last_err) } else { ReadFailure::Retry(last_err) })
+    Err(if last_err.starts_with("file changed") {
+        ReadFailure::Permanent(last_err)
+    } else {
+        ReadFailure::Retry(last_err)
+    })
 }
 
 /// Records a failure and publishes it; returns the new state.
-pub(crate) fn record_failure(queue: &mut Queue, shared: &Shared, job: &Job, reason: &str, permanent: bool) {
+pub(crate) fn record_failure(
+    queue: &mut Queue,
+    shared: &Shared,
+    job: &Job,
+    reason: &str,
+    permanent: bool,
+) {
     let s = shared.settings();
     match queue.fail(job.id, reason, permanent, s.retries, |a| s.backoff(a)) {
         Ok(JobState::Quarantined) => {
-            shared.publish(EventKind::Quarantined, format!("job {} quarantined: {reason}", job.id), Some(job.id), None);
+            shared.publish(
+                EventKind::Quarantined,
+                format!("job {} quarantined: {reason}", job.id),
+                Some(job.id),
+                None,
+            );
             if let Some(dir) = &s.quarantine_dir {
                 move_to_quarantine(&job.path, dir, job.id);
             }
         }
-        Ok(_) => {
-            shared.publish(EventKind::Failed, format!("job {} failed, will retry: {reason}", job.id), Some(job.id), None)
-        }
+        Ok(_) => shared.publish(
+            EventKind::Failed,
+            format!("job {} failed, will retry: {reason}", job.id),
+            Some(job.id),
+            None,
+        ),
         Err(e) => tracing::error!(job = job.id, error = %e, "cannot record a failure"),
     }
 }
@@ -149,7 +181,12 @@ pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<
         while let Some(job) = pending.next() {
             let t0 = Instant::now();
             let item = match read_job(&queue, &job, &shared) {
-                Ok((path, slices)) => ReadJob { job, path, slices, read_ms: t0.elapsed().as_secs_f64() * 1e3 },
+                Ok((path, slices)) => ReadJob {
+                    job,
+                    path,
+                    slices,
+                    read_ms: t0.elapsed().as_secs_f64() * 1e3,
+                },
                 Err(ReadFailure::Permanent(r)) => {
                     record_failure(&mut queue, &shared, &job, &r, true);
                     continue;
@@ -159,10 +196,10 @@ pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<
                     continue;
                 }
             };
-            if let Err(job) = send_until_stopped(&tx, item, &shared) {
+            if let Err(id) = send_until_stopped(&tx, item, &shared) {
                 // Stopping: this and the other claimed jobs go back to pending.
-                for j in std::iter::once(job).chain(pending.by_ref()) {
-                    let _ = queue.requeue(j.id, Duration::ZERO);
+                for id in std::iter::once(id).chain(pending.by_ref().map(|j| j.id)) {
+                    let _ = queue.requeue(id, Duration::ZERO);
                 }
                 return;
             }
@@ -170,14 +207,19 @@ pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<
     }
 }
 
-fn send_until_stopped(tx: &SyncSender<ReadJob>, mut item: ReadJob, shared: &Shared) -> Result<(), Job> {
+/// Hands a read job to the worker; `Err(job id)` when stopping.
+fn send_until_stopped(
+    tx: &SyncSender<ReadJob>,
+    mut item: ReadJob,
+    shared: &Shared,
+) -> Result<(), i64> {
     loop {
         match tx.try_send(item) {
             Ok(()) => return Ok(()),
-            Err(TrySendError::Disconnected(i)) => return Err(i.job),
+            Err(TrySendError::Disconnected(i)) => return Err(i.job.id),
             Err(TrySendError::Full(i)) => {
                 if shared.stopping() {
-                    return Err(i.job);
+                    return Err(i.job.id);
                 }
                 item = i;
                 std::thread::sleep(Duration::from_millis(5));
@@ -188,18 +230,28 @@ fn send_until_stopped(tx: &SyncSender<ReadJob>, mut item: ReadJob, shared: &Shar
 
 /// Screens `slices`, turning a panic into per-slice errors; after a panic in a batch, each slice
 /// is retried alone so that one bad slice does not fail its neighbours.
-pub fn screen_guarded(screener: &mut dyn Screener, slices: &[Slice]) -> Vec<Result<Finding, String>> {
+pub fn screen_guarded(
+    screener: &mut dyn Screener,
+    slices: &[Slice],
+) -> Vec<Result<Finding, String>> {
     let mut once = |s: &[Slice]| -> Result<Vec<Result<Finding, String>>, String> {
         match catch_unwind(AssertUnwindSafe(|| screener.screen_batch(s))) {
             Ok(r) if r.len() == s.len() => Ok(r),
-            Ok(r) => Err(format!("screener returned {} results for {} slices", r.len(), s.len())),
+            Ok(r) => Err(format!(
+                "screener returned {} results for {} slices",
+                r.len(),
+                s.len()
+            )),
             Err(p) => Err(format!("screener panicked: {}", panic_message(&p))),
         }
     };
     match once(slices) {
         Ok(r) => r,
         Err(e) if slices.len() == 1 => vec![Err(e)],
-        Err(_) => slices.iter().map(|s| once(std::slice::from_ref(s)).and_then(|mut r| r.remove(0))).collect(),
+        Err(_) => slices
+            .iter()
+            .map(|s| once(std::slice::from_ref(s)).and_then(|mut r| r.remove(0)))
+            .collect(),
     }
 }
 
@@ -211,7 +263,12 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// The worker thread's screening loop (the screener is already built).
-pub(crate) fn worker_loop(shared: Arc<Shared>, mut queue: Queue, screener: &mut dyn Screener, rx: Receiver<ReadJob>) {
+pub(crate) fn worker_loop(
+    shared: Arc<Shared>,
+    mut queue: Queue,
+    screener: &mut dyn Screener,
+    rx: Receiver<ReadJob>,
+) {
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(j) => j,
@@ -245,7 +302,13 @@ fn requeue_all<'a>(queue: &mut Queue, jobs: impl Iterator<Item = &'a Job>) {
     }
 }
 
-fn screen_jobs(shared: &Shared, queue: &mut Queue, screener: &mut dyn Screener, jobs: Vec<ReadJob>, batch_size: usize) {
+fn screen_jobs(
+    shared: &Shared,
+    queue: &mut Queue,
+    screener: &mut dyn Screener,
+    jobs: Vec<ReadJob>,
+    batch_size: usize,
+) {
     let all: Vec<Slice> = jobs.iter().flat_map(|j| j.slices.iter().cloned()).collect();
     let t0 = Instant::now();
     let mut results = Vec::with_capacity(all.len());
@@ -256,7 +319,8 @@ fn screen_jobs(shared: &Shared, queue: &mut Queue, screener: &mut dyn Screener, 
     let mut results = results.into_iter();
     for job in jobs {
         let t1 = Instant::now();
-        let findings: Vec<Result<Finding, String>> = results.by_ref().take(job.slices.len()).collect();
+        let findings: Vec<Result<Finding, String>> =
+            results.by_ref().take(job.slices.len()).collect();
         let n = job.slices.len();
         let outcome = finish_job(shared, queue, &job, findings);
         let overhead = (job.read_ms + t1.elapsed().as_secs_f64() * 1e3) / n.max(1) as f64;
@@ -268,15 +332,35 @@ fn screen_jobs(shared: &Shared, queue: &mut Queue, screener: &mut dyn Screener, 
 
 /// Writes the outputs of a job whose slices all succeeded and marks it done; otherwise records
 /// the failure. Returns whether the job is done.
-fn finish_job(shared: &Shared, queue: &mut Queue, job: &ReadJob, findings: Vec<Result<Finding, String>>) -> bool {
+fn finish_job(
+    shared: &Shared,
+    queue: &mut Queue,
+    job: &ReadJob,
+    findings: Vec<Result<Finding, String>>,
+) -> bool {
     if let Some((i, Err(reason))) = findings.iter().enumerate().find(|(_, r)| r.is_err()) {
-        let reason = if job.slices.len() > 1 { format!("slice {i}: {reason}") } else { reason.clone() };
-        record_failure(queue, shared, &job.job, &format!("screening failed: {reason}"), false);
+        let reason = if job.slices.len() > 1 {
+            format!("slice {i}: {reason}")
+        } else {
+            reason.clone()
+        };
+        record_failure(
+            queue,
+            shared,
+            &job.job,
+            &format!("screening failed: {reason}"),
+            false,
+        );
         return false;
     }
     let output = shared.settings().output.clone();
     let models = shared.models.clone();
-    let ctx = SliceContext { job_id: job.job.id, path: &job.path, sha256: &job.job.sha256, models: &models };
+    let ctx = SliceContext {
+        job_id: job.job.id,
+        path: &job.path,
+        sha256: &job.job.sha256,
+        models: &models,
+    };
     let mut summaries: Vec<SliceSummary> = Vec::with_capacity(findings.len());
     for (slice, finding) in job.slices.iter().zip(findings.into_iter().flatten()) {
         match outputs::write_slice(&output, &ctx, slice, &finding) {
@@ -288,7 +372,13 @@ fn finish_job(shared: &Shared, queue: &mut Queue, job: &ReadJob, findings: Vec<R
                 return false;
             }
             Err(e) => {
-                record_failure(queue, shared, &job.job, &format!("cannot write outputs: {e}"), false);
+                record_failure(
+                    queue,
+                    shared,
+                    &job.job,
+                    &format!("cannot write outputs: {e}"),
+                    false,
+                );
                 return false;
             }
         }
@@ -296,8 +386,16 @@ fn finish_job(shared: &Shared, queue: &mut Queue, job: &ReadJob, findings: Vec<R
     let series = summaries.first().map(|s| s.series_key.clone());
     match queue.complete(job.job.id, &summaries) {
         Ok(()) => {
-            let label = summaries.first().and_then(|s| s.label.clone()).unwrap_or_else(|| "screened".into());
-            shared.publish(EventKind::Done, format!("job {} done: {label}", job.job.id), Some(job.job.id), series);
+            let label = summaries
+                .first()
+                .and_then(|s| s.label.clone())
+                .unwrap_or_else(|| "screened".into());
+            shared.publish(
+                EventKind::Done,
+                format!("job {} done: {label}", job.job.id),
+                Some(job.job.id),
+                series,
+            );
             true
         }
         Err(e) => {

@@ -27,7 +27,13 @@ pub enum LesionVariant {
 }
 
 /// A lung pixel picked with a preference for the periphery and the back.
-fn site(rng: &mut Rng, mask: &[u8], n: usize, side: Option<usize>, pleural: bool) -> Option<(f64, f64)> {
+fn site(
+    rng: &mut Rng,
+    mask: &[u8],
+    n: usize,
+    side: Option<usize>,
+    pleural: bool,
+) -> Option<(f64, f64)> {
     let cx = n as f64 / 2.0;
     for _ in 0..4000 {
         let (x, y) = (rng.range(0.0, n as f64), rng.range(0.0, n as f64));
@@ -38,7 +44,11 @@ fn site(rng: &mut Rng, mask: &[u8], n: usize, side: Option<usize>, pleural: bool
         let edge = distance_to_edge(mask, n, x as usize, y as usize, 40);
         let peripheral = 1.0 - (edge as f64 / 40.0);
         let posterior = y / n as f64;
-        let weight = if pleural { f64::from(edge <= 2) } else { peripheral * peripheral * (0.35 + posterior) };
+        let weight = if pleural {
+            f64::from(edge <= 2)
+        } else {
+            peripheral * peripheral * (0.35 + posterior)
+        };
         if rng.chance(weight) {
             return Some((x, y));
         }
@@ -51,7 +61,11 @@ fn distance_to_edge(mask: &[u8], n: usize, x: usize, y: usize, limit: usize) -> 
     (1..limit)
         .find(|&d| {
             let out = |xx: isize, yy: isize| {
-                xx < 0 || yy < 0 || xx >= n as isize || yy >= n as isize || mask[yy as usize * n + xx as usize] == 0
+                xx < 0
+                    || yy < 0
+                    || xx >= n as isize
+                    || yy >= n as isize
+                    || mask[yy as usize * n + xx as usize] == 0
             };
             let (xi, yi, di) = (x as isize, y as isize, d as isize);
             out(xi - di, yi) || out(xi + di, yi) || out(xi, yi - di) || out(xi, yi + di)
@@ -60,16 +74,37 @@ fn distance_to_edge(mask: &[u8], n: usize, x: usize, y: usize, limit: usize) -> 
 }
 
 /// A patch of `blobs` Gaussian blobs of sd in `sigma` around `at`.
-fn patch(rng: &mut Rng, field: &mut [f32], n: usize, at: (f64, f64), blobs: u32, sigma: (f64, f64)) {
+fn patch(
+    rng: &mut Rng,
+    field: &mut [f32],
+    n: usize,
+    at: (f64, f64),
+    blobs: u32,
+    sigma: (f64, f64),
+) {
     for _ in 0..blobs {
         let sd = rng.range(sigma.0, sigma.1);
         let (dx, dy) = (rng.range(-1.0, 1.0) * sd, rng.range(-1.0, 1.0) * sd);
-        add_blob(field, n, at.0 + dx, at.1 + dy, sd, rng.range(0.8, 1.2) as f32);
+        add_blob(
+            field,
+            n,
+            at.0 + dx,
+            at.1 + dy,
+            sd,
+            rng.range(0.8, 1.2) as f32,
+        );
     }
 }
 
 /// Draw the lesions of `class` into `hu` and `mask` (lung pixels only).
-pub fn add_lesions(rng: &mut Rng, hu: &mut [f32], mask: &mut [u8], n: usize, class: LesionClass, variant: LesionVariant) {
+pub fn add_lesions(
+    rng: &mut Rng,
+    hu: &mut [f32],
+    mask: &mut [u8],
+    n: usize,
+    class: LesionClass,
+    variant: LesionVariant,
+) {
     if class == LesionClass::Control {
         return;
     }
@@ -86,17 +121,22 @@ pub fn add_lesions(rng: &mut Rng, hu: &mut [f32], mask: &mut [u8], n: usize, cla
         }
         (LesionClass::Covid, _) => {
             for p in 0..rng.int(3, 8) {
-                let Some(at) = site(rng, mask, n, Some(p as usize % 2), pleural) else { continue };
-                patch(rng, &mut ggo, n, at, rng.int(2, 5), (7.0 * s, 16.0 * s));
+                let Some(at) = site(rng, mask, n, Some(p as usize % 2), pleural) else {
+                    continue;
+                };
+                let blobs = rng.int(2, 5);
+                patch(rng, &mut ggo, n, at, blobs, (7.0 * s, 16.0 * s));
                 if p < rng.int(0, 3) {
-                    patch(rng, &mut cons, n, at, rng.int(1, 2), (4.0 * s, 8.0 * s));
+                    let blobs = rng.int(1, 2);
+                    patch(rng, &mut cons, n, at, blobs, (4.0 * s, 8.0 * s));
                 }
             }
         }
         (_, _) => {
             let side = rng.int(0, 1) as usize;
             if let Some(at) = site(rng, mask, n, Some(side), pleural) {
-                patch(rng, &mut cons, n, at, rng.int(3, 6), (16.0 * s, 30.0 * s));
+                let blobs = rng.int(3, 6);
+                patch(rng, &mut cons, n, at, blobs, (16.0 * s, 30.0 * s));
                 if rng.chance(0.5) {
                     bronchi.push(at);
                 }
@@ -106,8 +146,14 @@ pub fn add_lesions(rng: &mut Rng, hu: &mut [f32], mask: &mut [u8], n: usize, cla
     // CP halo: the rim of the consolidation field becomes GGO
     let halo = class == LesionClass::Cp && variant == LesionVariant::Typical;
     match variant {
-        LesionVariant::GgoOnly => ggo.iter_mut().zip(&mut cons).for_each(|(g, c)| *g = g.max(std::mem::take(c))),
-        LesionVariant::ConsolidationOnly => cons.iter_mut().zip(&mut ggo).for_each(|(c, g)| *c = c.max(std::mem::take(g))),
+        LesionVariant::GgoOnly => ggo
+            .iter_mut()
+            .zip(&mut cons)
+            .for_each(|(g, c)| *g = g.max(std::mem::take(c))),
+        LesionVariant::ConsolidationOnly => cons
+            .iter_mut()
+            .zip(&mut ggo)
+            .for_each(|(c, g)| *c = c.max(std::mem::take(g))),
         _ => {}
     }
     let tex = smooth_field(rng, n, 48);
@@ -153,7 +199,14 @@ fn air_bronchograms(rng: &mut Rng, hu: &mut [f32], mask: &[u8], n: usize, sites:
         for _ in 0..rng.int(2, 3) {
             let angle = rng.range(0.0, std::f64::consts::TAU);
             let len = rng.range(20.0, 40.0) * n as f64 / 512.0;
-            soft_stroke(&mut w, n, (x, y), (x + len * angle.cos(), y + len * angle.sin()), 1.4, 0.8);
+            soft_stroke(
+                &mut w,
+                n,
+                (x, y),
+                (x + len * angle.cos(), y + len * angle.sin()),
+                1.4,
+                0.8,
+            );
         }
     }
     for i in 0..n * n {

@@ -89,7 +89,9 @@ pub fn phantom_with(spec: &PhantomSpec) -> Phantom {
         add_lesions(&mut lrng, &mut hu, &mut mask, n, spec.class, spec.variant);
     }
     let mut nrng = Rng::stream(spec.seed, STREAM_NOISE);
-    let fov_value = spec.fov_value.unwrap_or(FOV_VALUES[nrng.int(0, 3) as usize]);
+    let fov_value = spec
+        .fov_value
+        .unwrap_or(FOV_VALUES[nrng.int(0, 3) as usize]);
     let hu = acquire(&mut nrng, hu, &anatomy, n, fov_value);
     Phantom {
         hu,
@@ -120,35 +122,72 @@ struct Anatomy {
 impl Anatomy {
     fn draw(rng: &mut Rng, n: usize, z: f64) -> Self {
         let s = n as f64 / 512.0;
-        let (cx, cy) = (n as f64 / 2.0 + rng.range(-6.0, 6.0) * s, n as f64 / 2.0 + rng.range(0.0, 14.0) * s);
+        let (cx, cy) = (
+            n as f64 / 2.0 + rng.range(-6.0, 6.0) * s,
+            n as f64 / 2.0 + rng.range(0.0, 14.0) * s,
+        );
         let neck = z < 0.1;
         let abdomen = z > 0.9;
         let k = if neck { 0.42 } else { 1.0 };
-        let body = Ellipse::new(cx, cy, rng.range(185.0, 210.0) * s * k, rng.range(135.0, 150.0) * s * k, rng.range(-0.03, 0.03));
-        let fat = rng.range(10.0, 24.0) * s * k;
+        let body = Ellipse::new(
+            cx,
+            cy,
+            rng.range(185.0, 210.0) * s * k,
+            rng.range(135.0, 150.0) * s * k,
+            rng.range(-0.03, 0.03),
+        );
+        let fat = rng.range(8.0, 18.0) * s * k;
         let muscle = Ellipse::new(cx, cy, body.a - fat, body.b - fat * 0.8, 0.0);
         // lungs grow from the apex, are widest mid-chest and shrink at the base
-        let profile = ((z - 0.1) / 0.8 * std::f64::consts::PI).sin().max(0.0).sqrt();
+        let profile = ((z - 0.1) / 0.8 * std::f64::consts::PI)
+            .sin()
+            .max(0.0)
+            .sqrt();
         let lungs = (!neck && !abdomen && profile > 0.05).then(|| {
-            let (a, b) = (rng.range(68.0, 78.0) * s * profile, rng.range(105.0, 118.0) * s * profile.max(0.5));
-            let (dx, tilt) = (rng.range(72.0, 84.0) * s, rng.range(0.15, 0.3));
+            let (a, b) = (
+                rng.range(90.0, 100.0) * s * profile,
+                rng.range(118.0, 130.0) * s * profile.max(0.5),
+            );
+            let (dx, tilt) = (rng.range(80.0, 90.0) * s, rng.range(0.15, 0.3));
             [
                 Ellipse::new(cx - dx, cy + 4.0 * s, a, b, tilt),
                 Ellipse::new(cx + dx, cy + 4.0 * s, a * 0.95, b, -tilt),
             ]
         });
         let mid = !neck && !abdomen && (0.3..0.8).contains(&z);
-        let heart = mid.then(|| Ellipse::new(cx + 18.0 * s, cy - 28.0 * s, rng.range(62.0, 75.0) * s, rng.range(48.0, 58.0) * s, 0.5));
-        let contrast = if rng.chance(0.5) { rng.range(150.0, 300.0) as f32 } else { 40.0 };
+        let heart = mid.then(|| {
+            Ellipse::new(
+                cx + 18.0 * s,
+                cy - 28.0 * s,
+                rng.range(56.0, 66.0) * s,
+                rng.range(42.0, 50.0) * s,
+                0.5,
+            )
+        });
+        let contrast = if rng.chance(0.5) {
+            rng.range(150.0, 300.0) as f32
+        } else {
+            40.0
+        };
         let mut vessels = Vec::new();
         if !neck {
-            vessels.push((Ellipse::circle(cx + 28.0 * s, cy + 62.0 * s, 13.0 * s), contrast)); // descending aorta
+            vessels.push((
+                Ellipse::circle(cx + 28.0 * s, cy + 62.0 * s, 13.0 * s),
+                contrast,
+            )); // descending aorta
         }
         if !neck && !abdomen && z < 0.55 {
-            vessels.push((Ellipse::circle(cx + 10.0 * s, cy - 50.0 * s, 15.0 * s), contrast)); // ascending aorta
+            vessels.push((
+                Ellipse::circle(cx + 10.0 * s, cy - 50.0 * s, 15.0 * s),
+                contrast,
+            )); // ascending aorta
         }
         let trachea = (z < 0.4).then(|| Ellipse::circle(cx, cy - 10.0 * s * k, 9.0 * s));
-        let vertebra = Ellipse::circle(cx, cy + body.b - rng.range(58.0, 66.0) * s * k, 25.0 * s * k);
+        let vertebra = Ellipse::circle(
+            cx,
+            cy + body.b - rng.range(58.0, 66.0) * s * k,
+            25.0 * s * k,
+        );
         let ribs = if neck {
             Vec::new()
         } else {
@@ -156,8 +195,17 @@ impl Anatomy {
                 .map(|i| {
                     let side = if i % 2 == 0 { -1.0 } else { 1.0 };
                     let t = 0.35 + (i / 2) as f64 * 0.29 + rng.range(-0.05, 0.05);
-                    let (x, y) = (cx + side * muscle.a * 0.93 * t.sin(), cy - muscle.b * 0.9 * t.cos());
-                    Ellipse::new(x, y, 10.0 * s, 5.5 * s, side * (std::f64::consts::FRAC_PI_2 - t))
+                    let (x, y) = (
+                        cx + side * muscle.a * 0.965 * t.sin(),
+                        cy - muscle.b * 0.94 * t.cos(),
+                    );
+                    Ellipse::new(
+                        x,
+                        y,
+                        10.0 * s,
+                        5.5 * s,
+                        side * (std::f64::consts::FRAC_PI_2 - t),
+                    )
                 })
                 .collect()
         };
@@ -186,7 +234,7 @@ impl Anatomy {
         let fine = smooth_field(rng, n, 64);
         let mut hu = vec![-1000.0f32; n * n];
         let mut mask = vec![0u8; n * n];
-        let inner = self.muscle.scaled(0.9);
+        let inner = self.muscle.scaled(0.94);
         for y in 0..n {
             for x in 0..n {
                 let (i, (fx, fy)) = (y * n + x, (x as f64, y as f64));
@@ -207,23 +255,45 @@ impl Anatomy {
         for rib in &self.ribs {
             let r2 = rib.r2(x, y);
             if r2 <= 1.0 {
-                return if r2 > 0.5 { 850.0 + 60.0 * fine } else { 300.0 + 40.0 * fine };
+                return if r2 > 0.5 {
+                    850.0 + 60.0 * fine
+                } else {
+                    300.0 + 40.0 * fine
+                };
             }
         }
         let vr2 = self.vertebra.r2(x, y);
         if vr2 <= 1.0 {
-            return if vr2 > 0.8 { 800.0 + 80.0 * fine } else { 260.0 + 50.0 * tex + 30.0 * fine };
+            return if vr2 > 0.8 {
+                800.0 + 80.0 * fine
+            } else {
+                260.0 + 50.0 * tex + 30.0 * fine
+            };
         }
-        let canal = Ellipse::circle(self.vertebra.cx, self.vertebra.cy + self.vertebra.a * 1.45, self.vertebra.a * 0.42);
+        let canal = Ellipse::circle(
+            self.vertebra.cx,
+            self.vertebra.cy + self.vertebra.a * 1.45,
+            self.vertebra.a * 0.42,
+        );
         if canal.r2(x, y) <= 1.0 {
             return 20.0 + 5.0 * fine;
         }
-        let process = Ellipse::new(canal.cx, canal.cy + canal.a * 2.0, canal.a * 1.1, canal.a * 0.9, 0.0);
+        let process = Ellipse::new(
+            canal.cx,
+            canal.cy + canal.a * 2.0,
+            canal.a * 1.1,
+            canal.a * 0.9,
+            0.0,
+        );
         if process.r2(x, y) <= 1.0 {
             return 650.0 + 80.0 * fine;
         }
         if let Some(t) = self.trachea.filter(|t| t.r2(x, y) <= 1.0) {
-            return if t.r2(x, y) > 0.75 { 40.0 } else { -1000.0 + 5.0 * fine };
+            return if t.r2(x, y) > 0.75 {
+                40.0
+            } else {
+                -1000.0 + 5.0 * fine
+            };
         }
         for (v, value) in &self.vessels {
             if v.r2(x, y) <= 1.0 {
@@ -231,9 +301,13 @@ impl Anatomy {
             }
         }
         if let Some(h) = self.heart.filter(|h| h.r2(x, y) <= 1.0) {
-            return if h.r2(x, y) > 0.82 { -90.0 + 10.0 * fine } else { 40.0 + 6.0 * tex };
+            return if h.r2(x, y) > 0.82 {
+                -90.0 + 10.0 * fine
+            } else {
+                40.0 + 6.0 * tex
+            };
         }
-        if let Some(l) = self.liver.filter(|l| l.r2(x, y) <= 1.0) {
+        if self.liver.is_some_and(|l| l.r2(x, y) <= 1.0) {
             return 58.0 + 6.0 * tex + 4.0 * fine;
         }
         if let Some(lungs) = &self.lungs {
@@ -249,8 +323,9 @@ impl Anatomy {
                         return -90.0 + 10.0 * fine; // extrapleural fat line
                     }
                     *mask = 1;
-                    let posterior = ((y - (lung.cy - lung.b)) / (2.0 * lung.b)).clamp(0.0, 1.0) as f32;
-                    return -848.0 + 60.0 * posterior + 10.0 * tex + 8.0 * fine;
+                    let posterior =
+                        ((y - (lung.cy - lung.b)) / (2.0 * lung.b)).clamp(0.0, 1.0) as f32;
+                    return -856.0 + 60.0 * posterior + 10.0 * tex + 8.0 * fine;
                 }
             }
         }
@@ -265,15 +340,31 @@ fn add_vessels(rng: &mut Rng, anatomy: &Anatomy, hu: &mut [f32], mask: &[u8], n:
     let mut weight = vec![0.0f32; n * n];
     for (side, lung) in lungs.iter().enumerate() {
         let out = if side == 0 { std::f64::consts::PI } else { 0.0 };
-        let hilum = (lung.cx + if side == 0 { 0.55 } else { -0.55 } * lung.a, lung.cy - 0.1 * lung.b);
+        let hilum = (
+            lung.cx + if side == 0 { 0.55 } else { -0.55 } * lung.a,
+            lung.cy - 0.1 * lung.b,
+        );
         for t in 0..3 {
             let angle = out + (t as f64 - 1.0) * 1.0 + rng.range(-0.3, 0.3);
-            branch(rng, &mut weight, n, lung, hilum, angle, 3.2 * s, 28.0 * s, 0);
+            branch(
+                rng,
+                &mut weight,
+                n,
+                lung,
+                hilum,
+                angle,
+                1.5 * s,
+                26.0 * s,
+                0,
+            );
         }
         let area = std::f64::consts::PI * lung.a * lung.b;
-        for _ in 0..(area / 260.0) as usize {
-            let (x, y) = (lung.cx + rng.range(-1.0, 1.0) * lung.a, lung.cy + rng.range(-1.0, 1.0) * lung.b);
-            soft_disc(&mut weight, n, x, y, rng.range(0.6, 1.9) * s.sqrt());
+        for _ in 0..(area / 1500.0) as usize {
+            let (x, y) = (
+                lung.cx + rng.range(-1.0, 1.0) * lung.a,
+                lung.cy + rng.range(-1.0, 1.0) * lung.b,
+            );
+            soft_disc(&mut weight, n, x, y, rng.range(0.5, 1.5) * s.sqrt());
         }
     }
     for i in 0..n * n {
@@ -284,21 +375,48 @@ fn add_vessels(rng: &mut Rng, anatomy: &Anatomy, hu: &mut [f32], mask: &[u8], n:
 }
 
 #[allow(clippy::too_many_arguments)]
-fn branch(rng: &mut Rng, w: &mut [f32], n: usize, lung: &Ellipse, from: (f64, f64), angle: f64, r: f64, len: f64, depth: u32) {
+fn branch(
+    rng: &mut Rng,
+    w: &mut [f32],
+    n: usize,
+    lung: &Ellipse,
+    from: (f64, f64),
+    angle: f64,
+    r: f64,
+    len: f64,
+    depth: u32,
+) {
     let to = (from.0 + len * angle.cos(), from.1 + len * angle.sin());
     let r_end = r * rng.range(0.7, 0.85);
     soft_stroke(w, n, from, to, r, r_end);
-    if depth >= 6 || r_end < 0.55 || lung.r2(to.0, to.1) > 1.0 {
+    if depth >= 4 || r_end < 0.6 || lung.r2(to.0, to.1) > 1.0 {
         return;
     }
     for sign in [-1.0, 1.0] {
         let turn = sign * rng.range(0.25, 0.6);
-        branch(rng, w, n, lung, to, angle + turn, r_end * rng.range(0.75, 0.9), len * rng.range(0.7, 0.9), depth + 1);
+        let (r_next, len_next) = (r_end * rng.range(0.75, 0.9), len * rng.range(0.7, 0.9));
+        branch(
+            rng,
+            w,
+            n,
+            lung,
+            to,
+            angle + turn,
+            r_next,
+            len_next,
+            depth + 1,
+        );
     }
 }
 
 /// PSF blur, correlated noise (about 23 HU local sd), table, outside-FOV value, int16.
-fn acquire(rng: &mut Rng, mut hu: Vec<f32>, anatomy: &Anatomy, n: usize, fov_value: i16) -> Vec<i16> {
+fn acquire(
+    rng: &mut Rng,
+    mut hu: Vec<f32>,
+    anatomy: &Anatomy,
+    n: usize,
+    fov_value: i16,
+) -> Vec<i16> {
     let s = anatomy.s;
     for y in 0..n {
         let fy = y as f64;

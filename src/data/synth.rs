@@ -85,7 +85,12 @@ pub enum SynthError {
     Dicom { path: PathBuf, message: String },
 }
 
-/// The class, spec and names of slice `index` of a run.
+/// The phantom spec of slice `index` of a run (to regenerate what a file holds).
+pub fn slice_spec(opts: &SynthOptions, index: usize) -> PhantomSpec {
+    plan(opts, index).2
+}
+
+/// Patient number, slice number within the patient and spec of slice `index`.
 fn plan(opts: &SynthOptions, index: usize) -> (usize, usize, PhantomSpec) {
     let (patient, k) = (index / SLICES_PER_PATIENT, index % SLICES_PER_PATIENT);
     let class = match opts.class {
@@ -94,7 +99,9 @@ fn plan(opts: &SynthOptions, index: usize) -> (usize, usize, PhantomSpec) {
         ClassChoice::Covid => LesionClass::Covid,
         ClassChoice::Mixed => LesionClass::ALL[patient % 3],
     };
-    let mix = |a: u64, b: u64| a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_add(0x632B_E59B_D9B4_E019);
+    let mix = |a: u64, b: u64| {
+        a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_add(0x632B_E59B_D9B4_E019)
+    };
     let mut spec = PhantomSpec::new(mix(opts.seed, index as u64), class, opts.size);
     spec.anatomy_seed = mix(opts.seed, 1 << 40 | patient as u64);
     spec.z = 0.3 + 0.1 * k as f64;
@@ -104,14 +111,21 @@ fn plan(opts: &SynthOptions, index: usize) -> (usize, usize, PhantomSpec) {
 /// Generate `opts.count` slices into `opts.out` in the chosen layout.
 pub fn run_synth(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
     if opts.size < 32 || opts.size > 4096 {
-        return Err(SynthError::Options(format!("size {} not in 32..=4096", opts.size)));
+        return Err(SynthError::Options(format!(
+            "size {} not in 32..=4096",
+            opts.size
+        )));
     }
     let mut summary = SynthSummary::default();
     let mut split = String::new();
     for index in 0..opts.count {
         let (patient, k, spec) = plan(opts, index);
         let ph = phantom_with(&spec);
-        let grey: Vec<u8> = ph.hu.iter().map(|&h| lung_window(f32::from(h), -600.0, 1500.0)).collect();
+        let grey: Vec<u8> = ph
+            .hu
+            .iter()
+            .map(|&h| lung_window(f32::from(h), -600.0, 1500.0))
+            .collect();
         let (w, h) = (ph.width, ph.height);
         let stem = match opts.layout {
             Layout::Cncb => {
@@ -127,15 +141,28 @@ pub fn run_synth(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
                 let cls = spec.class.index();
                 let stem = format!("{cls}_{patient}_{}_{:04}", patient + 1000, k);
                 let name = format!("{stem}.png");
-                write_image(&opts.out.join(&name), &grey, w, h, ExtendedColorType::L8, &mut summary)?;
+                write_image(
+                    &opts.out.join(&name),
+                    &grey,
+                    w,
+                    h,
+                    ExtendedColorType::L8,
+                    &mut summary,
+                )?;
                 let [x0, y0, x1, y1] = body_box(&ph);
                 split.push_str(&format!("{name} {cls} {x0} {y0} {x1} {y1}\n"));
                 stem
             }
             Layout::Dicom => {
                 let series = SeriesInfo::new(opts.seed, patient, opts.size);
-                let path = opts.out.join(format!("series_{patient:03}")).join(format!("{k:04}.dcm"));
-                let bytes = dicom_bytes(&ph, &series, k).map_err(|message| SynthError::Dicom { path: path.clone(), message })?;
+                let path = opts
+                    .out
+                    .join(format!("series_{patient:03}"))
+                    .join(format!("{k:04}.dcm"));
+                let bytes = dicom_bytes(&ph, &series, k).map_err(|message| SynthError::Dicom {
+                    path: path.clone(),
+                    message,
+                })?;
                 write_atomic(&path, &bytes)?;
                 summary.files.push(path);
                 format!("{patient:03}_{k:04}")
@@ -143,7 +170,14 @@ pub fn run_synth(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
         };
         if opts.preview {
             let path = opts.out.join("preview").join(format!("{stem}.png"));
-            write_image(&path, &overlay(&ph, &grey), w, h, ExtendedColorType::Rgb8, &mut summary)?;
+            write_image(
+                &path,
+                &overlay(&ph, &grey),
+                w,
+                h,
+                ExtendedColorType::Rgb8,
+                &mut summary,
+            )?;
         }
         summary.slices += 1;
         summary.patients = patient + 1;
@@ -168,7 +202,11 @@ fn body_box(ph: &Phantom) -> [u32; 4] {
             b = [b[0].min(x), b[1].min(y), b[2].max(x + 1), b[3].max(y + 1)];
         }
     }
-    if b[0] == u32::MAX { [0, 0, ph.width, ph.height] } else { b }
+    if b[0] == u32::MAX {
+        [0, 0, ph.width, ph.height]
+    } else {
+        b
+    }
 }
 
 /// Windowed grey with lesion tints and the lung border, for people to look at.
@@ -193,14 +231,25 @@ fn overlay(ph: &Phantom, grey: &[u8]) -> Vec<u8> {
         .collect()
 }
 
-fn write_image(path: &Path, pixels: &[u8], w: u32, h: u32, color: ExtendedColorType, summary: &mut SynthSummary) -> Result<(), SynthError> {
+fn write_image(
+    path: &Path,
+    pixels: &[u8],
+    w: u32,
+    h: u32,
+    color: ExtendedColorType,
+    summary: &mut SynthSummary,
+) -> Result<(), SynthError> {
     let mut bytes = Vec::new();
     let encoded = if path.extension().is_some_and(|e| e == "jpg") {
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95).write_image(pixels, w, h, color)
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95)
+            .write_image(pixels, w, h, color)
     } else {
         image::codecs::png::PngEncoder::new(&mut bytes).write_image(pixels, w, h, color)
     };
-    encoded.map_err(|source| SynthError::Encode { path: path.to_path_buf(), source })?;
+    encoded.map_err(|source| SynthError::Encode {
+        path: path.to_path_buf(),
+        source,
+    })?;
     write_atomic(path, &bytes)?;
     summary.files.push(path.to_path_buf());
     Ok(())
@@ -208,12 +257,20 @@ fn write_image(path: &Path, pixels: &[u8], w: u32, h: u32, color: ExtendedColorT
 
 /// Write through a hidden temporary file in the same directory, fsync, rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
-    let io = |source| SynthError::Io { path: path.to_path_buf(), source };
+    let io = |source| SynthError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }

@@ -135,8 +135,22 @@ pub fn load_into(path: &Path, bytes: &[u8], vars: &HashMap<String, Tensor>) -> R
             format!("tensors do not match the model: missing {missing:?}, unexpected {unexpected:?}"),
         ));
     }
-    for (name, var) in vars {
+    let mut sorted: Vec<(&String, &Tensor)> = vars.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut views = Vec::with_capacity(sorted.len());
+    let mut mismatched = Vec::new();
+    for (name, var) in sorted {
         let view = st.tensor(name).map_err(|e| Error::model_file(path, format!("{name}: {e}")))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        if shape != var.size() {
+            mismatched.push(format!("{name}: shape {shape:?} in the file, the model expects {:?}", var.size()));
+        }
+        views.push((name, view, var));
+    }
+    if !mismatched.is_empty() {
+        return Err(Error::model_file(path, format!("mis-shaped tensors: {}", mismatched.join("; "))));
+    }
+    for (name, view, var) in views {
         copy_view(path, name, &view, var)?;
     }
     Ok(())
@@ -144,9 +158,6 @@ pub fn load_into(path: &Path, bytes: &[u8], vars: &HashMap<String, Tensor>) -> R
 
 fn copy_view(path: &Path, name: &str, view: &TensorView<'_>, var: &Tensor) -> Result<()> {
     let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-    if shape != var.size() {
-        return Err(Error::model_file(path, format!("{name}: shape {shape:?} in the file, the model expects {:?}", var.size())));
-    }
     let kind = kind_of(view.dtype()).ok_or_else(|| Error::model_file(path, format!("{name}: unsupported dtype {:?}", view.dtype())))?;
     let src = Tensor::f_from_data_size(view.data(), &shape, kind)?;
     let mut var = var.shallow_clone();

@@ -27,6 +27,8 @@ const NON_IMAGE_MODALITIES: &[&str] = &[
     "SEG", "SR", "KO", "PR", "REG", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "DOC", "FID",
     "PLAN", "RWV", "AU", "ECG",
 ];
+/// More frames than this is a forged header, not a CT volume.
+const MAX_FRAMES: u32 = 10_000;
 /// JPEG Extended (process 2 & 4): jpeg-decoder reads only its 8-bit form.
 const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
 /// Segmentation Storage: refused even when Modality is missing.
@@ -61,6 +63,9 @@ pub(super) fn read(
         )));
     }
     let frames = u32_opt(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+    if frames > MAX_FRAMES {
+        return Err(Rejection::Corrupt(format!("{frames} frames")));
+    }
 
     let infos: Vec<FrameInfo> = (0..frames).map(|f| frame_info(&obj, f, frames)).collect();
     let mut first_refusal = None;
@@ -144,7 +149,11 @@ fn open_bare(bytes: &[u8], explicit: bool) -> Result<DefaultDicomObject, Rejecti
 /// Parser errors: an unknown transfer syntax is an encoding problem, the rest is corruption.
 fn parse_rejection(message: &str) -> Rejection {
     let lower = message.to_lowercase();
-    if lower.contains("transfer syntax") && (lower.contains("unsupported") || lower.contains("unrecognized") || lower.contains("unknown")) {
+    if lower.contains("transfer syntax")
+        && (lower.contains("unsupported")
+            || lower.contains("unrecognized")
+            || lower.contains("unknown"))
+    {
         Rejection::UnsupportedEncoding(message.to_string())
     } else {
         Rejection::Corrupt(message.to_string())
@@ -155,7 +164,10 @@ fn parse_rejection(message: &str) -> Rejection {
 fn screen(obj: &DefaultDicomObject) -> Result<(), Rejection> {
     let modality = text(obj, tags::MODALITY);
     let sop_class = text(obj, tags::SOP_CLASS_UID).unwrap_or_default();
-    if let Some(m) = modality.as_deref().filter(|m| NON_IMAGE_MODALITIES.contains(m)) {
+    if let Some(m) = modality
+        .as_deref()
+        .filter(|m| NON_IMAGE_MODALITIES.contains(m))
+    {
         return Err(Rejection::NotAnImage(format!("modality {m}")));
     }
     if sop_class == SEG_STORAGE {

@@ -71,7 +71,10 @@ fn float_n<const N: usize>(elem: Option<&InMemElement>) -> Option<[f64; N]> {
 /// Gather screening inputs and report metadata of one frame.
 pub(super) fn frame_info(obj: &InMemDicomObject, frame: u32, frames: u32) -> FrameInfo {
     let at = |seq, tag| frame_elem(obj, frame, seq, tag);
-    let orientation = match floats(at(tags::PLANE_ORIENTATION_SEQUENCE, tags::IMAGE_ORIENTATION_PATIENT)) {
+    let orientation = match floats(at(
+        tags::PLANE_ORIENTATION_SEQUENCE,
+        tags::IMAGE_ORIENTATION_PATIENT,
+    )) {
         None => Ok(None),
         Some(v) => <[f64; 6]>::try_from(v.as_slice())
             .map(Some)
@@ -84,11 +87,16 @@ pub(super) fn frame_info(obj: &InMemDicomObject, frame: u32, frames: u32) -> Fra
         study_uid: text(obj, tags::STUDY_INSTANCE_UID),
         series_uid: text(obj, tags::SERIES_INSTANCE_UID),
         sop_uid: text(obj, tags::SOP_INSTANCE_UID),
-        instance_number: obj.get(tags::INSTANCE_NUMBER).and_then(|e| e.to_int::<i32>().ok()),
+        instance_number: obj
+            .get(tags::INSTANCE_NUMBER)
+            .and_then(|e| e.to_int::<i32>().ok()),
         slice_location: (frames == 1)
             .then(|| floats(obj.get(tags::SLICE_LOCATION)).and_then(|v| v.first().copied()))
             .flatten(),
-        image_position: float_n(at(tags::PLANE_POSITION_SEQUENCE, tags::IMAGE_POSITION_PATIENT)),
+        image_position: float_n(at(
+            tags::PLANE_POSITION_SEQUENCE,
+            tags::IMAGE_POSITION_PATIENT,
+        )),
         pixel_spacing: float_n(at(measures, tags::PIXEL_SPACING)),
         slice_thickness: scalar(measures, tags::SLICE_THICKNESS),
         frame: (frames > 1).then_some(frame),
@@ -121,7 +129,11 @@ pub(super) fn stored_values(
         if jpeg2000 {
             return sign_extend(raw, allocated, signed);
         }
-        let mask = if stored >= 32 { u32::MAX } else { (1 << stored) - 1 };
+        let mask = if stored >= 32 {
+            u32::MAX
+        } else {
+            (1 << stored) - 1
+        };
         sign_extend((raw >> shift) & mask, stored, signed)
     };
     let values = match allocated {

@@ -95,7 +95,13 @@ mod tests {
     use png::{BitDepth, ColorType};
 
     /// A 1-row PNG written with the png crate; `data` is the raw scanline.
-    fn png(width: u32, color: ColorType, depth: BitDepth, data: &[u8], palette: Option<(&[u8], &[u8])>) -> Vec<u8> {
+    fn png(
+        width: u32,
+        color: ColorType,
+        depth: BitDepth,
+        data: &[u8],
+        palette: Option<(&[u8], &[u8])>,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         let mut enc = png::Encoder::new(&mut out, width, 1);
         enc.set_color(color);
@@ -111,7 +117,9 @@ mod tests {
     }
 
     fn rgb_of(bytes: &[u8]) -> Vec<u8> {
-        read(bytes, ImageFormat::Png, &SliceOptions::default()).expect("decodes").rgb
+        read(bytes, ImageFormat::Png, &SliceOptions::default())
+            .expect("decodes")
+            .rgb
     }
 
     fn be16(values: &[u16]) -> Vec<u8> {
@@ -121,17 +129,46 @@ mod tests {
     // expected values printed by Pillow 13: Image.open(f).convert('RGB')
     #[test]
     fn sixteen_bit_grey_saturates_like_pil() {
-        let bytes = png(5, ColorType::Grayscale, BitDepth::Sixteen, &be16(&[0, 1, 255, 256, 65535]), None);
-        assert_eq!(rgb_of(&bytes), [0, 0, 0, 1, 1, 1, 255, 255, 255, 255, 255, 255, 255, 255, 255]);
+        let bytes = png(
+            5,
+            ColorType::Grayscale,
+            BitDepth::Sixteen,
+            &be16(&[0, 1, 255, 256, 65535]),
+            None,
+        );
+        assert_eq!(
+            rgb_of(&bytes),
+            [
+                0, 0, 0, 1, 1, 1, 255, 255, 255, 255, 255, 255, 255, 255, 255
+            ]
+        );
     }
 
     #[test]
     fn sixteen_bit_colour_keeps_high_byte_and_drops_alpha() {
-        let rgb = png(2, ColorType::Rgb, BitDepth::Sixteen, &be16(&[0x1234, 0xff00, 0x00ff, 0x8080, 0x0101, 0xfffe]), None);
+        let rgb = png(
+            2,
+            ColorType::Rgb,
+            BitDepth::Sixteen,
+            &be16(&[0x1234, 0xff00, 0x00ff, 0x8080, 0x0101, 0xfffe]),
+            None,
+        );
         assert_eq!(rgb_of(&rgb), [0x12, 0xff, 0x00, 0x80, 0x01, 0xff]);
-        let rgba = png(1, ColorType::Rgba, BitDepth::Sixteen, &be16(&[0x1234, 0xff00, 0x00ff, 0]), None);
+        let rgba = png(
+            1,
+            ColorType::Rgba,
+            BitDepth::Sixteen,
+            &be16(&[0x1234, 0xff00, 0x00ff, 0]),
+            None,
+        );
         assert_eq!(rgb_of(&rgba), [0x12, 0xff, 0x00]);
-        let la = png(2, ColorType::GrayscaleAlpha, BitDepth::Sixteen, &be16(&[0x1234, 0xff00, 0x00ff, 0]), None);
+        let la = png(
+            2,
+            ColorType::GrayscaleAlpha,
+            BitDepth::Sixteen,
+            &be16(&[0x1234, 0xff00, 0x00ff, 0]),
+            None,
+        );
         assert_eq!(rgb_of(&la), [0x12, 0x12, 0x12, 0, 0, 0]);
     }
 
@@ -139,12 +176,27 @@ mod tests {
     fn eight_bit_alpha_low_depth_and_palette() {
         let rgba = png(1, ColorType::Rgba, BitDepth::Eight, &[10, 20, 30, 0], None);
         assert_eq!(rgb_of(&rgba), [10, 20, 30]);
-        let la = png(2, ColorType::GrayscaleAlpha, BitDepth::Eight, &[10, 20, 200, 0], None);
+        let la = png(
+            2,
+            ColorType::GrayscaleAlpha,
+            BitDepth::Eight,
+            &[10, 20, 200, 0],
+            None,
+        );
         assert_eq!(rgb_of(&la), [10, 10, 10, 200, 200, 200]);
         let two_bit = png(4, ColorType::Grayscale, BitDepth::Two, &[0b0001_1011], None);
-        assert_eq!(rgb_of(&two_bit), [0, 0, 0, 85, 85, 85, 170, 170, 170, 255, 255, 255]);
+        assert_eq!(
+            rgb_of(&two_bit),
+            [0, 0, 0, 85, 85, 85, 170, 170, 170, 255, 255, 255]
+        );
         let plte: &[u8] = &[1, 2, 3, 200, 100, 50];
-        let pal = png(2, ColorType::Indexed, BitDepth::Eight, &[1, 0], Some((plte, &[255, 0])));
+        let pal = png(
+            2,
+            ColorType::Indexed,
+            BitDepth::Eight,
+            &[1, 0],
+            Some((plte, &[255, 0])),
+        );
         assert_eq!(rgb_of(&pal), [200, 100, 50, 1, 2, 3]);
     }
 
@@ -152,7 +204,8 @@ mod tests {
     fn grey_jpeg_is_copied_to_three_channels() {
         let img = image::GrayImage::from_fn(32, 16, |x, _| image::Luma([(x * 8) as u8]));
         let mut out = Cursor::new(Vec::new());
-        img.write_to(&mut out, ImageFormat::Jpeg).expect("encode jpeg");
+        img.write_to(&mut out, ImageFormat::Jpeg)
+            .expect("encode jpeg");
         let s = read(out.get_ref(), ImageFormat::Jpeg, &SliceOptions::default()).expect("decodes");
         assert_eq!((s.width, s.height, s.format), (32, 16, SliceFormat::Jpeg));
         assert!(s.rgb.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]));
@@ -161,8 +214,17 @@ mod tests {
 
     #[test]
     fn size_limit_applies_before_decoding() {
-        let bytes = png(5, ColorType::Grayscale, BitDepth::Eight, &[1, 2, 3, 4, 5], None);
-        let opts = SliceOptions { max_pixels: (4, 4), ..SliceOptions::default() };
+        let bytes = png(
+            5,
+            ColorType::Grayscale,
+            BitDepth::Eight,
+            &[1, 2, 3, 4, 5],
+            None,
+        );
+        let opts = SliceOptions {
+            max_pixels: (4, 4),
+            ..SliceOptions::default()
+        };
         let e = read(&bytes, ImageFormat::Png, &opts).expect_err("too wide");
         assert_eq!(e.to_string(), "too large: 5x1 exceeds limit 4x4");
     }

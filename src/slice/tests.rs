@@ -13,18 +13,24 @@ use super::*;
 /// `../shared/data/dicom` next to the crate (or next to its parent for scratch crates).
 fn shared_dicom() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [root.join("../shared/data/dicom"), root.join("../../shared/data/dicom")]
-        .into_iter()
-        .find(|p| p.is_dir())
-        .expect("shared/data/dicom must sit beside the repository")
+    [
+        root.join("../shared/data/dicom"),
+        root.join("../../shared/data/dicom"),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+    .expect("shared/data/dicom must sit beside the repository")
 }
 
 fn fixtures() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [root.join("tests/fixtures/slice"), root.join("../../main/tests/fixtures/slice")]
-        .into_iter()
-        .find(|p| p.is_dir())
-        .expect("tests/fixtures/slice must exist")
+    [
+        root.join("tests/fixtures/slice"),
+        root.join("../../main/tests/fixtures/slice"),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+    .expect("tests/fixtures/slice must exist")
 }
 
 fn wide() -> SliceOptions {
@@ -67,12 +73,24 @@ fn lung_window_known_values() {
 fn real_files_screened_or_rejected_as_readme_says() {
     let dir = shared_dicom();
     let cases = [
-        ("chest_ct1_128_crop_explicit_le.dcm", Ok((128, "1.2.840.10008.1.2.1"))),
-        ("ct_siemens_unsigned12_jpeg_lossless_badseq.dcm", Ok((512, "1.2.840.10008.1.2.4.70"))),
-        ("head_ct_693_j2k_lossy.dcm", Ok((512, "1.2.840.10008.1.2.4.91"))),
+        (
+            "chest_ct1_128_crop_explicit_le.dcm",
+            Ok((128, "1.2.840.10008.1.2.1")),
+        ),
+        (
+            "ct_siemens_unsigned12_jpeg_lossless_badseq.dcm",
+            Ok((512, "1.2.840.10008.1.2.4.70")),
+        ),
+        (
+            "head_ct_693_j2k_lossy.dcm",
+            Ok((512, "1.2.840.10008.1.2.4.91")),
+        ),
         ("mr_64_explicit_le.dcm", Err("not CT: modality MR")),
         ("us_rgb_explicit_big_endian.dcm", Err("not CT: modality US")),
-        ("seg_liver_1bit_1frame.dcm", Err("not an image: modality SEG")),
+        (
+            "seg_liver_1bit_1frame.dcm",
+            Err("not an image: modality SEG"),
+        ),
     ];
     for (name, want) in cases {
         let path = dir.join(name);
@@ -81,7 +99,10 @@ fn real_files_screened_or_rejected_as_readme_says() {
             (Ok((size, ts)), Ok(slices)) => {
                 assert_eq!(slices.len(), 1, "{name}");
                 let s = &slices[0];
-                assert_eq!((s.width, s.height, s.rgb.len()), (size, size, (size * size * 3) as usize));
+                assert_eq!(
+                    (s.width, s.height, s.rgb.len()),
+                    (size, size, (size * size * 3) as usize)
+                );
                 let transfer_syntax = ts.to_string();
                 assert_eq!(s.format, SliceFormat::Dicom { transfer_syntax }, "{name}");
             }
@@ -98,18 +119,36 @@ fn real_files_screened_or_rejected_as_readme_says() {
 fn real_files_hu_match_pydicom() {
     let dir = shared_dicom();
     // (file, [(row, col, HU)]) from pydicom 3.0 + pylibjpeg: stored * slope + intercept
-    let cases: [(&str, &[(usize, usize, f32)]); 3] = [
+    type Pixels = &'static [(usize, usize, f32)];
+    let cases: [(&str, Pixels); 3] = [
         (
             "chest_ct1_128_crop_explicit_le.dcm",
-            &[(0, 0, -849.0), (10, 100, 203.0), (64, 64, 904.0), (100, 20, 19.0), (127, 127, -115.0)],
+            &[
+                (0, 0, -849.0),
+                (10, 100, 203.0),
+                (64, 64, 904.0),
+                (100, 20, 19.0),
+                (127, 127, -115.0),
+            ],
         ),
         (
             "ct_siemens_unsigned12_jpeg_lossless_badseq.dcm",
-            &[(0, 0, 58.0), (10, 100, 43.0), (256, 256, 202.0), (300, 120, 80.0), (511, 511, -965.0)],
+            &[
+                (0, 0, 58.0),
+                (10, 100, 43.0),
+                (256, 256, 202.0),
+                (300, 120, 80.0),
+                (511, 511, -965.0),
+            ],
         ),
         (
             "head_ct_693_j2k_lossy.dcm",
-            &[(0, 0, -3040.0), (127, 127, -956.0), (256, 256, 32.0), (300, 120, -856.0)],
+            &[
+                (0, 0, -3040.0),
+                (127, 127, -956.0),
+                (256, 256, 32.0),
+                (300, 120, -856.0),
+            ],
         ),
     ];
     for (name, pixels) in cases {
@@ -119,7 +158,11 @@ fn real_files_hu_match_pydicom() {
         }
     }
     // the default clamp bounds the lossy J2K overshoot, and the window follows the clamped HU
-    let head = &read_slices(&dir.join("head_ct_693_j2k_lossy.dcm"), &SliceOptions::default()).expect("screened")[0];
+    let head = &read_slices(
+        &dir.join("head_ct_693_j2k_lossy.dcm"),
+        &SliceOptions::default(),
+    )
+    .expect("screened")[0];
     assert_eq!(hu_at(head, 0, 0), -1024.0);
     let hu = head.hu.as_ref().expect("hu");
     assert!(hu.iter().all(|&h| (-1024.0..=3071.0).contains(&h)));
@@ -129,14 +172,23 @@ fn real_files_hu_match_pydicom() {
 
 #[test]
 fn real_chest_meta_has_uids_and_geometry_but_no_patient() {
-    let s = read_slices(&shared_dicom().join("chest_ct1_128_crop_explicit_le.dcm"), &SliceOptions::default())
-        .expect("screened")
-        .remove(0);
+    let s = read_slices(
+        &shared_dicom().join("chest_ct1_128_crop_explicit_le.dcm"),
+        &SliceOptions::default(),
+    )
+    .expect("screened")
+    .remove(0);
     let m = &s.meta;
-    assert_eq!(m.study_uid.as_deref(), Some("1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"));
+    assert_eq!(
+        m.study_uid.as_deref(),
+        Some("1.3.6.1.4.1.5962.1.2.1.20040119072730.12322")
+    );
     assert_eq!(m.instance_number, Some(1));
     assert_eq!(m.slice_location, Some(-77.2040634155));
-    assert_eq!(m.image_position, Some([-158.135803, -179.035797, -75.699997]));
+    assert_eq!(
+        m.image_position,
+        Some([-158.135803, -179.035797, -75.699997])
+    );
     assert_eq!(m.pixel_spacing, Some([0.661468, 0.661468]));
     assert_eq!(m.slice_thickness, Some(5.0));
     assert_eq!(m.frame, None);
@@ -155,11 +207,20 @@ fn every_transfer_syntax_fixture_decodes_to_pydicom_hu() {
         if ts == "1.2.840.10008.1.2.4.51" {
             // 12-bit lossy JPEG: jpeg-decoder has no 12-bit DCT, so it is refused cleanly
             let e = read_slices(&dir.join(name), &wide()).expect_err("12-bit extended");
-            assert!(e.reason().starts_with("unsupported encoding: 1.2.840.10008.1.2.4.51"), "{e}");
+            assert!(
+                e.reason()
+                    .starts_with("unsupported encoding: 1.2.840.10008.1.2.4.51"),
+                "{e}"
+            );
             continue;
         }
         let s = &read_slices(&dir.join(name), &wide()).unwrap_or_else(|e| panic!("{e}"))[0];
-        assert_eq!(s.format, SliceFormat::Dicom { transfer_syntax: ts.to_string() });
+        assert_eq!(
+            s.format,
+            SliceFormat::Dicom {
+                transfer_syntax: ts.to_string()
+            }
+        );
         // lossy codecs: our decoders may round differently from libjpeg/openjpeg by a level
         let tolerance = match ts {
             "1.2.840.10008.1.2.4.50" => 8.0, // 8-bit stored, slope 8
@@ -169,15 +230,29 @@ fn every_transfer_syntax_fixture_decodes_to_pydicom_hu() {
         for pixel in parts {
             let (rc, hu) = pixel.split_once('=').expect("r,c=hu");
             let (r, c) = rc.split_once(',').expect("r,c");
-            let (r, c, hu): (usize, usize, f32) = (r.parse().unwrap(), c.parse().unwrap(), hu.parse().unwrap());
+            let (r, c, hu): (usize, usize, f32) =
+                (r.parse().unwrap(), c.parse().unwrap(), hu.parse().unwrap());
             let got = hu_at(s, r, c);
-            assert!((got - hu).abs() <= tolerance, "{name} ({r},{c}): {got} vs {hu}");
+            assert!(
+                (got - hu).abs() <= tolerance,
+                "{name} ({r},{c}): {got} vs {hu}"
+            );
         }
     }
     for ts in [
-        "1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.5",
-        "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
-        "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+        "1.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.2",
+        "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
     ] {
         let ts = if ts == "1.2" { "1.2.840.10008.1.2" } else { ts };
         assert!(seen.iter().any(|s| s == ts), "no fixture for {ts}");
@@ -203,33 +278,61 @@ fn put_str(obj: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, value: &str
 }
 
 fn put_u16(obj: &mut InMemDicomObject, tag: dicom_core::Tag, value: u16) {
-    obj.put(DataElement::new(tag, VR::US, PrimitiveValue::U16(smallvec![value])));
+    obj.put(DataElement::new(
+        tag,
+        VR::US,
+        PrimitiveValue::U16(smallvec![value]),
+    ));
 }
 
 fn set_pixels(obj: &mut InMemDicomObject, values: &[u16]) {
-    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(values.into())));
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(values.into()),
+    ));
 }
 
 fn chest_stored() -> Vec<u16> {
     let obj = chest();
-    obj.get(tags::PIXEL_DATA).expect("pixels").to_bytes().expect("bytes")
-        .chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()
+    obj.get(tags::PIXEL_DATA)
+        .expect("pixels")
+        .to_bytes()
+        .expect("bytes")
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
 }
 
 #[test]
 fn localizer_not_axial_and_tilt_tolerance() {
     let mut obj = chest();
-    put_str(&mut obj, tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY\\LOCALIZER");
+    put_str(
+        &mut obj,
+        tags::IMAGE_TYPE,
+        VR::CS,
+        "ORIGINAL\\PRIMARY\\LOCALIZER",
+    );
     assert_eq!(reason_of(&to_bytes(&obj)), "localizer image");
 
     let mut obj = chest();
-    put_str(&mut obj, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, "1\\0\\0\\0\\0\\-1");
+    put_str(
+        &mut obj,
+        tags::IMAGE_ORIENTATION_PATIENT,
+        VR::DS,
+        "1\\0\\0\\0\\0\\-1",
+    );
     assert_eq!(reason_of(&to_bytes(&obj)), "not axial");
 
     let tilted = |degrees: f64| {
         let (s, c) = degrees.to_radians().sin_cos();
         let mut obj = chest();
-        put_str(&mut obj, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, &format!("1\\0\\0\\0\\{c:.6}\\{s:.6}"));
+        put_str(
+            &mut obj,
+            tags::IMAGE_ORIENTATION_PATIENT,
+            VR::DS,
+            &format!("1\\0\\0\\0\\{c:.6}\\{s:.6}"),
+        );
         read_slices_from_bytes(&to_bytes(&obj), "t", &SliceOptions::default())
     };
     assert!(tilted(5.0).is_ok());
@@ -246,13 +349,19 @@ fn no_pixel_data_too_large_and_unsupported_encoding() {
     obj.remove_element(tags::PIXEL_DATA);
     assert_eq!(reason_of(&to_bytes(&obj)), "no pixel data");
 
-    let small = SliceOptions { max_pixels: (100, 100), ..SliceOptions::default() };
+    let small = SliceOptions {
+        max_pixels: (100, 100),
+        ..SliceOptions::default()
+    };
     let e = read_slices_from_bytes(&to_bytes(&chest()), "big", &small).expect_err("too large");
     assert_eq!(e.reason(), "too large: 128x128 exceeds limit 100x100");
 
     // same byte length as 1.2.840.10008.1.2.1, so the meta group length stays right
     let mut bytes = to_bytes(&chest());
-    let at = bytes.windows(20).position(|w| w == b"1.2.840.10008.1.2.1\0").expect("ts uid");
+    let at = bytes
+        .windows(20)
+        .position(|w| w == b"1.2.840.10008.1.2.1\0")
+        .expect("ts uid");
     bytes[at..at + 20].copy_from_slice(b"1.2.840.10008.1.2.9\0");
     let reason = reason_of(&bytes);
     assert!(reason.starts_with("unsupported encoding: "), "{reason}");
@@ -267,7 +376,10 @@ fn stored_values_are_masked_and_sign_extended() {
     put_u16(&mut obj, tags::PIXEL_REPRESENTATION, 0);
     put_u16(&mut obj, tags::BITS_STORED, 12);
     put_u16(&mut obj, tags::HIGH_BIT, 11);
-    set_pixels(&mut obj, &stored.iter().map(|v| v | 0xA000).collect::<Vec<_>>());
+    set_pixels(
+        &mut obj,
+        &stored.iter().map(|v| v | 0xA000).collect::<Vec<_>>(),
+    );
     let s = &read_slices_from_bytes(&to_bytes(&obj), "u12", &wide()).expect("ok")[0];
     assert_eq!(hu_at(s, 64, 64), 904.0);
 
@@ -293,7 +405,9 @@ fn dicom_without_preamble_or_without_meta_reads_the_same() {
         dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
     ] {
         let mut bare = Vec::new();
-        chest().write_dataset_with_ts(&mut bare, &ts).expect("write data set");
+        chest()
+            .write_dataset_with_ts(&mut bare, &ts)
+            .expect("write data set");
         let got = read_slices_from_bytes(&bare, "bare", &wide()).expect("bare data set");
         assert_eq!(got[0].hu, want[0].hu, "{}", ts.uid());
     }
@@ -308,17 +422,36 @@ fn enhanced_multiframe_keeps_axial_frames_with_their_geometry() {
     all.extend(stored.iter().map(|v| v + 20));
     set_pixels(&mut obj, &all);
     put_str(&mut obj, tags::NUMBER_OF_FRAMES, VR::IS, "3");
-    for tag in [tags::IMAGE_ORIENTATION_PATIENT, tags::IMAGE_POSITION_PATIENT, tags::RESCALE_INTERCEPT, tags::RESCALE_SLOPE] {
+    for tag in [
+        tags::IMAGE_ORIENTATION_PATIENT,
+        tags::IMAGE_POSITION_PATIENT,
+        tags::RESCALE_INTERCEPT,
+        tags::RESCALE_SLOPE,
+    ] {
         obj.remove_element(tag);
     }
     let item = |seq, inner: InMemDicomObject| {
-        DataElement::new(seq, VR::SQ, dicom_core::value::DataSetSequence::from(vec![inner]))
+        DataElement::new(
+            seq,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![inner]),
+        )
     };
     let frame_group = |z: f64, orientation: &str| {
         let mut pos = InMemDicomObject::new_empty();
-        put_str(&mut pos, tags::IMAGE_POSITION_PATIENT, VR::DS, &format!("0\\0\\{z}"));
+        put_str(
+            &mut pos,
+            tags::IMAGE_POSITION_PATIENT,
+            VR::DS,
+            &format!("0\\0\\{z}"),
+        );
         let mut ori = InMemDicomObject::new_empty();
-        put_str(&mut ori, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, orientation);
+        put_str(
+            &mut ori,
+            tags::IMAGE_ORIENTATION_PATIENT,
+            VR::DS,
+            orientation,
+        );
         InMemDicomObject::from_element_iter([
             item(tags::PLANE_POSITION_SEQUENCE, pos),
             item(tags::PLANE_ORIENTATION_SEQUENCE, ori),
@@ -337,7 +470,8 @@ fn enhanced_multiframe_keeps_axial_frames_with_their_geometry() {
     let mut pvt = InMemDicomObject::new_empty();
     put_str(&mut pvt, tags::RESCALE_INTERCEPT, VR::DS, "-1024");
     put_str(&mut pvt, tags::RESCALE_SLOPE, VR::DS, "1");
-    let shared = InMemDicomObject::from_element_iter([item(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, pvt)]);
+    let shared =
+        InMemDicomObject::from_element_iter([item(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, pvt)]);
     obj.put(item(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, shared));
 
     let slices = read_slices_from_bytes(&to_bytes(&obj), "mf", &wide()).expect("multi-frame");
@@ -352,7 +486,10 @@ fn enhanced_multiframe_keeps_axial_frames_with_their_geometry() {
 fn truncated_empty_and_garbage_files_give_clear_errors() {
     let full = to_bytes(&chest());
     assert_eq!(reason_of(&[]), "empty file");
-    assert_eq!(reason_of(b"hello, not an image"), "unknown format: not PNG, JPEG or DICOM");
+    assert_eq!(
+        reason_of(b"hello, not an image"),
+        "unknown format: not PNG, JPEG or DICOM"
+    );
     for cut in [140, 600, full.len() - 100] {
         let reason = reason_of(&full[..cut]);
         assert!(reason.starts_with("corrupt: "), "cut {cut}: {reason}");
@@ -363,14 +500,19 @@ fn truncated_empty_and_garbage_files_give_clear_errors() {
 
     let missing = Path::new("/nonexistent/slice.dcm");
     let e = read_slices(missing, &SliceOptions::default()).expect_err("missing file");
-    assert!(e.to_string().starts_with("/nonexistent/slice.dcm: cannot read file"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/slice.dcm: cannot read file"),
+        "{e}"
+    );
     assert!(e.rejection().is_none());
 }
 
 fn raster_png() -> Vec<u8> {
     let img = image::GrayImage::from_fn(16, 8, |x, y| image::Luma([(x * 16 + y) as u8]));
     let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).expect("encode png");
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
     out.into_inner()
 }
 
@@ -380,7 +522,10 @@ fn format_comes_from_content_not_extension() {
     let png_as_dcm = dir.path().join("slice.dcm");
     std::fs::write(&png_as_dcm, raster_png()).expect("write");
     let s = &read_slices(&png_as_dcm, &SliceOptions::default()).expect("png read")[0];
-    assert_eq!((s.format.clone(), s.width, s.height, s.hu.is_none()), (SliceFormat::Png, 16, 8, true));
+    assert_eq!(
+        (s.format.clone(), s.width, s.height, s.hu.is_none()),
+        (SliceFormat::Png, 16, 8, true)
+    );
     assert_eq!(&s.rgb[3 * 17..3 * 18], &[17, 17, 17]); // x=1, y=1
 
     let dcm_as_png = dir.path().join("slice.png");

@@ -1,1 +1,6 @@
+//! ctmask's one integration-test binary (every extra test binary would link libtorch again).
 
+mod common;
+mod keys;
+mod model_smoke;
+mod parity;

@@ -1,0 +1,24 @@
+//! Fuzz the slice reader (PNG, JPEG, DICOM): any bytes must give slices or a clean
+//! rejection, never a panic, an abort or an unbounded allocation.
+//! Seed corpus: tests/fixtures/slice/*.dcm, ../shared/data/dicom/*.dcm and a few PNG/JPEG.
+#![no_main]
+
+use ctmask::slice::{SliceOptions, read_slices_from_bytes};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // small limits keep decoders from allocating gigabytes for a forged header
+    let opts = SliceOptions {
+        max_pixels: (1024, 1024),
+        ..SliceOptions::default()
+    };
+    if let Ok(slices) = read_slices_from_bytes(data, "fuzz", &opts) {
+        for s in slices {
+            let pixels = s.width as usize * s.height as usize;
+            assert_eq!(s.rgb.len(), pixels * 3);
+            if let Some(hu) = &s.hu {
+                assert_eq!(hu.len(), pixels);
+            }
+        }
+    }
+});

@@ -1,0 +1,191 @@
+//! State every daemon thread sees: the live settings, the models' identity, intake (operator
+//! pause, low disk), the event hub, the reader's wake-up, and throughput figures.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::queue::{self, Queue, QueueError};
+use super::server;
+use super::settings::DaemonSettings;
+use crate::protocol::{
+    DiskInfo, EventKind, Intake, ModelInfo, PROTOCOL_VERSION, Snapshot, Throughput,
+};
+use crate::slice::SliceOptions;
+
+/// State every daemon thread sees.
+pub(crate) struct Shared {
+    pub(crate) settings: RwLock<DaemonSettings>,
+    pub(crate) slice_options: SliceOptions,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) models: Vec<ModelInfo>,
+    pub(crate) models_hash: String,
+    pub(crate) device: String,
+    pub(crate) hub: server::Hub,
+    pub(crate) stop: AtomicBool,
+    pub(crate) operator_paused: AtomicBool,
+    pub(crate) disk_low: Mutex<Option<String>>,
+    pub(crate) disk: Mutex<Option<DiskInfo>>,
+    pub(crate) disk_check_now: AtomicBool,
+    pub(crate) rescan: Arc<AtomicBool>,
+    pub(crate) wake: (Mutex<u64>, Condvar),
+    /// (when, model ms, overhead ms) per screened slice, last minute.
+    pub(crate) metrics: Mutex<VecDeque<(Instant, f64, f64)>>,
+    pub(crate) slices_total: AtomicU64,
+    pub(crate) started: Instant,
+}
+
+impl Shared {
+    pub(crate) fn settings(&self) -> DaemonSettings {
+        self.settings
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub(crate) fn slice_options(&self) -> SliceOptions {
+        self.slice_options.clone()
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn disk_is_low(&self) -> bool {
+        self.disk_low.lock().map(|d| d.is_some()).unwrap_or(false)
+    }
+
+    pub(crate) fn intake_paused(&self) -> bool {
+        self.operator_paused.load(Ordering::SeqCst) || self.disk_is_low()
+    }
+
+    pub(crate) fn intake(&self) -> Intake {
+        let mut reasons = Vec::new();
+        if self.operator_paused.load(Ordering::SeqCst) {
+            reasons.push("paused by operator".to_string());
+        }
+        if let Ok(Some(r)) = self.disk_low.lock().map(|d| d.clone()) {
+            reasons.push(r);
+        }
+        Intake {
+            paused: !reasons.is_empty(),
+            reasons,
+        }
+    }
+
+    pub(crate) fn set_operator_pause(&self, paused: bool) {
+        if self.operator_paused.swap(paused, Ordering::SeqCst) != paused {
+            let (kind, msg) = if paused {
+                (EventKind::IntakePaused, "intake paused by operator")
+            } else {
+                (EventKind::IntakeResumed, "intake resumed by operator")
+            };
+            self.publish(kind, msg.into(), None, None);
+            self.wake();
+        }
+    }
+
+    /// Publishes an event and logs it (messages carry job ids, series keys and reasons only).
+    pub(crate) fn publish(
+        &self,
+        kind: EventKind,
+        message: String,
+        job_id: Option<i64>,
+        series: Option<String>,
+    ) {
+        match kind {
+            EventKind::Failed
+            | EventKind::Quarantined
+            | EventKind::Warning
+            | EventKind::IntakePaused => {
+                tracing::warn!(job = job_id, "{message}")
+            }
+            _ => tracing::info!(job = job_id, "{message}"),
+        }
+        self.hub.publish(kind, message, job_id, series);
+    }
+
+    /// Wakes the reader (new job, resume, retry).
+    pub(crate) fn wake(&self) {
+        if let Ok(mut n) = self.wake.0.lock() {
+            *n += 1;
+            self.wake.1.notify_all();
+        }
+    }
+
+    pub(crate) fn wait_for_work(&self, timeout: Duration) {
+        if let Ok(n) = self.wake.0.lock() {
+            let seen = *n;
+            let _ = self
+                .wake
+                .1
+                .wait_timeout_while(n, timeout, |n| *n == seen && !self.stopping());
+        }
+    }
+
+    pub(crate) fn record_slices(&self, n: usize, model_ms: f64, overhead_ms: f64) {
+        self.slices_total.fetch_add(n as u64, Ordering::Relaxed);
+        if let Ok(mut m) = self.metrics.lock() {
+            let now = Instant::now();
+            for _ in 0..n {
+                m.push_back((now, model_ms, overhead_ms));
+            }
+            while m
+                .front()
+                .is_some_and(|(t, _, _)| now.duration_since(*t) > Duration::from_secs(60))
+            {
+                m.pop_front();
+            }
+        }
+    }
+
+    fn throughput(&self) -> Throughput {
+        let now = Instant::now();
+        let m = self.metrics.lock().map(|m| m.clone()).unwrap_or_default();
+        let recent: Vec<_> = m
+            .iter()
+            .filter(|(t, _, _)| now.duration_since(*t) <= Duration::from_secs(60))
+            .collect();
+        let n = recent.len() as f64;
+        let window = self.started.elapsed().as_secs_f64().clamp(1.0, 60.0);
+        Throughput {
+            slices_per_s: n / window,
+            slices_total: self.slices_total.load(Ordering::Relaxed),
+            mean_model_ms: if n > 0.0 {
+                recent.iter().map(|r| r.1).sum::<f64>() / n
+            } else {
+                0.0
+            },
+            mean_overhead_ms: if n > 0.0 {
+                recent.iter().map(|r| r.2).sum::<f64>() / n
+            } else {
+                0.0
+            },
+        }
+    }
+
+    pub(crate) fn snapshot(&self, queue: &Queue) -> Result<Snapshot, QueueError> {
+        let settings = self.settings();
+        Ok(Snapshot {
+            protocol: PROTOCOL_VERSION,
+            daemon_version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            time_ms: queue::now_ms().max(0) as u64,
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            device: self.device.clone(),
+            models: self.models.clone(),
+            watch: settings
+                .watch
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
+            intake: self.intake(),
+            counts: queue.counts()?,
+            jobs: queue.open_jobs(200)?,
+            throughput: self.throughput(),
+            disk: self.disk.lock().ok().and_then(|d| d.clone()),
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! The calling thread's duties while the daemon runs: reloads (SIGHUP), the output disk's free
+//! space (pausing and resuming intake), series reports after the quiet period, systemd STATUS and
+//! WATCHDOG messages.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::ops::{self, ShutdownSignal};
+use super::queue::Queue;
+use super::series;
+use super::settings::DaemonSettings;
+use super::shared::Shared;
+use crate::protocol::EventKind;
+
+/// The calling thread's duties while the daemon runs.
+pub(crate) struct Supervisor {
+    shared: Arc<Shared>,
+    queue: Queue,
+    next_disk: Instant,
+    next_series: Instant,
+    next_status: Instant,
+    next_watchdog: Instant,
+    watchdog: Option<Duration>,
+}
+
+impl Supervisor {
+    pub(crate) fn new(shared: Arc<Shared>, queue: Queue) -> Supervisor {
+        let now = Instant::now();
+        Supervisor {
+            shared,
+            queue,
+            next_disk: now,
+            next_series: now,
+            next_status: now,
+            next_watchdog: now,
+            watchdog: ops::watchdog_interval(),
+        }
+    }
+
+    pub(crate) fn run(&mut self, shutdown: &ShutdownSignal, status_queue: &mut Queue) {
+        while !shutdown.is_triggered() {
+            let now = Instant::now();
+            if let Some(reload) = shutdown.take_reload() {
+                self.reload(reload);
+            }
+            if now >= self.next_disk || self.shared.disk_check_now.swap(false, Ordering::SeqCst) {
+                self.check_disk();
+            }
+            if now >= self.next_series {
+                self.report_series();
+                self.next_series = now + Duration::from_millis(500);
+            }
+            if now >= self.next_status {
+                self.status(status_queue);
+                self.next_status = now + Duration::from_secs(5);
+            }
+            if let Some(every) = self.watchdog
+                && now >= self.next_watchdog
+            {
+                ops::sd_notify("WATCHDOG=1");
+                self.next_watchdog = now + every;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn reload(&mut self, reload: Result<DaemonSettings, String>) {
+        let new = match reload.and_then(|s| s.validate().map(|()| s).map_err(|e| e.to_string())) {
+            Ok(s) => s,
+            Err(e) => {
+                self.shared.publish(
+                    EventKind::Warning,
+                    format!("reload failed, settings unchanged: {e}"),
+                    None,
+                    None,
+                );
+                return;
+            }
+        };
+        let old = self.shared.settings();
+        let fixed: Vec<&str> = [
+            ("watch", old.watch != new.watch),
+            ("output", old.output != new.output),
+            ("state", old.state != new.state),
+            (
+                "socket",
+                old.socket != new.socket
+                    || old.socket_group != new.socket_group
+                    || old.socket_mode != new.socket_mode,
+            ),
+            ("poll", old.poll != new.poll),
+            ("device", old.device != new.device),
+        ]
+        .into_iter()
+        .filter_map(|(k, changed)| changed.then_some(k))
+        .collect();
+        let mut applied = new.clone();
+        // Keys the running threads cannot change keep their values until a restart.
+        (applied.watch, applied.output, applied.state) =
+            (old.watch.clone(), old.output.clone(), old.state.clone());
+        (applied.socket, applied.socket_group, applied.socket_mode) =
+            (old.socket, old.socket_group, old.socket_mode);
+        (applied.poll, applied.device, applied.slice_options) =
+            (old.poll, old.device, old.slice_options);
+        if let Ok(mut s) = self.shared.settings.write() {
+            *s = applied;
+        }
+        let msg = if fixed.is_empty() {
+            "settings reloaded".to_string()
+        } else {
+            format!("settings reloaded; restart to apply: {}", fixed.join(", "))
+        };
+        self.shared.publish(EventKind::Reloaded, msg, None, None);
+        self.next_disk = Instant::now();
+        self.shared.rescan.store(true, Ordering::SeqCst);
+        self.shared.wake();
+    }
+
+    pub(crate) fn check_disk(&mut self) {
+        let settings = self.shared.settings();
+        self.next_disk = Instant::now() + Duration::from_secs_f64(settings.disk_check_interval_s);
+        let info = match ops::disk_info(&settings.output) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the output disk's free space");
+                return;
+            }
+        };
+        let reason = ops::disk_low_reason(&info, &settings);
+        if let Ok(mut d) = self.shared.disk.lock() {
+            *d = Some(info);
+        }
+        let was = self
+            .shared
+            .disk_low
+            .lock()
+            .map(|mut d| std::mem::replace(&mut *d, reason.clone()))
+            .unwrap_or(None);
+        match (was, reason) {
+            (None, Some(r)) => {
+                self.shared.publish(
+                    EventKind::IntakePaused,
+                    format!("intake paused: {r}"),
+                    None,
+                    None,
+                );
+                ops::sd_notify(&format!("STATUS=paused: {r}"));
+            }
+            (Some(_), None) => {
+                self.shared.publish(
+                    EventKind::IntakeResumed,
+                    "intake resumed: disk space is back".into(),
+                    None,
+                    None,
+                );
+                self.shared.rescan.store(true, Ordering::SeqCst);
+                self.shared.wake();
+            }
+            _ => {}
+        }
+    }
+
+    fn report_series(&mut self) {
+        let settings = self.shared.settings();
+        let due = match self
+            .queue
+            .series_due(Duration::from_secs_f64(settings.quiet_period_s))
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list series");
+                return;
+            }
+        };
+        for (key, last_done) in due {
+            if self.shared.disk_is_low() {
+                return;
+            }
+            if let Err(e) = self.report_one(&key, last_done, &settings) {
+                tracing::warn!(series = %key, error = %e, "cannot write a series report");
+            }
+        }
+    }
+
+    fn report_one(
+        &mut self,
+        key: &str,
+        last_done: i64,
+        settings: &DaemonSettings,
+    ) -> Result<(), String> {
+        let slices = self.queue.series_slices(key).map_err(|e| e.to_string())?;
+        let revision = self.queue.series_revision(key).map_err(|e| e.to_string())?;
+        let report = series::build(key, slices, &settings.series, revision, &self.shared.models);
+        report.write(&settings.output).map_err(|e| e.to_string())?;
+        let summary = serde_json::to_string(&report.summary()).map_err(|e| e.to_string())?;
+        self.queue
+            .series_reported(key, last_done, &summary)
+            .map_err(|e| e.to_string())?;
+        let msg = format!(
+            "series {key} reported (revision {revision}): {} over {} slices",
+            report.verdict.label, report.slice_count
+        );
+        self.shared
+            .publish(EventKind::SeriesReported, msg, None, Some(key.to_string()));
+        Ok(())
+    }
+
+    fn status(&mut self, queue: &Queue) {
+        if let Ok(c) = queue.counts() {
+            let intake = self.shared.intake();
+            let state = if intake.paused {
+                format!("paused ({})", intake.reasons.join("; "))
+            } else {
+                "running".into()
+            };
+            ops::sd_notify(&format!(
+                "STATUS={state}; pending {}, done {}, failed {}, quarantined {}",
+                c.pending, c.done, c.failed, c.quarantined
+            ));
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Helpers shared by the integration tests.
+
+use std::path::PathBuf;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shared folder beside the checkout (specs and real DICOM files).
+pub fn shared() -> PathBuf {
+    let p = repo().join("../shared");
+    assert!(p.join("spec").is_dir(), "../shared/spec must exist beside the checkout");
+    p
+}
+
+/// A tiny lightweight configuration for fast CPU tests.
+pub fn tiny_config() -> ctmask::model::ModelConfig {
+    let mut c = ctmask::model::ModelConfig::preset("r18-t1").expect("preset exists");
+    c.min_size = 96;
+    c.max_size = 128;
+    c.rpn_pre_nms_top_n_test = 200;
+    c.rpn_post_nms_top_n_test = 100;
+    c.rpn_pre_nms_top_n_train = 300;
+    c.rpn_post_nms_top_n_train = 150;
+    c.rpn_batch_size_per_image = 64;
+    c.box_batch_size_per_image = 32;
+    c
+}
