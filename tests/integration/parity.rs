@@ -200,3 +200,37 @@ fn operators_equal_torchvision() {
     let a = generator.anchors((64, 96), &[(4, 6), (2, 3)], Device::Cpu);
     assert!(max_abs(&a, &g("anchors.image_64x96_feats_4x6_2x3")) == 0.0, "anchors");
 }
+
+/// COVID-CT-Mask-Net's classification path (§4.2-4.4) against the Python reference built on
+/// torchvision: the ranked `[score, dx, dy, dw, dh]` rows and the logits of S, within 1e-4.
+fn check_classifier(variant: &str, n: i64, s: i64) {
+    let fx = load(&format!("classifier_{variant}.safetensors"));
+    let base = model(variant, Semantics::Torchvision).cfg;
+    let mut cfg = base.into_classifier(n, s);
+    cfg.box_min_size = None; // the reference redoes the RoI post-processing as the original
+    let m = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
+    det_init::fill(&m);
+    for i in 0..2 {
+        let p = |k: &str| &fx[&format!("img{i}.{k}")];
+        let ranked = m.ranked(&image(i), false).unwrap();
+        assert_eq!(ranked.size()[0], p("count").int64_value(&[]), "{variant} img{i}: rows kept");
+        let d = max_abs(&ranked, p("ranked"));
+        assert!(d < 1e-4, "{variant} img{i}: ranked rows differ by {d}");
+        let c = m.classify(&image(i)).unwrap();
+        assert!(!c.padded && !c.no_detections);
+        let want: Vec<f32> = Vec::try_from(p("logits")).unwrap();
+        for (g, w) in c.logits.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4, "{variant} img{i}: logits {:?} vs {want:?}", c.logits);
+        }
+    }
+}
+
+#[test]
+fn r18_t1_classifier_equals_reference() {
+    check_classifier("r18_t1", 128, 512);
+}
+
+#[test]
+fn r50_fpn5_classifier_equals_reference() {
+    check_classifier("r50_fpn5_frozenbn", 256, 1024);
+}
