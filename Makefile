@@ -6,13 +6,15 @@ SHELL := /bin/bash
 TORCH_VERSION := 2.11.0
 PYTHON ?= python3
 VENV := .venv
-STAMP := $(VENV)/.ctmask-libtorch-$(TORCH_VERSION)
+STAMP := $(VENV)/.ctmask-libtorch-$(TORCH_VERSION)-cmake
 # The minimal wheel set: torch without its 2.7 GB of nvidia-* dependencies, plus the two small
 # CUDA runtime wheels libtorch_cpu.so needs to load (see shared/spec/libtorch.md).
 WHEELS := torch==$(TORCH_VERSION) nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
+# cmake builds CharLS (JPEG-LS decoding of DICOM); from PyPI too, so no system package is needed.
+CMAKE_WHEEL := cmake==3.31.10
 # The site-packages path differs with the Python minor version: find it, do not hard-code it.
 LIBTORCH = $(firstword $(wildcard $(CURDIR)/$(VENV)/lib/python3*/site-packages/torch))
-CARGO_ENV = LIBTORCH=$(LIBTORCH) LIBTORCH_BYPASS_VERSION_CHECK=0
+CARGO_ENV = LIBTORCH=$(LIBTORCH) PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 CARGO ?= cargo
 
 .PHONY: venv build test demo lint fmt clean-venv
@@ -25,6 +27,8 @@ $(STAMP):
 		echo "installing libtorch $(TORCH_VERSION) from PyPI into $(VENV) (about 540 MB download)"; \
 		$(PYTHON) -m venv $(VENV) && \
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps $(WHEELS); fi
+	@if ! $(VENV)/bin/cmake --version 2>/dev/null | grep -q "cmake version 3.31.10"; then \
+		$(VENV)/bin/pip install --quiet --disable-pip-version-check $(CMAKE_WHEEL); fi
 	@touch $@
 
 venv: $(STAMP)

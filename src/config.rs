@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::DeviceChoice;
+use crate::daemon::settings::DaemonSettings;
+use crate::slice::SliceOptions;
 use crate::{Error, Result};
 
 /// A number within [0, 1].
@@ -89,8 +90,6 @@ pub struct ScreeningSettings {
     pub mask_threshold: Probability,
     /// Lesions below this detection score are not reported.
     pub score_threshold: Probability,
-    /// Slices screened together on the GPU.
-    pub batch_size: Positive,
     /// fp32 (parity), bf16 or fp16 (CUDA only).
     pub precision: Precision,
 }
@@ -100,8 +99,53 @@ impl Default for ScreeningSettings {
         ScreeningSettings {
             mask_threshold: Probability(crate::model::default_mask_threshold()),
             score_threshold: Probability(0.05),
-            batch_size: Positive(4),
             precision: Precision::Fp32,
+        }
+    }
+}
+
+/// How slice files become model input (DICOM windowing and limits).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SliceSettings {
+    /// Lung window level in HU (COVIDx-CT: -600).
+    pub window_level: f32,
+    /// Lung window width in HU (COVIDx-CT: 1500).
+    pub window_width: f32,
+    /// HU are clamped to [hu_min, hu_max] before windowing.
+    pub hu_min: f32,
+    pub hu_max: f32,
+    /// Larger images are refused.
+    pub max_width: Positive,
+    pub max_height: Positive,
+    /// Largest |z| direction cosine of rows and columns for an axial slice.
+    pub axial_tolerance: Probability,
+}
+
+impl Default for SliceSettings {
+    fn default() -> Self {
+        let o = SliceOptions::default();
+        SliceSettings {
+            window_level: o.window_level,
+            window_width: o.window_width,
+            hu_min: o.hu_clamp.0,
+            hu_max: o.hu_clamp.1,
+            max_width: Positive(o.max_pixels.0 as usize),
+            max_height: Positive(o.max_pixels.1 as usize),
+            axial_tolerance: Probability(o.axial_tolerance as f64),
+        }
+    }
+}
+
+impl SliceSettings {
+    /// The reader's options.
+    pub fn options(&self) -> SliceOptions {
+        SliceOptions {
+            window_level: self.window_level,
+            window_width: self.window_width,
+            hu_clamp: (self.hu_min, self.hu_max),
+            max_pixels: (self.max_width.0 as u32, self.max_height.0 as u32),
+            axial_tolerance: self.axial_tolerance.0 as f32,
         }
     }
 }
@@ -111,14 +155,15 @@ impl Default for ScreeningSettings {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub models: ModelPaths,
-    /// auto (CUDA when usable), cpu or cuda.
-    #[serde(default)]
-    pub device: DeviceChoice,
     /// torch CPU threads; absent: the cores this process may use (cgroup limits respected).
     #[serde(default)]
     pub threads: Option<Positive>,
     #[serde(default)]
     pub screening: ScreeningSettings,
+    #[serde(default)]
+    pub slice: SliceSettings,
+    #[serde(default)]
+    pub daemon: DaemonSettings,
 }
 
 impl Config {
@@ -128,11 +173,18 @@ impl Config {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
-            let line = inner.location().map(|l| format!(" line {}", l.line())).unwrap_or_default();
+            let line = inner
+                .location()
+                .map(|l| format!(" line {}", l.line()))
+                .unwrap_or_default();
             let msg = inner.to_string();
             // serde_yaml_ng appends " at line L column C"; keep the message, name file, line and key
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-            let key = if key == "." { String::new() } else { format!(" key '{key}':") };
+            let key = if key == "." {
+                String::new()
+            } else {
+                format!(" key '{key}':")
+            };
             Error::Config(format!("{}:{line}:{key} {msg}", origin.display()))
         })
     }
@@ -142,7 +194,36 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: cannot read config: {e}", path.display())))?;
-        Self::from_yaml(&text, path)
+        let mut c = Self::from_yaml(&text, path)?;
+        if c.slice.hu_min >= c.slice.hu_max || c.slice.window_width <= 0.0 {
+            return Err(Error::Config(format!(
+                "{}: key 'slice': hu_min must be below hu_max and window_width positive",
+                path.display()
+            )));
+        }
+        if let Err(e) = c.daemon.validate() {
+            return Err(Error::Config(format!("{}: {e}", path.display())));
+        }
+        // relative paths are relative to the folder holding the config's folder (the repo root
+        // for config/ctmask.yaml) when they do not exist from the working directory
+        let base = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+        for p in std::iter::once(&mut c.models.segmentation).chain(c.models.classifier.as_mut()) {
+            if p.is_relative() && !p.exists() && base.join(&*p).exists() {
+                *p = base.join(&*p);
+            }
+        }
+        c.daemon.slice_options = c.slice.options();
+        Ok(c)
+    }
+
+    /// The default config file: `config/ctmask.yaml`, then `/etc/ctmask/ctmask.yaml`.
+    pub fn default_path() -> PathBuf {
+        let local = PathBuf::from("config/ctmask.yaml");
+        if local.exists() {
+            local
+        } else {
+            PathBuf::from("/etc/ctmask/ctmask.yaml")
+        }
     }
 }
 
@@ -157,33 +238,67 @@ mod tests {
     #[test]
     fn defaults_fill_in() {
         let c = parse("models:\n  segmentation: a.safetensors\n").unwrap();
-        assert_eq!(c.device, DeviceChoice::Auto);
-        assert_eq!(c.screening.batch_size, Positive(4));
+        assert_eq!(c.daemon.batch_size, 4);
+        assert_eq!(c.slice.window_level, -600.0);
         assert!((c.screening.mask_threshold.0 - 0.6224593).abs() < 1e-6);
     }
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let e = parse("models:\n  segmentation: a\n  segmentaton: b\n").unwrap_err().to_string();
+        let e = parse("models:\n  segmentation: a\n  segmentaton: b\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("test.yaml: line 3:"), "{e}");
         assert!(e.contains("unknown field `segmentaton`"), "{e}");
     }
 
     #[test]
     fn wrong_type_and_bad_values_are_rejected_with_key() {
-        let e = parse("models:\n  segmentation: a\nscreening:\n  batch_size: many\n").unwrap_err().to_string();
+        let e = parse("models:\n  segmentation: a\nscreening:\n  batch_size: many\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 4") && e.contains("screening.batch_size"), "{e}");
-        let e = parse("models:\n  segmentation: a\nscreening:\n  mask_threshold: -0.5\n").unwrap_err().to_string();
-        assert!(e.contains("screening.mask_threshold") && e.contains("must be within [0, 1]"), "{e}");
-        let e = parse("models:\n  segmentation: a\nscreening:\n  batch_size: 0\n").unwrap_err().to_string();
+        let e = parse("models:\n  segmentation: a\nscreening:\n  mask_threshold: -0.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("screening.mask_threshold") && e.contains("must be within [0, 1]"),
+            "{e}"
+        );
+        let e = parse("models:\n  segmentation: a\nscreening:\n  batch_size: 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must be at least 1"), "{e}");
-        let e = parse("device: gpu\nmodels:\n  segmentation: a\n").unwrap_err().to_string();
+        let e = parse("device: gpu\nmodels:\n  segmentation: a\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 1") && e.contains("device"), "{e}");
     }
 
     #[test]
+    fn the_shipped_config_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ctmask.yaml");
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.daemon.slice_options, SliceOptions::default());
+        // a negative threshold in the daemon block is refused with the key
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("min_free_percent: 2.0", "min_free_percent: -2.0");
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, text).unwrap();
+        let e = Config::load(&bad).unwrap_err().to_string();
+        assert!(e.contains("bad.yaml") && e.contains("min_free_percent"), "{e}");
+    }
+
+    #[test]
     fn missing_file_is_named() {
-        let e = Config::load(Path::new("/nonexistent/ctmask.yaml")).unwrap_err().to_string();
-        assert!(e.starts_with("/nonexistent/ctmask.yaml: cannot read config"), "{e}");
+        let e = Config::load(Path::new("/nonexistent/ctmask.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/nonexistent/ctmask.yaml: cannot read config"),
+            "{e}"
+        );
     }
 }

@@ -131,9 +131,7 @@ pub fn device_name(d: tch::Device) -> String {
 
 /// CPU cores this process may use: the affinity mask, further limited by a cgroup v2 CPU quota.
 pub fn available_cores() -> usize {
-    let affinity = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let affinity = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu.max")
         .ok()
         .and_then(|s| parse_cpu_max(&s));
@@ -162,29 +160,6 @@ pub fn set_threads(requested: Option<usize>) -> usize {
     n
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_max_parsing() {
-        assert_eq!(parse_cpu_max("max 100000\n"), None);
-        assert_eq!(parse_cpu_max("150000 100000\n"), Some(2));
-        assert_eq!(parse_cpu_max("100000 100000"), Some(1));
-        assert_eq!(parse_cpu_max("garbage"), None);
-    }
-
-    #[test]
-    fn cuda_load_fails_cleanly_without_cuda_libraries() {
-        let r = init();
-        // On a CPU-only venv the load must fail with a reason, never abort the process.
-        if !tch::Cuda::is_available() {
-            assert!(r.loaded.is_none() || tch::Cuda::device_count() == 0);
-        }
-        assert_eq!(DeviceChoice::Cpu.resolve().ok(), Some(tch::Device::Cpu));
-    }
-}
-
 type CudaGetDeviceProperties = unsafe extern "C" fn(*mut u8, i32) -> i32;
 
 /// Name and memory of a CUDA device through the CUDA runtime's `cudaGetDeviceProperties`
@@ -197,7 +172,11 @@ fn cuda_properties(index: i64) -> Option<(String, u64)> {
     // luidDeviceNodeMask, padded).
     unsafe {
         let sym = libc::dlsym(libc::RTLD_DEFAULT, c"cudaGetDeviceProperties_v2".as_ptr());
-        let sym = if sym.is_null() { libc::dlsym(libc::RTLD_DEFAULT, c"cudaGetDeviceProperties".as_ptr()) } else { sym };
+        let sym = if sym.is_null() {
+            libc::dlsym(libc::RTLD_DEFAULT, c"cudaGetDeviceProperties".as_ptr())
+        } else {
+            sym
+        };
         if sym.is_null() {
             return None;
         }
@@ -222,4 +201,27 @@ pub fn cuda_device_name(index: i64) -> Option<String> {
 /// A CUDA device's total memory in bytes.
 pub fn cuda_total_memory(index: i64) -> Option<u64> {
     cuda_properties(index).map(|p| p.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_max_parsing() {
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_cpu_max("150000 100000\n"), Some(2));
+        assert_eq!(parse_cpu_max("100000 100000"), Some(1));
+        assert_eq!(parse_cpu_max("garbage"), None);
+    }
+
+    #[test]
+    fn cuda_load_fails_cleanly_without_cuda_libraries() {
+        let r = init();
+        // On a CPU-only venv the load must fail with a reason, never abort the process.
+        if !tch::Cuda::is_available() {
+            assert!(r.loaded.is_none() || tch::Cuda::device_count() == 0);
+        }
+        assert_eq!(DeviceChoice::Cpu.resolve().ok(), Some(tch::Device::Cpu));
+    }
 }

@@ -8,17 +8,37 @@
 //! | [`config`] | the typed `config/ctmask.yaml` (unknown keys rejected, errors name file, line and key) |
 //! | [`device`] | CUDA loading at run time, device choice, CPU threads |
 //! | [`model`] | Mask R-CNN and module S on tch, mirroring torchvision's detection files |
+//! | [`slice`] | one slice file (PNG, JPEG, DICOM) -> windowed 8-bit RGB, HU and metadata, or a reason |
+//! | [`data`] | CNCB and COVIDx data sets, synthetic chest CT phantoms |
+//! | [`daemon`] | the screening daemon: watcher, durable queue, worker, outputs, series, socket server |
+//! | [`protocol`] | the daemon <-> dashboard messages (line-delimited JSON) |
+//! | [`structures`] | plain-data findings shared by screening, reports and the protocol |
 //! | [`ops`] | box maths, matcher, sampler, NMS, RoIAlign written on tensor ops |
+//! | [`screening`] | one slice through segmentation and classification to a finding (daemon and CLI) |
+//! | [`lung`] | lung-field estimate and the original's overlay rendering |
 //! | [`fsutil`] | files that appear whole (temporary name, fsync, rename) |
+//! | [`checkpoint`] | a safe reader of PyTorch `torch.save` files (zip and legacy) |
 //! | [`cli`] | the command implementations behind `main.rs` |
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod fsutil;
+pub mod lung;
 pub mod model;
 pub mod ops;
+pub mod optim;
+pub mod plot;
+pub mod protocol;
+pub mod screening;
+pub mod slice;
+pub mod structures;
+pub mod train;
 
 pub use error::{Error, Result};
 

@@ -2,7 +2,8 @@
 //! daemon's Unix socket, each tagged by `"type"`. The client opens with `hello` (its protocol
 //! version); the daemon answers `hello` with its own and then serves requests: `status` ->
 //! `snapshot`, `subscribe` -> a backlog of recent `event`s then every new one, `pause`/`resume`
-//! intake and `retry` a failed job -> `ack`, `recent` -> `results`; any failure -> `error`.
+//! intake and `retry` a failed job -> `ack`, `recent` -> `results` (newest first), `series` ->
+//! `results` of one series (slices in anatomical order); any failure -> `error`.
 //!
 //! Compatibility: fields may be added in a version (`#[serde(default)]` on new ones), never renamed
 //! or removed; unknown fields are ignored and unknown message types decode to `Unknown`, so an older
@@ -55,6 +56,10 @@ pub enum Request {
     Recent {
         #[serde(default = "default_recent_limit")]
         limit: usize,
+    },
+    /// One series in detail: `results` with its summary and all its slices in anatomical order.
+    Series {
+        key: String,
     },
     /// A request type this build does not know (from a newer client).
     #[serde(other)]
@@ -380,9 +385,7 @@ mod hex_bytes {
         }
         (0..s.len())
             .step_by(2)
-            .map(|i| {
-                u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16).map_err(D::Error::custom)
-            })
+            .map(|i| u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16).map_err(D::Error::custom))
             .collect()
     }
 }
@@ -403,9 +406,7 @@ pub fn decode<T: DeserializeOwned>(line: &str) -> Result<T, ProtocolError> {
 }
 
 /// Reads the next non-empty line and decodes it; `Ok(None)` at the end of the stream.
-pub fn read_message<T: DeserializeOwned, R: BufRead>(
-    reader: &mut R,
-) -> Result<Option<T>, ProtocolError> {
+pub fn read_message<T: DeserializeOwned, R: BufRead>(reader: &mut R) -> Result<Option<T>, ProtocolError> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -477,6 +478,7 @@ mod tests {
             Request::Resume,
             Request::Retry { job_id: 42 },
             Request::Recent { limit: 5 },
+            Request::Series { key: "1.2.3".into() },
         ] {
             round_trip(r);
         }
@@ -565,8 +567,8 @@ mod tests {
 
     #[test]
     fn tolerates_newer_peers_and_rejects_garbage() {
-        let m: Message = decode(r#"{"type":"ack","request":"pause","message":"ok","extra":[1,2]}"#)
-            .expect("extra field");
+        let m: Message =
+            decode(r#"{"type":"ack","request":"pause","message":"ok","extra":[1,2]}"#).expect("extra field");
         assert_eq!(
             m,
             Message::Ack {
@@ -582,8 +584,8 @@ mod tests {
             decode::<Request>(r#"{"type":"shutdown"}"#).expect("unknown type"),
             Request::Unknown
         );
-        let e: Event = decode(r#"{"seq":1,"time_ms":2,"kind":"new_kind","message":"m"}"#)
-            .expect("unknown kind");
+        let e: Event =
+            decode(r#"{"seq":1,"time_ms":2,"kind":"new_kind","message":"m"}"#).expect("unknown kind");
         assert_eq!(e.kind, EventKind::Other);
         assert_eq!(
             decode::<Request>(r#"{"type":"recent"}"#).expect("default limit"),
@@ -599,8 +601,7 @@ mod tests {
 
     #[test]
     fn reads_lines_and_limits_them() {
-        let mut input =
-            std::io::Cursor::new(b"\n{\"type\":\"status\"}\n{\"type\":\"pause\"}".to_vec());
+        let mut input = std::io::Cursor::new(b"\n{\"type\":\"status\"}\n{\"type\":\"pause\"}".to_vec());
         assert_eq!(
             read_message::<Request, _>(&mut input).expect("first"),
             Some(Request::Status)

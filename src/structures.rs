@@ -156,10 +156,15 @@ mod tests {
         f.set_lesion_areas_mm2([0.5, 0.5]);
         assert_eq!(f.lesions[0].area_mm2, Some(2.5));
         assert_eq!(
-            f.classification
-                .as_ref()
-                .and_then(Classification::class_index),
+            f.classification.as_ref().and_then(Classification::class_index),
             Some(2)
         );
+    }
+}
+
+impl Classification {
+    /// The label's index (0 control, 1 pneumonia, 2 covid); 0 for an unknown label.
+    pub fn class_index_or_zero(&self) -> usize {
+        self.class_index().unwrap_or(0)
     }
 }

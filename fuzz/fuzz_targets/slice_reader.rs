@@ -1,9 +1,16 @@
 //! Fuzz the slice reader (PNG, JPEG, DICOM): any bytes must give slices or a clean
-//! rejection, never a panic, an abort or an unbounded allocation.
+//! rejection, never a panic, an abort or an unbounded allocation. Like checkpoint_reader, it
+//! includes src/slice.rs (and src/slice/) by path, so it builds without libtorch.
 //! Seed corpus: tests/fixtures/slice/*.dcm, ../shared/data/dicom/*.dcm and a few PNG/JPEG.
+//!   cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run slice_reader -- -max_total_time=600
 #![no_main]
 
-use ctmask::slice::{SliceOptions, read_slices_from_bytes};
+#[path = "../../src"]
+mod ctmask_src {
+    pub mod slice;
+}
+
+use ctmask_src::slice::{SliceOptions, read_slices_from_bytes};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -47,9 +47,7 @@ impl Pickle {
             )));
         }
         budget.nodes = budget.nodes.checked_sub(1).ok_or_else(|| {
-            CheckpointError::Limit(
-                "checkpoint expands to more objects than its size justifies".into(),
-            )
+            CheckpointError::Limit("checkpoint expands to more objects than its size justifies".into())
         })?;
         let mut seq = |ids: &[Id], budget: &mut Budget| -> Result<Vec<Value>, CheckpointError> {
             ids.iter()

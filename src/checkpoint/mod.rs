@@ -16,6 +16,7 @@
 //! ```
 
 mod expand;
+pub mod import;
 mod pickle;
 mod reduce;
 mod torch_file;
@@ -149,17 +150,12 @@ mod tests {
                 aspect_ratios: ratios,
             } = anchor_generator(&v).unwrap();
             assert_eq!(serde_json::to_value(&sizes).unwrap(), expected["sizes"]);
-            assert_eq!(
-                serde_json::to_value(&ratios).unwrap(),
-                expected["aspect_ratios"]
-            );
+            assert_eq!(serde_json::to_value(&ratios).unwrap(), expected["aspect_ratios"]);
             assert_eq!(v.get("epoch").and_then(Value::as_str), Some("50"));
             assert_eq!(v.get("model_name").and_then(Value::as_str), Some("x"));
             assert_eq!(v.get("lrate"), Some(&Value::Float(1e-5)));
             let ag = v.get("anchor_generator").unwrap();
-            assert!(
-                matches!(ag, Value::Object { class, .. } if class.ends_with(".AnchorGenerator"))
-            );
+            assert!(matches!(ag, Value::Object { class, .. } if class.ends_with(".AnchorGenerator")));
             let cells = ag.get("cell_anchors").and_then(Value::as_seq).unwrap();
             let cells: Vec<_> = cells
                 .iter()
@@ -238,14 +234,9 @@ mod tests {
                 state: None
             }
         );
-        assert!(
-            matches!(v.get("x"), Some(Value::Object { class, .. }) if class == "builtins.eval")
-        );
+        assert!(matches!(v.get("x"), Some(Value::Object { class, .. }) if class == "builtins.eval"));
         assert!(!marker.exists());
         let e = state_dict(&v).unwrap_err();
-        assert!(
-            e.to_string().contains("'model_weights' holds a object"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("'model_weights' holds a object"), "{e}");
     }
 }

@@ -121,17 +121,13 @@ impl<'a> Vm<'a> {
                 self.pos += n;
                 Ok(s)
             }
-            _ => Err(self.err(format!(
-                "needs {n} bytes, only {avail} left (truncated pickle)"
-            ))),
+            _ => Err(self.err(format!("needs {n} bytes, only {avail} left (truncated pickle)"))),
         }
     }
 
     fn uint(&mut self, n: u64) -> Result<u64, CheckpointError> {
         let b = self.take(n)?;
-        Ok(b.iter()
-            .rev()
-            .fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+        Ok(b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
     }
 
     fn line(&mut self) -> Result<&'a str, CheckpointError> {
@@ -178,10 +174,7 @@ impl<'a> Vm<'a> {
     }
 
     fn pop_mark(&mut self) -> Result<Vec<Id>, CheckpointError> {
-        let m = self
-            .marks
-            .pop()
-            .ok_or_else(|| self.err("no mark on the stack"))?;
+        let m = self.marks.pop().ok_or_else(|| self.err("no mark on the stack"))?;
         Ok(self.stack.split_off(m))
     }
 
@@ -282,11 +275,7 @@ impl<'a> Vm<'a> {
                     self.push(node)?;
                 }
                 0x8a | 0x8b => {
-                    let n = if op == 0x8a {
-                        self.uint(1)?
-                    } else {
-                        self.uint(4)?
-                    };
+                    let n = if op == 0x8a { self.uint(1)? } else { self.uint(4)? };
                     let bytes = self.take(n)?;
                     self.int_node(bytes)?;
                 }
@@ -313,11 +302,7 @@ impl<'a> Vm<'a> {
                 }
                 b'T' | b'U' => {
                     // Python 2 str: text when it is utf-8, else bytes.
-                    let n = if op == b'T' {
-                        self.uint(4)?
-                    } else {
-                        self.uint(1)?
-                    };
+                    let n = if op == b'T' { self.uint(4)? } else { self.uint(1)? };
                     let b = self.take(n)?;
                     match std::str::from_utf8(b) {
                         Ok(s) => self.push(Node::Str(s.to_owned()))?,
@@ -419,8 +404,7 @@ impl<'a> Vm<'a> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Node::Str(m), Node::Str(n)) = (&self.nodes[module], &self.nodes[name])
-                    else {
+                    let (Node::Str(m), Node::Str(n)) = (&self.nodes[module], &self.nodes[name]) else {
                         return Err(self.err("STACK_GLOBAL needs two strings"));
                     };
                     let g = global(m.clone(), n.clone());
@@ -435,11 +419,10 @@ impl<'a> Vm<'a> {
                     let Node::Tuple(args) = self.nodes[args].clone() else {
                         return Err(self.err("call arguments are not a tuple"));
                     };
-                    let id =
-                        match reduce::call(&self.nodes, func, args, 0).map_err(|e| self.err(e))? {
-                            Built::Existing(id) => id,
-                            Built::New(node) => self.alloc(node)?,
-                        };
+                    let id = match reduce::call(&self.nodes, func, args, 0).map_err(|e| self.err(e))? {
+                        Built::Existing(id) => id,
+                        Built::New(node) => self.alloc(node)?,
+                    };
                     self.stack.push(id);
                 }
                 b'b' => {
@@ -453,8 +436,7 @@ impl<'a> Vm<'a> {
                 }
                 b'Q' => {
                     let pid = self.pop()?;
-                    let node =
-                        reduce::persistent_load(&self.nodes, pid).map_err(|e| self.err(e))?;
+                    let node = reduce::persistent_load(&self.nodes, pid).map_err(|e| self.err(e))?;
                     self.push(node)?;
                 }
                 _ => return Err(self.err(format!("unsupported pickle opcode {op:#04x}"))),

@@ -125,17 +125,12 @@ fn tensor(nodes: &[Node], args: &[Id]) -> Result<Node, String> {
             return Err(format!("tensor {what} is not a tuple"));
         };
         if v.len() > MAX_DIMS {
-            return Err(format!(
-                "tensor has {} dimensions, more than {MAX_DIMS}",
-                v.len()
-            ));
+            return Err(format!("tensor has {} dimensions, more than {MAX_DIMS}", v.len()));
         }
         v.iter()
             .map(|&id| match nodes[id] {
                 Node::Int(i) if i >= 0 => Ok(i as u64),
-                _ => Err(format!(
-                    "tensor {what} holds something not a non-negative int"
-                )),
+                _ => Err(format!("tensor {what} holds something not a non-negative int")),
             })
             .collect()
     };
@@ -177,9 +172,7 @@ pub(crate) fn persistent_load(nodes: &[Node], pid: Id) -> Result<Node, String> {
             let view = match part(5) {
                 None | Some(Node::None) => None,
                 Some(Node::Tuple(v)) if v.len() == 3 => match (&nodes[v[1]], &nodes[v[2]]) {
-                    (&Node::Int(o), &Node::Int(n)) if o >= 0 && n >= 0 => {
-                        Some((o as u64, n as u64))
-                    }
+                    (&Node::Int(o), &Node::Int(n)) if o >= 0 && n >= 0 => Some((o as u64, n as u64)),
                     _ => return Err("bad storage view".into()),
                 },
                 Some(_) => return Err("bad storage view".into()),

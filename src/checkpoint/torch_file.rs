@@ -55,16 +55,12 @@ fn load_zip(bytes: &[u8]) -> Result<Value, CheckpointError> {
             .zip(usize::try_from(f.size()).ok())
             .and_then(|(start, len)| Some(start..start.checked_add(len)?))
             .filter(|r| r.end <= bytes.len())
-            .ok_or_else(|| {
-                CheckpointError::Zip(format!("entry {name} extends past the end of the file"))
-            })?;
+            .ok_or_else(|| CheckpointError::Zip(format!("entry {name} extends past the end of the file")))?;
         entries.insert(name, &bytes[range]);
     }
     let mut pkl: Vec<&String> = entries
         .keys()
-        .filter(|n| {
-            n.split('/').collect::<Vec<_>>().as_slice().len() == 2 && n.ends_with("/data.pkl")
-        })
+        .filter(|n| n.split('/').collect::<Vec<_>>().as_slice().len() == 2 && n.ends_with("/data.pkl"))
         .collect();
     pkl.sort();
     let name = match pkl.as_slice() {
@@ -111,9 +107,7 @@ fn load_legacy(bytes: &[u8]) -> Result<Value, CheckpointError> {
     match protocol.nodes[protocol.root] {
         Node::Int(LEGACY_PROTOCOL) => {}
         _ => {
-            return Err(legacy(
-                "unsupported protocol version (expected 1001)".into(),
-            ));
+            return Err(legacy("unsupported protocol version (expected 1001)".into()));
         }
     }
     let sys_info = pickle::parse(bytes, protocol.end)?;
@@ -184,16 +178,9 @@ fn load_legacy(bytes: &[u8]) -> Result<Value, CheckpointError> {
     expand(&object, &Storages { by_key, big_endian }, bytes.len())
 }
 
-fn expand(
-    pickle: &Pickle,
-    storages: &Storages,
-    input_len: usize,
-) -> Result<Value, CheckpointError> {
+fn expand(pickle: &Pickle, storages: &Storages, input_len: usize) -> Result<Value, CheckpointError> {
     let mut budget = budget_for(input_len, pickle.nodes.len());
-    pickle.to_value(
-        &mut |t, budget| materialize(t, storages, budget),
-        &mut budget,
-    )
+    pickle.to_value(&mut |t, budget| materialize(t, storages, budget), &mut budget)
 }
 
 /// The elements of `storage` a tensor may address, after a legacy view is applied.
@@ -237,8 +224,7 @@ fn materialize(
     let dtype = t.storage.dtype;
     let es = dtype.size();
     let elements = (data.len() / es) as u64;
-    let bad =
-        |m: String| CheckpointError::Tensor(format!("tensor on storage '{}': {m}", t.storage.key));
+    let bad = |m: String| CheckpointError::Tensor(format!("tensor on storage '{}': {m}", t.storage.key));
     let numel = t
         .size
         .iter()
@@ -255,9 +241,7 @@ fn materialize(
             .size
             .iter()
             .zip(&t.stride)
-            .try_fold(t.offset, |acc, (&n, &s)| {
-                acc.checked_add((n - 1).checked_mul(s)?)
-            });
+            .try_fold(t.offset, |acc, (&n, &s)| acc.checked_add((n - 1).checked_mul(s)?));
         if last.is_none_or(|l| l >= elements) {
             return Err(bad(format!(
                 "offset {} with size {:?} and stride {:?} reaches past the {elements} elements",
@@ -284,14 +268,7 @@ fn materialize(
 }
 
 /// Row-major walk over `shape`; every index was checked to lie inside `data`.
-fn copy_strided(
-    data: &[u8],
-    es: usize,
-    offset: usize,
-    shape: &[usize],
-    stride: &[usize],
-    out: &mut Vec<u8>,
-) {
+fn copy_strided(data: &[u8], es: usize, offset: usize, shape: &[usize], stride: &[usize], out: &mut Vec<u8>) {
     // Trailing dimensions that are contiguous copy as one run.
     let mut run = 1;
     let mut outer = shape.len();

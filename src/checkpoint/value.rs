@@ -101,17 +101,13 @@ impl RawTensor {
         let out = match self.dtype {
             DType::F32 => chunks.map(|c| f32::from_le_bytes(arr(c))).collect(),
             DType::F64 => chunks.map(|c| f64::from_le_bytes(arr(c)) as f32).collect(),
-            DType::F16 => chunks
-                .map(|c| f16_to_f32(u16::from_le_bytes(arr(c))))
-                .collect(),
+            DType::F16 => chunks.map(|c| f16_to_f32(u16::from_le_bytes(arr(c)))).collect(),
             DType::BF16 => chunks
                 .map(|c| f32::from_bits(u32::from(u16::from_le_bytes(arr(c))) << 16))
                 .collect(),
             DType::I64 => chunks.map(|c| i64::from_le_bytes(arr(c)) as f32).collect(),
             DType::I32 => chunks.map(|c| i32::from_le_bytes(arr(c)) as f32).collect(),
-            DType::I16 => chunks
-                .map(|c| f32::from(i16::from_le_bytes(arr(c))))
-                .collect(),
+            DType::I16 => chunks.map(|c| f32::from(i16::from_le_bytes(arr(c)))).collect(),
             DType::I8 => chunks.map(|c| f32::from(c[0] as i8)).collect(),
             DType::U8 => chunks.map(|c| f32::from(c[0])).collect(),
             DType::Bool => chunks.map(|c| if c[0] != 0 { 1.0 } else { 0.0 }).collect(),
@@ -264,14 +260,14 @@ pub fn state_dict(v: &Value) -> Result<Vec<(String, RawTensor)>, CheckpointError
     let found = if is_tensor_dict(v) {
         Some(("the top level", v))
     } else {
-        STATE_DICT_KEYS
-            .iter()
-            .find_map(|k| v.get(k).map(|d| (*k, d)))
+        STATE_DICT_KEYS.iter().find_map(|k| v.get(k).map(|d| (*k, d)))
     };
     let Some((place, Value::Dict(pairs))) = found else {
         return Err(CheckpointError::NoStateDict(match found {
             Some((place, d)) => format!("'{place}' holds a {}, not a dict", d.kind()),
-            None => "no dict of tensors at the top level or under 'model_weights', 'state_dict' or 'model'".into(),
+            None => {
+                "no dict of tensors at the top level or under 'model_weights', 'state_dict' or 'model'".into()
+            }
         }));
     };
     let mut seen = HashSet::new();
@@ -366,15 +362,10 @@ mod tests {
         };
         let i64s = [-3i64, 7].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(t(DType::I64, i64s).to_f32_vec().unwrap(), [-3.0, 7.0]);
-        assert_eq!(
-            t(DType::I8, vec![0xff, 2]).to_f32_vec().unwrap(),
-            [-1.0, 2.0]
-        );
+        assert_eq!(t(DType::I8, vec![0xff, 2]).to_f32_vec().unwrap(), [-1.0, 2.0]);
         assert_eq!(t(DType::Bool, vec![0, 1]).to_f32_vec().unwrap(), [0.0, 1.0]);
         assert_eq!(
-            t(DType::BF16, vec![0x80, 0x3f, 0, 0xc0])
-                .to_f32_vec()
-                .unwrap(),
+            t(DType::BF16, vec![0x80, 0x3f, 0, 0xc0]).to_f32_vec().unwrap(),
             [1.0, -2.0]
         );
         assert!(t(DType::F32, vec![0; 4]).to_f32_vec().is_err());
@@ -382,15 +373,9 @@ mod tests {
 
     #[test]
     fn state_dict_is_found_at_top_or_under_known_keys() {
-        let sd = Value::Dict(vec![
-            (s("a"), tensor(&[1.0])),
-            (s("b"), tensor(&[2.0, 3.0])),
-        ]);
+        let sd = Value::Dict(vec![(s("a"), tensor(&[1.0])), (s("b"), tensor(&[2.0, 3.0]))]);
         assert_eq!(state_dict(&sd).unwrap().len(), 2);
-        let nested = Value::Dict(vec![
-            (s("epoch"), s("50")),
-            (s("model_weights"), sd.clone()),
-        ]);
+        let nested = Value::Dict(vec![(s("epoch"), s("50")), (s("model_weights"), sd.clone())]);
         let found = state_dict(&nested).unwrap();
         assert_eq!(found[1].0, "b");
         assert_eq!(found[1].1.to_f32_vec().unwrap(), [2.0, 3.0]);

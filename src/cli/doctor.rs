@@ -72,7 +72,8 @@ pub fn report() -> DoctorReport {
         libtorch_build_path: device::libtorch_build_dir().map(str::to_string),
         cuda_available,
         cuda_library: load.loaded.clone(),
-        cuda_unavailable_reason: (!cuda_available).then(|| load.error.clone().unwrap_or_else(|| "no CUDA device".into())),
+        cuda_unavailable_reason: (!cuda_available)
+            .then(|| load.error.clone().unwrap_or_else(|| "no CUDA device".into())),
         cuda_devices: cuda_devices(),
         cpu_threads: tch::get_num_threads().max(0) as usize,
         cores_available: threads,
@@ -87,16 +88,25 @@ pub fn run(a: &DoctorArgs) -> anyhow::Result<()> {
     }
     println!("ctmask          {}", r.ctmask_version);
     println!("libtorch        {}", r.libtorch_version);
-    println!("libtorch path   {}", r.libtorch_path.as_deref().unwrap_or("unknown"));
+    println!(
+        "libtorch path   {}",
+        r.libtorch_path.as_deref().unwrap_or("unknown")
+    );
     println!("cuda            {}", r.cuda_available);
     if let Some(why) = &r.cuda_unavailable_reason {
         println!("  why not       {why}");
     }
     for d in &r.cuda_devices {
-        let mem = d.memory_bytes.map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or_default();
+        let mem = d
+            .memory_bytes
+            .map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))
+            .unwrap_or_default();
         println!("  cuda:{}        {} {}", d.index, d.name, mem);
     }
-    println!("cpu threads     {} (cores available: {})", r.cpu_threads, r.cores_available);
+    println!(
+        "cpu threads     {} (cores available: {})",
+        r.cpu_threads, r.cores_available
+    );
     println!("{}", crate::DISCLAIMER);
     Ok(())
 }

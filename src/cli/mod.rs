@@ -1,8 +1,13 @@
 //! The command line: clap definitions and one function per subcommand. `main.rs` only parses,
 //! calls [`run`] and maps errors to exit codes.
 
+pub mod classify;
+pub mod daemon;
 pub mod doctor;
+pub mod import;
 pub mod segment;
+pub mod synth;
+pub mod train_seg;
 
 use clap::{Parser, Subcommand};
 
@@ -22,8 +27,26 @@ pub struct Cli {
 pub enum Command {
     /// Report the ctmask and libtorch versions, the libtorch in use, CUDA devices and CPU threads.
     Doctor(doctor::DoctorArgs),
+    /// Make synthetic chest CT: CNCB or COVIDx layouts, or DICOM series.
+    Synth(synth::SynthArgs),
+    /// Convert an original COVID-CT-Mask-Net (or torchvision) .pth into a ctmask model file.
+    ImportWeights(import::ImportArgs),
     /// Find GGO and consolidation lesions in slices with a segmentation model.
     Segment(segment::SegmentArgs),
+    /// Train a segmentation model on a CNCB-layout folder (the original's defaults).
+    TrainSegmentation(train_seg::TrainSegArgs),
+    /// Mask AP of a segmentation model: the original's per-image metric and COCO-style.
+    EvaluateSegmentation(train_seg::EvalSegArgs),
+    /// Label slices control / common pneumonia / COVID-19 with COVID-CT-Mask-Net.
+    Classify(classify::ClassifyArgs),
+    /// Train module S (and batch-norm affine parameters) on a segmentation model (§4.5-4.6).
+    TrainClassifier(classify::TrainClsArgs),
+    /// Confusion matrix, sensitivity, precision, F1, accuracy of a classifier.
+    EvaluateClassifier(classify::EvalClsArgs),
+    /// Watch folders and screen every new slice (the systemd service runs this).
+    Daemon(daemon::DaemonArgs),
+    /// Print the running daemon's status (queue, intake, device).
+    Status(daemon::StatusArgs),
 }
 
 /// Run a parsed command line.
@@ -31,5 +54,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Doctor(a) => doctor::run(&a),
         Command::Segment(a) => segment::run(&a),
+        Command::Synth(a) => synth::run(&a),
+        Command::ImportWeights(a) => import::run(&a),
+        Command::TrainSegmentation(a) => train_seg::run_train(&a),
+        Command::EvaluateSegmentation(a) => train_seg::run_eval(&a),
+        Command::Classify(a) => classify::run_classify(&a),
+        Command::TrainClassifier(a) => classify::run_train(&a),
+        Command::EvaluateClassifier(a) => classify::run_eval(&a),
+        Command::Daemon(a) => daemon::run_daemon(&a),
+        Command::Status(a) => daemon::run_status(&a),
     }
 }

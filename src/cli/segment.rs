@@ -52,16 +52,28 @@ pub fn read_image(path: &Path, device: tch::Device) -> anyhow::Result<tch::Tenso
     let img = image::open(path).with_context(|| format!("{}: cannot read image", path.display()))?;
     let rgb = img.to_rgb8();
     let (w, h) = rgb.dimensions();
-    Ok(crate::model::transform::tensor_from_rgb(rgb.as_raw(), w, h, device)?)
+    Ok(crate::model::transform::tensor_from_rgb(
+        rgb.as_raw(),
+        w,
+        h,
+        device,
+    )?)
 }
 
 /// Turn detections into JSON rows.
-pub fn detections_json(model: &MaskRcnn, d: &Detections, threshold: f64) -> anyhow::Result<Vec<DetectionJson>> {
+pub fn detections_json(
+    model: &MaskRcnn,
+    d: &Detections,
+    threshold: f64,
+) -> anyhow::Result<Vec<DetectionJson>> {
     let boxes: Vec<Vec<f32>> = Vec::try_from(d.boxes.to_device(tch::Device::Cpu))?;
     let scores: Vec<f32> = Vec::try_from(d.scores.to_device(tch::Device::Cpu))?;
     let labels: Vec<i64> = Vec::try_from(d.labels.to_device(tch::Device::Cpu))?;
     let areas: Vec<i64> = match d.binary_masks(threshold) {
-        Some(m) if !labels.is_empty() => Vec::try_from(m.sum_dim_intlist([1i64, 2].as_slice(), false, tch::Kind::Int64).to_device(tch::Device::Cpu))?,
+        Some(m) if !labels.is_empty() => Vec::try_from(
+            m.sum_dim_intlist([1i64, 2].as_slice(), false, tch::Kind::Int64)
+                .to_device(tch::Device::Cpu),
+        )?,
         _ => vec![0; labels.len()],
     };
     Ok(boxes
@@ -72,7 +84,12 @@ pub fn detections_json(model: &MaskRcnn, d: &Detections, threshold: f64) -> anyh
         .map(|(((b, &s), &l), &a)| DetectionJson {
             bbox: [b[0], b[1], b[2], b[3]],
             label: l,
-            class: model.cfg.class_names.get((l - 1).max(0) as usize).cloned().unwrap_or_else(|| format!("class{l}")),
+            class: model
+                .cfg
+                .class_names
+                .get((l - 1).max(0) as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("class{l}")),
             score: s,
             mask_area_px: a.max(0) as u64,
         })
@@ -83,8 +100,13 @@ pub fn run(a: &SegmentArgs) -> anyhow::Result<()> {
     let device = a.device.resolve()?;
     crate::device::set_threads(None);
     let model = MaskRcnn::load(&a.model, device)?;
-    let threshold = a.mask_threshold.unwrap_or_else(crate::model::default_mask_threshold);
-    anyhow::ensure!((0.0..1.0).contains(&threshold) && threshold > 0.0, "--mask-threshold must be within (0, 1), got {threshold}");
+    let threshold = a
+        .mask_threshold
+        .unwrap_or_else(crate::model::default_mask_threshold);
+    anyhow::ensure!(
+        (0.0..1.0).contains(&threshold) && threshold > 0.0,
+        "--mask-threshold must be within (0, 1), got {threshold}"
+    );
     let mut out = Vec::new();
     for input in &a.inputs {
         let img = read_image(input, device)?;
@@ -107,7 +129,10 @@ pub fn run(a: &SegmentArgs) -> anyhow::Result<()> {
             for s in &out {
                 println!("{}: {} detection(s)", s.input, s.detections.len());
                 for d in &s.detections {
-                    println!("  {:<13} score {:.3} box [{:.1}, {:.1}, {:.1}, {:.1}] mask {} px", d.class, d.score, d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3], d.mask_area_px);
+                    println!(
+                        "  {:<13} score {:.3} box [{:.1}, {:.1}, {:.1}, {:.1}] mask {} px",
+                        d.class, d.score, d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3], d.mask_area_px
+                    );
                 }
             }
         }

@@ -48,10 +48,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Server(#[from] server::ServerError),
     #[error("cannot create output folder {path}: {source}")]
-    Output {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Output { path: PathBuf, source: std::io::Error },
     #[error("the screener could not be built: {0}")]
     Screener(String),
     #[error("cannot start thread {name}: {source}")]
@@ -202,12 +199,11 @@ pub fn run(
         );
     }
     let watch_stop = Arc::new(AtomicBool::new(false));
-    let watcher = watcher::spawn(watch, watch_stop.clone(), rescan).map_err(|source| {
-        DaemonError::Thread {
+    let watcher =
+        watcher::spawn(watch, watch_stop.clone(), rescan).map_err(|source| DaemonError::Thread {
             name: "watch",
             source,
-        }
-    })?;
+        })?;
     let serve = spawn("server", {
         let shared = shared.clone();
         move || server.serve(shared)
@@ -226,12 +222,7 @@ pub fn run(
     sup.run(&shutdown, &mut queue);
 
     // Drain: stop intake and reading at once; the worker finishes or requeues what it holds.
-    shared.publish(
-        EventKind::DaemonStopping,
-        "daemon stopping".into(),
-        None,
-        None,
-    );
+    shared.publish(EventKind::DaemonStopping, "daemon stopping".into(), None, None);
     ops::sd_notify("STOPPING=1");
     shared.stop.store(true, Ordering::SeqCst);
     watch_stop.store(true, Ordering::SeqCst);

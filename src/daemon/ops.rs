@@ -110,9 +110,8 @@ pub fn watchdog_interval() -> Option<Duration> {
 
 /// Free and total space of the filesystem holding `path`.
 pub fn disk_info(path: &Path) -> std::io::Result<DiskInfo> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte")
-    })?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
     // SAFETY: statvfs writes into a zeroed struct we own; the path is a valid C string.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {

@@ -29,10 +29,7 @@ pub const TEMP_PREFIX: &str = ".ctmask-tmp-";
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("cannot write {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("cannot encode {path}: {reason}")]
     Encode { path: PathBuf, reason: String },
 }
@@ -116,9 +113,7 @@ impl Drop for AtomicBatch {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
 /// Atomically writes one file.
@@ -203,10 +198,7 @@ pub fn series_key(meta: &SliceMeta, input: &Path) -> String {
 /// `dir-<first 16 hex digits of sha256(folder path)>`.
 pub fn folder_key(input: &Path) -> String {
     let folder = input.parent().unwrap_or(Path::new("/"));
-    format!(
-        "dir-{}",
-        &sha256_hex(folder.as_os_str().as_encoded_bytes())[..16]
-    )
+    format!("dir-{}", &sha256_hex(folder.as_os_str().as_encoded_bytes())[..16])
 }
 
 /// The file stem of one slice's outputs.
@@ -279,13 +271,7 @@ struct SliceReport<'a> {
     screened_ms: i64,
 }
 
-fn png(
-    path: &Path,
-    w: u32,
-    h: u32,
-    data: &[u8],
-    color: image::ExtendedColorType,
-) -> Result<Vec<u8>> {
+fn png(path: &Path, w: u32, h: u32, data: &[u8], color: image::ExtendedColorType) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     PngEncoder::new_with_quality(&mut buf, CompressionType::Fast, FilterType::Sub)
         .write_image(data, w, h, color)

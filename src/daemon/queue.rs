@@ -19,15 +19,9 @@ use crate::protocol::{JobInfo, JobState, QueueCounts, SliceSummary};
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("queue database {path}: {source}")]
-    Db {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Db { path: PathBuf, source: rusqlite::Error },
     #[error("cannot use state folder {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(
         "another ctmask daemon ({holder}) is using the state folder {path}; stop it first or use another state folder"
     )]
@@ -152,10 +146,8 @@ impl Queue {
         };
         let conn = Connection::open(&path).map_err(db)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         Ok(Queue {
             conn,
@@ -172,10 +164,7 @@ impl Queue {
     }
 
     /// Runs `f` in one IMMEDIATE transaction (committed when `f` succeeds).
-    fn in_tx<T>(
-        &mut self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
-    ) -> Result<T> {
+    fn in_tx<T>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T> {
         let path = self.path.clone();
         let err = |source| QueueError::Db {
             path: path.clone(),
@@ -276,17 +265,13 @@ impl Queue {
                 ..s.clone()
             })
             .collect();
-        let summary =
-            serde_json::to_string(&bare).map_err(|source| QueueError::Summary { id, source })?;
+        let summary = serde_json::to_string(&bare).map_err(|source| QueueError::Summary { id, source })?;
         let series_key = slices.first().map(|s| s.series_key.clone());
         let thumbs: Vec<(i64, String)> = slices
             .iter()
             .filter_map(|s| {
                 let t = s.thumbnail.as_ref()?;
-                Some((
-                    i64::from(s.frame.unwrap_or(0)),
-                    serde_json::to_string(t).ok()?,
-                ))
+                Some((i64::from(s.frame.unwrap_or(0)), serde_json::to_string(t).ok()?))
             })
             .collect();
         self.in_tx(|tx| {
@@ -477,8 +462,7 @@ impl Queue {
 
     /// Summaries of the most recently finished slices, newest first (with thumbnails when asked).
     pub fn recent_slices(&self, limit: usize, thumbnails: bool) -> Result<Vec<SliceSummary>> {
-        let sql =
-            "SELECT summary FROM jobs WHERE models = ?1 AND state = 'done' AND summary IS NOT NULL
+        let sql = "SELECT summary FROM jobs WHERE models = ?1 AND state = 'done' AND summary IS NOT NULL
                    ORDER BY updated_ms DESC, id DESC LIMIT ?2";
         let mut out = self.summaries(sql, params![self.models, limit as i64])?;
         out.truncate(limit);
@@ -510,16 +494,14 @@ impl Queue {
         Ok(out)
     }
 
-    fn attach_thumbnails(&self, slices: &mut [SliceSummary]) -> Result<()> {
+    pub fn attach_thumbnails(&self, slices: &mut [SliceSummary]) -> Result<()> {
         let mut stmt = self
             .conn
             .prepare("SELECT thumbnail FROM thumbnails WHERE job_id = ?1 AND frame = ?2")
             .map_err(self.db())?;
         for s in slices {
             let json: Option<String> = stmt
-                .query_row(params![s.job_id, i64::from(s.frame.unwrap_or(0))], |r| {
-                    r.get(0)
-                })
+                .query_row(params![s.job_id, i64::from(s.frame.unwrap_or(0))], |r| r.get(0))
                 .optional()
                 .map_err(self.db())?;
             s.thumbnail = json.and_then(|j| serde_json::from_str(&j).ok());
@@ -542,12 +524,7 @@ impl Queue {
     }
 
     /// Records a series report covering slices done up to `last_done_ms`; returns its revision.
-    pub fn series_reported(
-        &mut self,
-        key: &str,
-        last_done_ms: i64,
-        summary_json: &str,
-    ) -> Result<u32> {
+    pub fn series_reported(&mut self, key: &str, last_done_ms: i64, summary_json: &str) -> Result<u32> {
         self.in_tx(|tx| {
             tx.execute(
                 "UPDATE series SET reported_ms = MAX(reported_ms, ?2), revision = revision + 1, summary = ?3 WHERE key = ?1",
@@ -561,21 +538,33 @@ impl Queue {
     pub fn series_revision(&self, key: &str) -> Result<u32> {
         let rev: Option<u32> = self
             .conn
+            .query_row("SELECT revision FROM series WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.db())?;
+        Ok(rev.unwrap_or(0) + 1)
+    }
+
+    /// The stored summary (JSON of `protocol::SeriesSummary`) of one reported series.
+    pub fn series_summary(&self, key: &str) -> Result<Option<String>> {
+        self.conn
             .query_row(
-                "SELECT revision FROM series WHERE key = ?1",
+                "SELECT summary FROM series WHERE key = ?1 AND summary IS NOT NULL",
                 params![key],
                 |r| r.get(0),
             )
             .optional()
-            .map_err(self.db())?;
-        Ok(rev.unwrap_or(0) + 1)
+            .map_err(self.db())
     }
 
     /// Stored series summaries (JSON of `protocol::SeriesSummary`), newest first.
     pub fn recent_series(&self, limit: usize) -> Result<Vec<String>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT summary FROM series WHERE summary IS NOT NULL ORDER BY reported_ms DESC LIMIT ?1")
+            .prepare(
+                "SELECT summary FROM series WHERE summary IS NOT NULL ORDER BY reported_ms DESC LIMIT ?1",
+            )
             .map_err(self.db())?;
         let rows = stmt
             .query_map(params![limit as i64], |r| r.get(0))
@@ -685,8 +674,7 @@ mod tests {
             "pending job follows the newest path"
         );
         let claimed = q.claim(10).expect("claim");
-        q.complete(claimed[0].id, &[summary(id, "s1")])
-            .expect("complete");
+        q.complete(claimed[0].id, &[summary(id, "s1")]).expect("complete");
         assert_eq!(
             q.enqueue(&seen("/in/renamed.dcm", "aa")).expect("rename"),
             Enqueued::Known(id, JobState::Done)
@@ -743,10 +731,7 @@ mod tests {
             q.fail(id, "truncated", false, 2, backoff).expect("fail 1"),
             JobState::Failed
         );
-        assert!(
-            q.claim(1).expect("too early").is_empty(),
-            "backoff not over"
-        );
+        assert!(q.claim(1).expect("too early").is_empty(), "backoff not over");
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(q.claim(1).expect("due")[0].id, id);
         assert_eq!(
@@ -756,8 +741,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         q.claim(1).expect("due again");
         assert_eq!(
-            q.fail(id, "truncated again", false, 2, backoff)
-                .expect("fail 3"),
+            q.fail(id, "truncated again", false, 2, backoff).expect("fail 3"),
             JobState::Quarantined
         );
         let job = q.job(id).expect("job");
@@ -768,17 +752,13 @@ mod tests {
         std::thread::sleep(Duration::from_millis(10));
         assert!(q.claim(1).expect("quarantined").is_empty());
         let open = q.open_jobs(10).expect("open jobs");
-        assert_eq!(
-            (open[0].state, open[0].attempts),
-            (JobState::Quarantined, 3)
-        );
+        assert_eq!((open[0].state, open[0].attempts), (JobState::Quarantined, 3));
         q.retry(id).expect("retry");
         assert_eq!(q.claim(1).expect("retried")[0].attempts, 0);
         assert!(matches!(q.retry(id), Err(QueueError::NotRetryable { .. })));
         assert!(matches!(q.retry(999), Err(QueueError::NoSuchJob(999))));
         assert_eq!(
-            q.fail(id, "not dicom", true, 5, backoff)
-                .expect("permanent"),
+            q.fail(id, "not dicom", true, 5, backoff).expect("permanent"),
             JobState::Quarantined
         );
     }
@@ -791,9 +771,7 @@ mod tests {
         let id = q.claim(1).expect("claim")[0].id;
         q.complete(id, &[summary(id, "S")]).expect("complete");
         assert!(
-            q.series_due(Duration::from_secs(60))
-                .expect("due")
-                .is_empty(),
+            q.series_due(Duration::from_secs(60)).expect("due").is_empty(),
             "still quiet period"
         );
         let due = q.series_due(Duration::ZERO).expect("due");

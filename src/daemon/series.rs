@@ -139,9 +139,7 @@ pub fn verdict(slices: &[SliceSummary], cfg: &SeriesSettings) -> Verdict {
                     *m += f64::from(*v) / with_p.len() as f64;
                 }
             }
-            let best = (0..3)
-                .max_by(|&a, &b| mean[a].total_cmp(&mean[b]))
-                .unwrap_or(0);
+            let best = (0..3).max_by(|&a, &b| mean[a].total_cmp(&mean[b])).unwrap_or(0);
             let label = if with_p.is_empty() {
                 "unclassified"
             } else {
@@ -193,10 +191,7 @@ pub fn burden(slices: &[SliceSummary]) -> Burden {
         .filter(|s| s.lung_px.is_some_and(|l| l > 0))
         .collect();
     let lung: u64 = with_lung.iter().filter_map(|s| s.lung_px).sum();
-    let lesion: u64 = with_lung
-        .iter()
-        .map(|s| s.ggo_px + s.consolidation_px)
-        .sum();
+    let lesion: u64 = with_lung.iter().map(|s| s.ggo_px + s.consolidation_px).sum();
     Burden {
         ggo_ml: volumes[0],
         consolidation_ml: volumes[1],
@@ -328,15 +323,10 @@ mod tests {
         // 800 px * 0.25 mm² * 5 mm / 1000 = 1 mL; consolidation 300 px -> 0.375 mL.
         assert!((r.burden.ggo_ml.expect("ggo") - 1.0).abs() < 1e-9);
         assert!((r.burden.consolidation_ml.expect("cons") - 0.375).abs() < 1e-9);
-        assert!(
-            (r.burden.involvement_percent.expect("inv") - 100.0 * 1100.0 / 30_000.0).abs() < 1e-9
-        );
+        assert!((r.burden.involvement_percent.expect("inv") - 100.0 * 1100.0 / 30_000.0).abs() < 1e-9);
         assert_eq!(r.counts.get("covid"), Some(&2));
         let summary = r.summary();
-        assert_eq!(
-            (summary.verdict.as_str(), summary.slice_count),
-            ("covid", 3)
-        );
+        assert_eq!((summary.verdict.as_str(), summary.slice_count), ("covid", 3));
         assert!(summary.rule.starts_with("covid_fraction"));
     }
 
@@ -355,8 +345,7 @@ mod tests {
 
     #[test]
     fn verdict_rules_follow_their_thresholds() {
-        let mut slices: Vec<SliceSummary> =
-            (0..20).map(|i| slice(i, i as f64, "control", 0)).collect();
+        let mut slices: Vec<SliceSummary> = (0..20).map(|i| slice(i, i as f64, "control", 0)).collect();
         let cfg = SeriesSettings {
             min_covid_slices: 3,
             min_covid_percent: 15.0,

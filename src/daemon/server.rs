@@ -20,8 +20,8 @@ use super::Shared;
 use super::queue::{Queue, now_ms};
 use super::settings::DaemonSettings;
 use crate::protocol::{
-    self, Event, EventKind, Message, PROTOCOL_VERSION, ProtocolError, Request, Results,
-    SeriesSummary, Snapshot,
+    self, Event, EventKind, Message, PROTOCOL_VERSION, ProtocolError, Request, Results, SeriesSummary,
+    Snapshot,
 };
 
 /// Events kept for clients that subscribe later.
@@ -32,19 +32,13 @@ const SUBSCRIBER_QUEUE: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("socket {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("socket {path} is in use by another process")]
     InUse { path: PathBuf },
     #[error("group {0} does not exist (daemon.socket_group)")]
     NoSuchGroup(String),
     #[error("daemon at {path}: {source}")]
-    Protocol {
-        path: PathBuf,
-        source: ProtocolError,
-    },
+    Protocol { path: PathBuf, source: ProtocolError },
     #[error("daemon at {path} answered unexpectedly: {what}")]
     Unexpected { path: PathBuf, what: String },
 }
@@ -113,8 +107,7 @@ fn group_id(name: &str) -> Option<u32> {
     let mut buf = vec![0 as libc::c_char; 16384];
     let mut out: *mut libc::group = std::ptr::null_mut();
     // SAFETY: getgrnam_r writes into grp/buf, which we own and size correctly.
-    let rc =
-        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
+    let rc = unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
     (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
 }
 
@@ -151,11 +144,7 @@ fn process_groups(pid: i32) -> Vec<u32> {
                 .find(|l| l.starts_with("Groups:"))
                 .map(|l| l[7..].to_string())
         })
-        .map(|l| {
-            l.split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect()
-        })
+        .map(|l| l.split_whitespace().filter_map(|g| g.parse().ok()).collect())
         .unwrap_or_default()
 }
 
@@ -214,8 +203,13 @@ impl Server {
         let mode = settings.socket_mode().unwrap_or(0o660);
         let c_tmp = std::ffi::CString::new(tmp.as_os_str().as_bytes())
             .map_err(|_| io(std::io::ErrorKind::InvalidInput.into()))?;
-        // SAFETY: chown/chmod on a path we just created; -1 (u32::MAX) leaves the owner as is.
-        let rc = unsafe { libc::chown(c_tmp.as_ptr(), u32::MAX, group) };
+        // SAFETY: chown on a path we just created; -1 (u32::MAX) leaves the owner as is. Skipped
+        // for the daemon's own group (the socket has it already, and seccomp may deny chown).
+        let rc = if group == own_gid {
+            0
+        } else {
+            unsafe { libc::chown(c_tmp.as_ptr(), u32::MAX, group) }
+        };
         if rc != 0 {
             let e = std::io::Error::last_os_error();
             let _ = std::fs::remove_file(&tmp);
@@ -312,10 +306,7 @@ fn serve_client(stream: UnixStream, shared: Arc<Shared>, policy: PeerPolicy) {
             );
             send(
                 &out_tx,
-                &error(
-                    "forbidden",
-                    "not allowed: ask to be added to the daemon's group",
-                ),
+                &error("forbidden", "not allowed: ask to be added to the daemon's group"),
             );
         }
         Err(e) => {
@@ -442,10 +433,22 @@ fn answer(request: &Request, shared: &Arc<Shared>, queue: &mut Queue) -> Message
                 (Err(e), _) | (_, Err(e)) => error("internal", e.to_string()),
             }
         }
-        Request::Unknown => error(
-            "unknown_request",
-            "request type not supported by this daemon",
-        ),
+        Request::Series { key } => {
+            let series = queue.series_summary(key);
+            let slices = queue.series_slices(key).and_then(|mut s| {
+                super::series::order_slices(&mut s);
+                queue.attach_thumbnails(&mut s).map(|()| s)
+            });
+            match (series, slices) {
+                (Ok(None), _) => error("not_found", format!("no series {key} has been reported")),
+                (Ok(Some(json)), Ok(slices)) => Message::Results(Results {
+                    series: serde_json::from_str::<SeriesSummary>(&json).into_iter().collect(),
+                    slices,
+                }),
+                (Err(e), _) | (_, Err(e)) => error("internal", e.to_string()),
+            }
+        }
+        Request::Unknown => error("unknown_request", "request type not supported by this daemon"),
         Request::Hello { .. } | Request::Subscribe => error("internal", "handled elsewhere"),
     }
 }

@@ -143,8 +143,7 @@ impl DaemonSettings {
     /// Every problem, each naming its key; empty when the settings are usable.
     pub fn problems(&self) -> Vec<SettingsError> {
         let mut out = Vec::new();
-        let mut bad =
-            |key: &'static str, reason: String| out.push(SettingsError::Invalid { key, reason });
+        let mut bad = |key: &'static str, reason: String| out.push(SettingsError::Invalid { key, reason });
         if self.watch.is_empty() {
             bad("watch", "at least one folder is needed".into());
         }
@@ -181,10 +180,7 @@ impl DaemonSettings {
             ("disk_check_interval_s", self.disk_check_interval_s),
         ] {
             if !(v.is_finite() && v > 0.0) {
-                bad(
-                    key,
-                    format!("must be a positive number of seconds, got {v}"),
-                );
+                bad(key, format!("must be a positive number of seconds, got {v}"));
             }
         }
         for (key, v) in [
@@ -215,10 +211,7 @@ impl DaemonSettings {
             .strip_prefix("cuda:")
             .is_some_and(|n| n.parse::<u32>().is_ok());
         if !(matches!(dev, "auto" | "cpu" | "cuda") || cuda_index) {
-            bad(
-                "device",
-                format!("`{dev}` is not auto, cpu, cuda or cuda:N"),
-            );
+            bad("device", format!("`{dev}` is not auto, cpu, cuda or cuda:N"));
         }
         if !(0.0..=100.0).contains(&self.series.min_covid_percent) {
             bad(
@@ -252,11 +245,7 @@ impl DaemonSettings {
 
     /// Whether a file name is never taken (hidden or temporary).
     pub fn ignores_name(&self, name: &str) -> bool {
-        name.starts_with('.')
-            || self
-                .ignore_suffixes
-                .iter()
-                .any(|s| name.ends_with(s.as_str()))
+        name.starts_with('.') || self.ignore_suffixes.iter().any(|s| name.ends_with(s.as_str()))
     }
 
     /// Delay before retry number `attempt` (1-based): `backoff_s * 2^(attempt-1)`, capped.
@@ -355,10 +344,7 @@ mod tests {
             "daemon.device",
             "daemon.output",
         ] {
-            assert!(
-                msgs.iter().any(|m| m.contains(key)),
-                "{key} missing in {msgs:?}"
-            );
+            assert!(msgs.iter().any(|m| m.contains(key)), "{key} missing in {msgs:?}");
         }
         assert!(s.validate().is_err());
     }
@@ -367,9 +353,7 @@ mod tests {
     fn names_mode_and_backoff() {
         let s = DaemonSettings::default();
         assert_eq!(s.socket_mode(), Some(0o660));
-        assert!(
-            s.ignores_name(".hidden") && s.ignores_name("a.dcm.part") && s.ignores_name("x.tmp")
-        );
+        assert!(s.ignores_name(".hidden") && s.ignores_name("a.dcm.part") && s.ignores_name("x.tmp"));
         assert!(!s.ignores_name("IM0001") && !s.ignores_name("a.png"));
         assert_eq!(s.backoff(1).as_secs(), 5);
         assert_eq!(s.backoff(3).as_secs(), 20);

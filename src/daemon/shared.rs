@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use super::queue::{self, Queue, QueueError};
 use super::server;
 use super::settings::DaemonSettings;
-use crate::protocol::{
-    DiskInfo, EventKind, Intake, ModelInfo, PROTOCOL_VERSION, Snapshot, Throughput,
-};
+use crate::protocol::{DiskInfo, EventKind, Intake, ModelInfo, PROTOCOL_VERSION, Snapshot, Throughput};
 use crate::slice::SliceOptions;
 
 /// State every daemon thread sees.
@@ -96,10 +94,7 @@ impl Shared {
         series: Option<String>,
     ) {
         match kind {
-            EventKind::Failed
-            | EventKind::Quarantined
-            | EventKind::Warning
-            | EventKind::IntakePaused => {
+            EventKind::Failed | EventKind::Quarantined | EventKind::Warning | EventKind::IntakePaused => {
                 tracing::warn!(job = job_id, "{message}")
             }
             _ => tracing::info!(job = job_id, "{message}"),

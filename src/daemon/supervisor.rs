@@ -101,8 +101,7 @@ impl Supervisor {
             (old.watch.clone(), old.output.clone(), old.state.clone());
         (applied.socket, applied.socket_group, applied.socket_mode) =
             (old.socket, old.socket_group, old.socket_mode);
-        (applied.poll, applied.device, applied.slice_options) =
-            (old.poll, old.device, old.slice_options);
+        (applied.poll, applied.device, applied.slice_options) = (old.poll, old.device, old.slice_options);
         if let Ok(mut s) = self.shared.settings.write() {
             *s = applied;
         }
@@ -139,12 +138,8 @@ impl Supervisor {
             .unwrap_or(None);
         match (was, reason) {
             (None, Some(r)) => {
-                self.shared.publish(
-                    EventKind::IntakePaused,
-                    format!("intake paused: {r}"),
-                    None,
-                    None,
-                );
+                self.shared
+                    .publish(EventKind::IntakePaused, format!("intake paused: {r}"), None, None);
                 ops::sd_notify(&format!("STATUS=paused: {r}"));
             }
             (Some(_), None) => {
@@ -183,12 +178,7 @@ impl Supervisor {
         }
     }
 
-    fn report_one(
-        &mut self,
-        key: &str,
-        last_done: i64,
-        settings: &DaemonSettings,
-    ) -> Result<(), String> {
+    fn report_one(&mut self, key: &str, last_done: i64, settings: &DaemonSettings) -> Result<(), String> {
         let slices = self.queue.series_slices(key).map_err(|e| e.to_string())?;
         let revision = self.queue.series_revision(key).map_err(|e| e.to_string())?;
         let report = series::build(key, slices, &settings.series, revision, &self.shared.models);

@@ -51,11 +51,7 @@ fn pixel_finding(s: &Slice) -> Result<Finding, String> {
     Ok(Finding {
         classification: Some(Classification {
             label: if covid { "covid" } else { "control" }.into(),
-            probabilities: if covid {
-                [0.1, 0.1, 0.8]
-            } else {
-                [0.8, 0.1, 0.1]
-            },
+            probabilities: if covid { [0.1, 0.1, 0.8] } else { [0.8, 0.1, 0.1] },
             logits: [0.0; 3],
             no_detections: ggo == 0,
         }),
@@ -132,10 +128,7 @@ struct Running {
 impl Running {
     fn stop(self) -> usize {
         self.signal.trigger();
-        self.handle
-            .join()
-            .expect("daemon thread")
-            .expect("daemon result");
+        self.handle.join().expect("daemon thread").expect("daemon result");
         self.calls.load(Ordering::SeqCst)
     }
 
@@ -182,11 +175,7 @@ fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 fn files_named(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for series in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(series.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        for f in std::fs::read_dir(series.path()).into_iter().flatten().flatten() {
             if f.file_name().to_string_lossy().ends_with(suffix) {
                 out.push(f.path());
             }
@@ -250,11 +239,7 @@ fn screens_slices_reports_series_and_never_rescreens_copies() {
     let reports: Vec<serde_json::Value> = series_reports(&out).iter().map(|p| json(p)).collect();
     let loose = reports
         .iter()
-        .find(|r| {
-            r["series_key"]
-                .as_str()
-                .is_some_and(|k| k.starts_with("dir-"))
-        })
+        .find(|r| r["series_key"].as_str().is_some_and(|k| k.starts_with("dir-")))
         .expect("png series");
     assert_eq!(loose["schema"], series::SERIES_SCHEMA);
     assert_eq!(
@@ -276,9 +261,7 @@ fn screens_slices_reports_series_and_never_rescreens_copies() {
     assert_eq!(ct_slice["input"]["format"], "dicom");
     assert_eq!(ct_slice["research_use_only"], true);
     assert_eq!(ct_slice["disclaimer"], crate::DISCLAIMER);
-    assert!(
-        ct_slice["input"]["sop_uid"].is_string() && ct_slice["input"]["pixel_spacing"].is_array()
-    );
+    assert!(ct_slice["input"]["sop_uid"].is_string() && ct_slice["input"]["pixel_spacing"].is_array());
     assert!(
         !std::fs::read_to_string(&slice_reports(&out)[0])
             .expect("read")
@@ -294,8 +277,7 @@ fn screens_slices_reports_series_and_never_rescreens_copies() {
         .join(loose["series_key"].as_str().expect("key"))
         .join(series::SERIES_FILE);
     assert!(
-        wait_until(Duration::from_secs(10), || json(&loose_path)["revision"]
-            == 2),
+        wait_until(Duration::from_secs(10), || json(&loose_path)["revision"] == 2),
         "late slice not re-reported"
     );
     assert_eq!(json(&loose_path)["slice_count"], 4);
@@ -320,6 +302,21 @@ fn screens_slices_reports_series_and_never_rescreens_copies() {
     assert_eq!(results.slices.len(), 5);
     assert!(results.slices.iter().all(|s| s.thumbnail.is_some()));
     assert_eq!(results.series.len(), 2);
+    let key = loose["series_key"].as_str().expect("key").to_string();
+    let Message::Results(one) = d
+        .client()
+        .request(&Request::Series { key: key.clone() })
+        .expect("series")
+    else {
+        panic!("not results")
+    };
+    assert_eq!((one.series.len(), one.slices.len()), (1, 4));
+    assert_eq!(one.series[0].key, key);
+    assert!(
+        d.client()
+            .request(&Request::Series { key: "nope".into() })
+            .is_err()
+    );
     assert_eq!(d.stop(), 5, "screened exactly once each");
 
     // Restart: nothing is screened again.
@@ -410,12 +407,10 @@ fn bad_files_are_quarantined_while_good_ones_are_screened() {
         Ok(Message::Ack { .. })
     ));
     assert!(client.request(&Request::Retry { job_id: 9999 }).is_err());
-    assert!(wait_until(Duration::from_secs(5), || quarantined(
-        &mut client
-    )
-    .jobs
-    .iter()
-    .any(|j| j.id == fails.id && j.attempts == 2)));
+    assert!(wait_until(Duration::from_secs(5), || quarantined(&mut client)
+        .jobs
+        .iter()
+        .any(|j| j.id == fails.id && j.attempts == 2)));
     d.stop();
 }
 
@@ -426,21 +421,19 @@ fn pause_resume_events_and_socket_permissions() {
     let s = settings(tmp.path());
     let (watch, out) = (s.watch[0].clone(), s.output.clone());
     let d = start(s, Duration::ZERO);
-    let mode = std::fs::metadata(&d.socket)
-        .expect("socket")
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(&d.socket).expect("socket").permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
     let mut events = d.client();
     events.send(&Request::Subscribe).expect("subscribe");
     let mut client = d.client();
-    assert!(matches!(
-        client.request(&Request::Pause),
-        Ok(Message::Ack { .. })
-    ));
+    assert!(matches!(client.request(&Request::Pause), Ok(Message::Ack { .. })));
     drop_file(&watch, "a.png", &png(250));
-    std::thread::sleep(Duration::from_millis(700));
+    let mut status = || match client.request(&Request::Status) {
+        Ok(Message::Snapshot(s)) => s,
+        other => panic!("no snapshot: {other:?}"),
+    };
+    assert!(wait_until(Duration::from_secs(5), || status().counts.pending == 1));
+    std::thread::sleep(Duration::from_millis(300));
     let Ok(Message::Snapshot(snap)) = client.request(&Request::Status) else {
         panic!("no snapshot")
     };
@@ -455,9 +448,7 @@ fn pause_resume_events_and_socket_permissions() {
         client.request(&Request::Resume),
         Ok(Message::Ack { .. })
     ));
-    assert!(wait_until(Duration::from_secs(5), || slice_reports(&out)
-        .len()
-        == 1));
+    assert!(wait_until(Duration::from_secs(5), || slice_reports(&out).len() == 1));
     let mut kinds = Vec::new();
     while !kinds.contains(&EventKind::Done) {
         match events.next_message().expect("event") {
@@ -549,8 +540,7 @@ fn second_instance_is_refused_and_drain_requeues_the_slice_in_hand() {
         drop_file(&watch, &format!("{i}.png"), &png(100 + i));
     }
     assert!(
-        wait_until(Duration::from_secs(5), || d.calls.load(Ordering::SeqCst)
-            >= 1),
+        wait_until(Duration::from_secs(5), || d.calls.load(Ordering::SeqCst) >= 1),
         "screening never started"
     );
     d.stop(); // SIGTERM in production: returns after drain_timeout_s although the model is busy

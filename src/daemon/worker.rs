@@ -60,11 +60,7 @@ enum ReadFailure {
     Retry(String),
 }
 
-fn read_job(
-    queue: &Queue,
-    job: &Job,
-    shared: &Shared,
-) -> Result<(PathBuf, Vec<Slice>), ReadFailure> {
+fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Vec<Slice>), ReadFailure> {
     let max = shared.settings().max_file_bytes;
     let mut candidates = vec![job.path.clone()];
     candidates.extend(
@@ -96,16 +92,14 @@ fn read_job(
             }
         };
         if outputs::sha256_hex(&bytes) != job.sha256 {
-            last_err =
-                "file changed after it was queued (its new content is queued separately)".into();
+            last_err = "file changed after it was queued (its new content is queued separately)".into();
             continue;
         }
-        let slices =
-            read_slices_from_bytes(&bytes, &format!("job {}", job.id), &shared.slice_options())
-                .map_err(|e| match e.rejection() {
-                    Some(_) => ReadFailure::Permanent(e.reason()),
-                    None => ReadFailure::Retry(e.reason()),
-                })?;
+        let slices = read_slices_from_bytes(&bytes, &format!("job {}", job.id), &shared.slice_options())
+            .map_err(|e| match e.rejection() {
+                Some(_) => ReadFailure::Permanent(e.reason()),
+                None => ReadFailure::Retry(e.reason()),
+            })?;
         if slices.is_empty() {
             return Err(ReadFailure::Permanent("no slices in file".into()));
         }
@@ -119,13 +113,7 @@ fn read_job(
 }
 
 /// Records a failure and publishes it; returns the new state.
-pub(crate) fn record_failure(
-    queue: &mut Queue,
-    shared: &Shared,
-    job: &Job,
-    reason: &str,
-    permanent: bool,
-) {
+pub(crate) fn record_failure(queue: &mut Queue, shared: &Shared, job: &Job, reason: &str, permanent: bool) {
     let s = shared.settings();
     match queue.fail(job.id, reason, permanent, s.retries, |a| s.backoff(a)) {
         Ok(JobState::Quarantined) => {
@@ -208,11 +196,7 @@ pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<
 }
 
 /// Hands a read job to the worker; `Err(job id)` when stopping.
-fn send_until_stopped(
-    tx: &SyncSender<ReadJob>,
-    mut item: ReadJob,
-    shared: &Shared,
-) -> Result<(), i64> {
+fn send_until_stopped(tx: &SyncSender<ReadJob>, mut item: ReadJob, shared: &Shared) -> Result<(), i64> {
     loop {
         match tx.try_send(item) {
             Ok(()) => return Ok(()),
@@ -230,10 +214,7 @@ fn send_until_stopped(
 
 /// Screens `slices`, turning a panic into per-slice errors; after a panic in a batch, each slice
 /// is retried alone so that one bad slice does not fail its neighbours.
-pub fn screen_guarded(
-    screener: &mut dyn Screener,
-    slices: &[Slice],
-) -> Vec<Result<Finding, String>> {
+pub fn screen_guarded(screener: &mut dyn Screener, slices: &[Slice]) -> Vec<Result<Finding, String>> {
     let mut once = |s: &[Slice]| -> Result<Vec<Result<Finding, String>>, String> {
         match catch_unwind(AssertUnwindSafe(|| screener.screen_batch(s))) {
             Ok(r) if r.len() == s.len() => Ok(r),
@@ -319,8 +300,7 @@ fn screen_jobs(
     let mut results = results.into_iter();
     for job in jobs {
         let t1 = Instant::now();
-        let findings: Vec<Result<Finding, String>> =
-            results.by_ref().take(job.slices.len()).collect();
+        let findings: Vec<Result<Finding, String>> = results.by_ref().take(job.slices.len()).collect();
         let n = job.slices.len();
         let outcome = finish_job(shared, queue, &job, findings);
         let overhead = (job.read_ms + t1.elapsed().as_secs_f64() * 1e3) / n.max(1) as f64;

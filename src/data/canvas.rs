@@ -111,14 +111,7 @@ pub fn soft_disc(weight: &mut [f32], n: usize, cx: f64, cy: f64, r: f64) {
 }
 
 /// A tapered stroke from radius `r0` to `r1` as overlapping soft discs.
-pub fn soft_stroke(
-    weight: &mut [f32],
-    n: usize,
-    from: (f64, f64),
-    to: (f64, f64),
-    r0: f64,
-    r1: f64,
-) {
+pub fn soft_stroke(weight: &mut [f32], n: usize, from: (f64, f64), to: (f64, f64), r0: f64, r1: f64) {
     let len = ((to.0 - from.0).powi(2) + (to.1 - from.1).powi(2)).sqrt();
     let steps = (len / 0.7).ceil().max(1.0) as usize;
     for i in 0..=steps {

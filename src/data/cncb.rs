@@ -220,11 +220,7 @@ fn by_stem(dir: &Path) -> Result<BTreeMap<String, PathBuf>, CncbError> {
 }
 
 fn names(list: &[&PathBuf]) -> String {
-    let shown: Vec<String> = list
-        .iter()
-        .take(10)
-        .map(|p| p.display().to_string())
-        .collect();
+    let shown: Vec<String> = list.iter().take(10).map(|p| p.display().to_string()).collect();
     let more = list.len().saturating_sub(10);
     shown.join(", ")
         + &if more > 0 {
@@ -326,8 +322,7 @@ impl CncbDataset {
             let (mw, mh, w, h) = (mask.width(), mask.height(), slice.width, slice.height);
             return Err(bad(format!("mask is {mw}x{mh}, image is {w}x{h}")));
         }
-        let instances =
-            instances_from_mask(mask.as_raw(), slice.width, slice.height, &self.opts.targets);
+        let instances = instances_from_mask(mask.as_raw(), slice.width, slice.height, &self.opts.targets);
         Ok((slice, instances, image.clone()))
     }
 }
@@ -502,8 +497,7 @@ mod tests {
             2
         );
         std::fs::write(&split, "0_2.png\n7_7.jpg\n").expect("write");
-        let e = CncbDataset::open(&imgs, &masks, Some(&split), CncbOptions::default())
-            .expect_err("missing");
+        let e = CncbDataset::open(&imgs, &masks, Some(&split), CncbOptions::default()).expect_err("missing");
         assert!(
             e.to_string()
                 .ends_with("split.txt:2: 7_7.jpg is not in the image folder"),
@@ -512,12 +506,8 @@ mod tests {
 
         write_png(&imgs.join("5_5.png"), 30, 30, vec![0; 900]);
         write_png(&masks.join("6_6.png"), 30, 30, vec![0; 900]);
-        let e =
-            CncbDataset::open(&imgs, &masks, None, CncbOptions::default()).expect_err("unpaired");
+        let e = CncbDataset::open(&imgs, &masks, None, CncbOptions::default()).expect_err("unpaired");
         let text = e.to_string();
-        assert!(
-            text.contains("5_5.png") && text.contains("6_6.png"),
-            "{text}"
-        );
+        assert!(text.contains("5_5.png") && text.contains("6_6.png"), "{text}");
     }
 }

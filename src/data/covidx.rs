@@ -125,11 +125,7 @@ impl CovidxDataset {
             };
             let path = image_dir.join(fields[0]);
             if !path.is_file() {
-                return Err(err(format!(
-                    "{} not found in {}",
-                    fields[0],
-                    image_dir.display()
-                )));
+                return Err(err(format!("{} not found in {}", fields[0], image_dir.display())));
             }
             out.items.push((path, label));
             out.boxes.push(crop);
@@ -174,12 +170,7 @@ mod tests {
     #[test]
     fn from_dir_sorts_and_rejects_unlabelled_names() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for name in [
-            "2_5_6_0001.png",
-            "0_1_2_0003.png",
-            "NCP_9_9_0001.png",
-            ".hidden",
-        ] {
+        for name in ["2_5_6_0001.png", "0_1_2_0003.png", "NCP_9_9_0001.png", ".hidden"] {
             std::fs::write(dir.path().join(name), b"x").expect("write");
         }
         let ds = CovidxDataset::from_dir(dir.path()).expect("labelled");
@@ -222,10 +213,7 @@ mod tests {
                 "NCP_341_1834_0022.png 1 0 0 1 1\n",
                 "named class 2 but listed as 1",
             ),
-            (
-                "NCP_341_1834_0022.png 7 0 0 1 1\n",
-                "class 7 is not 0, 1 or 2",
-            ),
+            ("NCP_341_1834_0022.png 7 0 0 1 1\n", "class 7 is not 0, 1 or 2"),
             ("missing.png 0 0 0 1 1\n", "missing.png not found"),
             ("NCP_341_1834_0022.png 2 0 0\n", "got 4 fields"),
         ] {

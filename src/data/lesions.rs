@@ -27,13 +27,7 @@ pub enum LesionVariant {
 }
 
 /// A lung pixel picked with a preference for the periphery and the back.
-fn site(
-    rng: &mut Rng,
-    mask: &[u8],
-    n: usize,
-    side: Option<usize>,
-    pleural: bool,
-) -> Option<(f64, f64)> {
+fn site(rng: &mut Rng, mask: &[u8], n: usize, side: Option<usize>, pleural: bool) -> Option<(f64, f64)> {
     let cx = n as f64 / 2.0;
     for _ in 0..4000 {
         let (x, y) = (rng.range(0.0, n as f64), rng.range(0.0, n as f64));
@@ -74,25 +68,11 @@ fn distance_to_edge(mask: &[u8], n: usize, x: usize, y: usize, limit: usize) -> 
 }
 
 /// A patch of `blobs` Gaussian blobs of sd in `sigma` around `at`.
-fn patch(
-    rng: &mut Rng,
-    field: &mut [f32],
-    n: usize,
-    at: (f64, f64),
-    blobs: u32,
-    sigma: (f64, f64),
-) {
+fn patch(rng: &mut Rng, field: &mut [f32], n: usize, at: (f64, f64), blobs: u32, sigma: (f64, f64)) {
     for _ in 0..blobs {
         let sd = rng.range(sigma.0, sigma.1);
         let (dx, dy) = (rng.range(-1.0, 1.0) * sd, rng.range(-1.0, 1.0) * sd);
-        add_blob(
-            field,
-            n,
-            at.0 + dx,
-            at.1 + dy,
-            sd,
-            rng.range(0.8, 1.2) as f32,
-        );
+        add_blob(field, n, at.0 + dx, at.1 + dy, sd, rng.range(0.8, 1.2) as f32);
     }
 }
 

@@ -89,9 +89,7 @@ pub fn phantom_with(spec: &PhantomSpec) -> Phantom {
         add_lesions(&mut lrng, &mut hu, &mut mask, n, spec.class, spec.variant);
     }
     let mut nrng = Rng::stream(spec.seed, STREAM_NOISE);
-    let fov_value = spec
-        .fov_value
-        .unwrap_or(FOV_VALUES[nrng.int(0, 3) as usize]);
+    let fov_value = spec.fov_value.unwrap_or(FOV_VALUES[nrng.int(0, 3) as usize]);
     let hu = acquire(&mut nrng, hu, &anatomy, n, fov_value);
     Phantom {
         hu,
@@ -139,10 +137,7 @@ impl Anatomy {
         let fat = rng.range(8.0, 18.0) * s * k;
         let muscle = Ellipse::new(cx, cy, body.a - fat, body.b - fat * 0.8, 0.0);
         // lungs grow from the apex, are widest mid-chest and shrink at the base
-        let profile = ((z - 0.1) / 0.8 * std::f64::consts::PI)
-            .sin()
-            .max(0.0)
-            .sqrt();
+        let profile = ((z - 0.1) / 0.8 * std::f64::consts::PI).sin().max(0.0).sqrt();
         let lungs = (!neck && !abdomen && profile > 0.05).then(|| {
             let (a, b) = (
                 rng.range(90.0, 100.0) * s * profile,
@@ -171,23 +166,13 @@ impl Anatomy {
         };
         let mut vessels = Vec::new();
         if !neck {
-            vessels.push((
-                Ellipse::circle(cx + 28.0 * s, cy + 62.0 * s, 13.0 * s),
-                contrast,
-            )); // descending aorta
+            vessels.push((Ellipse::circle(cx + 28.0 * s, cy + 62.0 * s, 13.0 * s), contrast)); // descending aorta
         }
         if !neck && !abdomen && z < 0.55 {
-            vessels.push((
-                Ellipse::circle(cx + 10.0 * s, cy - 50.0 * s, 15.0 * s),
-                contrast,
-            )); // ascending aorta
+            vessels.push((Ellipse::circle(cx + 10.0 * s, cy - 50.0 * s, 15.0 * s), contrast)); // ascending aorta
         }
         let trachea = (z < 0.4).then(|| Ellipse::circle(cx, cy - 10.0 * s * k, 9.0 * s));
-        let vertebra = Ellipse::circle(
-            cx,
-            cy + body.b - rng.range(58.0, 66.0) * s * k,
-            25.0 * s * k,
-        );
+        let vertebra = Ellipse::circle(cx, cy + body.b - rng.range(58.0, 66.0) * s * k, 25.0 * s * k);
         let ribs = if neck {
             Vec::new()
         } else {
@@ -199,13 +184,7 @@ impl Anatomy {
                         cx + side * muscle.a * 0.965 * t.sin(),
                         cy - muscle.b * 0.94 * t.cos(),
                     );
-                    Ellipse::new(
-                        x,
-                        y,
-                        10.0 * s,
-                        5.5 * s,
-                        side * (std::f64::consts::FRAC_PI_2 - t),
-                    )
+                    Ellipse::new(x, y, 10.0 * s, 5.5 * s, side * (std::f64::consts::FRAC_PI_2 - t))
                 })
                 .collect()
         };
@@ -323,8 +302,7 @@ impl Anatomy {
                         return -90.0 + 10.0 * fine; // extrapleural fat line
                     }
                     *mask = 1;
-                    let posterior =
-                        ((y - (lung.cy - lung.b)) / (2.0 * lung.b)).clamp(0.0, 1.0) as f32;
+                    let posterior = ((y - (lung.cy - lung.b)) / (2.0 * lung.b)).clamp(0.0, 1.0) as f32;
                     return -856.0 + 60.0 * posterior + 10.0 * tex + 8.0 * fine;
                 }
             }
@@ -346,17 +324,7 @@ fn add_vessels(rng: &mut Rng, anatomy: &Anatomy, hu: &mut [f32], mask: &[u8], n:
         );
         for t in 0..3 {
             let angle = out + (t as f64 - 1.0) * 1.0 + rng.range(-0.3, 0.3);
-            branch(
-                rng,
-                &mut weight,
-                n,
-                lung,
-                hilum,
-                angle,
-                1.5 * s,
-                26.0 * s,
-                0,
-            );
+            branch(rng, &mut weight, n, lung, hilum, angle, 1.5 * s, 26.0 * s, 0);
         }
         let area = std::f64::consts::PI * lung.a * lung.b;
         for _ in 0..(area / 1500.0) as usize {
@@ -395,28 +363,12 @@ fn branch(
     for sign in [-1.0, 1.0] {
         let turn = sign * rng.range(0.25, 0.6);
         let (r_next, len_next) = (r_end * rng.range(0.75, 0.9), len * rng.range(0.7, 0.9));
-        branch(
-            rng,
-            w,
-            n,
-            lung,
-            to,
-            angle + turn,
-            r_next,
-            len_next,
-            depth + 1,
-        );
+        branch(rng, w, n, lung, to, angle + turn, r_next, len_next, depth + 1);
     }
 }
 
 /// PSF blur, correlated noise (about 23 HU local sd), table, outside-FOV value, int16.
-fn acquire(
-    rng: &mut Rng,
-    mut hu: Vec<f32>,
-    anatomy: &Anatomy,
-    n: usize,
-    fov_value: i16,
-) -> Vec<i16> {
+fn acquire(rng: &mut Rng, mut hu: Vec<f32>, anatomy: &Anatomy, n: usize, fov_value: i16) -> Vec<i16> {
     let s = anatomy.s;
     for y in 0..n {
         let fy = y as f64;

@@ -99,9 +99,7 @@ fn plan(opts: &SynthOptions, index: usize) -> (usize, usize, PhantomSpec) {
         ClassChoice::Covid => LesionClass::Covid,
         ClassChoice::Mixed => LesionClass::ALL[patient % 3],
     };
-    let mix = |a: u64, b: u64| {
-        a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_add(0x632B_E59B_D9B4_E019)
-    };
+    let mix = |a: u64, b: u64| a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_add(0x632B_E59B_D9B4_E019);
     let mut spec = PhantomSpec::new(mix(opts.seed, index as u64), class, opts.size);
     spec.anatomy_seed = mix(opts.seed, 1 << 40 | patient as u64);
     spec.z = 0.3 + 0.1 * k as f64;
@@ -241,8 +239,7 @@ fn write_image(
 ) -> Result<(), SynthError> {
     let mut bytes = Vec::new();
     let encoded = if path.extension().is_some_and(|e| e == "jpg") {
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95)
-            .write_image(pixels, w, h, color)
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95).write_image(pixels, w, h, color)
     } else {
         image::codecs::png::PngEncoder::new(&mut bytes).write_image(pixels, w, h, color)
     };
@@ -269,8 +266,6 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> 
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io)?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }

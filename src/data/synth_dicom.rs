@@ -43,10 +43,7 @@ impl SeriesInfo {
 
 /// A `2.25.<u128>` UID (at most 44 characters) from the seed and what it names.
 fn uid(seed: u64, patient: usize, kind: u64, item: u64) -> String {
-    let key = seed
-        ^ (patient as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ kind << 56
-        ^ item.rotate_left(24);
+    let key = seed ^ (patient as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ kind << 56 ^ item.rotate_left(24);
     let mut rng = Rng::stream(key, 0x0055_4944);
     let value = (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())).max(1);
     format!("2.25.{value}")
@@ -90,19 +87,9 @@ pub fn dicom_bytes(ph: &Phantom, series: &SeriesInfo, slice: usize) -> Result<Ve
     put(&mut o, tags::CONTENT_TIME, VR::TM, "120000");
     put(&mut o, tags::ACCESSION_NUMBER, VR::SH, "");
     put(&mut o, tags::MODALITY, VR::CS, "CT");
-    put(
-        &mut o,
-        tags::MANUFACTURER,
-        VR::LO,
-        "ctmask synthetic phantom",
-    );
+    put(&mut o, tags::MANUFACTURER, VR::LO, "ctmask synthetic phantom");
     put(&mut o, tags::REFERRING_PHYSICIAN_NAME, VR::PN, "");
-    put(
-        &mut o,
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
-        "SYNTHETIC CHEST CT",
-    );
+    put(&mut o, tags::SERIES_DESCRIPTION, VR::LO, "SYNTHETIC CHEST CT");
     put(&mut o, tags::PATIENT_NAME, VR::PN, "SYNTHETIC^PHANTOM");
     put(&mut o, tags::PATIENT_ID, VR::LO, "SYNTH");
     put(&mut o, tags::PATIENT_BIRTH_DATE, VR::DA, "");
@@ -126,12 +113,7 @@ pub fn dicom_bytes(ph: &Phantom, series: &SeriesInfo, slice: usize) -> Result<Ve
     put(&mut o, tags::STUDY_ID, VR::SH, "SYNTH");
     put(&mut o, tags::SERIES_NUMBER, VR::IS, "1");
     put(&mut o, tags::ACQUISITION_NUMBER, VR::IS, "1");
-    put(
-        &mut o,
-        tags::INSTANCE_NUMBER,
-        VR::IS,
-        (slice + 1).to_string(),
-    );
+    put(&mut o, tags::INSTANCE_NUMBER, VR::IS, (slice + 1).to_string());
     put(&mut o, tags::IMAGE_POSITION_PATIENT, VR::DS, ds(&origin));
     put(
         &mut o,
@@ -153,18 +135,8 @@ pub fn dicom_bytes(ph: &Phantom, series: &SeriesInfo, slice: usize) -> Result<Ve
         VR::US,
         PrimitiveValue::from(1u16),
     );
-    put(
-        &mut o,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
-    );
-    put(
-        &mut o,
-        tags::ROWS,
-        VR::US,
-        PrimitiveValue::from(ph.height as u16),
-    );
+    put(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    put(&mut o, tags::ROWS, VR::US, PrimitiveValue::from(ph.height as u16));
     put(
         &mut o,
         tags::COLUMNS,
@@ -172,18 +144,8 @@ pub fn dicom_bytes(ph: &Phantom, series: &SeriesInfo, slice: usize) -> Result<Ve
         PrimitiveValue::from(ph.width as u16),
     );
     put(&mut o, tags::PIXEL_SPACING, VR::DS, ds(&[sp, sp]));
-    put(
-        &mut o,
-        tags::BITS_ALLOCATED,
-        VR::US,
-        PrimitiveValue::from(16u16),
-    );
-    put(
-        &mut o,
-        tags::BITS_STORED,
-        VR::US,
-        PrimitiveValue::from(16u16),
-    );
+    put(&mut o, tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
+    put(&mut o, tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16));
     put(&mut o, tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16));
     put(
         &mut o,
@@ -198,12 +160,7 @@ pub fn dicom_bytes(ph: &Phantom, series: &SeriesInfo, slice: usize) -> Result<Ve
     put(&mut o, tags::RESCALE_TYPE, VR::LO, "HU");
     let stored: Vec<i16> = ph.hu.iter().map(|&h| h.saturating_add(1024)).collect();
     let raw: Vec<u16> = stored.iter().map(|&v| v as u16).collect();
-    put(
-        &mut o,
-        tags::PIXEL_DATA,
-        VR::OW,
-        PrimitiveValue::U16(raw.into()),
-    );
+    put(&mut o, tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(raw.into()));
 
     let meta = FileMetaTableBuilder::new()
         .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)

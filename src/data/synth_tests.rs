@@ -48,12 +48,7 @@ fn masks_are_0_to_3_lesions_inside_lung_and_control_clean() {
             let lesion = ph.mask.iter().filter(|&&m| m >= 2).count();
             assert!(lesion > 100, "seed {seed} {class:?}: {lesion} lesion px");
             // the Control twin has the same lung field: lesions lie inside it
-            assert!(
-                ph.mask
-                    .iter()
-                    .zip(&control.mask)
-                    .all(|(&m, &c)| m < 2 || c == 1)
-            );
+            assert!(ph.mask.iter().zip(&control.mask).all(|(&m, &c)| m < 2 || c == 1));
             assert!(
                 ph.mask
                     .iter()
@@ -71,12 +66,8 @@ fn control_lung_statistics_near_real_chest() {
         let lung = lung_hu(&ph);
         let median = f64::from(lung[lung.len() / 2]);
         let mean = lung.iter().map(|&h| f64::from(h)).sum::<f64>() / lung.len() as f64;
-        let sd = (lung
-            .iter()
-            .map(|&h| (f64::from(h) - mean).powi(2))
-            .sum::<f64>()
-            / lung.len() as f64)
-            .sqrt();
+        let sd =
+            (lung.iter().map(|&h| (f64::from(h) - mean).powi(2)).sum::<f64>() / lung.len() as f64).sqrt();
         let fraction = lung.len() as f64 / ph.hu.len() as f64;
         assert!(
             (-850.0..=-790.0).contains(&median),
@@ -110,18 +101,10 @@ fn variants_no_lungs_tiny_lesion_and_single_kind() {
     let count = |p: &Phantom, v: u8| p.mask.iter().filter(|&&m| m == v).count();
     assert!(count(&apex, 1) * 2 < count(&mid, 1));
     let tiny = phantom_with(&spec(0.5, LesionVariant::Tiny, LesionClass::Covid));
-    assert!(
-        (1..100).contains(&count(&tiny, 2)),
-        "tiny: {}",
-        count(&tiny, 2)
-    );
+    assert!((1..100).contains(&count(&tiny, 2)), "tiny: {}", count(&tiny, 2));
     let ggo = phantom_with(&spec(0.5, LesionVariant::GgoOnly, LesionClass::Cp));
     assert!(count(&ggo, 2) > 100 && count(&ggo, 3) == 0);
-    let cons = phantom_with(&spec(
-        0.5,
-        LesionVariant::ConsolidationOnly,
-        LesionClass::Covid,
-    ));
+    let cons = phantom_with(&spec(0.5, LesionVariant::ConsolidationOnly, LesionClass::Covid));
     assert!(count(&cons, 3) > 100 && count(&cons, 2) == 0);
     let fov = phantom_with(&PhantomSpec {
         fov_value: Some(-2000),
@@ -203,12 +186,7 @@ fn cncb_and_covidx_layouts_write_expected_names() {
     };
     let s = run_synth(&base).expect("cncb");
     assert_eq!((s.patients, s.per_class), (2, [5, 1, 0]));
-    for name in [
-        "imgs/0_0.jpg",
-        "masks/0_4.png",
-        "imgs/1_0.jpg",
-        "masks/1_0.png",
-    ] {
+    for name in ["imgs/0_0.jpg", "masks/0_4.png", "imgs/1_0.jpg", "masks/1_0.png"] {
         assert!(dir.path().join("cncb").join(name).is_file(), "{name}");
     }
     let mask = image::open(dir.path().join("cncb/masks/1_0.png"))

@@ -2,12 +2,12 @@
 //! `models/resnet.py` as COVID-CT-Mask-Net's `models/resnet.py` truncates it, spec §2.2), plus the
 //! `BackboneWithFpn` that joins body and FPN.
 
-use tch::nn::{self, Module};
 use tch::Tensor;
+use tch::nn::{self, Module};
 
 use super::config::{BackboneKind, ModelConfig};
 use super::fpn::Fpn;
-use super::layers::{conv2d, BatchNorm};
+use super::layers::{BatchNorm, conv2d};
 
 /// One residual block: BasicBlock (ResNet18/34) or Bottleneck (ResNet50, stride on conv2).
 #[derive(Debug)]
@@ -109,7 +109,11 @@ impl ResnetBody {
                         ],
                     )
                 };
-                layer.push(Block { convs, bns, downsample });
+                layer.push(Block {
+                    convs,
+                    bns,
+                    downsample,
+                });
                 inplanes = planes * expansion;
             }
             channels.push(inplanes);

@@ -80,7 +80,8 @@ pub fn pad_ranked(ranked: &Tensor, n: i64, seed: u64) -> (Tensor, bool) {
         return (Tensor::zeros([n, 5], (Kind::Float, ranked.device())), true);
     }
     let lens = padding_segments(k as usize, n as usize, seed);
-    let repeats = Tensor::from_slice(&lens.iter().map(|&l| l as i64).collect::<Vec<_>>()).to_device(ranked.device());
+    let repeats =
+        Tensor::from_slice(&lens.iter().map(|&l| l as i64).collect::<Vec<_>>()).to_device(ranked.device());
     (ranked.repeat_interleave_self_tensor(&repeats, 0, Some(n)), true)
 }
 

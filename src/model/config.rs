@@ -331,7 +331,10 @@ impl ModelConfig {
         prob("box_fg_iou_thresh", self.box_fg_iou_thresh)?;
         prob("box_bg_iou_thresh", self.box_bg_iou_thresh)?;
         if self.num_classes < 2 {
-            return Err(format!("num_classes must be at least 2, got {}", self.num_classes));
+            return Err(format!(
+                "num_classes must be at least 2, got {}",
+                self.num_classes
+            ));
         }
         if self.class_names.len() as i64 != self.num_classes - 1 {
             return Err(format!(
@@ -341,13 +344,15 @@ impl ModelConfig {
             ));
         }
         if self.truncation > 2 || (self.backbone == BackboneKind::Resnet50 && self.truncation != 0) {
-            return Err(format!("truncation {} is not valid for {:?}", self.truncation, self.backbone));
+            return Err(format!(
+                "truncation {} is not valid for {:?}",
+                self.truncation, self.backbone
+            ));
         }
         if self.min_size <= 0 || self.max_size < self.min_size {
             return Err("min_size must be positive and max_size >= min_size".into());
         }
-        if self.anchor_sizes.len() < self.fpn_levels()
-            || self.anchor_aspect_ratios.len() < self.fpn_levels()
+        if self.anchor_sizes.len() < self.fpn_levels() || self.anchor_aspect_ratios.len() < self.fpn_levels()
         {
             return Err(format!(
                 "anchor_sizes and anchor_aspect_ratios need one entry per FPN level ({})",
@@ -360,10 +365,10 @@ impl ModelConfig {
                 return Err("every level must have the same number of anchors".into());
             }
         }
-        if let Some(c) = &self.classifier {
-            if c.detections < 1 || c.s_features < 1 {
-                return Err("classifier detections and s_features must be positive".into());
-            }
+        if let Some(c) = &self.classifier
+            && (c.detections < 1 || c.s_features < 1)
+        {
+            return Err("classifier detections and s_features must be positive".into());
         }
         Ok(())
     }

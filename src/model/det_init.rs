@@ -69,7 +69,11 @@ pub fn tensor_for(name: &str, shape: &[i64], basic_block: bool) -> Tensor {
     let n: i64 = shape.iter().product();
     let u = uniform(name, n as usize);
     let is_bn = name.contains("bn") || name.contains("downsample.1");
-    let factor = if scaled(name, basic_block) { Some(0.1) } else { None };
+    let factor = if scaled(name, basic_block) {
+        Some(0.1)
+    } else {
+        None
+    };
     let finish = |v: f64| match factor {
         Some(f) => (v * f) as f32,
         None => v as f32,
@@ -98,7 +102,9 @@ pub fn fill(model: &MaskRcnn) {
     tch::no_grad(|| {
         for (name, var) in vars {
             let mut var = var;
-            let v = tensor_for(&name, &var.size(), basic).to_device(var.device()).to_kind(var.kind());
+            let v = tensor_for(&name, &var.size(), basic)
+                .to_device(var.device())
+                .to_kind(var.kind());
             var.copy_(&v);
         }
     });

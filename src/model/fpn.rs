@@ -2,8 +2,8 @@
 //! nearest top-down upsampling, 3x3 output convs, and optionally the `LastLevelMaxPool` level
 //! (`max_pool2d(P_last, 1, 2, 0)`) that the released full weights have (spec §2.2).
 
-use tch::nn::{self, Init, Module};
 use tch::Tensor;
+use tch::nn::{self, Init, Module};
 
 #[derive(Debug)]
 pub struct Fpn {
@@ -36,8 +36,14 @@ impl Fpn {
         let inner = &p / "inner_blocks";
         let layer = &p / "layer_blocks";
         Fpn {
-            inner_blocks: in_channels.iter().enumerate().map(|(i, &c)| conv(&inner / i, c, out, 1)).collect(),
-            layer_blocks: (0..in_channels.len()).map(|i| conv(&layer / i, out, out, 3)).collect(),
+            inner_blocks: in_channels
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| conv(&inner / i, c, out, 1))
+                .collect(),
+            layer_blocks: (0..in_channels.len())
+                .map(|i| conv(&layer / i, out, out, 3))
+                .collect(),
             pool_level,
         }
     }

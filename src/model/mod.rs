@@ -24,10 +24,10 @@ use tch::{Device, Kind, Tensor};
 pub use config::ModelConfig;
 
 use backbone::BackboneWithFpn;
-use classifier::{pad_ranked, S2Predictor};
+use classifier::{S2Predictor, pad_ranked};
 use roi_heads::RoiHeads;
 use rpn::Rpn;
-use transform::{batch_images, paste_masks, resize_boxes, ImageBatch};
+use transform::{ImageBatch, batch_images, paste_masks, resize_boxes};
 
 use crate::{Error, Result};
 
@@ -153,6 +153,8 @@ pub struct MaskRcnn {
     pub rpn: Rpn,
     pub roi_heads: RoiHeads,
     pub s2new: Option<S2Predictor>,
+    /// Precision of the backbone and FPN (float32 unless [`MaskRcnn::set_backbone_kind`]).
+    pub backbone_kind: Kind,
 }
 
 impl MaskRcnn {
@@ -164,8 +166,19 @@ impl MaskRcnn {
         let backbone = BackboneWithFpn::new(&root / "backbone", cfg);
         let rpn = Rpn::new(&root / "rpn", cfg);
         let roi_heads = RoiHeads::new(&root / "roi_heads", cfg);
-        let s2new = cfg.classifier.as_ref().map(|c| S2Predictor::new(&root / "s2new", c.detections, c.s_features));
-        Ok(MaskRcnn { vs, cfg: cfg.clone(), backbone, rpn, roi_heads, s2new })
+        let s2new = cfg
+            .classifier
+            .as_ref()
+            .map(|c| S2Predictor::new(&root / "s2new", c.detections, c.s_features));
+        Ok(MaskRcnn {
+            vs,
+            cfg: cfg.clone(),
+            backbone,
+            rpn,
+            roi_heads,
+            s2new,
+            backbone_kind: Kind::Float,
+        })
     }
 
     /// Load a ctmask model file (safetensors with the config in its metadata), strictly.
@@ -186,9 +199,24 @@ impl MaskRcnn {
 
     /// Variable names and shapes, sorted.
     pub fn parameter_shapes(&self) -> Vec<(String, Vec<i64>)> {
-        let mut v: Vec<_> = self.vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
+        let mut v: Vec<_> = self
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.size()))
+            .collect();
         v.sort();
         v
+    }
+
+    /// Change inference hyperparameters (thresholds, top-n, detections per image) in place.
+    /// The architecture fields must stay the same.
+    pub fn set_config(&mut self, cfg: ModelConfig) -> Result<()> {
+        cfg.validate().map_err(Error::Config)?;
+        self.rpn.set_config(&cfg);
+        self.roi_heads.set_config(&cfg);
+        self.cfg = cfg;
+        Ok(())
     }
 
     pub fn device(&self) -> Device {
@@ -196,7 +224,30 @@ impl MaskRcnn {
     }
 
     fn features(&self, batch: &ImageBatch, train: bool) -> Vec<Tensor> {
-        self.backbone.forward_t(&batch.tensors, train && self.cfg.bn_num_batches_tracked)
+        let bn_train = train && self.cfg.bn_num_batches_tracked;
+        match self.backbone_kind {
+            Kind::Float => self.backbone.forward_t(&batch.tensors, bn_train),
+            k => self
+                .backbone
+                .forward_t(&batch.tensors.to_kind(k), bn_train)
+                .into_iter()
+                .map(|f| f.to_kind(Kind::Float))
+                .collect(),
+        }
+    }
+
+    /// Run the backbone and FPN in `kind` (bf16 or fp16 on CUDA), the heads in fp32: the bulk
+    /// of the arithmetic in reduced precision, box coding, NMS and RoIAlign exact.
+    pub fn set_backbone_kind(&mut self, kind: Kind) {
+        tch::no_grad(|| {
+            for (name, mut v) in self.vs.variables() {
+                if name.starts_with("backbone.") && v.is_floating_point() {
+                    let c = v.to_kind(kind);
+                    v.set_data(&c);
+                }
+            }
+        });
+        self.backbone_kind = kind;
     }
 
     /// Inference on `[3, H, W]` float images in [0, 1].
@@ -216,7 +267,11 @@ impl MaskRcnn {
                 .map(|(d, (&resized, &original))| {
                     let boxes = resize_boxes(&d.boxes, resized, original);
                     let masks = d.mask_logits.map(|m| {
-                        let m = if self.cfg.mask_paste_probabilities { m.sigmoid() } else { m };
+                        let m = if self.cfg.mask_paste_probabilities {
+                            m.sigmoid()
+                        } else {
+                            m
+                        };
                         paste_masks(&m, &boxes, original)
                     });
                     Detections {
@@ -224,7 +279,11 @@ impl MaskRcnn {
                         scores: d.scores,
                         labels: d.labels,
                         masks,
-                        mask_space: if self.cfg.mask_paste_probabilities { MaskSpace::Probabilities } else { MaskSpace::Logits },
+                        mask_space: if self.cfg.mask_paste_probabilities {
+                            MaskSpace::Probabilities
+                        } else {
+                            MaskSpace::Logits
+                        },
                         image_size: original,
                     }
                 })
@@ -240,7 +299,11 @@ impl MaskRcnn {
             let size = batch.tensors.size();
             let rpn_out = self.rpn.head_outputs(&features, (size[2], size[3]));
             let proposals = self.rpn.proposals(&rpn_out, &batch.image_sizes, false);
-            Ok(self.roi_heads.ranked(&features[..self.cfg.roi_levels()], &proposals[0].boxes, batch.image_sizes[0]))
+            Ok(self.roi_heads.ranked(
+                &features[..self.cfg.roi_levels()],
+                &proposals[0].boxes,
+                batch.image_sizes[0],
+            ))
         };
         if grad { run() } else { tch::no_grad(run) }
     }
@@ -252,11 +315,19 @@ impl MaskRcnn {
             .s2new
             .as_ref()
             .ok_or_else(|| Error::Input("this model has no classifier (module S)".into()))?;
-        let cfg = self.cfg.classifier.as_ref().expect("a model with s2new has a classifier config");
+        let cfg = self
+            .cfg
+            .classifier
+            .as_ref()
+            .expect("a model with s2new has a classifier config");
         let ranked = self.ranked(image, grad)?;
         let k = ranked.size()[0];
         let (rows, padded) = pad_ranked(&ranked, cfg.detections, cfg.padding_seed);
-        let logits = if grad { s2.forward(&rows) } else { tch::no_grad(|| s2.forward(&rows)) };
+        let logits = if grad {
+            s2.forward(&rows)
+        } else {
+            tch::no_grad(|| s2.forward(&rows))
+        };
         let v: Vec<f32> = Vec::try_from(logits.detach().to_kind(Kind::Float).to_device(Device::Cpu))
             .map_err(|e: tch::TchError| Error::Other(e.to_string()))?;
         Ok((
@@ -277,8 +348,14 @@ impl MaskRcnn {
 
     /// Training losses of a batch (the model's parameters get gradients through `total()`).
     pub fn losses(&self, images: &[Tensor], targets: &[Target]) -> Result<Losses> {
+        self.losses_t(images, targets, true)
+    }
+
+    /// Losses with batch norm in training form (`train_bn`, when the model has BatchNorm2d) or
+    /// with its running statistics (a validation pass in eval mode).
+    pub fn losses_t(&self, images: &[Tensor], targets: &[Target], train_bn: bool) -> Result<Losses> {
         let batch = batch_images(images, &self.cfg)?;
-        let features = self.features(&batch, true);
+        let features = self.features(&batch, train_bn);
         let size = batch.tensors.size();
         let rpn_out = self.rpn.head_outputs(&features, (size[2], size[3]));
         let proposals = self.rpn.proposals(&rpn_out, &batch.image_sizes, true);
@@ -306,19 +383,42 @@ impl MaskRcnn {
         let samples: Vec<_> = proposals
             .iter()
             .zip(scaled.iter().zip(targets))
-            .map(|(p, (gt, t))| self.roi_heads.select_training_samples(&p.boxes, gt, &t.labels, &box_sampler))
+            .map(|(p, (gt, t))| {
+                self.roi_heads
+                    .select_training_samples(&p.boxes, gt, &t.labels, &box_sampler)
+            })
             .collect();
         let roi_features = &features[..self.cfg.roi_levels()];
         let props: Vec<Tensor> = samples.iter().map(|s| s.proposals.shallow_clone()).collect();
-        let (class_logits, box_regression) = self.roi_heads.box_forward(roi_features, &props, &batch.image_sizes);
-        let all_labels = Tensor::cat(&samples.iter().map(|s| s.labels.shallow_clone()).collect::<Vec<_>>(), 0);
-        let all_targets = Tensor::cat(&samples.iter().map(|s| s.regression_targets.shallow_clone()).collect::<Vec<_>>(), 0);
-        let (classifier, box_reg) = self.roi_heads.fastrcnn_loss(&class_logits, &box_regression, &all_labels, &all_targets);
+        let (class_logits, box_regression) =
+            self.roi_heads
+                .box_forward(roi_features, &props, &batch.image_sizes);
+        let all_labels = Tensor::cat(
+            &samples
+                .iter()
+                .map(|s| s.labels.shallow_clone())
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let all_targets = Tensor::cat(
+            &samples
+                .iter()
+                .map(|s| s.regression_targets.shallow_clone())
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let (classifier, box_reg) =
+            self.roi_heads
+                .fastrcnn_loss(&class_logits, &box_regression, &all_labels, &all_targets);
         let mask = if self.roi_heads.has_mask() {
             let mut pos_boxes = Vec::new();
             let mut pos_labels = Vec::new();
             let mut pos_masks = Vec::new();
-            for ((s, t), (&r, &o)) in samples.iter().zip(targets).zip(batch.image_sizes.iter().zip(&batch.original_sizes)) {
+            for ((s, t), (&r, &o)) in samples
+                .iter()
+                .zip(targets)
+                .zip(batch.image_sizes.iter().zip(&batch.original_sizes))
+            {
                 let pos = s.labels.gt(0).nonzero().squeeze_dim(1);
                 pos_boxes.push(s.proposals.index_select(0, &pos));
                 pos_labels.push(s.labels.index_select(0, &pos));
@@ -335,7 +435,10 @@ impl MaskRcnn {
             for ((b, l), (m, matched)) in pos_boxes.iter().zip(&pos_labels).zip(&pos_masks) {
                 let k = b.size()[0];
                 if k > 0 {
-                    parts.push(self.roi_heads.mask_loss(&logits.narrow(0, start, k), b, m, l, matched));
+                    parts.push(
+                        self.roi_heads
+                            .mask_loss(&logits.narrow(0, start, k), b, m, l, matched),
+                    );
                     weights.push(k as f64);
                 }
                 start += k;
@@ -345,12 +448,22 @@ impl MaskRcnn {
             } else {
                 // torchvision concatenates all positives and takes one mean over them
                 let total: f64 = weights.iter().sum();
-                parts.iter().zip(&weights).map(|(p, w)| p * (*w / total)).fold(Tensor::zeros([], (Kind::Float, self.device())), |a, b| a + b)
+                parts
+                    .iter()
+                    .zip(&weights)
+                    .map(|(p, w)| p * (*w / total))
+                    .fold(Tensor::zeros([], (Kind::Float, self.device())), |a, b| a + b)
             }
         } else {
             Tensor::zeros([], (Kind::Float, self.device()))
         };
-        Ok(Losses { classifier, box_reg, mask, objectness, rpn_box_reg })
+        Ok(Losses {
+            classifier,
+            box_reg,
+            mask,
+            objectness,
+            rpn_box_reg,
+        })
     }
 }
 

@@ -8,10 +8,10 @@ use tch::{Kind, Tensor};
 
 use super::config::{MaskHeadKind, ModelConfig};
 use super::layers::{conv2d, linear};
-use crate::ops::boxes::{box_iou, clip_boxes_to_image, positive_area, remove_small_boxes, BoxCoder};
-use crate::ops::matcher::{Matcher, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
+use crate::ops::boxes::{BoxCoder, box_iou, clip_boxes_to_image, positive_area, remove_small_boxes};
+use crate::ops::matcher::{BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher};
 use crate::ops::nms::batched_nms;
-use crate::ops::roi_align::{roi_align, MultiScaleRoiAlign};
+use crate::ops::roi_align::{MultiScaleRoiAlign, roi_align};
 use crate::ops::sampler::BalancedSampler;
 
 /// Detections of one image in the resized image's coordinates.
@@ -62,10 +62,17 @@ impl MaskBranch {
             width,
             width,
             2,
-            nn::ConvTransposeConfig { stride: 2, ..Default::default() },
+            nn::ConvTransposeConfig {
+                stride: 2,
+                ..Default::default()
+            },
         );
         let mask_fcn_logits = conv2d(&pred / "mask_fcn_logits", width, num_classes, 1, 1, 0, true);
-        Some(MaskBranch { fcns, conv5_mask, mask_fcn_logits })
+        Some(MaskBranch {
+            fcns,
+            conv5_mask,
+            mask_fcn_logits,
+        })
     }
 
     /// `[R, 256, 14, 14]` -> `[R, n_c, 28, 28]` logits.
@@ -102,11 +109,22 @@ impl RoiHeads {
             cls_score: linear(&bp / "cls_score", r, cfg.num_classes),
             bbox_pred: linear(&bp / "bbox_pred", r, cfg.num_classes * 4),
             mask: MaskBranch::new(&p, cfg.mask_head, cfg.num_classes),
-            box_pool: MultiScaleRoiAlign { output_size: 7, sampling_ratio: 2 },
-            mask_pool: MultiScaleRoiAlign { output_size: 14, sampling_ratio: 2 },
+            box_pool: MultiScaleRoiAlign {
+                output_size: 7,
+                sampling_ratio: 2,
+            },
+            mask_pool: MultiScaleRoiAlign {
+                output_size: 14,
+                sampling_ratio: 2,
+            },
             box_coder: BoxCoder::new(cfg.bbox_reg_weights),
             cfg: cfg.clone(),
         }
+    }
+
+    /// Replace the hyperparameters (inference thresholds and the like; not the architecture).
+    pub fn set_config(&mut self, cfg: &ModelConfig) {
+        self.cfg = cfg.clone();
     }
 
     /// Whether the model has a mask branch.
@@ -115,20 +133,39 @@ impl RoiHeads {
     }
 
     /// Box branch on per-image proposals: `(class_logits [R, n_c], box_regression [R, 4 n_c])`.
-    pub fn box_forward(&self, features: &[Tensor], proposals: &[Tensor], sizes: &[(i64, i64)]) -> (Tensor, Tensor) {
+    pub fn box_forward(
+        &self,
+        features: &[Tensor],
+        proposals: &[Tensor],
+        sizes: &[(i64, i64)],
+    ) -> (Tensor, Tensor) {
         let pooled = self.box_pool.pool(features, proposals, sizes); // [R, 256, 7, 7]
-        let x = self.fc7.forward(&self.fc6.forward(&pooled.flatten(1, -1)).relu()).relu();
+        let x = self
+            .fc7
+            .forward(&self.fc6.forward(&pooled.flatten(1, -1)).relu())
+            .relu();
         (self.cls_score.forward(&x), self.bbox_pred.forward(&x))
     }
 
     /// Mask logits `[R, n_c, 28, 28]` of boxes (per image).
-    pub fn mask_forward(&self, features: &[Tensor], boxes: &[Tensor], sizes: &[(i64, i64)]) -> Option<Tensor> {
+    pub fn mask_forward(
+        &self,
+        features: &[Tensor],
+        boxes: &[Tensor],
+        sizes: &[(i64, i64)],
+    ) -> Option<Tensor> {
         let m = self.mask.as_ref()?;
         Some(m.forward(&self.mask_pool.pool(features, boxes, sizes)))
     }
 
     /// Decoded, clipped boxes `[R, n_c, 4]` and softmax scores `[R, n_c]` of one image.
-    fn decode(&self, logits: &Tensor, regression: &Tensor, proposals: &Tensor, size: (i64, i64)) -> (Tensor, Tensor) {
+    fn decode(
+        &self,
+        logits: &Tensor,
+        regression: &Tensor,
+        proposals: &Tensor,
+        size: (i64, i64),
+    ) -> (Tensor, Tensor) {
         let boxes = self.box_coder.decode(regression, proposals);
         let boxes = clip_boxes_to_image(&boxes, size.0, size.1);
         (boxes, logits.softmax(-1, Kind::Float))
@@ -139,7 +176,9 @@ impl RoiHeads {
     fn candidates(&self, boxes: &Tensor, scores: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
         let (r, nc) = (scores.size()[0], scores.size()[1]);
         let device = scores.device();
-        let labels = Tensor::arange(nc, (Kind::Int64, device)).view([1, -1]).expand([r, nc], false);
+        let labels = Tensor::arange(nc, (Kind::Int64, device))
+            .view([1, -1])
+            .expand([r, nc], false);
         let boxes = boxes.narrow(1, 1, nc - 1).reshape([-1, 4]);
         let scores = scores.narrow(1, 1, nc - 1).reshape([-1]);
         let labels = labels.narrow(1, 1, nc - 1).reshape([-1]);
@@ -170,13 +209,23 @@ impl RoiHeads {
     }
 
     /// Inference: detections per image (resized coordinates), masks included when present.
-    pub fn detect(&self, features: &[Tensor], proposals: &[Tensor], sizes: &[(i64, i64)]) -> Vec<RawDetections> {
+    pub fn detect(
+        &self,
+        features: &[Tensor],
+        proposals: &[Tensor],
+        sizes: &[(i64, i64)],
+    ) -> Vec<RawDetections> {
         let (logits, regression) = self.box_forward(features, proposals, sizes);
         let mut start = 0;
         let mut out = Vec::with_capacity(proposals.len());
         for (p, &size) in proposals.iter().zip(sizes) {
             let r = p.size()[0];
-            let (boxes, scores) = self.decode(&logits.narrow(0, start, r), &regression.narrow(0, start, r), p, size);
+            let (boxes, scores) = self.decode(
+                &logits.narrow(0, start, r),
+                &regression.narrow(0, start, r),
+                p,
+                size,
+            );
             start += r;
             let (b, s, l, _) = self.candidates(&boxes, &scores);
             let keep = batched_nms(&b, &s, &l, self.cfg.box_nms_thresh);
@@ -196,7 +245,10 @@ impl RoiHeads {
                     let k = d.boxes.size()[0];
                     let m = all.narrow(0, start, k); // [K, n_c, 28, 28]
                     start += k;
-                    let idx = d.labels.view([-1, 1, 1, 1]).expand([k, 1, m.size()[2], m.size()[3]], false);
+                    let idx = d
+                        .labels
+                        .view([-1, 1, 1, 1])
+                        .expand([k, 1, m.size()[2], m.size()[3]], false);
                     d.mask_logits = Some(m.gather(1, &idx, false).squeeze_dim(1));
                 }
             }
@@ -211,7 +263,10 @@ impl RoiHeads {
         let (boxes, scores) = self.decode(&logits, &regression, proposals, size);
         let r = regression.size()[0];
         let nc = self.cfg.num_classes;
-        let raw = regression.reshape([r, nc, 4]).narrow(1, 1, nc - 1).reshape([-1, 4]);
+        let raw = regression
+            .reshape([r, nc, 4])
+            .narrow(1, 1, nc - 1)
+            .reshape([-1, 4]);
         let (b, s, l, index) = self.candidates(&boxes, &scores);
         let keep = batched_nms(&b, &s, &l, self.cfg.box_nms_thresh);
         let keep = keep.narrow(0, 0, self.cfg.box_detections_per_img.min(keep.size()[0]));
@@ -227,7 +282,10 @@ impl RoiHeads {
         gt_labels: &Tensor,
         sampler: &BalancedSampler,
     ) -> RoiSamples {
-        let proposals = Tensor::cat(&[proposals.shallow_clone(), gt_boxes.to_kind(proposals.kind())], 0);
+        let proposals = Tensor::cat(
+            &[proposals.shallow_clone(), gt_boxes.to_kind(proposals.kind())],
+            0,
+        );
         let (matched, labels) = self.assign(&proposals, gt_boxes, gt_labels);
         let sampled = sampler.sample(&labels).all();
         self.samples_at(&proposals, gt_boxes, &matched, &labels, &sampled)
@@ -254,7 +312,14 @@ impl RoiHeads {
     }
 
     /// The samples at `idx` (ascending) of the matched proposals, with encoded targets.
-    pub fn samples_at(&self, proposals: &Tensor, gt_boxes: &Tensor, matched: &Tensor, labels: &Tensor, idx: &Tensor) -> RoiSamples {
+    pub fn samples_at(
+        &self,
+        proposals: &Tensor,
+        gt_boxes: &Tensor,
+        matched: &Tensor,
+        labels: &Tensor,
+        idx: &Tensor,
+    ) -> RoiSamples {
         let proposals = proposals.index_select(0, idx);
         let matched = matched.index_select(0, idx);
         let labels = labels.index_select(0, idx);
@@ -264,32 +329,69 @@ impl RoiHeads {
             gt_boxes.shallow_clone()
         };
         let regression_targets = self.box_coder.encode(&gt.index_select(0, &matched), &proposals);
-        RoiSamples { proposals, labels, matched_idxs: matched, regression_targets }
+        RoiSamples {
+            proposals,
+            labels,
+            matched_idxs: matched,
+            regression_targets,
+        }
     }
 
     /// Fast R-CNN losses: cross-entropy over sampled RoIs and smooth-L1 on the class-specific
     /// deltas of positives, summed and divided by the number of sampled RoIs.
-    pub fn fastrcnn_loss(&self, class_logits: &Tensor, box_regression: &Tensor, labels: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+    pub fn fastrcnn_loss(
+        &self,
+        class_logits: &Tensor,
+        box_regression: &Tensor,
+        labels: &Tensor,
+        targets: &Tensor,
+    ) -> (Tensor, Tensor) {
         let cls = class_logits.cross_entropy_for_logits(labels);
         let pos = labels.gt(0).nonzero().squeeze_dim(1);
         let n = class_logits.size()[0];
         let reg = box_regression.reshape([n, -1, 4]);
         let labels_pos = labels.index_select(0, &pos);
-        let pred = reg.index_select(0, &pos).gather(1, &labels_pos.view([-1, 1, 1]).expand([-1, 1, 4], false), false).squeeze_dim(1);
+        let pred = reg
+            .index_select(0, &pos)
+            .gather(1, &labels_pos.view([-1, 1, 1]).expand([-1, 1, 4], false), false)
+            .squeeze_dim(1);
         let tgt = targets.index_select(0, &pos);
-        let box_loss = pred.smooth_l1_loss(&tgt, tch::Reduction::Sum, self.cfg.box_loss_beta) / labels.numel().max(1) as f64;
+        let box_loss = pred.smooth_l1_loss(&tgt, tch::Reduction::Sum, self.cfg.box_loss_beta)
+            / labels.numel().max(1) as f64;
         (cls, box_loss)
     }
 
     /// Mask loss: BCE-with-logits between the GT-class channel and the GT masks projected on the
     /// positive proposals by RoIAlign (adaptive sampling, scale 1).
-    pub fn mask_loss(&self, mask_logits: &Tensor, proposals: &Tensor, gt_masks: &Tensor, labels: &Tensor, matched: &Tensor) -> Tensor {
+    pub fn mask_loss(
+        &self,
+        mask_logits: &Tensor,
+        proposals: &Tensor,
+        gt_masks: &Tensor,
+        labels: &Tensor,
+        matched: &Tensor,
+    ) -> Tensor {
         let m = mask_logits.size()[3];
         if proposals.size()[0] == 0 {
             return mask_logits.sum(Kind::Float) * 0.0;
         }
-        let rois = Tensor::cat(&[matched.to_kind(Kind::Float).unsqueeze(1), proposals.shallow_clone()], 1);
-        let targets = tch::no_grad(|| roi_align(&gt_masks.unsqueeze(1).to_kind(Kind::Float), &rois, (m, m), 1.0, -1).squeeze_dim(1));
+        let rois = Tensor::cat(
+            &[
+                matched.to_kind(Kind::Float).unsqueeze(1),
+                proposals.shallow_clone(),
+            ],
+            1,
+        );
+        let targets = tch::no_grad(|| {
+            roi_align(
+                &gt_masks.unsqueeze(1).to_kind(Kind::Float),
+                &rois,
+                (m, m),
+                1.0,
+                -1,
+            )
+            .squeeze_dim(1)
+        });
         let k = labels.size()[0];
         let idx = labels.view([-1, 1, 1, 1]).expand([k, 1, m, m], false);
         let logits = mask_logits.gather(1, &idx, false).squeeze_dim(1);

@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use super::anchors::AnchorGenerator;
 use super::config::{BoxLoss, ModelConfig};
-use crate::ops::boxes::{box_iou, clip_boxes_to_image, remove_small_boxes, BoxCoder};
+use crate::ops::boxes::{BoxCoder, box_iou, clip_boxes_to_image, remove_small_boxes};
 use crate::ops::matcher::Matcher;
 use crate::ops::nms::batched_nms;
 use crate::ops::sampler::{BalancedSampler, Sampled};
@@ -27,7 +27,10 @@ fn head_conv(p: nn::Path, cin: i64, cout: i64, k: i64) -> nn::Conv2D {
         k,
         nn::ConvConfig {
             padding: k / 2,
-            ws_init: Init::Randn { mean: 0.0, stdev: 0.01 },
+            ws_init: Init::Randn {
+                mean: 0.0,
+                stdev: 0.01,
+            },
             bs_init: Init::Const(0.0),
             ..Default::default()
         },
@@ -86,6 +89,11 @@ impl Rpn {
         }
     }
 
+    /// Replace the hyperparameters (not the architecture).
+    pub fn set_config(&mut self, cfg: &ModelConfig) {
+        self.cfg = cfg.clone();
+    }
+
     /// Run the head on every level: `[N, A, H, W]` / `[N, 4A, H, W]` -> `[N, H*W*A]` / `[N, H*W*A, 4]`.
     pub fn head_outputs(&self, features: &[Tensor], padded: (i64, i64)) -> RpnOutput {
         let mut obj = Vec::new();
@@ -96,9 +104,16 @@ impl Rpn {
             let t = self.head.conv.forward(f).relu();
             let logits = self.head.cls_logits.forward(&t);
             let deltas = self.head.bbox_pred.forward(&t);
-            let [n, a, h, w] = logits.size()[..] else { unreachable!("conv output is 4-D") };
+            let [n, a, h, w] = logits.size()[..] else {
+                unreachable!("conv output is 4-D")
+            };
             obj.push(logits.permute([0, 2, 3, 1]).reshape([n, -1])); // [N, H*W*A]
-            del.push(deltas.view([n, a, 4, h, w]).permute([0, 3, 4, 1, 2]).reshape([n, -1, 4]));
+            del.push(
+                deltas
+                    .view([n, a, 4, h, w])
+                    .permute([0, 3, 4, 1, 2])
+                    .reshape([n, -1, 4]),
+            );
             grids.push((h, w));
             per_level.push(h * w * a);
         }
@@ -114,7 +129,10 @@ impl Rpn {
     /// Filter proposals per image (`image_sizes` are the un-padded sizes).
     pub fn proposals(&self, out: &RpnOutput, image_sizes: &[(i64, i64)], train: bool) -> Vec<Proposals> {
         let (pre_n, post_n) = if train {
-            (self.cfg.rpn_pre_nms_top_n_train, self.cfg.rpn_post_nms_top_n_train)
+            (
+                self.cfg.rpn_pre_nms_top_n_train,
+                self.cfg.rpn_post_nms_top_n_train,
+            )
         } else {
             (self.cfg.rpn_pre_nms_top_n_test, self.cfg.rpn_post_nms_top_n_test)
         };
@@ -153,7 +171,11 @@ impl Rpn {
                 scores = scores.index_select(0, &keep);
                 levels = levels.index_select(0, &keep);
                 if let Some(t) = self.cfg.rpn_score_thresh {
-                    let probs = if self.cfg.rpn_nms_on_probabilities { scores.shallow_clone() } else { scores.sigmoid() };
+                    let probs = if self.cfg.rpn_nms_on_probabilities {
+                        scores.shallow_clone()
+                    } else {
+                        scores.sigmoid()
+                    };
                     let keep = probs.ge(t).nonzero().squeeze_dim(1);
                     boxes = boxes.index_select(0, &keep);
                     scores = scores.index_select(0, &keep);
@@ -227,7 +249,12 @@ impl Rpn {
         let n = all.size()[0].max(1) as f64;
         let obj = objectness
             .index_select(0, &all)
-            .binary_cross_entropy_with_logits::<Tensor>(&labels.index_select(0, &all), None, None, tch::Reduction::Mean);
+            .binary_cross_entropy_with_logits::<Tensor>(
+                &labels.index_select(0, &all),
+                None,
+                None,
+                tch::Reduction::Mean,
+            );
         (obj, box_sum / n)
     }
 }

@@ -40,7 +40,11 @@ pub fn tensor_from_rgb(rgb: &[u8], width: u32, height: u32, device: Device) -> c
 pub fn resized_size(h: i64, w: i64, min_size: i64, max_size: i64) -> (i64, i64, f64) {
     let (mn, mx) = (h.min(w) as f64, h.max(w) as f64);
     let scale = (min_size as f64 / mn).min(max_size as f64 / mx);
-    ((h as f64 * scale).floor() as i64, (w as f64 * scale).floor() as i64, scale)
+    (
+        (h as f64 * scale).floor() as i64,
+        (w as f64 * scale).floor() as i64,
+        scale,
+    )
 }
 
 /// Normalise, resize and pad a list of `[3, H, W]` images.
@@ -54,18 +58,26 @@ pub fn batch_images(images: &[Tensor], cfg: &ModelConfig) -> crate::Result<Image
     for img in images {
         let s = img.size();
         if s.len() != 3 || s[0] != 3 || s[1] == 0 || s[2] == 0 {
-            return Err(crate::Error::Input(format!("image tensor must be [3, H, W] with H, W > 0, got {s:?}")));
+            return Err(crate::Error::Input(format!(
+                "image tensor must be [3, H, W] with H, W > 0, got {s:?}"
+            )));
         }
         let device = img.device();
-        let mean = Tensor::from_slice(&cfg.image_mean.map(|v| v as f32)).to_device(device).view([3, 1, 1]);
-        let std = Tensor::from_slice(&cfg.image_std.map(|v| v as f32)).to_device(device).view([3, 1, 1]);
+        let mean = Tensor::from_slice(&cfg.image_mean.map(|v| v as f32))
+            .to_device(device)
+            .view([3, 1, 1]);
+        let std = Tensor::from_slice(&cfg.image_std.map(|v| v as f32))
+            .to_device(device)
+            .view([3, 1, 1]);
         let x = (img.to_kind(Kind::Float) - mean) / std;
         let (h, w) = (s[1], s[2]);
         let (rh, rw, _) = resized_size(h, w, cfg.min_size, cfg.max_size);
         let x = if (rh, rw) == (h, w) {
             x
         } else {
-            x.unsqueeze(0).upsample_bilinear2d([rh, rw], false, None, None).squeeze_dim(0)
+            x.unsqueeze(0)
+                .upsample_bilinear2d([rh, rw], false, None, None)
+                .squeeze_dim(0)
         };
         original_sizes.push((h, w));
         image_sizes.push((rh, rw));
@@ -144,8 +156,13 @@ pub fn paste_masks(masks: &Tensor, boxes: &Tensor, (im_h, im_w): (i64, i64)) -> 
         if x1 <= x0 || y1 <= y0 {
             continue;
         }
-        let src = resized.narrow(0, y0 - b[1], y1 - y0).narrow(1, x0 - b[0], x1 - x0);
-        out.get(i as i64).narrow(0, y0, y1 - y0).narrow(1, x0, x1 - x0).copy_(&src);
+        let src = resized
+            .narrow(0, y0 - b[1], y1 - y0)
+            .narrow(1, x0 - b[0], x1 - x0);
+        out.get(i as i64)
+            .narrow(0, y0, y1 - y0)
+            .narrow(1, x0, x1 - x0)
+            .copy_(&src);
     }
     out
 }

@@ -32,15 +32,26 @@ pub fn read_config_bytes(path: &Path, bytes: &[u8]) -> Result<(ModelConfig, BTre
         .unwrap_or_default();
     match meta.get("format") {
         Some(f) if f == FORMAT => {}
-        Some(f) => return Err(Error::model_file(path, format!("unsupported model format {f:?} (expected {FORMAT:?})"))),
-        None => return Err(Error::model_file(path, "not a ctmask model file: no 'format' metadata (import .pth files with `ctmask import-weights`)")),
+        Some(f) => {
+            return Err(Error::model_file(
+                path,
+                format!("unsupported model format {f:?} (expected {FORMAT:?})"),
+            ));
+        }
+        None => {
+            return Err(Error::model_file(
+                path,
+                "not a ctmask model file: no 'format' metadata (import .pth files with `ctmask import-weights`)",
+            ));
+        }
     }
     let cfg_json = meta
         .get("config")
         .ok_or_else(|| Error::model_file(path, "no 'config' metadata"))?;
     let cfg: ModelConfig = serde_json::from_str(cfg_json)
         .map_err(|e| Error::model_file(path, format!("bad 'config' metadata: {e}")))?;
-    cfg.validate().map_err(|e| Error::model_file(path, format!("invalid config: {e}")))?;
+    cfg.validate()
+        .map_err(|e| Error::model_file(path, format!("invalid config: {e}")))?;
     Ok((cfg, meta))
 }
 
@@ -94,7 +105,8 @@ impl safetensors::View for &Raw {
 
 fn raw_of(t: &Tensor) -> Result<Raw> {
     let t = t.detach().to_device(tch::Device::Cpu).contiguous();
-    let dtype = dtype_of(t.kind()).ok_or_else(|| Error::Other(format!("cannot store tensor kind {:?}", t.kind())))?;
+    let dtype =
+        dtype_of(t.kind()).ok_or_else(|| Error::Other(format!("cannot store tensor kind {:?}", t.kind())))?;
     let numel = t.numel();
     let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
     t.f_copy_data_u8(&mut data, numel)?;
@@ -106,7 +118,12 @@ fn raw_of(t: &Tensor) -> Result<Raw> {
 }
 
 /// Write named tensors and metadata (format and config added) to a safetensors file, atomically.
-pub fn save(path: &Path, tensors: &[(String, Tensor)], cfg: &ModelConfig, extra: &BTreeMap<String, String>) -> Result<()> {
+pub fn save(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    cfg: &ModelConfig,
+    extra: &BTreeMap<String, String>,
+) -> Result<()> {
     let raws: Vec<(String, Raw)> = tensors
         .iter()
         .map(|(n, t)| raw_of(t).map(|r| (n.clone(), r)))
@@ -114,7 +131,10 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], cfg: &ModelConfig, extra:
     let mut meta: HashMap<String, String> = extra.clone().into_iter().collect();
     meta.insert("format".into(), FORMAT.into());
     meta.insert("ctmask_version".into(), env!("CARGO_PKG_VERSION").into());
-    meta.insert("config".into(), serde_json::to_string(cfg).map_err(|e| Error::Other(e.to_string()))?);
+    meta.insert(
+        "config".into(),
+        serde_json::to_string(cfg).map_err(|e| Error::Other(e.to_string()))?,
+    );
     let bytes = safetensors::tensor::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), &Some(meta))
         .map_err(|e| Error::model_file(path, format!("cannot serialise: {e}")))?;
     crate::fsutil::write_atomic(path, &bytes)
@@ -140,15 +160,23 @@ pub fn load_into(path: &Path, bytes: &[u8], vars: &HashMap<String, Tensor>) -> R
     let mut views = Vec::with_capacity(sorted.len());
     let mut mismatched = Vec::new();
     for (name, var) in sorted {
-        let view = st.tensor(name).map_err(|e| Error::model_file(path, format!("{name}: {e}")))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| Error::model_file(path, format!("{name}: {e}")))?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         if shape != var.size() {
-            mismatched.push(format!("{name}: shape {shape:?} in the file, the model expects {:?}", var.size()));
+            mismatched.push(format!(
+                "{name}: shape {shape:?} in the file, the model expects {:?}",
+                var.size()
+            ));
         }
         views.push((name, view, var));
     }
     if !mismatched.is_empty() {
-        return Err(Error::model_file(path, format!("mis-shaped tensors: {}", mismatched.join("; "))));
+        return Err(Error::model_file(
+            path,
+            format!("mis-shaped tensors: {}", mismatched.join("; ")),
+        ));
     }
     for (name, view, var) in views {
         copy_view(path, name, &view, var)?;
@@ -158,7 +186,8 @@ pub fn load_into(path: &Path, bytes: &[u8], vars: &HashMap<String, Tensor>) -> R
 
 fn copy_view(path: &Path, name: &str, view: &TensorView<'_>, var: &Tensor) -> Result<()> {
     let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-    let kind = kind_of(view.dtype()).ok_or_else(|| Error::model_file(path, format!("{name}: unsupported dtype {:?}", view.dtype())))?;
+    let kind = kind_of(view.dtype())
+        .ok_or_else(|| Error::model_file(path, format!("{name}: unsupported dtype {:?}", view.dtype())))?;
     let src = Tensor::f_from_data_size(view.data(), &shape, kind)?;
     let mut var = var.shallow_clone();
     tch::no_grad(|| var.f_copy_(&src.to_kind(var.kind()).to_device(var.device())))?;

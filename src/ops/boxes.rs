@@ -41,7 +41,10 @@ pub fn remove_small_boxes(boxes: &Tensor, min_size: f64) -> Tensor {
     let (x1, y1, x2, y2) = columns(boxes);
     let ws = x2 - x1;
     let hs = y2 - y1;
-    ws.ge(min_size).logical_and(&hs.ge(min_size)).nonzero().squeeze_dim(1)
+    ws.ge(min_size)
+        .logical_and(&hs.ge(min_size))
+        .nonzero()
+        .squeeze_dim(1)
 }
 
 /// Indices of boxes with a positive area.
@@ -109,7 +112,12 @@ impl BoxCoder {
         let half_w = pred_w * 0.5;
         let half_h = pred_h * 0.5;
         Tensor::stack(
-            &[&pred_cx - &half_w, &pred_cy - &half_h, pred_cx + half_w, pred_cy + half_h],
+            &[
+                &pred_cx - &half_w,
+                &pred_cy - &half_h,
+                pred_cx + half_w,
+                pred_cy + half_h,
+            ],
             2,
         )
     }

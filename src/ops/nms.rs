@@ -52,8 +52,12 @@ pub fn batched_nms(boxes: &Tensor, scores: &Tensor, idxs: &Tensor, iou_threshold
     if boxes.size()[0] == 0 {
         return Tensor::zeros([0], (Kind::Int64, device));
     }
-    let groups: Vec<i64> = Vec::try_from(idxs.unique_dim(0, true, false, false).0.to_device(tch::Device::Cpu))
-        .expect("group ids are int64");
+    let groups: Vec<i64> = Vec::try_from(
+        idxs.unique_dim(0, true, false, false)
+            .0
+            .to_device(tch::Device::Cpu),
+    )
+    .expect("group ids are int64");
     let mut kept = Vec::with_capacity(groups.len());
     for g in groups {
         let members = idxs.eq(g).nonzero().squeeze_dim(1);
@@ -83,9 +87,9 @@ mod tests {
     fn suppresses_overlaps_above_threshold_only() {
         let b = boxes_from_rows(&[
             [0., 0., 10., 10.],
-            [1., 0., 11., 10.],  // IoU with 0: 90/110 = 0.818
+            [1., 0., 11., 10.], // IoU with 0: 90/110 = 0.818
             [20., 20., 30., 30.],
-            [0., 0., 10., 5.],   // IoU with 0: 0.5 exactly, not > 0.5
+            [0., 0., 10., 5.], // IoU with 0: 0.5 exactly, not > 0.5
         ]);
         let s = Tensor::from_slice(&[0.9f32, 0.95, 0.5, 0.8]);
         assert_eq!(v(&nms(&b, &s, 0.5)), vec![1, 3, 2]);
@@ -107,6 +111,9 @@ mod tests {
         assert_eq!(v(&batched_nms(&b, &s, &g, 0.5)), vec![0, 1]);
         let empty = Tensor::zeros([0, 4], (Kind::Float, tch::Device::Cpu));
         let e = Tensor::zeros([0], (Kind::Float, tch::Device::Cpu));
-        assert_eq!(batched_nms(&empty, &e, &e.to_kind(Kind::Int64), 0.5).size(), vec![0]);
+        assert_eq!(
+            batched_nms(&empty, &e, &e.to_kind(Kind::Int64), 0.5).size(),
+            vec![0]
+        );
     }
 }

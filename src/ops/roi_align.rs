@@ -44,8 +44,8 @@ pub fn roi_align(
     };
     let key = Tensor::stack(&[&batch, &grid_h, &grid_w], 1);
     let (groups, inverse, _) = key.unique_dim(0, true, true, false);
-    let groups: Vec<Vec<i64>> = Vec::try_from(groups.to_device(tch::Device::Cpu))
-        .expect("group keys are int64");
+    let groups: Vec<Vec<i64>> =
+        Vec::try_from(groups.to_device(tch::Device::Cpu)).expect("group keys are int64");
     let mut result = result;
     for (gi, g) in groups.iter().enumerate() {
         let members = inverse.eq(gi as i64).nonzero().squeeze_dim(1);
@@ -103,13 +103,16 @@ fn align_group(
     let norm = |v: &Tensor, size: i64| v * (2.0 / (size - 1).max(1) as f64) - 1.0;
     let gx = norm(&xs, w).unsqueeze(1).expand([k, sh, sw], false);
     let gy = norm(&ys, h).unsqueeze(2).expand([k, sh, sw], false);
-    let grid = Tensor::stack(&[gx, gy], 3).reshape([1, k * sh, sw, 2]).to_kind(image.kind());
+    let grid = Tensor::stack(&[gx, gy], 3)
+        .reshape([1, k * sh, sw, 2])
+        .to_kind(image.kind());
     let sampled = image.grid_sampler_2d(&grid, 0, 1, true); // [1, C, K*SH, SW]
     let sampled = sampled.reshape([c, k, sh, sw]) * valid.to_kind(image.kind()).unsqueeze(0);
-    let pooled = sampled
-        .reshape([c, k, out_h, gh, out_w, gw])
-        .sum_dim_intlist([3i64, 5].as_slice(), false, image.kind())
-        / (gh * gw) as f64; // [C, K, out_h, out_w]
+    let pooled = sampled.reshape([c, k, out_h, gh, out_w, gw]).sum_dim_intlist(
+        [3i64, 5].as_slice(),
+        false,
+        image.kind(),
+    ) / (gh * gw) as f64; // [C, K, out_h, out_w]
     pooled.permute([1, 0, 2, 3])
 }
 
@@ -145,7 +148,13 @@ impl MultiScaleRoiAlign {
             if idx.size()[0] == 0 {
                 continue;
             }
-            let pooled = roi_align(feature, &rois.index_select(0, &idx), out, *scale, self.sampling_ratio);
+            let pooled = roi_align(
+                feature,
+                &rois.index_select(0, &idx),
+                out,
+                *scale,
+                self.sampling_ratio,
+            );
             result = result.index_copy(0, &idx, &pooled);
         }
         result
@@ -185,7 +194,18 @@ mod tests {
     use super::*;
 
     /// A direct transcription of torchvision's CPU kernel for one output value.
-    fn reference(img: &[f32], h: usize, w: usize, roi: [f32; 4], scale: f32, out: usize, sr: usize, ph: usize, pw: usize) -> f32 {
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        img: &[f32],
+        h: usize,
+        w: usize,
+        roi: [f32; 4],
+        scale: f32,
+        out: usize,
+        sr: usize,
+        ph: usize,
+        pw: usize,
+    ) -> f32 {
         let (x1, y1, x2, y2) = (roi[0] * scale, roi[1] * scale, roi[2] * scale, roi[3] * scale);
         let rw = (x2 - x1).max(1.0);
         let rh = (y2 - y1).max(1.0);
@@ -203,11 +223,26 @@ mod tests {
                 let mut xl = x as usize;
                 let yh;
                 let xh;
-                if yl >= h - 1 { yl = h - 1; yh = h - 1; y = yl as f32; } else { yh = yl + 1; }
-                if xl >= w - 1 { xl = w - 1; xh = w - 1; x = xl as f32; } else { xh = xl + 1; }
+                if yl >= h - 1 {
+                    yl = h - 1;
+                    yh = h - 1;
+                    y = yl as f32;
+                } else {
+                    yh = yl + 1;
+                }
+                if xl >= w - 1 {
+                    xl = w - 1;
+                    xh = w - 1;
+                    x = xl as f32;
+                } else {
+                    xh = xl + 1;
+                }
                 let (ly, lx) = (y - yl as f32, x - xl as f32);
                 let (hy, hx) = (1.0 - ly, 1.0 - lx);
-                acc += hy * hx * img[yl * w + xl] + hy * lx * img[yl * w + xh] + ly * hx * img[yh * w + xl] + ly * lx * img[yh * w + xh];
+                acc += hy * hx * img[yl * w + xl]
+                    + hy * lx * img[yl * w + xh]
+                    + ly * hx * img[yh * w + xl]
+                    + ly * lx * img[yh * w + xh];
             }
         }
         acc / (sr * sr) as f32
@@ -219,7 +254,12 @@ mod tests {
         let (h, w) = (9usize, 11usize);
         let input = Tensor::rand([1, 1, h as i64, w as i64], (Kind::Float, tch::Device::Cpu));
         let img: Vec<f32> = Vec::try_from(input.flatten(0, -1)).unwrap();
-        let rois = [[0.0f32, 0.0, 20.0, 16.0], [-6.0, -4.0, 10.0, 8.0], [30.0, 20.0, 48.0, 40.0], [3.0, 3.0, 3.5, 3.2]];
+        let rois = [
+            [0.0f32, 0.0, 20.0, 16.0],
+            [-6.0, -4.0, 10.0, 8.0],
+            [30.0, 20.0, 48.0, 40.0],
+            [3.0, 3.0, 3.5, 3.2],
+        ];
         let flat: Vec<f32> = rois.iter().flat_map(|r| [0.0, r[0], r[1], r[2], r[3]]).collect();
         let t = Tensor::from_slice(&flat).reshape([4, 5]);
         let out = roi_align(&input, &t, (3, 3), 0.25, 2);
@@ -228,7 +268,10 @@ mod tests {
                 for pw in 0..3 {
                     let want = reference(&img, h, w, *r, 0.25, 3, 2, ph, pw);
                     let got = out.double_value(&[k as i64, 0, ph as i64, pw as i64]) as f32;
-                    assert!((want - got).abs() < 1e-5, "roi {k} bin ({ph},{pw}): {got} vs {want}");
+                    assert!(
+                        (want - got).abs() < 1e-5,
+                        "roi {k} bin ({ph},{pw}): {got} vs {want}"
+                    );
                 }
             }
         }
@@ -245,7 +288,15 @@ mod tests {
 
     #[test]
     fn level_mapping() {
-        let b = crate::ops::boxes::boxes_from_rows(&[[0., 0., 10., 10.], [0., 0., 224., 224.], [0., 0., 500., 500.], [0., 0., 112., 112.]]);
-        assert_eq!(Vec::<i64>::try_from(map_levels(&b, 2, 5)).unwrap(), vec![0, 2, 3, 1]);
+        let b = crate::ops::boxes::boxes_from_rows(&[
+            [0., 0., 10., 10.],
+            [0., 0., 224., 224.],
+            [0., 0., 500., 500.],
+            [0., 0., 112., 112.],
+        ]);
+        assert_eq!(
+            Vec::<i64>::try_from(map_levels(&b, 2, 5)).unwrap(),
+            vec![0, 2, 3, 1]
+        );
     }
 }

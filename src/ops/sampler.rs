@@ -29,8 +29,8 @@ impl BalancedSampler {
     pub fn sample(&self, labels: &Tensor) -> Sampled {
         let positive = labels.ge(1).nonzero().squeeze_dim(1);
         let negative = labels.eq(0).nonzero().squeeze_dim(1);
-        let num_pos = ((self.batch_size_per_image as f64 * self.positive_fraction) as i64)
-            .min(positive.size()[0]);
+        let num_pos =
+            ((self.batch_size_per_image as f64 * self.positive_fraction) as i64).min(positive.size()[0]);
         let num_neg = (self.batch_size_per_image - num_pos).min(negative.size()[0]);
         let pick = |idx: &Tensor, k: i64| {
             let perm = Tensor::randperm(idx.size()[0], (Kind::Int64, idx.device())).narrow(0, 0, k);
@@ -56,7 +56,11 @@ mod tests {
         }
         l[50] = -1;
         let labels = Tensor::from_slice(&l);
-        let s = BalancedSampler { batch_size_per_image: 16, positive_fraction: 0.25 }.sample(&labels);
+        let s = BalancedSampler {
+            batch_size_per_image: 16,
+            positive_fraction: 0.25,
+        }
+        .sample(&labels);
         assert_eq!(s.positive.size(), vec![4]);
         assert_eq!(s.negative.size(), vec![12]);
         let pos: Vec<i64> = Vec::try_from(&s.positive).unwrap();
@@ -64,7 +68,11 @@ mod tests {
         let neg: Vec<i64> = Vec::try_from(&s.negative).unwrap();
         assert!(neg.iter().all(|&i| (10..100).contains(&i) && i != 50));
         // few positives: all of them, the rest negatives
-        let s = BalancedSampler { batch_size_per_image: 256, positive_fraction: 0.75 }.sample(&labels);
+        let s = BalancedSampler {
+            batch_size_per_image: 256,
+            positive_fraction: 0.75,
+        }
+        .sample(&labels);
         assert_eq!(s.positive.size(), vec![10]);
         assert_eq!(s.negative.size(), vec![89]);
         assert_eq!(s.all().size(), vec![99]);

@@ -24,8 +24,8 @@ use super::{Detected, Rejection, Slice, SliceFormat, SliceOptions};
 
 /// Modalities whose objects hold no image to screen.
 const NON_IMAGE_MODALITIES: &[&str] = &[
-    "SEG", "SR", "KO", "PR", "REG", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "DOC", "FID",
-    "PLAN", "RWV", "AU", "ECG",
+    "SEG", "SR", "KO", "PR", "REG", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "DOC", "FID", "PLAN", "RWV",
+    "AU", "ECG",
 ];
 /// More frames than this is a forged header, not a CT volume.
 const MAX_FRAMES: u32 = 10_000;
@@ -34,11 +34,7 @@ const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
 /// Segmentation Storage: refused even when Modality is missing.
 const SEG_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 
-pub(super) fn read(
-    bytes: &[u8],
-    kind: Detected,
-    opts: &SliceOptions,
-) -> Result<Vec<Slice>, Rejection> {
+pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<Vec<Slice>, Rejection> {
     let obj = open(bytes, kind)?;
     let ts = obj
         .meta()
@@ -150,9 +146,7 @@ fn open_bare(bytes: &[u8], explicit: bool) -> Result<DefaultDicomObject, Rejecti
 fn parse_rejection(message: &str) -> Rejection {
     let lower = message.to_lowercase();
     if lower.contains("transfer syntax")
-        && (lower.contains("unsupported")
-            || lower.contains("unrecognized")
-            || lower.contains("unknown"))
+        && (lower.contains("unsupported") || lower.contains("unrecognized") || lower.contains("unknown"))
     {
         Rejection::UnsupportedEncoding(message.to_string())
     } else {
@@ -164,10 +158,7 @@ fn parse_rejection(message: &str) -> Rejection {
 fn screen(obj: &DefaultDicomObject) -> Result<(), Rejection> {
     let modality = text(obj, tags::MODALITY);
     let sop_class = text(obj, tags::SOP_CLASS_UID).unwrap_or_default();
-    if let Some(m) = modality
-        .as_deref()
-        .filter(|m| NON_IMAGE_MODALITIES.contains(m))
-    {
+    if let Some(m) = modality.as_deref().filter(|m| NON_IMAGE_MODALITIES.contains(m)) {
         return Err(Rejection::NotAnImage(format!("modality {m}")));
     }
     if sop_class == SEG_STORAGE {
@@ -201,9 +192,7 @@ fn check_layout(obj: &DefaultDicomObject) -> Result<(), Rejection> {
     }
     let bits = u32_attr(obj, tags::BITS_ALLOCATED)?;
     if ![8, 16, 32].contains(&bits) {
-        return Err(Rejection::UnsupportedEncoding(format!(
-            "{bits} bits allocated"
-        )));
+        return Err(Rejection::UnsupportedEncoding(format!("{bits} bits allocated")));
     }
     Ok(())
 }

@@ -93,10 +93,7 @@ pub(super) fn frame_info(obj: &InMemDicomObject, frame: u32, frames: u32) -> Fra
         slice_location: (frames == 1)
             .then(|| floats(obj.get(tags::SLICE_LOCATION)).and_then(|v| v.first().copied()))
             .flatten(),
-        image_position: float_n(at(
-            tags::PLANE_POSITION_SEQUENCE,
-            tags::IMAGE_POSITION_PATIENT,
-        )),
+        image_position: float_n(at(tags::PLANE_POSITION_SEQUENCE, tags::IMAGE_POSITION_PATIENT)),
         pixel_spacing: float_n(at(measures, tags::PIXEL_SPACING)),
         slice_thickness: scalar(measures, tags::SLICE_THICKNESS),
         frame: (frames > 1).then_some(frame),
@@ -129,11 +126,7 @@ pub(super) fn stored_values(
         if jpeg2000 {
             return sign_extend(raw, allocated, signed);
         }
-        let mask = if stored >= 32 {
-            u32::MAX
-        } else {
-            (1 << stored) - 1
-        };
+        let mask = if stored >= 32 { u32::MAX } else { (1 << stored) - 1 };
         sign_extend((raw >> shift) & mask, stored, signed)
     };
     let values = match allocated {
@@ -147,9 +140,7 @@ pub(super) fn stored_values(
             .map(|c| convert(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
             .collect(),
         other => {
-            return Err(Rejection::UnsupportedEncoding(format!(
-                "{other} bits allocated"
-            )));
+            return Err(Rejection::UnsupportedEncoding(format!("{other} bits allocated")));
         }
     };
     Ok(values)

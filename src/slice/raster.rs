@@ -16,11 +16,7 @@ use image::{DynamicImage, ImageFormat, ImageReader};
 use super::{Rejection, Slice, SliceFormat, SliceMeta, SliceOptions};
 
 /// Decode one PNG or JPEG into a [`Slice`] without HU.
-pub(super) fn read(
-    bytes: &[u8],
-    format: ImageFormat,
-    opts: &SliceOptions,
-) -> Result<Slice, Rejection> {
+pub(super) fn read(bytes: &[u8], format: ImageFormat, opts: &SliceOptions) -> Result<Slice, Rejection> {
     let corrupt = |e: image::ImageError| Rejection::Corrupt(e.to_string());
     let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
@@ -67,9 +63,7 @@ fn to_pil_rgb(img: DynamicImage) -> Vec<u8> {
         DynamicImage::ImageLumaA8(g) => grey_to_rgb(g.as_raw().iter().step_by(2).copied()),
         // PIL I;16 -> L saturates instead of scaling
         DynamicImage::ImageLuma16(g) => grey_to_rgb(g.as_raw().iter().map(|&v| v.min(255) as u8)),
-        DynamicImage::ImageLumaA16(g) => {
-            grey_to_rgb(g.as_raw().iter().step_by(2).map(|&v| (v >> 8) as u8))
-        }
+        DynamicImage::ImageLumaA16(g) => grey_to_rgb(g.as_raw().iter().step_by(2).map(|&v| (v >> 8) as u8)),
         DynamicImage::ImageRgb8(c) => c.into_raw(),
         DynamicImage::ImageRgba8(c) => drop_alpha(c.as_raw().iter().copied()),
         DynamicImage::ImageRgb16(c) => c.as_raw().iter().map(|&v| (v >> 8) as u8).collect(),
@@ -138,9 +132,7 @@ mod tests {
         );
         assert_eq!(
             rgb_of(&bytes),
-            [
-                0, 0, 0, 1, 1, 1, 255, 255, 255, 255, 255, 255, 255, 255, 255
-            ]
+            [0, 0, 0, 1, 1, 1, 255, 255, 255, 255, 255, 255, 255, 255, 255]
         );
     }
 
@@ -204,8 +196,7 @@ mod tests {
     fn grey_jpeg_is_copied_to_three_channels() {
         let img = image::GrayImage::from_fn(32, 16, |x, _| image::Luma([(x * 8) as u8]));
         let mut out = Cursor::new(Vec::new());
-        img.write_to(&mut out, ImageFormat::Jpeg)
-            .expect("encode jpeg");
+        img.write_to(&mut out, ImageFormat::Jpeg).expect("encode jpeg");
         let s = read(out.get_ref(), ImageFormat::Jpeg, &SliceOptions::default()).expect("decodes");
         assert_eq!((s.width, s.height, s.format), (32, 16, SliceFormat::Jpeg));
         assert!(s.rgb.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]));
@@ -214,13 +205,7 @@ mod tests {
 
     #[test]
     fn size_limit_applies_before_decoding() {
-        let bytes = png(
-            5,
-            ColorType::Grayscale,
-            BitDepth::Eight,
-            &[1, 2, 3, 4, 5],
-            None,
-        );
+        let bytes = png(5, ColorType::Grayscale, BitDepth::Eight, &[1, 2, 3, 4, 5], None);
         let opts = SliceOptions {
             max_pixels: (4, 4),
             ..SliceOptions::default()

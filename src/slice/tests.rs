@@ -81,16 +81,10 @@ fn real_files_screened_or_rejected_as_readme_says() {
             "ct_siemens_unsigned12_jpeg_lossless_badseq.dcm",
             Ok((512, "1.2.840.10008.1.2.4.70")),
         ),
-        (
-            "head_ct_693_j2k_lossy.dcm",
-            Ok((512, "1.2.840.10008.1.2.4.91")),
-        ),
+        ("head_ct_693_j2k_lossy.dcm", Ok((512, "1.2.840.10008.1.2.4.91"))),
         ("mr_64_explicit_le.dcm", Err("not CT: modality MR")),
         ("us_rgb_explicit_big_endian.dcm", Err("not CT: modality US")),
-        (
-            "seg_liver_1bit_1frame.dcm",
-            Err("not an image: modality SEG"),
-        ),
+        ("seg_liver_1bit_1frame.dcm", Err("not an image: modality SEG")),
     ];
     for (name, want) in cases {
         let path = dir.join(name);
@@ -158,11 +152,8 @@ fn real_files_hu_match_pydicom() {
         }
     }
     // the default clamp bounds the lossy J2K overshoot, and the window follows the clamped HU
-    let head = &read_slices(
-        &dir.join("head_ct_693_j2k_lossy.dcm"),
-        &SliceOptions::default(),
-    )
-    .expect("screened")[0];
+    let head =
+        &read_slices(&dir.join("head_ct_693_j2k_lossy.dcm"), &SliceOptions::default()).expect("screened")[0];
     assert_eq!(hu_at(head, 0, 0), -1024.0);
     let hu = head.hu.as_ref().expect("hu");
     assert!(hu.iter().all(|&h| (-1024.0..=3071.0).contains(&h)));
@@ -185,10 +176,7 @@ fn real_chest_meta_has_uids_and_geometry_but_no_patient() {
     );
     assert_eq!(m.instance_number, Some(1));
     assert_eq!(m.slice_location, Some(-77.2040634155));
-    assert_eq!(
-        m.image_position,
-        Some([-158.135803, -179.035797, -75.699997])
-    );
+    assert_eq!(m.image_position, Some([-158.135803, -179.035797, -75.699997]));
     assert_eq!(m.pixel_spacing, Some([0.661468, 0.661468]));
     assert_eq!(m.slice_thickness, Some(5.0));
     assert_eq!(m.frame, None);
@@ -233,10 +221,7 @@ fn every_transfer_syntax_fixture_decodes_to_pydicom_hu() {
             let (r, c, hu): (usize, usize, f32) =
                 (r.parse().unwrap(), c.parse().unwrap(), hu.parse().unwrap());
             let got = hu_at(s, r, c);
-            assert!(
-                (got - hu).abs() <= tolerance,
-                "{name} ({r},{c}): {got} vs {hu}"
-            );
+            assert!((got - hu).abs() <= tolerance, "{name} ({r},{c}): {got} vs {hu}");
         }
     }
     for ts in [
@@ -307,12 +292,7 @@ fn chest_stored() -> Vec<u16> {
 #[test]
 fn localizer_not_axial_and_tilt_tolerance() {
     let mut obj = chest();
-    put_str(
-        &mut obj,
-        tags::IMAGE_TYPE,
-        VR::CS,
-        "ORIGINAL\\PRIMARY\\LOCALIZER",
-    );
+    put_str(&mut obj, tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY\\LOCALIZER");
     assert_eq!(reason_of(&to_bytes(&obj)), "localizer image");
 
     let mut obj = chest();
@@ -376,10 +356,7 @@ fn stored_values_are_masked_and_sign_extended() {
     put_u16(&mut obj, tags::PIXEL_REPRESENTATION, 0);
     put_u16(&mut obj, tags::BITS_STORED, 12);
     put_u16(&mut obj, tags::HIGH_BIT, 11);
-    set_pixels(
-        &mut obj,
-        &stored.iter().map(|v| v | 0xA000).collect::<Vec<_>>(),
-    );
+    set_pixels(&mut obj, &stored.iter().map(|v| v | 0xA000).collect::<Vec<_>>());
     let s = &read_slices_from_bytes(&to_bytes(&obj), "u12", &wide()).expect("ok")[0];
     assert_eq!(hu_at(s, 64, 64), 904.0);
 
@@ -431,11 +408,7 @@ fn enhanced_multiframe_keeps_axial_frames_with_their_geometry() {
         obj.remove_element(tag);
     }
     let item = |seq, inner: InMemDicomObject| {
-        DataElement::new(
-            seq,
-            VR::SQ,
-            dicom_core::value::DataSetSequence::from(vec![inner]),
-        )
+        DataElement::new(seq, VR::SQ, dicom_core::value::DataSetSequence::from(vec![inner]))
     };
     let frame_group = |z: f64, orientation: &str| {
         let mut pos = InMemDicomObject::new_empty();
@@ -446,12 +419,7 @@ fn enhanced_multiframe_keeps_axial_frames_with_their_geometry() {
             &format!("0\\0\\{z}"),
         );
         let mut ori = InMemDicomObject::new_empty();
-        put_str(
-            &mut ori,
-            tags::IMAGE_ORIENTATION_PATIENT,
-            VR::DS,
-            orientation,
-        );
+        put_str(&mut ori, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, orientation);
         InMemDicomObject::from_element_iter([
             item(tags::PLANE_POSITION_SEQUENCE, pos),
             item(tags::PLANE_ORIENTATION_SEQUENCE, ori),
@@ -470,8 +438,7 @@ fn enhanced_multiframe_keeps_axial_frames_with_their_geometry() {
     let mut pvt = InMemDicomObject::new_empty();
     put_str(&mut pvt, tags::RESCALE_INTERCEPT, VR::DS, "-1024");
     put_str(&mut pvt, tags::RESCALE_SLOPE, VR::DS, "1");
-    let shared =
-        InMemDicomObject::from_element_iter([item(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, pvt)]);
+    let shared = InMemDicomObject::from_element_iter([item(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, pvt)]);
     obj.put(item(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, shared));
 
     let slices = read_slices_from_bytes(&to_bytes(&obj), "mf", &wide()).expect("multi-frame");

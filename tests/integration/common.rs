@@ -10,7 +10,10 @@ pub fn repo() -> PathBuf {
 /// The shared folder beside the checkout (specs and real DICOM files).
 pub fn shared() -> PathBuf {
     let p = repo().join("../shared");
-    assert!(p.join("spec").is_dir(), "../shared/spec must exist beside the checkout");
+    assert!(
+        p.join("spec").is_dir(),
+        "../shared/spec must exist beside the checkout"
+    );
     p
 }
 

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use ctmask::model::config::{BackboneKind, MaskHeadKind, ModelConfig};
 use ctmask::model::MaskRcnn;
+use ctmask::model::config::{BackboneKind, MaskHeadKind, ModelConfig};
 
 /// Sections of the key listing: title -> (key -> shape).
 fn sections() -> Vec<(String, BTreeMap<String, Vec<i64>>)> {
-    let text = std::fs::read_to_string(super::common::shared().join("spec/original_state_dict_keys.txt")).unwrap();
+    let text =
+        std::fs::read_to_string(super::common::shared().join("spec/original_state_dict_keys.txt")).unwrap();
     let mut out: Vec<(String, BTreeMap<String, Vec<i64>>)> = Vec::new();
     for line in text.lines() {
         if let Some(title) = line.strip_prefix("### ") {
@@ -21,7 +22,10 @@ fn sections() -> Vec<(String, BTreeMap<String, Vec<i64>>)> {
                 .filter(|x| !x.trim().is_empty())
                 .map(|x| x.trim().parse().unwrap())
                 .collect();
-            out.last_mut().expect("a section precedes keys").1.insert(k.to_string(), shape);
+            out.last_mut()
+                .expect("a section precedes keys")
+                .1
+                .insert(k.to_string(), shape);
         }
     }
     out
@@ -30,7 +34,11 @@ fn sections() -> Vec<(String, BTreeMap<String, Vec<i64>>)> {
 /// The config a section title describes.
 fn config_for(title: &str) -> ModelConfig {
     let nc = if title.contains("(n_c=3)") { 3 } else { 2 };
-    let names = if nc == 3 { vec!["ggo".into(), "consolidation".into()] } else { vec!["lesion".into()] };
+    let names = if nc == 3 {
+        vec!["ggo".into(), "consolidation".into()]
+    } else {
+        vec!["lesion".into()]
+    };
     let mut c = if title.contains("resnet50") {
         if title.contains("old torchvision") {
             ModelConfig::r50_fpn5_frozenbn()
@@ -40,14 +48,26 @@ fn config_for(title: &str) -> ModelConfig {
             ModelConfig::r50_fpn4()
         }
     } else {
-        let b = if title.contains("resnet18") { BackboneKind::Resnet18 } else { BackboneKind::Resnet34 };
-        let t = title.split("_t").nth(1).and_then(|s| s[..1].parse().ok()).unwrap();
+        let b = if title.contains("resnet18") {
+            BackboneKind::Resnet18
+        } else {
+            BackboneKind::Resnet34
+        };
+        let t = title
+            .split("_t")
+            .nth(1)
+            .and_then(|s| s[..1].parse().ok())
+            .unwrap();
         ModelConfig::lightweight(b, t)
     };
     c.num_classes = nc;
     c.class_names = names;
     if title.starts_with("cls_") {
-        let (n, s) = if title.contains("s=1024") { (256, 1024) } else { (128, 512) };
+        let (n, s) = if title.contains("s=1024") {
+            (256, 1024)
+        } else {
+            (128, 512)
+        };
         let with_mask = title.contains("with mask head");
         c = c.into_classifier(n, s);
         if with_mask {
@@ -67,7 +87,10 @@ fn varstore_paths_are_the_original_keys_for_every_variant() {
         let ours: BTreeMap<String, Vec<i64>> = model.parameter_shapes().into_iter().collect();
         let missing: Vec<_> = keys.keys().filter(|k| !ours.contains_key(*k)).collect();
         let extra: Vec<_> = ours.keys().filter(|k| !keys.contains_key(*k)).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "{title}: missing {missing:?} extra {extra:?}");
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{title}: missing {missing:?} extra {extra:?}"
+        );
         for (k, shape) in &keys {
             assert_eq!(&ours[k], shape, "{title}: shape of {k}");
         }
@@ -77,8 +100,17 @@ fn varstore_paths_are_the_original_keys_for_every_variant() {
             .filter(|(k, _)| !k.contains("running_") && !k.ends_with("num_batches_tracked"))
             .map(|(_, s)| s.iter().product::<i64>())
             .sum();
-        let want: i64 = title.split("total_params=").nth(1).unwrap().trim().parse().unwrap();
+        let want: i64 = title
+            .split("total_params=")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         let tracked: i64 = ours.keys().filter(|k| k.ends_with("num_batches_tracked")).count() as i64;
-        assert!(total == want || total + tracked == want, "{title}: {total} params vs {want}");
+        assert!(
+            total == want || total + tracked == want,
+            "{title}: {total} params vs {want}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use ctmask::model::{det_init, MaskRcnn, Target};
+use ctmask::model::{MaskRcnn, Target, det_init};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
 
@@ -32,10 +32,13 @@ fn detect_returns_consistent_shapes_and_masks() {
         assert_eq!(m.size(), vec![k, size, size]);
         if k > 0 {
             let s: Vec<f32> = Vec::try_from(&d.scores).unwrap();
-            assert!(s.windows(2).all(|w| w[0] >= w[1]) || s.len() < 2 || true);
+            assert!(s.windows(2).all(|w| w[0] >= w[1]), "scores descend");
             assert!(s.iter().all(|&v| v > cfg.box_score_thresh as f32 && v <= 1.0));
             let b: Vec<Vec<f32>> = Vec::try_from(&d.boxes).unwrap();
-            assert!(b.iter().all(|r| r[0] >= 0.0 && r[2] <= size as f32 && r[0] <= r[2]));
+            assert!(
+                b.iter()
+                    .all(|r| r[0] >= 0.0 && r[2] <= size as f32 && r[0] <= r[2])
+            );
         }
     }
 }
@@ -58,13 +61,18 @@ fn save_load_round_trip_is_exact_and_strict() {
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"not a model").unwrap();
     let e = MaskRcnn::load(&junk, Device::Cpu).unwrap_err().to_string();
-    assert!(e.contains("junk.safetensors") && e.contains("not a safetensors"), "{e}");
+    assert!(
+        e.contains("junk.safetensors") && e.contains("not a safetensors"),
+        "{e}"
+    );
     let bytes = std::fs::read(&path).unwrap();
     let cut = dir.path().join("cut.safetensors");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let e = MaskRcnn::load(&cut, Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("cut.safetensors"), "{e}");
-    let e = MaskRcnn::load(&dir.path().join("none.safetensors"), Device::Cpu).unwrap_err().to_string();
+    let e = MaskRcnn::load(&dir.path().join("none.safetensors"), Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("none.safetensors"), "{e}");
     // a model file of another architecture: the mismatch is named
     let mut other = cfg.clone();
@@ -72,7 +80,9 @@ fn save_load_round_trip_is_exact_and_strict() {
     other.class_names = vec!["lesion".into()];
     let m2 = MaskRcnn::new(&other, Device::Cpu).unwrap();
     let vars = m2.vs.variables();
-    let e = ctmask::model::weights::load_into(&path, &bytes, &vars).unwrap_err().to_string();
+    let e = ctmask::model::weights::load_into(&path, &bytes, &vars)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("cls_score.weight") && e.contains("shape"), "{e}");
 }
 
@@ -80,14 +90,24 @@ fn save_load_round_trip_is_exact_and_strict() {
 fn bad_images_are_errors_not_panics() {
     let model = MaskRcnn::new(&tiny_config(), Device::Cpu).unwrap();
     assert!(model.detect(&[]).is_err());
-    assert!(model.detect(&[Tensor::zeros([3, 0, 10], (Kind::Float, Device::Cpu))]).is_err());
-    assert!(model.detect(&[Tensor::zeros([10, 10], (Kind::Float, Device::Cpu))]).is_err());
+    assert!(
+        model
+            .detect(&[Tensor::zeros([3, 0, 10], (Kind::Float, Device::Cpu))])
+            .is_err()
+    );
+    assert!(
+        model
+            .detect(&[Tensor::zeros([10, 10], (Kind::Float, Device::Cpu))])
+            .is_err()
+    );
 }
 
 fn target_for_blob(size: i64) -> Target {
     let y = Tensor::arange(size, (Kind::Float, Device::Cpu)).view([-1, 1]);
     let x = Tensor::arange(size, (Kind::Float, Device::Cpu)).view([1, -1]);
-    let m = ((y - 40.0).square() + (x - 30.0).square()).lt(100.0).to_kind(Kind::Uint8);
+    let m = ((y - 40.0).square() + (x - 30.0).square())
+        .lt(100.0)
+        .to_kind(Kind::Uint8);
     Target {
         boxes: Tensor::from_slice(&[20f32, 30., 40., 50.]).view([1, 4]),
         labels: Tensor::from_slice(&[1i64]),
@@ -126,10 +146,17 @@ fn training_overfits_a_few_slices() {
     let model = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
     let mut opt = tch::nn::Adam::default().build(&model.vs, 1e-3).unwrap();
     let img = blob_image(96);
-    let first = model.losses(&[img.shallow_clone()], &[target_for_blob(96)]).unwrap().total().double_value(&[]);
+    let first = model
+        .losses(&[img.shallow_clone()], &[target_for_blob(96)])
+        .unwrap()
+        .total()
+        .double_value(&[]);
     let mut last = first;
     for _ in 0..15 {
-        let l = model.losses(&[img.shallow_clone()], &[target_for_blob(96)]).unwrap().total();
+        let l = model
+            .losses(&[img.shallow_clone()], &[target_for_blob(96)])
+            .unwrap()
+            .total();
         opt.backward_step(&l);
         last = l.double_value(&[]);
     }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use ctmask::model::config::{ModelConfig, Semantics};
-use ctmask::model::{det_init, MaskRcnn};
+use ctmask::model::{MaskRcnn, det_init};
 use ctmask::ops::sampler::Sampled;
 use tch::{Device, Kind, Tensor};
 
@@ -17,11 +17,16 @@ fn fixtures() -> PathBuf {
 }
 
 fn load(name: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixtures().join(name)).unwrap().into_iter().collect()
+    Tensor::read_safetensors(fixtures().join(name))
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 pub fn image(i: usize) -> Tensor {
-    let img = image::open(fixtures().join(format!("image{i}.png"))).unwrap().to_rgb8();
+    let img = image::open(fixtures().join(format!("image{i}.png")))
+        .unwrap()
+        .to_rgb8();
     let (w, h) = img.dimensions();
     ctmask::model::transform::tensor_from_rgb(img.as_raw(), w, h, Device::Cpu).unwrap()
 }
@@ -39,11 +44,17 @@ pub fn model(variant: &str, semantics: Semantics) -> MaskRcnn {
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
 }
 
 fn close(name: &str, got: f64, want: f64, tol: f64) {
-    assert!((got - want).abs() <= tol * want.abs().max(1.0), "{name}: ctmask {got} vs torchvision {want}");
+    assert!(
+        (got - want).abs() <= tol * want.abs().max(1.0),
+        "{name}: ctmask {got} vs torchvision {want}"
+    );
 }
 
 fn check_detections(variant: &str) {
@@ -60,11 +71,19 @@ fn check_detections(variant: &str) {
         assert!(db <= 1e-2, "{variant} img{i}: boxes differ by {db}");
         let ds = max_abs(&d.scores, p("det.scores"));
         assert!(ds <= 1e-4, "{variant} img{i}: scores differ by {ds}");
-        let areas: Vec<i64> = Vec::try_from(d.binary_masks(ctmask::model::sigmoid(0.5)).unwrap().sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Int64)).unwrap();
+        let areas: Vec<i64> = Vec::try_from(
+            d.binary_masks(ctmask::model::sigmoid(0.5))
+                .unwrap()
+                .sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Int64),
+        )
+        .unwrap();
         let want: Vec<i64> = Vec::try_from(p("det.mask_area_gt_sigmoid05")).unwrap();
         for (j, (a, w)) in areas.iter().zip(&want).enumerate() {
             let tol = (*w as f64 * 0.01).max(1.0);
-            assert!(((a - w) as f64).abs() <= tol, "{variant} img{i} det {j}: mask area {a} vs {w}");
+            assert!(
+                ((a - w) as f64).abs() <= tol,
+                "{variant} img{i} det {j}: mask area {a} vs {w}"
+            );
         }
     }
 }
@@ -87,7 +106,10 @@ fn r50_fpn4_detections_equal_torchvision() {
 fn unpack_masks(fx: &HashMap<String, Tensor>) -> Tensor {
     let shape: Vec<i64> = Vec::try_from(&fx["loss.gt.mask_shape"]).unwrap();
     let packed: Vec<u8> = Vec::try_from(fx["loss.gt.masks_packbits"].flatten(0, -1)).unwrap();
-    let bits: Vec<u8> = packed.iter().flat_map(|b| (0..8).rev().map(move |k| (b >> k) & 1)).collect();
+    let bits: Vec<u8> = packed
+        .iter()
+        .flat_map(|b| (0..8).rev().map(move |k| (b >> k) & 1))
+        .collect();
     let n: i64 = shape.iter().product();
     Tensor::from_slice(&bits[..n as usize]).view(shape.as_slice())
 }
@@ -98,7 +120,11 @@ fn check_losses(variant: &str) {
     let f = |k: &str| fx[&format!("loss.{k}")].shallow_clone();
     for semantics in [Semantics::Torchvision, Semantics::Original] {
         let m = model(variant, semantics);
-        let prefix = if semantics == Semantics::Torchvision { "losses" } else { "losses_v030" };
+        let prefix = if semantics == Semantics::Torchvision {
+            "losses"
+        } else {
+            "losses_v030"
+        };
         let want = |k: &str| f(&format!("{prefix}.{k}")).double_value(&[]);
         let batch = ctmask::model::transform::batch_images(&[image(0)], &m.cfg).unwrap();
         let feats = m.backbone.forward_t(&batch.tensors, false);
@@ -106,32 +132,79 @@ fn check_losses(variant: &str) {
         let gt_boxes = f("gt.boxes");
         let (labels, matched) = m.rpn.assign_targets(&out.anchors, &gt_boxes);
         let targets = m.rpn.box_coder.encode(&matched, &out.anchors);
-        let sampled = Sampled { positive: f("rpn.sampled_pos"), negative: f("rpn.sampled_neg") };
+        let sampled = Sampled {
+            positive: f("rpn.sampled_pos"),
+            negative: f("rpn.sampled_neg"),
+        };
         let order = Tensor::cat(&[f("rpn.sampled_pos"), f("rpn.sampled_neg")], 0);
-        assert!(labels.index_select(0, &order).equal(&f("rpn.labels_sampled")), "{variant}: anchor labels");
-        let dobj = max_abs(&out.objectness.get(0).index_select(0, &order), &f("rpn.objectness_sampled"));
+        assert!(
+            labels.index_select(0, &order).equal(&f("rpn.labels_sampled")),
+            "{variant}: anchor labels"
+        );
+        let dobj = max_abs(
+            &out.objectness.get(0).index_select(0, &order),
+            &f("rpn.objectness_sampled"),
+        );
         assert!(dobj < 1e-4, "{variant}: objectness differs by {dobj}");
         let (obj, rpn_box) = m.rpn.loss(&out, &[labels], &[targets], &[sampled]);
-        close("loss_objectness", obj.double_value(&[]), want("loss_objectness"), 1e-4);
-        close("loss_rpn_box_reg", rpn_box.double_value(&[]), want("loss_rpn_box_reg"), 1e-4);
+        close(
+            "loss_objectness",
+            obj.double_value(&[]),
+            want("loss_objectness"),
+            1e-4,
+        );
+        close(
+            "loss_rpn_box_reg",
+            rpn_box.double_value(&[]),
+            want("loss_rpn_box_reg"),
+            1e-4,
+        );
 
         let props = f("roi.proposals_with_gt");
         let (matched, roi_labels) = m.roi_heads.assign(&props, &gt_boxes, &f("gt.labels"));
-        let s = m.roi_heads.samples_at(&props, &gt_boxes, &matched, &roi_labels, &f("roi.sampled_inds"));
+        let s = m
+            .roi_heads
+            .samples_at(&props, &gt_boxes, &matched, &roi_labels, &f("roi.sampled_inds"));
         assert!(s.labels.equal(&f("roi.labels")), "{variant}: RoI labels");
-        assert!(s.matched_idxs.equal(&f("roi.matched_gt")), "{variant}: matched GT");
+        assert!(
+            s.matched_idxs.equal(&f("roi.matched_gt")),
+            "{variant}: matched GT"
+        );
         let rl = m.cfg.roi_levels();
-        let (logits, regression) = m.roi_heads.box_forward(&feats[..rl], &[s.proposals.shallow_clone()], &[(512, 512)]);
+        let (logits, regression) =
+            m.roi_heads
+                .box_forward(&feats[..rl], &[s.proposals.shallow_clone()], &[(512, 512)]);
         let dl = max_abs(&logits, &f("roi.class_logits"));
         assert!(dl < 1e-4, "{variant}: class logits differ by {dl}");
-        let (cls, box_reg) = m.roi_heads.fastrcnn_loss(&logits, &regression, &s.labels, &s.regression_targets);
-        close("loss_classifier", cls.double_value(&[]), want("loss_classifier"), 1e-4);
-        close("loss_box_reg", box_reg.double_value(&[]), want("loss_box_reg"), 1e-4);
+        let (cls, box_reg) =
+            m.roi_heads
+                .fastrcnn_loss(&logits, &regression, &s.labels, &s.regression_targets);
+        close(
+            "loss_classifier",
+            cls.double_value(&[]),
+            want("loss_classifier"),
+            1e-4,
+        );
+        close(
+            "loss_box_reg",
+            box_reg.double_value(&[]),
+            want("loss_box_reg"),
+            1e-4,
+        );
 
         let pos = f("mask.pos_in_sampled");
         let pboxes = s.proposals.index_select(0, &pos);
-        let mask_logits = m.roi_heads.mask_forward(&feats[..rl], &[pboxes.shallow_clone()], &[(512, 512)]).unwrap();
-        let loss_mask = m.roi_heads.mask_loss(&mask_logits, &pboxes, &unpack_masks(&fx), &s.labels.index_select(0, &pos), &s.matched_idxs.index_select(0, &pos));
+        let mask_logits = m
+            .roi_heads
+            .mask_forward(&feats[..rl], &[pboxes.shallow_clone()], &[(512, 512)])
+            .unwrap();
+        let loss_mask = m.roi_heads.mask_loss(
+            &mask_logits,
+            &pboxes,
+            &unpack_masks(&fx),
+            &s.labels.index_select(0, &pos),
+            &s.matched_idxs.index_select(0, &pos),
+        );
         close("loss_mask", loss_mask.double_value(&[]), want("loss_mask"), 1e-4);
     }
 }
@@ -161,8 +234,14 @@ fn operators_equal_torchvision() {
             let d = max_abs(&out, &g(&format!("roi_align.scale{name}.{sname}.output")));
             assert!(d < 1e-4, "roi_align scale {name} {sname}: forward differs by {d}");
             (out * g("roi_align.grad_output")).sum(Kind::Float).backward();
-            let dg = max_abs(&x.grad(), &g(&format!("roi_align.scale{name}.{sname}.grad_input")));
-            assert!(dg < 1e-3, "roi_align scale {name} {sname}: backward differs by {dg}");
+            let dg = max_abs(
+                &x.grad(),
+                &g(&format!("roi_align.scale{name}.{sname}.grad_input")),
+            );
+            assert!(
+                dg < 1e-3,
+                "roi_align scale {name} {sname}: backward differs by {dg}"
+            );
         }
     }
     for t in ["0.5", "0.75"] {
@@ -170,35 +249,62 @@ fn operators_equal_torchvision() {
         let keep = nms::nms(&g("nms.boxes"), &g("nms.scores"), th);
         assert!(keep.equal(&g(&format!("nms.keep_iou{t}"))), "nms {t}");
         let keep = nms::batched_nms(&g("nms.boxes"), &g("nms.scores"), &g("nms.idxs"), th);
-        assert!(keep.equal(&g(&format!("batched_nms.keep_iou{t}"))), "batched nms {t}");
+        assert!(
+            keep.equal(&g(&format!("batched_nms.keep_iou{t}"))),
+            "batched nms {t}"
+        );
     }
-    for (w, name) in [([1.0, 1.0, 1.0, 1.0], "w1111"), ([10.0, 10.0, 5.0, 5.0], "w10_10_5_5")] {
+    for (w, name) in [
+        ([1.0, 1.0, 1.0, 1.0], "w1111"),
+        ([10.0, 10.0, 5.0, 5.0], "w10_10_5_5"),
+    ] {
         let c = BoxCoder::new(w);
         let e = c.encode(&g("box_coder.reference"), &g("box_coder.proposals"));
-        assert!(max_abs(&e, &g(&format!("box_coder.{name}.encoded"))) < 1e-5, "encode {name}");
+        assert!(
+            max_abs(&e, &g(&format!("box_coder.{name}.encoded"))) < 1e-5,
+            "encode {name}"
+        );
         let d = c.decode(&g(&format!("box_coder.{name}.codes")), &g("box_coder.proposals"));
-        assert!(max_abs(&d, &g(&format!("box_coder.{name}.decoded"))) < 1e-3, "decode {name}");
+        assert!(
+            max_abs(&d, &g(&format!("box_coder.{name}.decoded"))) < 1e-3,
+            "decode {name}"
+        );
     }
     let m = Matcher::new(0.7, 0.3, true).matches(&g("matcher.iou"));
     assert!(m.equal(&g("matcher.rpn_0.7_0.3_lowq")), "rpn matcher");
     let m = Matcher::new(0.75, 0.5, false).matches(&g("matcher.iou"));
     assert!(m.equal(&g("matcher.roi_0.75_0.5")), "roi matcher");
     let hw: Vec<i64> = Vec::try_from(g("paste.image_hw")).unwrap();
-    let pasted = ctmask::model::transform::paste_masks(&g("paste.masks").squeeze_dim(1), &g("paste.boxes"), (hw[0], hw[1]));
+    let pasted = ctmask::model::transform::paste_masks(
+        &g("paste.masks").squeeze_dim(1),
+        &g("paste.boxes"),
+        (hw[0], hw[1]),
+    );
     let dp = max_abs(&pasted, &g("paste.output").squeeze_dim(1));
     assert!(dp < 1e-5, "paste differs by {dp}");
     let lv = roi_align::map_levels(&g("levels.boxes"), 2, 5) + 2;
     assert!(lv.equal(&g("levels.level_k2_5")), "level mapper");
     let feats: Vec<Tensor> = (0..4).map(|i| g(&format!("msroialign.feature.{i}"))).collect();
     let hw: Vec<i64> = Vec::try_from(g("msroialign.image_hw")).unwrap();
-    let pooled = roi_align::MultiScaleRoiAlign { output_size: 7, sampling_ratio: 2 }.pool(&feats, &[g("msroialign.boxes")], &[(hw[0], hw[1])]);
+    let pooled = roi_align::MultiScaleRoiAlign {
+        output_size: 7,
+        sampling_ratio: 2,
+    }
+    .pool(&feats, &[g("msroialign.boxes")], &[(hw[0], hw[1])]);
     let dm = max_abs(&pooled, &g("msroialign.output"));
     assert!(dm < 1e-4, "MultiScaleRoIAlign differs by {dm}");
     let cell = ctmask::model::anchors::base_anchors(&[2., 4., 8., 16., 32.], &[0.1, 0.25, 0.5, 1., 1.5, 2.]);
     assert!(max_abs(&cell, &g("anchors.cell")) == 0.0, "base anchors");
-    let generator = ctmask::model::anchors::AnchorGenerator::new(vec![vec![2., 4., 8., 16., 32.]; 2], vec![vec![0.1, 0.25, 0.5, 1., 1.5, 2.]; 2], ctmask::model::config::AnchorStride::Floor);
+    let generator = ctmask::model::anchors::AnchorGenerator::new(
+        vec![vec![2., 4., 8., 16., 32.]; 2],
+        vec![vec![0.1, 0.25, 0.5, 1., 1.5, 2.]; 2],
+        ctmask::model::config::AnchorStride::Floor,
+    );
     let a = generator.anchors((64, 96), &[(4, 6), (2, 3)], Device::Cpu);
-    assert!(max_abs(&a, &g("anchors.image_64x96_feats_4x6_2x3")) == 0.0, "anchors");
+    assert!(
+        max_abs(&a, &g("anchors.image_64x96_feats_4x6_2x3")) == 0.0,
+        "anchors"
+    );
 }
 
 /// COVID-CT-Mask-Net's classification path (§4.2-4.4) against the Python reference built on
@@ -213,14 +319,22 @@ fn check_classifier(variant: &str, n: i64, s: i64) {
     for i in 0..2 {
         let p = |k: &str| &fx[&format!("img{i}.{k}")];
         let ranked = m.ranked(&image(i), false).unwrap();
-        assert_eq!(ranked.size()[0], p("count").int64_value(&[]), "{variant} img{i}: rows kept");
+        assert_eq!(
+            ranked.size()[0],
+            p("count").int64_value(&[]),
+            "{variant} img{i}: rows kept"
+        );
         let d = max_abs(&ranked, p("ranked"));
         assert!(d < 1e-4, "{variant} img{i}: ranked rows differ by {d}");
         let c = m.classify(&image(i)).unwrap();
         assert!(!c.padded && !c.no_detections);
         let want: Vec<f32> = Vec::try_from(p("logits")).unwrap();
         for (g, w) in c.logits.iter().zip(&want) {
-            assert!((g - w).abs() < 1e-4, "{variant} img{i}: logits {:?} vs {want:?}", c.logits);
+            assert!(
+                (g - w).abs() < 1e-4,
+                "{variant} img{i}: logits {:?} vs {want:?}",
+                c.logits
+            );
         }
     }
 }

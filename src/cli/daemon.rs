@@ -1,0 +1,125 @@
+//! `ctmask daemon` and `ctmask status`.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::daemon::ops::ShutdownSignal;
+use crate::daemon::worker::{MakeScreener, Screener};
+use crate::device::DeviceChoice;
+use crate::screening::ModelScreener;
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Config file (default: config/ctmask.yaml, then /etc/ctmask/ctmask.yaml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// The device of a daemon `device:` setting (auto, cpu, cuda, cuda:N).
+fn device_of(setting: &str) -> anyhow::Result<tch::Device> {
+    crate::device::init();
+    Ok(match setting {
+        "auto" => DeviceChoice::Auto.resolve()?,
+        "cpu" => tch::Device::Cpu,
+        "cuda" => DeviceChoice::Cuda.resolve()?,
+        s => {
+            let i: usize = s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("bad device {s:?}"))?;
+            DeviceChoice::Cuda.resolve()?;
+            tch::Device::Cuda(i)
+        }
+    })
+}
+
+/// The screener factory the daemon runs on its worker thread.
+pub fn make_screener(cfg: &Config) -> MakeScreener {
+    let models = cfg.models.clone();
+    let settings = cfg.screening.clone();
+    let device = cfg.daemon.device.clone();
+    let threads = cfg.threads.map(|t| t.0);
+    Box::new(move || {
+        let device = device_of(&device).map_err(|e| e.to_string())?;
+        crate::device::set_threads(threads);
+        let s = ModelScreener::new(&models, device, settings).map_err(|e| e.to_string())?;
+        tracing::info!(device = %crate::device::device_name(device), "models loaded");
+        Ok(Box::new(s) as Box<dyn Screener>)
+    })
+}
+
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<(PathBuf, Config)> {
+    let path = path.map(Path::to_path_buf).unwrap_or_else(Config::default_path);
+    let cfg = Config::load(&path)?;
+    Ok((path, cfg))
+}
+
+pub fn run_daemon(a: &DaemonArgs) -> anyhow::Result<()> {
+    let (path, cfg) = load_config(a.config.as_deref())?;
+    tracing::info!(config = %path.display(), "starting; {}", crate::DISCLAIMER);
+    let shutdown = ShutdownSignal::new();
+    shutdown.install_os_handlers()?;
+    let reload_path = path.clone();
+    shutdown.set_reloader(Box::new(move || {
+        Config::load(&reload_path)
+            .map(|c| c.daemon)
+            .map_err(|e| e.to_string())
+    }));
+    let screener = make_screener(&cfg);
+    crate::daemon::run(cfg.daemon, screener, shutdown)?;
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Config file naming the socket (default: config/ctmask.yaml, then /etc/ctmask/ctmask.yaml).
+    #[arg(long, conflicts_with = "socket")]
+    pub config: Option<PathBuf>,
+    /// The daemon's socket.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Print the snapshot as JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The socket a command should talk to.
+pub fn socket_path(socket: Option<&Path>, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match socket {
+        Some(s) => Ok(s.to_path_buf()),
+        None => Ok(load_config(config)?.1.daemon.socket),
+    }
+}
+
+pub fn run_status(a: &StatusArgs) -> anyhow::Result<()> {
+    let socket = socket_path(a.socket.as_deref(), a.config.as_deref())?;
+    let s = crate::daemon::status_client(&socket)
+        .map_err(|e| anyhow::anyhow!("{}: cannot reach the daemon: {e}", socket.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!(
+        "ctmask daemon {} (pid {}), up {:.0} s, device {}",
+        s.daemon_version, s.pid, s.uptime_s, s.device
+    );
+    for m in &s.models {
+        println!("  model {} {}", m.name, &m.sha256[..m.sha256.len().min(12)]);
+    }
+    println!(
+        "intake {}{}",
+        if s.intake.paused { "paused" } else { "running" },
+        if s.intake.reasons.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", s.intake.reasons.join("; "))
+        }
+    );
+    let c = &s.counts;
+    println!(
+        "jobs: {} pending, {} running, {} done, {} failed, {} quarantined",
+        c.pending, c.running, c.done, c.failed, c.quarantined
+    );
+    println!("{}", crate::DISCLAIMER);
+    Ok(())
+}

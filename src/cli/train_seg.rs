@@ -1,0 +1,320 @@
+//! `ctmask train-segmentation` and `ctmask evaluate-segmentation`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::data::cncb::{CncbDataset, CncbOptions, Labelling, MaskType, TargetOptions};
+use crate::device::DeviceChoice;
+use crate::eval::{MaskInstance, SegmentationEvaluator};
+use crate::model::{MaskRcnn, ModelConfig};
+use crate::train::{SegTrainOptions, train_segmentation};
+
+/// Mask types of the CNCB masks.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum MaskTypeArg {
+    /// GGO and consolidation as two classes (3 with background).
+    Both,
+    /// GGO only (consolidation becomes background).
+    Ggo,
+    /// GGO and consolidation merged into one lesion class.
+    Merge,
+}
+
+impl From<MaskTypeArg> for MaskType {
+    fn from(m: MaskTypeArg) -> Self {
+        match m {
+            MaskTypeArg::Both => MaskType::Both,
+            MaskTypeArg::Ggo => MaskType::Ggo,
+            MaskTypeArg::Merge => MaskType::Merge,
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataArgs {
+    /// A CNCB-layout folder with `imgs/` and `masks/`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// A split file of `<patient>_<slice>.jpg` lines selecting the images.
+    #[arg(long)]
+    pub split: Option<PathBuf>,
+    /// Mask type: both, ggo or merge.
+    #[arg(long, value_enum, default_value = "both")]
+    pub mask_type: MaskTypeArg,
+    /// Label classes by the original's per-slice rank of the mask value (its quirk, §9 item 5)
+    /// instead of by value.
+    #[arg(long)]
+    pub original_labels: bool,
+    /// Drop ground-truth regions of at most this many pixels.
+    #[arg(long, default_value_t = 100)]
+    pub min_area: u32,
+}
+
+impl DataArgs {
+    pub fn open(&self, data: &Path) -> anyhow::Result<CncbDataset> {
+        let opts = CncbOptions {
+            targets: TargetOptions {
+                mask_type: self.mask_type.into(),
+                labelling: if self.original_labels {
+                    Labelling::OriginalRank
+                } else {
+                    Labelling::ByValue
+                },
+                area_threshold: self.min_area,
+            },
+            slice: Default::default(),
+        };
+        CncbDataset::open(
+            &data.join("imgs"),
+            &data.join("masks"),
+            self.split.as_deref(),
+            opts,
+        )
+        .with_context(|| format!("{}: cannot open the CNCB data set", data.display()))
+    }
+
+    pub fn classes(&self) -> Vec<String> {
+        match self.mask_type {
+            MaskTypeArg::Both => vec!["ggo".into(), "consolidation".into()],
+            MaskTypeArg::Ggo => vec!["ggo".into()],
+            MaskTypeArg::Merge => vec!["lesion".into()],
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainSegArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// A CNCB-layout validation folder (losses each epoch).
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Where checkpoints, the CSV log and the loss plot go.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Architecture preset (r50-fpn4, r50-fpn5-frozenbn, r50-fpn5, r18-t0..2, r34-t0..2).
+    #[arg(long, default_value = "r50-fpn4")]
+    pub preset: String,
+    /// A YAML file of ModelConfig fields overriding the preset (min_size, anchors, ...).
+    #[arg(long)]
+    pub model_config: Option<PathBuf>,
+    #[arg(long, default_value_t = 50)]
+    pub epochs: usize,
+    /// Adam learning rate (the original: 1e-5).
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr: f64,
+    /// L2 weight decay folded into Adam (the original: 1e-3).
+    #[arg(long, default_value_t = 1e-3)]
+    pub weight_decay: f64,
+    /// Save a checkpoint every N epochs (and at the end).
+    #[arg(long, default_value_t = 10)]
+    pub save_every: usize,
+    /// Continue from a checkpoint written by this command (its optimizer state beside it).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Seed of torch's generator (sampling, shuffling).
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// Run the validation pass in train mode, as the original does.
+    #[arg(long)]
+    pub val_train_mode: bool,
+    /// Random flips and small intensity jitter (the original has none).
+    #[arg(long)]
+    pub augment: bool,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Name used for checkpoint files.
+    #[arg(long, default_value = "ctmask_segmentation")]
+    pub model_name: String,
+}
+
+/// The preset, with overrides from a YAML file of ModelConfig fields.
+pub fn model_config(
+    preset: &str,
+    overrides: Option<&Path>,
+    classes: Vec<String>,
+) -> anyhow::Result<ModelConfig> {
+    let mut cfg = ModelConfig::preset(preset).with_context(|| {
+        format!(
+            "unknown preset {preset:?}; known: {}",
+            ModelConfig::PRESETS.join(", ")
+        )
+    })?;
+    cfg.num_classes = classes.len() as i64 + 1;
+    cfg.class_names = classes;
+    if let Some(p) = overrides {
+        let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+        let mut v = serde_json::to_value(&cfg)?;
+        let o: serde_json::Value =
+            serde_yaml_ng::from_str(&text).with_context(|| format!("{}: bad YAML", p.display()))?;
+        if let (Some(base), Some(over)) = (v.as_object_mut(), o.as_object()) {
+            for (k, val) in over {
+                anyhow::ensure!(base.contains_key(k), "{}: unknown model setting {k}", p.display());
+                base.insert(k.clone(), val.clone());
+            }
+        }
+        cfg = serde_json::from_value(v).with_context(|| format!("{}: bad model setting", p.display()))?;
+    }
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("invalid model config: {e}"))?;
+    Ok(cfg)
+}
+
+pub fn run_train(a: &TrainSegArgs) -> anyhow::Result<()> {
+    let device = a.device.resolve()?;
+    crate::device::set_threads(None);
+    let train = a.data.open(&a.data.data)?;
+    let val = a.val.as_deref().map(|v| a.data.open(v)).transpose()?;
+    let model = match &a.resume {
+        Some(ckpt) => MaskRcnn::load(ckpt, device)?,
+        None => MaskRcnn::new(
+            &model_config(&a.preset, a.model_config.as_deref(), a.data.classes())?,
+            device,
+        )?,
+    };
+    eprintln!("{}", crate::DISCLAIMER);
+    eprintln!(
+        "training on {} slices ({} validation)",
+        train.len(),
+        val.as_ref().map_or(0, |v| v.len())
+    );
+    let opts = SegTrainOptions {
+        out: a.out.clone(),
+        epochs: a.epochs,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        save_every: a.save_every,
+        seed: a.seed,
+        val_train_mode: a.val_train_mode,
+        augment: a.augment,
+        device,
+        model_name: a.model_name.clone(),
+    };
+    let last = train_segmentation(&model, &train, val.as_ref(), &opts, a.resume.as_deref())?;
+    println!("{}", last.display());
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvalSegArgs {
+    /// The segmentation model.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Detection score threshold (the original's evaluation: 0.75).
+    #[arg(long, default_value_t = 0.75)]
+    pub confidence: f64,
+    /// RoI NMS threshold (the original's evaluation: 0.75).
+    #[arg(long, default_value_t = 0.75)]
+    pub roi_nms: f64,
+    /// Detections per image (the original's evaluation: 128).
+    #[arg(long, default_value_t = 128)]
+    pub detections: i64,
+    /// Mask probability threshold (sigmoid(0.5): the original's logit > 0.5).
+    #[arg(long)]
+    pub mask_threshold: Option<f64>,
+    /// Write the metrics as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+/// Evaluate a model on a data set with the given inference settings.
+pub fn evaluate(
+    model: &mut MaskRcnn,
+    data: &CncbDataset,
+    confidence: f64,
+    mask_threshold: f64,
+) -> anyhow::Result<crate::eval::SegmentationMetrics> {
+    let mut cfg = model.cfg.clone();
+    cfg.box_score_thresh = confidence;
+    model.set_config(cfg)?;
+    let mut ev = SegmentationEvaluator::default();
+    for i in 0..data.len() {
+        let (slice, inst, path) = data.item(i).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let img =
+            crate::model::transform::tensor_from_rgb(&slice.rgb, slice.width, slice.height, model.device())?;
+        let d = model.detect(&[img])?.remove(0);
+        let gts = inst
+            .iter()
+            .map(|g| MaskInstance {
+                label: g.label,
+                score: 1.0,
+                mask: g.mask.iter().map(|&v| v != 0).collect(),
+            })
+            .collect();
+        let preds = match d.binary_masks(mask_threshold) {
+            Some(m) if !d.is_empty() => {
+                let labels: Vec<i64> = Vec::try_from(&d.labels)?;
+                let scores: Vec<f32> = Vec::try_from(&d.scores)?;
+                let flat: Vec<bool> = Vec::try_from(m.flatten(0, -1).to_device(tch::Device::Cpu))?;
+                let hw = (slice.width * slice.height) as usize;
+                labels
+                    .iter()
+                    .zip(&scores)
+                    .enumerate()
+                    .map(|(k, (&label, &score))| MaskInstance {
+                        label,
+                        score,
+                        mask: flat[k * hw..(k + 1) * hw].to_vec(),
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        tracing::debug!(image = %path.display(), "evaluated");
+        ev.add(preds, gts);
+    }
+    Ok(ev.finish(&model.cfg.class_names))
+}
+
+pub fn run_eval(a: &EvalSegArgs) -> anyhow::Result<()> {
+    let device = a.device.resolve()?;
+    crate::device::set_threads(None);
+    let data = a.data.open(&a.data.data)?;
+    let mut model = MaskRcnn::load(&a.model, device)?;
+    let mut cfg = model.cfg.clone();
+    cfg.box_nms_thresh = a.roi_nms;
+    cfg.box_detections_per_img = a.detections;
+    model.set_config(cfg)?;
+    let th = a
+        .mask_threshold
+        .unwrap_or_else(crate::model::default_mask_threshold);
+    let m = evaluate(&mut model, &data, a.confidence, th)?;
+    println!(
+        "{} images; mask AP (the original's per-image metric, §2.9) and COCO-style:",
+        m.images
+    );
+    println!("{:<12} {:>10} {:>10}", "IoU", "per-image", "");
+    for (t, ap) in &m.per_threshold {
+        println!("{:<12.2} {:>10.4}", t, ap);
+    }
+    println!(
+        "{:<12} {:>10.4} {:>10}",
+        "AP@0.5",
+        m.ap_50,
+        format!("coco {:.4}", m.coco_ap_50)
+    );
+    println!(
+        "{:<12} {:>10.4} {:>10}",
+        "AP@0.75",
+        m.ap_75,
+        format!("coco {:.4}", m.coco_ap_75)
+    );
+    println!(
+        "{:<12} {:>10.4} {:>10}",
+        "mAP",
+        m.map_50_95,
+        format!("coco {:.4}", m.coco_map_50_95)
+    );
+    for (l, n, ap) in &m.per_class_ap_50 {
+        println!("class {l} {n:<14} AP@0.5 {ap:.4}");
+    }
+    if let Some(p) = &a.json {
+        crate::fsutil::write_atomic(p, serde_json::to_string_pretty(&m)?.as_bytes())?;
+    }
+    Ok(())
+}

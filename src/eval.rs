@@ -1,0 +1,357 @@
+//! Metrics. Segmentation: the original's per-image mask AP (spec §2.9: matterport-style
+//! matching that loops over ground truths, AP per image, images without predictions or ground
+//! truth scored by the table below, averaged over all images) beside a COCO-style dataset-level
+//! mask AP. Classification: the confusion matrix and the figures derived from it.
+//!
+//! | predictions | ground truth | AP of the image |
+//! |---|---|---|
+//! | yes | yes | computed |
+//! | no | no | 1 |
+//! | no | yes | 0 |
+//! | yes | no | 0 |
+
+use serde::Serialize;
+
+/// One predicted or ground-truth instance of an image: class label and a binary mask.
+#[derive(Debug, Clone)]
+pub struct MaskInstance {
+    pub label: i64,
+    pub score: f32,
+    /// Row-major H*W, nonzero inside.
+    pub mask: Vec<bool>,
+}
+
+/// The original's ten IoU thresholds (`torch.arange(0.5, 1, 0.05)` in float32).
+pub fn iou_thresholds() -> Vec<f32> {
+    (0..10).map(|i| 0.5f32 + 0.05f32 * i as f32).collect()
+}
+
+/// IoU of two binary masks.
+pub fn mask_iou(a: &[bool], b: &[bool]) -> f64 {
+    let (mut inter, mut na, mut nb) = (0u64, 0u64, 0u64);
+    for (&x, &y) in a.iter().zip(b) {
+        na += u64::from(x);
+        nb += u64::from(y);
+        inter += u64::from(x && y);
+    }
+    let union = na + nb - inter;
+    if union == 0 {
+        0.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+/// AP of one image at one threshold, exactly as the original computes it (§2.9).
+pub fn image_ap(preds: &[MaskInstance], gts: &[MaskInstance], threshold: f32) -> f64 {
+    match (preds.is_empty(), gts.is_empty()) {
+        (true, true) => return 1.0,
+        (true, false) | (false, true) => return 0.0,
+        _ => {}
+    }
+    let mut order: Vec<usize> = (0..preds.len()).collect();
+    order.sort_by(|&a, &b| preds[b].score.total_cmp(&preds[a].score));
+    let sorted: Vec<&MaskInstance> = order.iter().map(|&i| &preds[i]).collect();
+    let mut pred_matched = vec![false; sorted.len()];
+    for gt in gts {
+        let mut cands: Vec<(usize, f64)> = sorted
+            .iter()
+            .enumerate()
+            .map(|(j, p)| (j, mask_iou(&p.mask, &gt.mask)))
+            .filter(|&(_, iou)| iou > threshold as f64)
+            .collect();
+        cands.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if let Some(&(j, _)) = cands.iter().find(|&&(j, _)| sorted[j].label == gt.label) {
+            pred_matched[j] = true;
+        }
+    }
+    ap_from_matches(&pred_matched, gts.len())
+}
+
+/// matterport's AP from per-prediction matches (in score order) and the number of GT.
+pub fn ap_from_matches(matched: &[bool], num_gt: usize) -> f64 {
+    let mut precisions = vec![0.0];
+    let mut recalls = vec![0.0];
+    let mut hits = 0usize;
+    for (k, &m) in matched.iter().enumerate() {
+        hits += usize::from(m);
+        precisions.push(hits as f64 / (k + 1) as f64);
+        recalls.push(hits as f64 / num_gt as f64);
+    }
+    precisions.push(0.0);
+    recalls.push(1.0);
+    for i in (0..precisions.len() - 1).rev() {
+        precisions[i] = precisions[i].max(precisions[i + 1]);
+    }
+    (1..recalls.len())
+        .filter(|&i| recalls[i - 1] != recalls[i])
+        .map(|i| (recalls[i] - recalls[i - 1]) * precisions[i])
+        .sum()
+}
+
+/// Segmentation metrics of a data set.
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentationMetrics {
+    pub images: usize,
+    /// The original's per-image metric: mean over images at each threshold.
+    pub per_threshold: Vec<(f32, f64)>,
+    pub map_50_95: f64,
+    pub ap_50: f64,
+    pub ap_75: f64,
+    /// Per class (label, name): the original's per-image AP@0.5 restricted to that class.
+    pub per_class_ap_50: Vec<(i64, String, f64)>,
+    /// COCO-style dataset-level mask AP (101-point interpolation, greedy by score).
+    pub coco_map_50_95: f64,
+    pub coco_ap_50: f64,
+    pub coco_ap_75: f64,
+}
+
+/// Accumulates images and computes [`SegmentationMetrics`].
+#[derive(Debug, Default)]
+pub struct SegmentationEvaluator {
+    images: Vec<(Vec<MaskInstance>, Vec<MaskInstance>)>,
+}
+
+impl SegmentationEvaluator {
+    pub fn add(&mut self, preds: Vec<MaskInstance>, gts: Vec<MaskInstance>) {
+        self.images.push((preds, gts));
+    }
+
+    pub fn finish(&self, class_names: &[String]) -> SegmentationMetrics {
+        let ths = iou_thresholds();
+        let n = self.images.len().max(1) as f64;
+        let per_threshold: Vec<(f32, f64)> = ths
+            .iter()
+            .map(|&t| {
+                (
+                    t,
+                    self.images.iter().map(|(p, g)| image_ap(p, g, t)).sum::<f64>() / n,
+                )
+            })
+            .collect();
+        let map = per_threshold.iter().map(|x| x.1).sum::<f64>() / per_threshold.len() as f64;
+        let per_class = class_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let label = i as i64 + 1;
+                let only =
+                    |v: &[MaskInstance]| v.iter().filter(|m| m.label == label).cloned().collect::<Vec<_>>();
+                let ap = self
+                    .images
+                    .iter()
+                    .map(|(p, g)| image_ap(&only(p), &only(g), 0.5))
+                    .sum::<f64>()
+                    / n;
+                (label, name.clone(), ap)
+            })
+            .collect();
+        let coco: Vec<f64> = ths
+            .iter()
+            .map(|&t| self.coco_ap(t, class_names.len() as i64))
+            .collect();
+        SegmentationMetrics {
+            images: self.images.len(),
+            ap_50: per_threshold[0].1,
+            ap_75: per_threshold[5].1,
+            per_threshold,
+            map_50_95: map,
+            per_class_ap_50: per_class,
+            coco_map_50_95: coco.iter().sum::<f64>() / coco.len() as f64,
+            coco_ap_50: coco[0],
+            coco_ap_75: coco[5],
+        }
+    }
+
+    /// COCO-style AP at one threshold, averaged over classes that have ground truth.
+    fn coco_ap(&self, threshold: f32, classes: i64) -> f64 {
+        let mut aps = Vec::new();
+        for label in 1..=classes {
+            let num_gt: usize = self
+                .images
+                .iter()
+                .map(|(_, g)| g.iter().filter(|m| m.label == label).count())
+                .sum();
+            if num_gt == 0 {
+                continue;
+            }
+            let mut preds: Vec<(f32, usize, usize)> = Vec::new();
+            for (ii, (p, _)) in self.images.iter().enumerate() {
+                for (pi, m) in p.iter().enumerate() {
+                    if m.label == label {
+                        preds.push((m.score, ii, pi));
+                    }
+                }
+            }
+            preds.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let mut used: Vec<Vec<bool>> = self.images.iter().map(|(_, g)| vec![false; g.len()]).collect();
+            let mut tp = Vec::with_capacity(preds.len());
+            for &(_, ii, pi) in &preds {
+                let (p, g) = &self.images[ii];
+                let mut best = (-1.0f64, None);
+                for (gi, gt) in g.iter().enumerate() {
+                    if gt.label != label || used[ii][gi] {
+                        continue;
+                    }
+                    let iou = mask_iou(&p[pi].mask, &gt.mask);
+                    if iou >= threshold as f64 && iou > best.0 {
+                        best = (iou, Some(gi));
+                    }
+                }
+                if let (_, Some(gi)) = best {
+                    used[ii][gi] = true;
+                    tp.push(true);
+                } else {
+                    tp.push(false);
+                }
+            }
+            let mut prec = Vec::new();
+            let mut rec = Vec::new();
+            let mut hits = 0;
+            for (k, &t) in tp.iter().enumerate() {
+                hits += usize::from(t);
+                prec.push(hits as f64 / (k + 1) as f64);
+                rec.push(hits as f64 / num_gt as f64);
+            }
+            for i in (0..prec.len().saturating_sub(1)).rev() {
+                prec[i] = prec[i].max(prec[i + 1]);
+            }
+            let ap = (0..=100)
+                .map(|r| {
+                    let r = r as f64 / 100.0;
+                    rec.iter().position(|&x| x >= r).map_or(0.0, |i| prec[i])
+                })
+                .sum::<f64>()
+                / 101.0;
+            aps.push(ap);
+        }
+        if aps.is_empty() {
+            0.0
+        } else {
+            aps.iter().sum::<f64>() / aps.len() as f64
+        }
+    }
+}
+
+/// Class names of the classifier, in label order.
+pub const CLASSIFIER_CLASSES: [&str; 3] = ["control", "pneumonia", "covid"];
+
+/// Classification metrics from a confusion matrix (rows true, columns predicted).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassificationMetrics {
+    pub confusion: [[u64; 3]; 3],
+    pub sensitivity: [f64; 3],
+    pub precision: [f64; 3],
+    pub f1: [f64; 3],
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub covid_sensitivity: f64,
+    pub images: u64,
+}
+
+/// Metrics of a confusion matrix.
+pub fn classification_metrics(cm: [[u64; 3]; 3]) -> ClassificationMetrics {
+    let div = |a: f64, b: f64| if b == 0.0 { 0.0 } else { a / b };
+    let total: u64 = cm.iter().flatten().sum();
+    let mut sens = [0.0; 3];
+    let mut prec = [0.0; 3];
+    let mut f1 = [0.0; 3];
+    for c in 0..3 {
+        let tp = cm[c][c] as f64;
+        let row: u64 = cm[c].iter().sum();
+        let col: u64 = (0..3).map(|r| cm[r][c]).sum();
+        sens[c] = div(tp, row as f64);
+        prec[c] = div(tp, col as f64);
+        f1[c] = div(2.0 * sens[c] * prec[c], sens[c] + prec[c]);
+    }
+    let trace: u64 = (0..3).map(|c| cm[c][c]).sum();
+    ClassificationMetrics {
+        confusion: cm,
+        sensitivity: sens,
+        precision: prec,
+        f1,
+        accuracy: div(trace as f64, total as f64),
+        macro_f1: f1.iter().sum::<f64>() / 3.0,
+        covid_sensitivity: sens[2],
+        images: total,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(label: i64, score: f32, cells: &[usize]) -> MaskInstance {
+        let mut mask = vec![false; 100];
+        for &c in cells {
+            mask[c] = true;
+        }
+        MaskInstance { label, score, mask }
+    }
+
+    #[test]
+    fn image_case_table() {
+        let g = vec![inst(1, 1.0, &[1, 2, 3])];
+        let p = vec![inst(1, 0.9, &[1, 2, 3])];
+        assert_eq!(image_ap(&[], &[], 0.5), 1.0);
+        assert_eq!(image_ap(&[], &g, 0.5), 0.0);
+        assert_eq!(image_ap(&p, &[], 0.5), 0.0);
+        assert_eq!(image_ap(&p, &g, 0.5), 1.0);
+    }
+
+    #[test]
+    fn hand_computed_precision_recall() {
+        // two GT; predictions in score order: miss, hit, hit -> p = [0, 1/2, 2/3], r = [0, .5, 1]
+        let g = vec![inst(1, 1.0, &[0, 1, 2, 3]), inst(2, 1.0, &[50, 51, 52, 53])];
+        let p = vec![
+            inst(1, 0.9, &[90, 91]),
+            inst(1, 0.8, &[0, 1, 2, 3]),
+            inst(2, 0.7, &[50, 51, 52]),
+        ];
+        let ap = image_ap(&p, &g, 0.5);
+        // recall steps at k=2 (0.5, precision max(1/2, 2/3) = 2/3) and k=3 (1.0, 2/3)
+        assert!((ap - 2.0 / 3.0).abs() < 1e-12, "{ap}");
+        // at IoU > 0.75 the 3-of-4 prediction (IoU 0.75) no longer matches
+        let ap = image_ap(&p, &g, 0.75);
+        assert!((ap - 0.25).abs() < 1e-12, "{ap}");
+        // a class mismatch never matches
+        let wrong = vec![inst(2, 0.9, &[0, 1, 2, 3])];
+        assert_eq!(image_ap(&wrong, &g[..1], 0.5), 0.0);
+    }
+
+    #[test]
+    fn one_prediction_matching_two_ground_truths_counts_once() {
+        let g = vec![
+            inst(1, 1.0, &[0, 1, 2, 3, 4, 5]),
+            inst(1, 1.0, &[0, 1, 2, 3, 4, 6]),
+        ];
+        let p = vec![inst(1, 0.9, &[0, 1, 2, 3, 4, 5, 6])];
+        // the prediction matches both GTs, but only one prediction is matched: recall 1/2
+        assert!((image_ap(&p, &g, 0.5) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn evaluator_and_coco() {
+        let mut e = SegmentationEvaluator::default();
+        e.add(vec![inst(1, 0.9, &[1, 2, 3])], vec![inst(1, 1.0, &[1, 2, 3])]);
+        e.add(vec![], vec![]);
+        e.add(vec![], vec![inst(2, 1.0, &[7])]);
+        let m = e.finish(&["ggo".into(), "consolidation".into()]);
+        assert!((m.ap_50 - 2.0 / 3.0).abs() < 1e-12);
+        assert!((m.map_50_95 - 2.0 / 3.0).abs() < 1e-12);
+        // COCO: ggo AP 1, consolidation AP 0 (a GT never found)
+        assert!((m.coco_ap_50 - 0.5).abs() < 1e-12, "{}", m.coco_ap_50);
+        assert_eq!(iou_thresholds().len(), 10);
+    }
+
+    #[test]
+    fn confusion_matrix_figures() {
+        // the original README's first model
+        let m = classification_metrics([[8703, 738, 9], [406, 6767, 213], [14, 386, 3946]]);
+        assert!((m.accuracy - 0.9166).abs() < 1e-3);
+        assert!((m.covid_sensitivity - 0.9080).abs() < 1e-3);
+        let mean_recall = m.sensitivity.iter().sum::<f64>() / 3.0;
+        assert!((mean_recall - 0.9150).abs() < 1e-3);
+        assert!((m.macro_f1 - 0.9167).abs() < 1e-3);
+    }
+}

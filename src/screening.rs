@@ -1,0 +1,266 @@
+//! One slice through segmentation and classification to a [`Finding`], shared by the daemon and
+//! the CLI. The worker thread that owns the models calls [`ModelScreener::screen_batch`]: the
+//! segmentation model runs on the whole batch (one padded tensor), the classifier on each slice
+//! (the original's one-at-a-time path, §4.6), and everything after the model (label mask,
+//! overlay, lung field, involvement) is plain Rust on the CPU.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{ModelPaths, Precision, ScreeningSettings};
+use crate::model::{Detections, MaskRcnn};
+use crate::slice::Slice;
+use crate::structures::{CLASS_NAMES, Classification, Finding, Lesion, MASK_CONSOLIDATION, MASK_GGO};
+use crate::{Error, Result};
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(crate::daemon::outputs::hex(&Sha256::digest(&bytes)))
+}
+
+/// The segmentation model, the optional classifier and the settings, on one device.
+pub struct ModelScreener {
+    pub segmentation: MaskRcnn,
+    pub classifier: Option<MaskRcnn>,
+    pub settings: ScreeningSettings,
+    identity: Vec<(String, String)>,
+    device: Device,
+}
+
+impl ModelScreener {
+    /// Load the models once.
+    pub fn new(paths: &ModelPaths, device: Device, settings: ScreeningSettings) -> Result<Self> {
+        let mut identity = Vec::new();
+        let mut load = |p: &Path| -> Result<MaskRcnn> {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            identity.push((name, sha256_file(p)?));
+            MaskRcnn::load(p, device)
+        };
+        let segmentation = load(&paths.segmentation)?;
+        if !segmentation.roi_heads.has_mask() {
+            return Err(Error::model_file(
+                &paths.segmentation,
+                "not a segmentation model: it has no mask head",
+            ));
+        }
+        let classifier = paths.classifier.as_deref().map(&mut load).transpose()?;
+        if let (Some(c), Some(p)) = (&classifier, &paths.classifier)
+            && c.s2new.is_none()
+        {
+            return Err(Error::model_file(
+                p,
+                "not a classifier: it has no module S (s2new)",
+            ));
+        }
+        let mut s = ModelScreener {
+            segmentation,
+            classifier,
+            settings,
+            identity,
+            device,
+        };
+        if s.settings.precision != Precision::Fp32 && device.is_cuda() {
+            let kind = if s.settings.precision == Precision::Bf16 {
+                Kind::BFloat16
+            } else {
+                Kind::Half
+            };
+            s.segmentation.set_backbone_kind(kind);
+            if let Some(c) = s.classifier.as_mut() {
+                c.set_backbone_kind(kind);
+            }
+        }
+        Ok(s)
+    }
+
+    /// (file name, sha256) of the models, segmentation first.
+    pub fn identity(&self) -> Vec<(String, String)> {
+        self.identity.clone()
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Screen a batch; one result per slice, a failure as its reason.
+    pub fn screen_batch(&self, slices: &[Slice]) -> Vec<Result<Finding>> {
+        if slices.is_empty() {
+            return Vec::new();
+        }
+        let t0 = Instant::now();
+        let images: Result<Vec<Tensor>> = slices
+            .iter()
+            .map(|s| crate::model::transform::tensor_from_rgb(&s.rgb, s.width, s.height, self.device))
+            .collect();
+        let images = match images {
+            Ok(i) => i,
+            Err(e) => return slices.iter().map(|_| Err(Error::Input(e.to_string()))).collect(),
+        };
+        let dets = match self.segmentation.detect(&images) {
+            Ok(d) => d,
+            Err(e) => return slices.iter().map(|_| Err(Error::Other(e.to_string()))).collect(),
+        };
+        let seg_ms = t0.elapsed().as_secs_f64() * 1e3 / slices.len() as f64;
+        slices
+            .iter()
+            .zip(images.iter().zip(dets))
+            .map(|(s, (img, d))| {
+                let mut timings = BTreeMap::new();
+                timings.insert("segmentation".to_string(), seg_ms);
+                let t = Instant::now();
+                let classification = match &self.classifier {
+                    Some(c) => Some(classify(c, img)?),
+                    None => None,
+                };
+                timings.insert("classification".to_string(), t.elapsed().as_secs_f64() * 1e3);
+                let t = Instant::now();
+                let mut f = self.finding(s, &d)?;
+                f.classification = classification;
+                timings.insert("postprocess".to_string(), t.elapsed().as_secs_f64() * 1e3);
+                f.timings_ms = timings;
+                Ok(f)
+            })
+            .collect()
+    }
+
+    /// Lesions, label mask, overlay and involvement of one slice's detections.
+    pub fn finding(&self, s: &Slice, d: &Detections) -> Result<Finding> {
+        let (w, h) = (s.width as usize, s.height as usize);
+        let cfg = &self.segmentation.cfg;
+        let scores: Vec<f32> = Vec::try_from(d.scores.to_device(Device::Cpu)).map_err(torch)?;
+        let labels: Vec<i64> = Vec::try_from(d.labels.to_device(Device::Cpu)).map_err(torch)?;
+        let boxes: Vec<Vec<f32>> = Vec::try_from(d.boxes.to_device(Device::Cpu)).map_err(torch)?;
+        let keep: Vec<usize> = (0..scores.len())
+            .filter(|&i| scores[i] as f64 >= self.settings.score_threshold.0)
+            .collect();
+        let masks: Vec<u8> = match d.binary_masks(self.settings.mask_threshold.0) {
+            Some(m) if !keep.is_empty() => {
+                let idx = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                    .to_device(m.device());
+                Vec::try_from(
+                    m.index_select(0, &idx)
+                        .to_kind(Kind::Uint8)
+                        .flatten(0, -1)
+                        .to_device(Device::Cpu),
+                )
+                .map_err(torch)?
+            }
+            _ => Vec::new(),
+        };
+        let mut label_mask = vec![0u8; w * h];
+        let mut lesions = Vec::new();
+        for (k, &i) in keep.iter().enumerate() {
+            let name = cfg
+                .class_names
+                .get((labels[i] - 1).max(0) as usize)
+                .cloned()
+                .unwrap_or_default();
+            let value = if name == "consolidation" {
+                MASK_CONSOLIDATION
+            } else {
+                MASK_GGO
+            };
+            let m = &masks[k * w * h..(k + 1) * w * h];
+            let mut area = 0u64;
+            // later (lower-scored) detections overwrite earlier ones, as the original's figures do
+            for (dst, &v) in label_mask.iter_mut().zip(m) {
+                if v != 0 {
+                    *dst = value;
+                    area += 1;
+                }
+            }
+            let b = &boxes[i];
+            lesions.push(Lesion {
+                class: name,
+                label: labels[i],
+                score: scores[i],
+                bbox: [b[0], b[1], b[2], b[3]],
+                area_px: area,
+                area_mm2: None,
+            });
+        }
+        let lung = crate::lung::lung_field(s, &label_mask);
+        let lung_px = lung.iter().filter(|&&v| v).count() as u64;
+        let mut involvement = BTreeMap::new();
+        if lung_px > 0 {
+            for (name, value) in [("ggo", MASK_GGO), ("consolidation", MASK_CONSOLIDATION)] {
+                let n = label_mask
+                    .iter()
+                    .zip(&lung)
+                    .filter(|&(&m, &l)| l && m == value)
+                    .count();
+                involvement.insert(name.to_string(), n as f64 / lung_px as f64);
+            }
+        }
+        let mut f = Finding {
+            classification: None,
+            lesions,
+            lung_field_px: Some(lung_px),
+            involvement,
+            width: s.width,
+            height: s.height,
+            overlay_rgb: crate::lung::overlay(
+                s,
+                &label_mask,
+                &keep
+                    .iter()
+                    .map(|&i| (boxes[i].clone(), labels[i]))
+                    .collect::<Vec<_>>(),
+                &cfg.class_names,
+            ),
+            label_mask,
+            timings_ms: BTreeMap::new(),
+            device: crate::device::device_name(self.device),
+        };
+        if let Some(sp) = s.meta.pixel_spacing {
+            f.set_lesion_areas_mm2(sp);
+        }
+        Ok(f)
+    }
+}
+
+fn torch(e: tch::TchError) -> Error {
+    Error::Torch(e)
+}
+
+/// The classifier's verdict on one image: probabilities are the sigmoid of each logit (the
+/// one-vs-all BCE training implies independent per-class probabilities), the label the argmax.
+pub fn classify(model: &MaskRcnn, image: &Tensor) -> Result<Classification> {
+    let c = model.classify(image)?;
+    let probabilities = c.logits.map(|l| crate::model::sigmoid(l as f64) as f32);
+    let best = (0..3)
+        .max_by(|&a, &b| c.logits[a].total_cmp(&c.logits[b]))
+        .unwrap_or(0);
+    Ok(Classification {
+        label: CLASS_NAMES[best].to_string(),
+        probabilities,
+        logits: c.logits,
+        no_detections: c.no_detections,
+    })
+}
+
+/// The daemon's view of the screener.
+impl crate::daemon::worker::Screener for ModelScreener {
+    fn screen_batch(&mut self, slices: &[Slice]) -> Vec<std::result::Result<Finding, String>> {
+        ModelScreener::screen_batch(self, slices)
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    fn model_identity(&self) -> Vec<(String, String)> {
+        self.identity()
+    }
+
+    fn device(&self) -> String {
+        crate::device::device_name(self.device)
+    }
+}
