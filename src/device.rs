@@ -193,6 +193,26 @@ fn cuda_properties(index: i64) -> Option<(String, u64)> {
     }
 }
 
+type CudaMemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+
+/// Device memory in use on the current CUDA device (total - free), bytes.
+pub fn cuda_used_memory() -> Option<u64> {
+    // SAFETY: dlsym looks up the CUDA runtime's cudaMemGetInfo(size_t*, size_t*) in the loaded
+    // libraries; both out-pointers are valid for the call.
+    unsafe {
+        let sym = libc::dlsym(libc::RTLD_DEFAULT, c"cudaMemGetInfo".as_ptr());
+        if sym.is_null() {
+            return None;
+        }
+        let f: CudaMemGetInfo = std::mem::transmute(sym);
+        let (mut free, mut total) = (0usize, 0usize);
+        if f(&mut free, &mut total) != 0 {
+            return None;
+        }
+        Some((total - free) as u64)
+    }
+}
+
 /// A CUDA device's name.
 pub fn cuda_device_name(index: i64) -> Option<String> {
     cuda_properties(index).map(|p| p.0)

@@ -16,6 +16,7 @@
 //! | [`ops`] | box maths, matcher, sampler, NMS, RoIAlign written on tensor ops |
 //! | [`screening`] | one slice through segmentation and classification to a finding (daemon and CLI) |
 //! | [`lung`] | lung-field estimate and the original's overlay rendering |
+//! | [`tui`] | the ratatui dashboard; talks only to the daemon's socket |
 //! | [`fsutil`] | files that appear whole (temporary name, fsync, rename) |
 //! | [`checkpoint`] | a safe reader of PyTorch `torch.save` files (zip and legacy) |
 //! | [`cli`] | the command implementations behind `main.rs` |
@@ -39,6 +40,7 @@ pub mod screening;
 pub mod slice;
 pub mod structures;
 pub mod train;
+pub mod tui;
 
 pub use error::{Error, Result};
 

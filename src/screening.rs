@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{ModelPaths, Precision, ScreeningSettings};
-use crate::model::{Detections, MaskRcnn};
+use crate::model::{Detections, MaskRcnn, StageClock};
 use crate::slice::Slice;
 use crate::structures::{CLASS_NAMES, Classification, Finding, Lesion, MASK_CONSOLIDATION, MASK_GGO};
 use crate::{Error, Result};
@@ -81,6 +81,34 @@ impl ModelScreener {
         Ok(s)
     }
 
+    /// A screener over models already in memory (benchmarks); identity names them by their config.
+    pub fn from_models(
+        segmentation: MaskRcnn,
+        classifier: Option<MaskRcnn>,
+        settings: ScreeningSettings,
+        device: Device,
+    ) -> Self {
+        let mut s = ModelScreener {
+            segmentation,
+            classifier,
+            settings,
+            identity: vec![("in-memory".into(), String::new())],
+            device,
+        };
+        if s.settings.precision != Precision::Fp32 && device.is_cuda() {
+            let kind = if s.settings.precision == Precision::Bf16 {
+                Kind::BFloat16
+            } else {
+                Kind::Half
+            };
+            s.segmentation.set_backbone_kind(kind);
+            if let Some(c) = s.classifier.as_mut() {
+                c.set_backbone_kind(kind);
+            }
+        }
+        s
+    }
+
     /// (file name, sha256) of the models, segmentation first.
     pub fn identity(&self) -> Vec<(String, String)> {
         self.identity.clone()
@@ -92,6 +120,12 @@ impl ModelScreener {
 
     /// Screen a batch; one result per slice, a failure as its reason.
     pub fn screen_batch(&self, slices: &[Slice]) -> Vec<Result<Finding>> {
+        self.screen_batch_timed(slices, &mut StageClock::off())
+    }
+
+    /// [`ModelScreener::screen_batch`] with per-stage times (decode, backbone, rpn, roi_heads,
+    /// masks, classifier, outputs) recorded in `clock`.
+    pub fn screen_batch_timed(&self, slices: &[Slice], clock: &mut StageClock) -> Vec<Result<Finding>> {
         if slices.is_empty() {
             return Vec::new();
         }
@@ -104,11 +138,13 @@ impl ModelScreener {
             Ok(i) => i,
             Err(e) => return slices.iter().map(|_| Err(Error::Input(e.to_string()))).collect(),
         };
-        let dets = match self.segmentation.detect(&images) {
+        clock.lap("decode", self.device);
+        let dets = match self.segmentation.detect_timed(&images, clock) {
             Ok(d) => d,
             Err(e) => return slices.iter().map(|_| Err(Error::Other(e.to_string()))).collect(),
         };
         let seg_ms = t0.elapsed().as_secs_f64() * 1e3 / slices.len() as f64;
+        clock.reset();
         slices
             .iter()
             .zip(images.iter().zip(dets))
@@ -120,9 +156,11 @@ impl ModelScreener {
                     Some(c) => Some(classify(c, img)?),
                     None => None,
                 };
+                clock.lap("classifier", self.device);
                 timings.insert("classification".to_string(), t.elapsed().as_secs_f64() * 1e3);
                 let t = Instant::now();
                 let mut f = self.finding(s, &d)?;
+                clock.lap("outputs", self.device);
                 f.classification = classification;
                 timings.insert("postprocess".to_string(), t.elapsed().as_secs_f64() * 1e3);
                 f.timings_ms = timings;

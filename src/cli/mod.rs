@@ -1,8 +1,10 @@
 //! The command line: clap definitions and one function per subcommand. `main.rs` only parses,
 //! calls [`run`] and maps errors to exit codes.
 
+pub mod bench;
 pub mod classify;
 pub mod daemon;
+pub mod demo;
 pub mod doctor;
 pub mod import;
 pub mod segment;
@@ -47,6 +49,22 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     /// Print the running daemon's status (queue, intake, device).
     Status(daemon::StatusArgs),
+    /// The dashboard: queue, results, GPU load and log of the running daemon (over SSH too).
+    Tui(TuiArgs),
+    /// Throughput, latency, time per stage and peak memory of screening (or a training step).
+    Bench(bench::BenchArgs),
+    /// The whole product on a synthetic series: daemon, demo weights, reports, summary.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TuiArgs {
+    /// Config file naming the socket (default: config/ctmask.yaml, then /etc/ctmask/ctmask.yaml).
+    #[arg(long, conflicts_with = "socket")]
+    pub config: Option<std::path::PathBuf>,
+    /// The daemon's socket.
+    #[arg(long)]
+    pub socket: Option<std::path::PathBuf>,
 }
 
 /// Run a parsed command line.
@@ -63,5 +81,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::EvaluateClassifier(a) => classify::run_eval(&a),
         Command::Daemon(a) => daemon::run_daemon(&a),
         Command::Status(a) => daemon::run_status(&a),
+        Command::Demo(a) => demo::run(&a),
+        Command::Bench(a) => bench::run(&a),
+        Command::Tui(a) => {
+            let socket = daemon::socket_path(a.socket.as_deref(), a.config.as_deref())?;
+            crate::tui::run(&socket)?;
+            Ok(())
+        }
     }
 }

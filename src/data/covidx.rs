@@ -49,7 +49,8 @@ pub fn label_from_name(name: &str) -> Option<u8> {
 }
 
 impl CovidxDataset {
-    /// Every visible file of `dir`, sorted by name, labelled by its name.
+    /// Every visible image file of `dir` (PNG, JPEG, DICOM by extension; split files and other
+    /// text beside them are skipped), sorted by name, labelled by its name.
     pub fn from_dir(dir: &Path) -> Result<Self, CovidxError> {
         let io = |source| CovidxError::Io {
             path: dir.to_path_buf(),
@@ -62,7 +63,11 @@ impl CovidxDataset {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if !name.starts_with('.') && path.is_file() {
+            let lower = name.to_ascii_lowercase();
+            let text = [".txt", ".csv", ".json", ".md"]
+                .iter()
+                .any(|x| lower.ends_with(x));
+            if !name.starts_with('.') && !text && path.is_file() {
                 names.push(name);
             }
         }

@@ -93,6 +93,54 @@ pub fn default_mask_threshold() -> f64 {
     sigmoid(0.5)
 }
 
+/// Wall time per stage, optionally synchronising CUDA at each lap so GPU work is attributed to
+/// its stage (off in production: no synchronisation in the hot path).
+#[derive(Debug, Default)]
+pub struct StageClock {
+    enabled: bool,
+    last: Option<std::time::Instant>,
+    /// Accumulated milliseconds per stage name.
+    pub ms: BTreeMap<&'static str, f64>,
+}
+
+impl StageClock {
+    /// A clock that records nothing.
+    pub fn off() -> Self {
+        StageClock::default()
+    }
+
+    /// A recording clock, started now.
+    pub fn on() -> Self {
+        StageClock {
+            enabled: true,
+            last: Some(std::time::Instant::now()),
+            ms: BTreeMap::new(),
+        }
+    }
+
+    /// Restart the lap timer (e.g. after work that belongs to no stage).
+    pub fn reset(&mut self) {
+        if self.enabled {
+            self.last = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Close the current lap as `stage`.
+    pub fn lap(&mut self, stage: &'static str, device: Device) {
+        if !self.enabled {
+            return;
+        }
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        let now = std::time::Instant::now();
+        if let Some(t) = self.last {
+            *self.ms.entry(stage).or_insert(0.0) += (now - t).as_secs_f64() * 1e3;
+        }
+        self.last = Some(now);
+    }
+}
+
 /// The five training losses (spec §2.7: their plain sum is optimised).
 #[derive(Debug)]
 pub struct Losses {
@@ -252,16 +300,29 @@ impl MaskRcnn {
 
     /// Inference on `[3, H, W]` float images in [0, 1].
     pub fn detect(&self, images: &[Tensor]) -> Result<Vec<Detections>> {
+        self.detect_timed(images, &mut StageClock::off())
+    }
+
+    /// [`MaskRcnn::detect`] with the time of each stage recorded in `clock`.
+    pub fn detect_timed(&self, images: &[Tensor], clock: &mut StageClock) -> Result<Vec<Detections>> {
         tch::no_grad(|| {
             let batch = batch_images(images, &self.cfg)?;
+            clock.lap("transform", self.device());
             let features = self.features(&batch, false);
+            clock.lap("backbone", self.device());
             let size = batch.tensors.size();
             let rpn_out = self.rpn.head_outputs(&features, (size[2], size[3]));
             let proposals = self.rpn.proposals(&rpn_out, &batch.image_sizes, false);
             let boxes: Vec<Tensor> = proposals.into_iter().map(|p| p.boxes).collect();
+            clock.lap("rpn", self.device());
             let roi_features = &features[..self.cfg.roi_levels()];
-            let raw = self.roi_heads.detect(roi_features, &boxes, &batch.image_sizes);
-            Ok(raw
+            let mut raw = self
+                .roi_heads
+                .detect_boxes(roi_features, &boxes, &batch.image_sizes);
+            clock.lap("roi_heads", self.device());
+            self.roi_heads
+                .attach_masks(roi_features, &batch.image_sizes, &mut raw);
+            let out: Vec<Detections> = raw
                 .into_iter()
                 .zip(batch.image_sizes.iter().zip(&batch.original_sizes))
                 .map(|(d, (&resized, &original))| {
@@ -287,7 +348,9 @@ impl MaskRcnn {
                         image_size: original,
                     }
                 })
-                .collect())
+                .collect();
+            clock.lap("masks", self.device());
+            Ok(out)
         })
     }
 

@@ -215,6 +215,18 @@ impl RoiHeads {
         proposals: &[Tensor],
         sizes: &[(i64, i64)],
     ) -> Vec<RawDetections> {
+        let mut out = self.detect_boxes(features, proposals, sizes);
+        self.attach_masks(features, sizes, &mut out);
+        out
+    }
+
+    /// The box branch and post-processing: detections without masks.
+    pub fn detect_boxes(
+        &self,
+        features: &[Tensor],
+        proposals: &[Tensor],
+        sizes: &[(i64, i64)],
+    ) -> Vec<RawDetections> {
         let (logits, regression) = self.box_forward(features, proposals, sizes);
         let mut start = 0;
         let mut out = Vec::with_capacity(proposals.len());
@@ -237,23 +249,28 @@ impl RoiHeads {
                 mask_logits: None,
             });
         }
-        if self.mask.is_some() {
-            let boxes: Vec<Tensor> = out.iter().map(|d| d.boxes.shallow_clone()).collect();
-            if let Some(all) = self.mask_forward(features, &boxes, sizes) {
-                let mut start = 0;
-                for d in out.iter_mut() {
-                    let k = d.boxes.size()[0];
-                    let m = all.narrow(0, start, k); // [K, n_c, 28, 28]
-                    start += k;
-                    let idx = d
-                        .labels
-                        .view([-1, 1, 1, 1])
-                        .expand([k, 1, m.size()[2], m.size()[3]], false);
-                    d.mask_logits = Some(m.gather(1, &idx, false).squeeze_dim(1));
-                }
+        out
+    }
+
+    /// The mask branch on the detections' boxes: each detection's mask logits at its label.
+    pub fn attach_masks(&self, features: &[Tensor], sizes: &[(i64, i64)], out: &mut [RawDetections]) {
+        if self.mask.is_none() {
+            return;
+        }
+        let boxes: Vec<Tensor> = out.iter().map(|d| d.boxes.shallow_clone()).collect();
+        if let Some(all) = self.mask_forward(features, &boxes, sizes) {
+            let mut start = 0;
+            for d in out.iter_mut() {
+                let k = d.boxes.size()[0];
+                let m = all.narrow(0, start, k); // [K, n_c, 28, 28]
+                start += k;
+                let idx = d
+                    .labels
+                    .view([-1, 1, 1, 1])
+                    .expand([k, 1, m.size()[2], m.size()[3]], false);
+                d.mask_logits = Some(m.gather(1, &idx, false).squeeze_dim(1));
             }
         }
-        out
     }
 
     /// The classifier's ranked detections of one image (§4.3): `[score, raw dx, dy, dw, dh]` of

@@ -1,8 +1,10 @@
 //! `App::update` for every message and key, without a terminal or a socket.
 
 use super::*;
-use crate::protocol::{Intake, JobState};
+use crate::protocol::{Event, EventKind, Intake, JobState};
+use crate::tui::data::HISTORY_CAP;
 use crate::tui::snapshots::{NOW_MS, events, fixture_app, gpu_sample, results, series_reply, snapshot};
+use crate::tui::sync::{RECENT_LIMIT, REQUEST_TIMEOUT_MS};
 
 fn sends(fx: &[Effect]) -> Vec<Request> {
     fx.iter()
@@ -494,20 +496,36 @@ fn other_keys_do_nothing() {
 }
 
 #[test]
-fn anatomical_order_falls_back_like_the_daemon() {
-    let s = |z: Option<f64>, inst: Option<i32>, name: &str| SliceSummary {
-        position_z: z,
-        instance_number: inst,
-        file_name: name.into(),
-        ..SliceSummary::default()
+fn an_open_series_is_refreshed_when_reported_again() {
+    let mut app = fixture_app(true);
+    press(&mut app, "2");
+    app.update(Msg::Daemon(Message::Results(results())));
+    key(&mut app, Key::Enter);
+    app.update(Msg::Daemon(Message::Results(series_reply())));
+    let key_ = results().series[0].key.clone();
+    let reported = |seq| {
+        Msg::Daemon(Message::Event(Event {
+            seq,
+            time_ms: NOW_MS + seq,
+            kind: EventKind::SeriesReported,
+            message: "series reported".into(),
+            job_id: None,
+            series: Some(key_.clone()),
+        }))
     };
-    let mut v = vec![s(Some(3.0), Some(1), "a"), s(Some(-1.0), Some(2), "b")];
-    anatomical_order(&mut v);
-    assert_eq!(v[0].file_name, "b");
-    let mut v = vec![s(None, Some(9), "a"), s(Some(1.0), Some(2), "b")];
-    anatomical_order(&mut v);
-    assert_eq!(v[0].file_name, "b", "instance numbers when a z is missing");
-    let mut v = vec![s(None, None, "b"), s(None, Some(1), "a")];
-    anatomical_order(&mut v);
-    assert_eq!(v[0].file_name, "a", "file names last");
+    app.update(reported(100));
+    let fx = app.update(Msg::Tick { now_ms: NOW_MS + 500 });
+    assert!(
+        sends(&fx).contains(&Request::Series { key: key_.clone() }),
+        "{fx:?}"
+    );
+    press(&mut app, "f");
+    app.update(reported(101));
+    let fx = app.update(Msg::Tick {
+        now_ms: NOW_MS + 1500,
+    });
+    assert!(
+        !sends(&fx).iter().any(|r| matches!(r, Request::Series { .. })),
+        "frozen"
+    );
 }

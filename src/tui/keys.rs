@@ -2,7 +2,8 @@
 //! the filter input takes every printable key, a confirmation takes only y/n, help and the job
 //! popup close on Esc. In the normal mode the keys are the ones `view::HELP` lists.
 
-use super::app::{App, Effect, Key, Mode, Pane, SeriesDetail, Tab, anatomical_order};
+use super::app::{App, Effect, Key, Mode, Pane, Tab};
+use super::data::{SeriesDetail, anatomical_order};
 use crate::protocol::{JobState, Request};
 
 impl App {
@@ -112,7 +113,7 @@ impl App {
         self.tab = tab;
         if tab == Tab::Results && self.results_stale() && self.connected() {
             return vec![self.request(Request::Recent {
-                limit: super::app::RECENT_LIMIT,
+                limit: super::sync::RECENT_LIMIT,
             })];
         }
         Vec::new()

@@ -12,8 +12,10 @@
 
 pub mod app;
 pub mod client;
+pub mod data;
 pub mod gpu;
 mod keys;
+mod sync;
 pub mod tabs;
 pub mod text;
 pub mod view;

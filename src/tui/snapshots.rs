@@ -397,12 +397,17 @@ pub(crate) fn ansi(buf: &Buffer) -> String {
             format!("\x1b[{n}m")
         }
     };
+    // Colours are written where they change only, to keep the file small.
     let mut out = String::new();
     for y in 0..buf.area.height {
+        let mut last = None;
         for x in 0..buf.area.width {
             let cell = &buf[(x, y)];
-            out.push_str(&code(cell.fg, true));
-            out.push_str(&code(cell.bg, false));
+            if last != Some((cell.fg, cell.bg)) {
+                out.push_str(&code(cell.fg, true));
+                out.push_str(&code(cell.bg, false));
+                last = Some((cell.fg, cell.bg));
+            }
             out.push_str(cell.symbol());
         }
         out.push_str("\x1b[0m\n");

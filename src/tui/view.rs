@@ -20,7 +20,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("Tab  Shift-Tab", "next / previous view"),
     ("1 2 3 4", "Queue / Results / GPU / Log"),
     ("Up Down  j k", "move the selection"),
-    ("PgUp PgDn  g G", "move by a page / to the ends"),
+    ("PgUp PgDn  g G", "move by a page / to the ends (Home End)"),
     ("Left Right  h l", "series list / slices list (Results)"),
     ("Enter", "open: job, series, slice"),
     ("Esc", "back; clear the filter"),

@@ -13,7 +13,7 @@ use ratatui::widgets::{Block, Cell, Paragraph, Row, Widget};
 
 use super::results::{burden, lesions, probabilities, verdict_style};
 use crate::protocol::{SliceSummary, Thumbnail};
-use crate::tui::app::SeriesDetail;
+use crate::tui::data::SeriesDetail;
 use crate::tui::text::{opt, tail};
 
 const CLASS_NAMES: [&str; 3] = ["control", "pneumonia", "covid"];
@@ -154,8 +154,12 @@ pub fn slice(s: &SliceSummary, frame: &mut Frame, area: Rect) {
         Some(t) => image_width(t, inner),
         None => 0,
     };
-    let [image, info] =
-        Layout::horizontal([Constraint::Length(image_w + 1), Constraint::Min(20)]).areas(inner);
+    let [image, _gap, info] = Layout::horizontal([
+        Constraint::Length(image_w.max(12)),
+        Constraint::Length(1),
+        Constraint::Min(20),
+    ])
+    .areas(inner);
     match &s.thumbnail {
         Some(t) => frame.render_widget(HalfBlocks(t), image),
         None => frame.render_widget(Paragraph::new("no thumbnail"), image),

@@ -11,7 +11,8 @@ use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Sparkline, Wrap};
 
-use crate::tui::app::{App, GpuHistory, HostHistory, Tab};
+use crate::tui::app::{App, Tab};
+use crate::tui::data::{GpuHistory, HostHistory};
 use crate::tui::text::{age, bytes, opt};
 
 /// Rows one GPU takes at least and at most, borders included.
@@ -77,12 +78,8 @@ fn gpu(g: &GpuHistory, frame: &mut Frame, area: Rect) {
     let block = Block::bordered().title(title).title(span);
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let [text, util, mem] = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Fill(1),
-        Constraint::Fill(1),
-    ])
-    .areas(inner);
+    let [text, util, mem] =
+        Layout::vertical([Constraint::Length(1), Constraint::Fill(1), Constraint::Fill(1)]).areas(inner);
     let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
     let mem_text = match (r.mem_used_bytes, r.mem_total_bytes) {
         (Some(u), Some(t)) => format!("{:.1}/{:.0} GiB", gib(u), gib(t)),

@@ -8,7 +8,8 @@ use ratatui::style::{Color, Style};
 use ratatui::widgets::{Block, Cell, Row};
 
 use crate::protocol::EventKind;
-use crate::tui::app::{App, LogLine, Tab, kind_name};
+use crate::tui::app::{App, Tab};
+use crate::tui::data::{LogLine, kind_name};
 use crate::tui::text::clock_utc;
 
 pub fn render(app: &App, frame: &mut Frame, area: Rect) {

@@ -1,0 +1,196 @@
+//! `ctmask demo` (what `make demo` runs): a temporary watch folder, the daemon screening it with
+//! the demo weights, a synthetic DICOM series dropped in slice by slice, and a headless summary
+//! of what the dashboard would show, read from the daemon's socket.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::config::{Config, ModelPaths};
+use crate::daemon::ops::ShutdownSignal;
+use crate::data::synth::{ClassChoice, Layout, SynthOptions, run_synth};
+use crate::protocol::{Message, Request};
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Folder of the demo weights (demo_segmentation.safetensors, demo_classifier.safetensors).
+    #[arg(long, default_value = "pretrained_models")]
+    pub models: PathBuf,
+    /// Slices in the synthetic series.
+    #[arg(long, default_value_t = 10)]
+    pub slices: usize,
+    /// Seed of the synthetic series.
+    #[arg(long, default_value_t = 2026)]
+    pub seed: u64,
+    /// Keep the demo folder (printed at the end) instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Seconds to wait for the series report before giving up.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+fn find_models(dir: &Path) -> anyhow::Result<ModelPaths> {
+    let candidates = [
+        dir.to_path_buf(),
+        std::env::current_exe()?
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("../..")
+            .join(dir),
+    ];
+    for d in candidates {
+        let seg = d.join("demo_segmentation.safetensors");
+        if seg.exists() {
+            let cls = d.join("demo_classifier.safetensors");
+            return Ok(ModelPaths {
+                segmentation: seg,
+                classifier: cls.exists().then_some(cls),
+            });
+        }
+    }
+    anyhow::bail!(
+        "{}: no demo_segmentation.safetensors (run from the repository root)",
+        dir.display()
+    )
+}
+
+pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
+    let models = find_models(&a.models)?;
+    let root = tempfile::Builder::new().prefix("ctmask-demo-").tempdir()?;
+    let dir = root.path().to_path_buf();
+    let watch = dir.join("incoming");
+    std::fs::create_dir_all(&watch)?;
+    let yaml = format!(
+        "models:\n  segmentation: {}\n  classifier: {}\ndaemon:\n  watch: [{}]\n  output: {}\n  state: {}\n  socket: {}\n  quiet_period_s: 3.0\n  poll_interval_s: 0.5\n  min_free_bytes: 0\n  min_free_percent: 0.0\n",
+        models.segmentation.display(),
+        models
+            .classifier
+            .as_ref()
+            .map_or("null".into(), |p| p.display().to_string()),
+        watch.display(),
+        dir.join("results").display(),
+        dir.join("state").display(),
+        dir.join("ctmask.sock").display(),
+    );
+    let cfg_path = dir.join("ctmask.yaml");
+    std::fs::write(&cfg_path, yaml)?;
+    let cfg = Config::load(&cfg_path)?;
+    println!("{}", crate::DISCLAIMER);
+    println!("demo folder {}", dir.display());
+    let shutdown = ShutdownSignal::new();
+    let daemon_shutdown = shutdown.clone();
+    let screener = super::daemon::make_screener(&cfg);
+    let settings = cfg.daemon.clone();
+    let daemon = std::thread::spawn(move || crate::daemon::run(settings, screener, daemon_shutdown));
+    // a synthetic COVID series, dropped in slice by slice (written under a temporary name, renamed)
+    let staging = dir.join("staging");
+    let size = 256;
+    run_synth(&SynthOptions {
+        out: staging.clone(),
+        layout: Layout::Dicom,
+        count: a.slices,
+        seed: a.seed,
+        class: ClassChoice::Covid,
+        size,
+        preview: false,
+    })?;
+    let mut files: Vec<PathBuf> = walk(&staging);
+    files.sort();
+    let socket = cfg.daemon.socket.clone();
+    let started = Instant::now();
+    while !socket.exists() && started.elapsed() < Duration::from_secs(60) {
+        if daemon.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if daemon.is_finished() {
+        let r = daemon
+            .join()
+            .map_err(|_| anyhow::anyhow!("the daemon thread panicked"))?;
+        r?;
+        anyhow::bail!("the daemon stopped early");
+    }
+    for (i, f) in files.iter().enumerate() {
+        let tmp = watch.join(format!(".slice{i}.part"));
+        std::fs::copy(f, &tmp)?;
+        std::fs::rename(&tmp, watch.join(format!("slice{i:03}.dcm")))?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "dropped {} DICOM slices into the watch folder; screening...",
+        files.len()
+    );
+    let summary = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut client = crate::daemon::Client::connect(&socket, Some(Duration::from_secs(10)))
+            .context("connecting to the demo daemon")?;
+        if let Message::Results(r) = client.request(&Request::Recent { limit: 100 })? {
+            if let Some(s) = r.series.iter().find(|s| s.slice_count as usize == files.len()) {
+                break (s.clone(), r.slices);
+            }
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(a.timeout),
+            "no series report after {} s",
+            a.timeout
+        );
+    };
+    let (series, mut slices) = summary;
+    slices.sort_by(|x, y| {
+        x.position_z
+            .partial_cmp(&y.position_z)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    println!(
+        "\n{:<6} {:>8} {:<10} {:>8} {:>8} {:>8} {:>6} {:>9}",
+        "inst", "z (mm)", "label", "control", "pneum.", "covid", "GGO", "time ms"
+    );
+    for s in &slices {
+        let p = s.probabilities.unwrap_or([f32::NAN; 3]);
+        println!(
+            "{:<6} {:>8.1} {:<10} {:>8.3} {:>8.3} {:>8.3} {:>6} {:>9.0}",
+            s.instance_number.unwrap_or(0),
+            s.position_z.unwrap_or(f64::NAN),
+            s.label.clone().unwrap_or_default(),
+            p[0],
+            p[1],
+            p[2],
+            s.lesion_counts.values().sum::<u32>(),
+            s.time_ms
+        );
+    }
+    println!(
+        "\nseries verdict: {} ({})\nGGO {:.1} mL, consolidation {:.1} mL, lung involved {:.1} %",
+        series.verdict,
+        series.rule,
+        series.ggo_ml.unwrap_or(0.0),
+        series.consolidation_ml.unwrap_or(0.0),
+        series.involvement_percent.unwrap_or(0.0)
+    );
+    println!("reports, masks and overlays: {}", dir.join("results").display());
+    shutdown.trigger();
+    let _ = daemon.join();
+    if a.keep {
+        let kept = root.keep();
+        println!("kept {}", kept.display());
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else if p.extension().is_some_and(|x| x == "dcm") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
