@@ -98,6 +98,13 @@ impl Finding {
     }
 }
 
+impl Classification {
+    /// The label's index (0 control, 1 pneumonia, 2 covid); 0 for an unknown label.
+    pub fn class_index_or_zero(&self) -> usize {
+        self.class_index().unwrap_or(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,12 +166,5 @@ mod tests {
             f.classification.as_ref().and_then(Classification::class_index),
             Some(2)
         );
-    }
-}
-
-impl Classification {
-    /// The label's index (0 control, 1 pneumonia, 2 covid); 0 for an unknown label.
-    pub fn class_index_or_zero(&self) -> usize {
-        self.class_index().unwrap_or(0)
     }
 }

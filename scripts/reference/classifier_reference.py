@@ -17,10 +17,8 @@ import json
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torchvision.ops import boxes as box_ops
 
-import make_parity_fixtures as mpf
 import tv_models
 
 SCORE_THRESH = -0.01
@@ -34,8 +32,8 @@ def ranked_rows(model, class_logits, box_regression, proposals, image_shape, n_k
     boxes = model.roi_heads.box_coder.decode(box_regression, [proposals])  # [R, n_c, 4]
     scores = F.softmax(class_logits, -1)
     boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
-    labels = torch.arange(n_c).view(1, -1).expand_as(scores)
-    roi = torch.arange(r).view(-1, 1).expand_as(scores)
+    labels = torch.arange(n_c, device=scores.device).view(1, -1).expand_as(scores)
+    roi = torch.arange(r, device=scores.device).view(-1, 1).expand_as(scores)
     boxes, scores, labels, res_boxes, roi = (t[:, 1:] for t in (boxes, scores, labels, res_boxes, roi))
     boxes, res_boxes = boxes.reshape(-1, 4), res_boxes.reshape(-1, 4)
     scores, labels, roi = scores.flatten(), labels.flatten(), roi.flatten()
@@ -57,6 +55,9 @@ def ranked_rows(model, class_logits, box_regression, proposals, image_shape, n_k
 
 
 def run(variant: str, images) -> dict:
+    from safetensors.torch import save_file  # here, so that bench_torchvision.py needs no safetensors
+
+    import make_parity_fixtures as mpf
     _, n, s = tv_models.S_SECTIONS[variant]
     sd = tv_models.original_state_dict(variant, classifier=True)
     assert sd["s2new.fc_scores.weight"].shape == (s, 5 * n)
@@ -114,6 +115,8 @@ def main() -> None:
     ap.add_argument("--variants", default="r50_fpn5_frozenbn,r18_t1")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    import make_parity_fixtures as mpf
+
     images = [mpf.load_png(mpf.OUT / f"image{i}.png") for i in range(len(mpf.IMAGE_SEEDS))]
     for v in args.variants.split(","):
         run(v, images)

@@ -253,10 +253,10 @@ pub fn run_eval(a: &EvalClsArgs) -> anyhow::Result<()> {
         "{:<10} {:>11} {:>9} {:>6}",
         "class", "sensitivity", "precision", "F1"
     );
-    for c in 0..3 {
+    for (c, name) in CLASSIFIER_CLASSES.iter().enumerate() {
         println!(
             "{:<10} {:>11.4} {:>9.4} {:>6.4}",
-            CLASSIFIER_CLASSES[c], m.sensitivity[c], m.precision[c], m.f1[c]
+            name, m.sensitivity[c], m.precision[c], m.f1[c]
         );
     }
     println!(

@@ -127,10 +127,10 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         let mut client = crate::daemon::Client::connect(&socket, Some(Duration::from_secs(10)))
             .context("connecting to the demo daemon")?;
-        if let Message::Results(r) = client.request(&Request::Recent { limit: 100 })? {
-            if let Some(s) = r.series.iter().find(|s| s.slice_count as usize == files.len()) {
-                break (s.clone(), r.slices);
-            }
+        if let Message::Results(r) = client.request(&Request::Recent { limit: 100 })?
+            && let Some(s) = r.series.iter().find(|s| s.slice_count as usize == files.len())
+        {
+            break (s.clone(), r.slices);
         }
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(a.timeout),

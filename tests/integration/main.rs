@@ -4,3 +4,4 @@ mod common;
 mod keys;
 mod model_smoke;
 mod parity;
+mod daemon_e2e;
