@@ -222,8 +222,14 @@ fn to_tensor(name: &str, t: &RawTensor) -> Result<Tensor> {
 
 /// Import `src` with `preset` and write the ctmask model file `dst`.
 pub fn import(src: &Path, preset: &str, dst: &Path) -> Result<ImportReport> {
-    let mut report = ImportReport::default();
     let value = super::load_torch_file(src).map_err(|e| Error::model_file(src, e.to_string()))?;
+    import_value(&value, src, preset, dst)
+}
+
+/// Import an already loaded checkpoint (`src` names it in errors and provenance).
+pub fn import_value(value: &super::Value, src: &Path, preset: &str, dst: &Path) -> Result<ImportReport> {
+    let mut report = ImportReport::default();
+    let value = value.clone();
     let sd = super::state_dict(&value).map_err(|e| Error::model_file(src, e.to_string()))?;
     let keys: HashMap<String, RawTensor> = sd.into_iter().map(|(k, t)| (original_key(&k), t)).collect();
     let anchors = super::anchor_generator(&value);

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ctmask::data::synth::{run_synth, ClassChoice, Layout, SynthOptions};
-use ctmask::model::{det_init, MaskRcnn};
+use ctmask::data::synth::{ClassChoice, Layout, SynthOptions, run_synth};
+use ctmask::model::{MaskRcnn, det_init};
 
 use super::common::tiny_config;
 
@@ -43,7 +43,16 @@ fn config(dir: &Path, seg: &Path, cls: &Path) -> PathBuf {
 
 fn series(dir: &Path, n: usize, seed: u64) -> Vec<PathBuf> {
     let out = dir.join(format!("staging{seed}"));
-    run_synth(&SynthOptions { out: out.clone(), layout: Layout::Dicom, count: n, seed, class: ClassChoice::Covid, size: 96, preview: false }).unwrap();
+    run_synth(&SynthOptions {
+        out: out.clone(),
+        layout: Layout::Dicom,
+        count: n,
+        seed,
+        class: ClassChoice::Covid,
+        size: 96,
+        preview: false,
+    })
+    .unwrap();
     let mut v = Vec::new();
     for d in std::fs::read_dir(&out).unwrap().flatten() {
         for f in std::fs::read_dir(d.path()).unwrap().flatten() {
@@ -99,7 +108,11 @@ fn series_png_and_bad_files_with_the_real_model() {
     let png = image::GrayImage::from_fn(80, 80, |x, y| image::Luma([((x * 3 + y) % 200) as u8]));
     png.save(inbox.join("slice.png")).unwrap();
     std::fs::write(inbox.join("empty.dcm"), b"").unwrap();
-    std::fs::copy(super::common::shared().join("data/dicom/mr_64_explicit_le.dcm"), inbox.join("mr.dcm")).unwrap();
+    std::fs::copy(
+        super::common::shared().join("data/dicom/mr_64_explicit_le.dcm"),
+        inbox.join("mr.dcm"),
+    )
+    .unwrap();
     let out = d.join("out");
     wait_for("4 reports", Duration::from_secs(120), || reports(&out).len() == 4);
     wait_for("the series report", Duration::from_secs(60), || {
@@ -107,7 +120,10 @@ fn series_png_and_bad_files_with_the_real_model() {
             std::fs::read_to_string(e.path().join("series.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|j| j.to_string().contains("\"slice_count\":3") || j["slices"].as_array().is_some_and(|a| a.len() == 3))
+                .is_some_and(|j| {
+                    j.to_string().contains("\"slice_count\":3")
+                        || j["slices"].as_array().is_some_and(|a| a.len() == 3)
+                })
         })
     });
     for r in reports(&out) {
@@ -120,11 +136,16 @@ fn series_png_and_bad_files_with_the_real_model() {
         assert_eq!(j["models"].as_array().unwrap().len(), 2);
         assert!(j["input"]["sha256"].as_str().unwrap().len() == 64);
         let stem = r.file_stem().unwrap().to_string_lossy().to_string();
-        let mask = image::open(r.with_file_name(format!("{stem}_mask.png"))).unwrap().to_luma8();
+        let mask = image::open(r.with_file_name(format!("{stem}_mask.png")))
+            .unwrap()
+            .to_luma8();
         assert!(mask.pixels().all(|p| p.0[0] <= 2));
         assert!(r.with_file_name(format!("{stem}_overlay.png")).exists());
         let text = std::fs::read_to_string(&r).unwrap();
-        assert!(!text.contains("SYNTHETIC^PHANTOM") && !text.contains("\"SYNTH\""), "no patient data in reports");
+        assert!(
+            !text.contains("SYNTHETIC^PHANTOM") && !text.contains("\"SYNTH\""),
+            "no patient data in reports"
+        );
     }
     // bad files are quarantined with their reasons while the good ones were screened
     let snap = ctmask::daemon::status_client(&cfg.daemon.socket).unwrap();
@@ -132,7 +153,10 @@ fn series_png_and_bad_files_with_the_real_model() {
     assert_eq!(snap.counts.quarantined, 2, "{:?}", snap.jobs);
     let reasons: Vec<String> = snap.jobs.iter().filter_map(|j| j.reason.clone()).collect();
     assert!(reasons.iter().any(|r| r.contains("empty")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("not CT: modality MR")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("not CT: modality MR")),
+        "{reasons:?}"
+    );
     shutdown.trigger();
     h.join().unwrap().unwrap();
 }
@@ -169,23 +193,38 @@ fn sigkill_twenty_times_loses_and_doubles_nothing() {
         }
     }
     // a last, clean run finishes whatever is left
-    let mut child = std::process::Command::new(exe).args(["daemon", "--config"]).arg(&cfg_path).env("RUST_LOG", "error").spawn().unwrap();
-    wait_for("every slice reported", Duration::from_secs(180), || reports(&out).len() == files.len());
+    let mut child = std::process::Command::new(exe)
+        .args(["daemon", "--config"])
+        .arg(&cfg_path)
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap();
+    wait_for("every slice reported", Duration::from_secs(180), || {
+        reports(&out).len() == files.len()
+    });
     std::thread::sleep(Duration::from_millis(500));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
     let all = reports(&out);
     assert_eq!(all.len(), files.len(), "exactly one report per slice");
     for r in &all {
-        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(r).unwrap()).expect("no partial report");
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(r).unwrap()).expect("no partial report");
         assert_eq!(j["research_use_only"], true);
     }
-    let sops: std::collections::BTreeSet<String> = all.iter().map(|r| r.file_stem().unwrap().to_string_lossy().to_string()).collect();
+    let sops: std::collections::BTreeSet<String> = all
+        .iter()
+        .map(|r| r.file_stem().unwrap().to_string_lossy().to_string())
+        .collect();
     assert_eq!(sops.len(), files.len());
     // no temporary files left anywhere in the output
     for e in std::fs::read_dir(&out).unwrap().flatten() {
         for f in std::fs::read_dir(e.path()).unwrap().flatten() {
-            assert!(!f.file_name().to_string_lossy().starts_with('.'), "leftover {:?}", f.path());
+            assert!(
+                !f.file_name().to_string_lossy().starts_with('.'),
+                "leftover {:?}",
+                f.path()
+            );
         }
     }
 }

@@ -1,7 +1,8 @@
 //! ctmask's one integration-test binary (every extra test binary would link libtorch again).
 
 mod common;
+mod daemon_e2e;
+mod import;
 mod keys;
 mod model_smoke;
 mod parity;
-mod daemon_e2e;
