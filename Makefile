@@ -17,7 +17,7 @@ LIBTORCH = $(firstword $(wildcard $(CURDIR)/$(VENV)/lib/python3*/site-packages/t
 CARGO_ENV = LIBTORCH=$(LIBTORCH) PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 CARGO ?= cargo
 
-.PHONY: venv build test demo lint fmt clean-venv
+.PHONY: venv build test demo lint fmt clean-venv test-tools
 
 # The venv is (re)made only when it is missing or holds another torch version.
 $(STAMP):
@@ -43,8 +43,17 @@ lint: $(STAMP)
 fmt:
 	$(CARGO) fmt
 
+# tmux drives the dashboard's end-to-end test; installed from Debian's packages when missing and
+# this runs as root (as CI does), otherwise that one test says it was skipped.
+test-tools:
+	@command -v tmux >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing tmux for the dashboard's end-to-end test"; \
+			apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null; \
+		else echo "note: tmux not found; the dashboard's end-to-end test will be skipped"; fi; }
+
 # Every test in the release profile (the same artifacts as the binary: torch-sys builds once).
-test: $(STAMP) lint
+test: $(STAMP) lint test-tools
 	$(CARGO_ENV) $(CARGO) test --release
 
 demo: build

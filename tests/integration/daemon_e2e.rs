@@ -14,7 +14,7 @@ use ctmask::model::{MaskRcnn, det_init};
 use super::common::tiny_config;
 
 /// Tiny segmentation + classifier model files in `dir`.
-fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
+pub fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
     let seg = MaskRcnn::new(&tiny_config(), tch::Device::Cpu).unwrap();
     det_init::fill(&seg);
     let cls = MaskRcnn::new(&tiny_config().into_classifier(16, 32), tch::Device::Cpu).unwrap();
@@ -25,7 +25,7 @@ fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
     (s, c)
 }
 
-fn config(dir: &Path, seg: &Path, cls: &Path) -> PathBuf {
+pub fn config(dir: &Path, seg: &Path, cls: &Path) -> PathBuf {
     let yaml = format!(
         "models:\n  segmentation: {}\n  classifier: {}\ndaemon:\n  watch: [{}]\n  output: {}\n  state: {}\n  socket: {}\n  quiet_period_s: 1.0\n  poll_interval_s: 0.2\n  min_free_bytes: 0\n  min_free_percent: 0.0\n  device: cpu\n  retries: 0\n",
         seg.display(),
@@ -41,7 +41,7 @@ fn config(dir: &Path, seg: &Path, cls: &Path) -> PathBuf {
     p
 }
 
-fn series(dir: &Path, n: usize, seed: u64) -> Vec<PathBuf> {
+pub fn series(dir: &Path, n: usize, seed: u64) -> Vec<PathBuf> {
     let out = dir.join(format!("staging{seed}"));
     run_synth(&SynthOptions {
         out: out.clone(),

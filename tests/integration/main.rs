@@ -6,3 +6,4 @@ mod import;
 mod keys;
 mod model_smoke;
 mod parity;
+mod tui_e2e;
