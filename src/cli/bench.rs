@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
+    /// Also write the models used to this folder (segmentation.safetensors, classifier.safetensors),
+    /// e.g. to compare CUDA and CPU outputs of `segment` / `classify` on the same weights.
+    #[arg(long)]
+    pub save_models: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -149,6 +153,13 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    if let Some(dir) = &a.save_models {
+        std::fs::create_dir_all(dir)?;
+        seg.save(&dir.join("segmentation.safetensors"), &Default::default())?;
+        if let Some(c) = &cls {
+            c.save(&dir.join("classifier.safetensors"), &Default::default())?;
+        }
+    }
     let slices = if a.files.is_empty() {
         synthetic_slices(a.slices, a.size)
     } else {

@@ -22,7 +22,11 @@ pub struct SegmentArgs {
     /// Write the results of all inputs as a JSON array to this file ("-" for stdout).
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Slice files (PNG or JPEG).
+    /// Also write, per input, `<name>_mask.png` (0 background, 1 GGO or lesion, 2 consolidation),
+    /// `<name>_overlay.png` (GGO red, consolidation blue, dashed boxes) and `<name>.json` here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Slice files (PNG, JPEG or DICOM).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
 }
@@ -45,19 +49,6 @@ pub struct SegmentJson {
     pub width: i64,
     pub height: i64,
     pub detections: Vec<DetectionJson>,
-}
-
-/// Read a PNG/JPEG into the `[3, H, W]` tensor the model takes (PIL `convert('RGB')`).
-pub fn read_image(path: &Path, device: tch::Device) -> anyhow::Result<tch::Tensor> {
-    let img = image::open(path).with_context(|| format!("{}: cannot read image", path.display()))?;
-    let rgb = img.to_rgb8();
-    let (w, h) = rgb.dimensions();
-    Ok(crate::model::transform::tensor_from_rgb(
-        rgb.as_raw(),
-        w,
-        h,
-        device,
-    )?)
 }
 
 /// Turn detections into JSON rows.
@@ -107,19 +98,58 @@ pub fn run(a: &SegmentArgs) -> anyhow::Result<()> {
         (0.0..1.0).contains(&threshold) && threshold > 0.0,
         "--mask-threshold must be within (0, 1), got {threshold}"
     );
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    }
+    let settings = crate::config::ScreeningSettings {
+        mask_threshold: crate::config::Probability(threshold),
+        score_threshold: crate::config::Probability(0.0),
+        ..Default::default()
+    };
+    let screener = crate::screening::ModelScreener::from_models(model, None, settings, device);
+    let model = &screener.segmentation;
     let mut out = Vec::new();
     for input in &a.inputs {
-        let img = read_image(input, device)?;
-        let dets = model.detect(std::slice::from_ref(&img))?;
-        let d = &dets[0];
-        let rows = detections_json(&model, d, threshold)?;
-        tracing::info!(input = %input.display(), detections = rows.len(), "segmented");
-        out.push(SegmentJson {
-            input: input.display().to_string(),
-            width: d.image_size.1,
-            height: d.image_size.0,
-            detections: rows,
-        });
+        let slices = crate::slice::read_slices(input, &Default::default())?;
+        let many = slices.len() > 1;
+        for (fi, s) in slices.iter().enumerate() {
+            let img = crate::model::transform::tensor_from_rgb(&s.rgb, s.width, s.height, device)?;
+            let dets = model.detect(std::slice::from_ref(&img))?;
+            let d = &dets[0];
+            let rows = detections_json(model, d, threshold)?;
+            tracing::info!(input = %input.display(), detections = rows.len(), "segmented");
+            let item = SegmentJson {
+                input: input.display().to_string(),
+                width: d.image_size.1,
+                height: d.image_size.0,
+                detections: rows,
+            };
+            if let Some(dir) = &a.out {
+                let stem = input
+                    .file_stem()
+                    .map(|x| x.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let stem = if many { format!("{stem}_f{fi}") } else { stem };
+                let f = screener.finding(s, d)?;
+                write_png(
+                    &dir.join(format!("{stem}_mask.png")),
+                    &f.label_mask,
+                    s.width,
+                    s.height,
+                    false,
+                )?;
+                write_png(
+                    &dir.join(format!("{stem}_overlay.png")),
+                    &f.overlay_rgb,
+                    s.width,
+                    s.height,
+                    true,
+                )?;
+                let json = serde_json::to_string_pretty(&item)?;
+                crate::fsutil::write_atomic(&dir.join(format!("{stem}.json")), json.as_bytes())?;
+            }
+            out.push(item);
+        }
     }
     let text = serde_json::to_string_pretty(&out)?;
     match a.json.as_deref() {
@@ -137,5 +167,19 @@ pub fn run(a: &SegmentArgs) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Write an 8-bit grey or RGB PNG atomically.
+pub fn write_png(path: &Path, data: &[u8], w: u32, h: u32, rgb: bool) -> anyhow::Result<()> {
+    use image::ImageEncoder;
+    let mut bytes = Vec::new();
+    let color = if rgb {
+        image::ExtendedColorType::Rgb8
+    } else {
+        image::ExtendedColorType::L8
+    };
+    image::codecs::png::PngEncoder::new(&mut bytes).write_image(data, w, h, color)?;
+    crate::fsutil::write_atomic(path, &bytes)?;
     Ok(())
 }
