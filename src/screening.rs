@@ -179,42 +179,53 @@ impl ModelScreener {
         let keep: Vec<usize> = (0..scores.len())
             .filter(|&i| scores[i] as f64 >= self.settings.score_threshold.0)
             .collect();
-        let masks: Vec<u8> = match d.binary_masks(self.settings.mask_threshold.0) {
+        let names: Vec<String> = keep
+            .iter()
+            .map(|&i| {
+                cfg.class_names
+                    .get((labels[i] - 1).max(0) as usize)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        let values: Vec<u8> = names
+            .iter()
+            .map(|n| {
+                if n == "consolidation" {
+                    MASK_CONSOLIDATION
+                } else {
+                    MASK_GGO
+                }
+            })
+            .collect();
+        // On the model's device: areas, and the label of the last (lowest-scored) detection
+        // covering each pixel, as the original's figures paint them; only H*W bytes come back.
+        let (label_mask, areas): (Vec<u8>, Vec<i64>) = match d.binary_masks(self.settings.mask_threshold.0) {
             Some(m) if !keep.is_empty() => {
-                let idx = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>())
-                    .to_device(m.device());
-                Vec::try_from(
-                    m.index_select(0, &idx)
-                        .to_kind(Kind::Uint8)
-                        .flatten(0, -1)
+                let dev = m.device();
+                let idx =
+                    Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
+                let m = m.index_select(0, &idx); // [K, H, W] bool
+                let areas = Vec::try_from(
+                    m.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Int64)
                         .to_device(Device::Cpu),
                 )
-                .map_err(torch)?
+                .map_err(torch)?;
+                let k = keep.len() as i64;
+                let order = Tensor::arange_start(1, k + 1, (Kind::Int64, dev)).view([k, 1, 1]);
+                let last = (m.to_kind(Kind::Int64) * order).amax([0i64].as_slice(), false); // [H, W], 0 = none
+                let mut lut = vec![0u8];
+                lut.extend(&values);
+                let lut = Tensor::from_slice(&lut).to_device(dev);
+                let lm = lut.index_select(0, &last.flatten(0, -1)).to_device(Device::Cpu);
+                (Vec::try_from(lm).map_err(torch)?, areas)
             }
-            _ => Vec::new(),
+            _ => (vec![0u8; w * h], vec![0; keep.len()]),
         };
-        let mut label_mask = vec![0u8; w * h];
         let mut lesions = Vec::new();
         for (k, &i) in keep.iter().enumerate() {
-            let name = cfg
-                .class_names
-                .get((labels[i] - 1).max(0) as usize)
-                .cloned()
-                .unwrap_or_default();
-            let value = if name == "consolidation" {
-                MASK_CONSOLIDATION
-            } else {
-                MASK_GGO
-            };
-            let m = &masks[k * w * h..(k + 1) * w * h];
-            let mut area = 0u64;
-            // later (lower-scored) detections overwrite earlier ones, as the original's figures do
-            for (dst, &v) in label_mask.iter_mut().zip(m) {
-                if v != 0 {
-                    *dst = value;
-                    area += 1;
-                }
-            }
+            let name = names[k].clone();
+            let area = areas[k].max(0) as u64;
             let b = &boxes[i];
             lesions.push(Lesion {
                 class: name,

@@ -18,6 +18,9 @@ pub struct ClassifyArgs {
     pub model: PathBuf,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// fp32 (parity), or bf16 / fp16 for the backbone on CUDA.
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: crate::config::Precision,
     /// Write the results as a JSON array to this file ("-" for stdout). Probabilities are the
     /// sigmoid of each logit (one-vs-all training), so they need not sum to 1.
     #[arg(long)]
@@ -40,12 +43,19 @@ pub struct ClassifyJson {
 pub fn run_classify(a: &ClassifyArgs) -> anyhow::Result<()> {
     let device = a.device.resolve()?;
     crate::device::set_threads(None);
-    let model = MaskRcnn::load(&a.model, device)?;
+    let mut model = MaskRcnn::load(&a.model, device)?;
     anyhow::ensure!(
         model.s2new.is_some(),
         "{}: not a classifier (no module S)",
         a.model.display()
     );
+    if device.is_cuda() {
+        match a.precision {
+            crate::config::Precision::Bf16 => model.set_backbone_kind(tch::Kind::BFloat16),
+            crate::config::Precision::Fp16 => model.set_backbone_kind(tch::Kind::Half),
+            crate::config::Precision::Fp32 => {}
+        }
+    }
     let mut out = Vec::new();
     for input in &a.inputs {
         for s in crate::slice::read_slices(input, &Default::default())? {

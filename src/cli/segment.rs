@@ -22,6 +22,9 @@ pub struct SegmentArgs {
     /// Write the results of all inputs as a JSON array to this file ("-" for stdout).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// fp32 (parity), or bf16 / fp16 for the backbone on CUDA.
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: crate::config::Precision,
     /// Also write, per input, `<name>_mask.png` (0 background, 1 GGO or lesion, 2 consolidation),
     /// `<name>_overlay.png` (GGO red, consolidation blue, dashed boxes) and `<name>.json` here.
     #[arg(long)]
@@ -104,7 +107,7 @@ pub fn run(a: &SegmentArgs) -> anyhow::Result<()> {
     let settings = crate::config::ScreeningSettings {
         mask_threshold: crate::config::Probability(threshold),
         score_threshold: crate::config::Probability(0.0),
-        ..Default::default()
+        precision: a.precision,
     };
     let screener = crate::screening::ModelScreener::from_models(model, None, settings, device);
     let model = &screener.segmentation;

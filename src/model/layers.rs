@@ -32,9 +32,10 @@ pub fn linear(p: nn::Path, cin: i64, cout: i64) -> nn::Linear {
     nn::linear(p, cin, cout, Default::default())
 }
 
-/// Batch norm with running statistics. In eval (and whenever `frozen`), it computes
-/// `x * w * rsqrt(var + eps) + (b - mean * w * rsqrt(var + eps))`, torchvision's
-/// FrozenBatchNorm2d formula; in training, batch statistics update the running ones.
+/// Batch norm with running statistics. In eval it computes
+/// `x * w / sqrt(var + eps) + (b - mean * w / sqrt(var + eps))` in one fused libtorch pass (eps 0
+/// gives torchvision 0.3.0's FrozenBatchNorm2d); in training, batch statistics update the
+/// running ones.
 #[derive(Debug)]
 pub struct BatchNorm {
     pub weight: Tensor,
@@ -87,9 +88,19 @@ impl BatchNorm {
                 false,
             );
         }
-        let scale = &self.weight * (&self.running_var + self.eps).rsqrt();
-        let bias = &self.bias - &self.running_mean * &scale;
-        x * scale.reshape([1, -1, 1, 1]) + bias.reshape([1, -1, 1, 1])
+        // running statistics: one fused pass, differentiable in the affine parameters (the
+        // classifier trains them with the statistics frozen)
+        Tensor::batch_norm(
+            x,
+            Some(&self.weight),
+            Some(&self.bias),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            false,
+            0.1,
+            self.eps,
+            false,
+        )
     }
 }
 
