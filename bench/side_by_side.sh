@@ -5,8 +5,8 @@
 #
 # Cases: segmentation (the Mask R-CNN alone), screening (segmentation + classifier, two models
 # per slice, as ctmask screens) and one segmentation training step (forward, backward, Adam).
-# Each case runs ctmask and Python alternately, A B A B (--rounds 2), so drift on a shared
-# machine hits both; the table gives the mean of the rounds with each round in brackets, the ratio
+# Each case runs ctmask and Python alternately, A B, in each of --rounds 2 rounds (all cases
+# in round 1, then all in round 2), so drift on a shared machine hits both; the table gives the mean of the rounds with each round in brackets, the ratio
 # ctmask/python of the throughputs (training: steps per second), so > 1 means ctmask is faster,
 # and the peak resident memory of each process (whole process, model building included).
 #
@@ -14,16 +14,19 @@
 # torch 2.11 + torchvision 0.26 (+ numpy, pillow; safetensors for the fixture scripts). Make one with
 #     python3 -m venv .venv-ref && .venv-ref/bin/pip install torch==2.11.0 torchvision==0.26.0 \
 #         numpy safetensors pillow
-# (.venv-ref is git-ignored like .venv). The Python side also needs original_state_dict_keys.txt
-# (scripts/reference/det_weights.py says where it looks; $CTMASK_KEYS_FILE overrides).
+# (.venv-ref is git-ignored like .venv). The Python side reads the models that
+# `ctmask bench --save-models` writes (numpy only; no keys file needed).
 # Python used: --python PATH, else $CTMASK_REF_PYTHON, else .venv-ref/bin/python when it exists,
 # else /work/refenv/venv/bin/python.
 #
 # Usage: bench/side_by_side.sh [--device cpu|cuda] [--python PATH] [--slices K] [--quick]
 #            [--threads T] [--preset r50-fpn5-frozenbn] [--size 512] [--rounds 2]
-#            [--cases segmentation,screening,training] [--timeout S] [--json FILE] [--keep DIR]
+#            [--cases segmentation,screening,training] [--timeout S] [--budget S] [--json FILE]
+#            [--keep DIR]
 #   --quick      4 slices on the CPU, 16 on CUDA (default 16 / 64)
 #   --timeout S  limit for each single run (a run over it counts as failed)
+#   --budget S   start no run that, at the pace of the longest run so far, would end after S
+#                seconds (skipped runs count as failed; the table shows what ran)
 #   --json FILE  also write the summary (every run's JSON and the ratios) to FILE
 #   --keep DIR   keep the slices and every run's output in DIR (default: a temporary folder)
 # Exit status: 0 when every run succeeded, 1 otherwise (the table still shows what ran).
@@ -35,7 +38,7 @@ main() {
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 device=cpu python="" slices="" quick=0 threads="" preset=r50-fpn5-frozenbn size=512 rounds=2
-cases=segmentation,screening,training timeout_s="" json_out="" keep=""
+cases=segmentation,screening,training timeout_s="" budget_s="" json_out="" keep=""
 while [[ $# -gt 0 ]]; do
     case $1 in
     --device) device=$2; shift 2 ;;
@@ -48,6 +51,7 @@ while [[ $# -gt 0 ]]; do
     --rounds) rounds=$2; shift 2 ;;
     --cases) cases=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
+    --budget) budget_s=$2; shift 2 ;;
     --json) json_out=$2; shift 2 ;;
     --keep) keep=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -80,15 +84,24 @@ case $preset in r18-t1 | r34-t1) n_det=128 s_feat=512 ;; *) n_det=256 s_feat=102
 
 if [[ -n $keep ]]; then work=$keep; mkdir -p "$work"
 else work=$(mktemp -d "${TMPDIR:-/tmp}/ctmask-sbs.XXXXXX"); trap 'rm -rf "$work"' EXIT; fi
-rm -rf "$work/slices" "$work/runs"; mkdir -p "$work/runs"
+rm -rf "$work/slices" "$work/runs" "$work/models"; mkdir -p "$work/runs"
 "$bin" synth --log warn --layout covidx --size "$size" --count "$slices" --seed 5 --out "$work/slices" >/dev/null
 export LC_ALL=C
 files=("$work"/slices/*.png)
 
+# the Python side reads ctmask's own model files, so both run on bit-identical weights (without
+# them it computes the same deterministic weights itself, which needs original_state_dict_keys.txt)
+weights=()
+if "$bin" bench --log warn --preset "$preset" --classify --detections "$n_det" --s-features "$s_feat" \
+    --slices 1 --size 64 --warmup 0 --device cpu --save-models "$work/models" --json >/dev/null; then
+    weights=(--weights "$work/models")
+else
+    echo "side_by_side.sh: ctmask bench --save-models failed; Python computes the weights itself" >&2
+fi
 common_rs=(--log warn --preset "$preset" --files "${files[@]}" --batch-size 1 --precision fp32
     --device "$device" --threads "$threads" --warmup 1 --json)
 common_py=(--variant "$variant" --images "$work/slices" --size "$size" --device "$device"
-    --threads "$threads" --warmup 1)
+    --threads "$threads" --warmup 1 "${weights[@]}")
 cls_rs=(--classify --detections "$n_det" --s-features "$s_feat")
 cls_py=(--classify --detections "$n_det" --s-features "$s_feat")
 limit=()
@@ -96,21 +109,30 @@ limit=()
 
 echo "side by side: ctmask vs torchvision, $preset, $device ($threads threads), $slices slices" \
     "${size}x${size}, batch 1 fp32, $rounds rounds; python $python" >&2
-failed=0
+failed=0 longest=0
 run() { # case tool round command...
     local name=$1_$2_$3; shift 3
     local t0=$SECONDS
+    local need=$longest
+    [[ $2 == ctmask ]] && need=$((2 * longest)) # its Python partner must fit too
+    if [[ -n $budget_s ]] && ((t0 + need > budget_s)); then
+        echo "  $name: skipped (--budget $budget_s s)" >&2
+        failed=1
+        return
+    fi
     if "${limit[@]}" "$@" >"$work/runs/$name.out" 2>"$work/runs/$name.err"; then
         echo "  $name: $((SECONDS - t0)) s" >&2
     else
         echo "  $name: FAILED (exit $?; $work/runs/$name.err: $(tail -n 1 "$work/runs/$name.err"))" >&2
         failed=1
     fi
+    ((SECONDS - t0 > longest)) && longest=$((SECONDS - t0))
+    return 0
 }
 py=("$python" "$here/scripts/reference/bench_torchvision.py")
 IFS=, read -r -a case_list <<<"$cases"
-for c in "${case_list[@]}"; do
-    for ((r = 1; r <= rounds; r++)); do
+for ((r = 1; r <= rounds; r++)); do # rounds outside: under --budget, every case gets round 1 first
+    for c in "${case_list[@]}"; do
         case $c in
         segmentation)
             run "$c" ctmask "$r" "$bin" bench "${common_rs[@]}"
@@ -185,7 +207,7 @@ def mb(v):
 
 gpu = device == "cuda"
 print(f"ctmask vs torchvision reference: {preset}, {device} ({threads} threads), {slices} slices "
-      f"{size}x{size}, batch 1 fp32, {rounds} rounds A B A B")
+      f"{size}x{size}, batch 1 fp32, {rounds} round(s) of ctmask then python")
 head = f"{'case':<30} {'ctmask':<26} {'python':<26} {'ratio':>6}  {'RSS ctmask':>10} {'RSS python':>10}"
 if gpu:
     head += f" {'GPU ctmask':>10} {'GPU python':>10}"

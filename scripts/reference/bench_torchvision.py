@@ -7,7 +7,7 @@ Needs a reference venv with torch 2.11, torchvision 0.26, numpy, safetensors and
 and original_state_dict_keys.txt (see det_weights.py). Usage:
     .venv-ref/bin/python scripts/reference/bench_torchvision.py [--variant r50_fpn5_frozenbn] \
         [--images DIR] [--slices K] [--size 512] [--classify [--detections 256 --s-features 1024]] \
-        [--device cpu|cuda] [--threads T] [--warmup 1] [--train-step]
+        [--weights DIR] [--device cpu|cuda] [--threads T] [--warmup 1] [--train-step]
 
 Work per slice, as `ctmask bench` does it (batch 1, fp32, torch.no_grad()): the grey slice
 (PNG / 255, copied to 3 channels) goes through the segmentation Mask R-CNN (masks thresholded at
@@ -17,7 +17,10 @@ post-processing is replaced by the original's ranked [score, dx, dy, dw, dh] row
 (classifier_reference.ranked_rows), padded by repetition to N rows and fed to module S.
 Slices: the sorted *.png files of --images (e.g. written by `ctmask synth --layout covidx`),
 cycled to --slices when given; without --images, the parity fixture images. Both models have
-the deterministic weights of docs/deterministic-weights.md, as `ctmask bench --preset` builds them.
+the deterministic weights of docs/deterministic-weights.md, as `ctmask bench --preset` builds them:
+read from --weights DIR (segmentation.safetensors and classifier.safetensors, original key names,
+as `ctmask bench --save-models DIR` writes them; needs numpy only), else computed by
+det_weights.py (needs original_state_dict_keys.txt).
 
 --train-step times a segmentation training step instead (forward, backward, Adam lr 1e-5 wd 1e-3;
 conv1 and layer1 frozen for frozen-BN models, as ctmask and torchvision 0.3.0 do) on the first
@@ -88,6 +91,32 @@ def gpu_in_use_mb(device: torch.device) -> float | None:
     return (total - free) / 2**20
 
 
+def read_safetensors(path: Path) -> "dict[str, torch.Tensor]":
+    """A .safetensors file as tensors, with numpy only (the GPU machines' venv may lack the
+    safetensors package): 8-byte little-endian header length, JSON header, raw data."""
+    dtypes = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+              "U8": np.uint8, "I8": np.int8, "BOOL": np.bool_}
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header.pop("__metadata__", None)
+    out = {}
+    for k, v in header.items():
+        a, b = v["data_offsets"]
+        arr = np.frombuffer(raw, dtype=dtypes[v["dtype"]], count=(b - a) // np.dtype(dtypes[v["dtype"]]).itemsize,
+                            offset=8 + n + a)
+        out[k] = torch.from_numpy(arr.reshape(v["shape"]).copy())
+    return out
+
+
+def state_dict(variant: str, classifier: bool, weights: str | None):
+    """Original-naming state dict: from `weights`/{segmentation,classifier}.safetensors (written by
+    `ctmask bench --save-models`), else from the deterministic generator."""
+    if weights:
+        return read_safetensors(Path(weights) / ("classifier.safetensors" if classifier else "segmentation.safetensors"))
+    return tv_models.original_state_dict(variant, classifier=classifier)
+
+
 def load_slices(images: str | None, count: int | None, size: int | None) -> list[np.ndarray]:
     """uint8 grey arrays: the PNGs of `images` (sorted) or the parity fixture images, cycled to `count`."""
     if images:
@@ -116,9 +145,11 @@ class Classifier:
     """The classifier path of classifier_reference.py: FasterRCNN whose RoI post-processing is the
     original's classification version (§4.3), then module S (§4.4) on the N ranked rows."""
 
-    def __init__(self, variant: str, n: int, s: int, device: torch.device):
-        sd = tv_models.original_state_dict(variant, classifier=True)
+    def __init__(self, variant: str, n: int, s: int, device: torch.device, weights: str | None):
+        sd = state_dict(variant, True, weights)
         got = tuple(sd["s2new.fc_scores.weight"].shape)
+        if got != (s, 5 * n) and weights:
+            raise SystemExit(f"{weights}: module S is {got}, not ({s}, {5 * n}) for N {n} and S width {s}")
         if got != (s, 5 * n):
             # the key listing fixes S's shape; refill it for the requested N and S width
             sd = self._resized_s(sd, n, s)
@@ -233,6 +264,8 @@ def main() -> None:
     ap.add_argument("--classify", action="store_true", help="also run the classifier path")
     ap.add_argument("--detections", type=int, default=256, help="N of the classifier")
     ap.add_argument("--s-features", type=int, default=1024, help="width of module S")
+    ap.add_argument("--weights", help="folder with the models of `ctmask bench --save-models` (default: "
+                    "the deterministic generator, which needs original_state_dict_keys.txt)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed slices first")
@@ -243,10 +276,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     slices = load_slices(args.images, args.slices, args.size)
-    seg = tv_models.build_with_weights(args.variant).to(device).eval()
+    seg = tv_models.build(args.variant)
+    tv_models.load_original(seg, state_dict(args.variant, False, args.weights))
+    seg.to(device).eval()
     cls = None
     if args.classify and not args.train_step:
-        cls = Classifier(args.variant, args.detections, args.s_features, device)
+        cls = Classifier(args.variant, args.detections, args.s_features, device, args.weights)
     hwm_reset = reset_hwm()
     res = {
         "variant": args.variant,

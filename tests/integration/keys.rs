@@ -114,3 +114,24 @@ fn varstore_paths_are_the_original_keys_for_every_variant() {
         );
     }
 }
+
+#[test]
+fn trainable_parameters_of_heads_bn_match_spec_4_5() {
+    use ctmask::train::{UpdateType, classifier_parameters};
+    let count = |cfg: &ModelConfig, u| -> usize {
+        let m = MaskRcnn::new(cfg, tch::Device::Cpu).unwrap();
+        classifier_parameters(&m, u).iter().map(|(_, t)| t.numel()).sum()
+    };
+    let full = ModelConfig::r50_fpn4().into_classifier(256, 1024);
+    assert_eq!(count(&full, UpdateType::HeadsBn), 2_364_419 + 45_440);
+    assert_eq!(count(&full, UpdateType::Heads), 2_364_419);
+    let light = ModelConfig::preset("r18-t1").unwrap().into_classifier(128, 512);
+    assert_eq!(count(&light, UpdateType::HeadsBn), 592_387 + 3_712);
+    // downsample batch norms are not trained: 'bn' is not in their names
+    let m = MaskRcnn::new(&full, tch::Device::Cpu).unwrap();
+    assert!(
+        classifier_parameters(&m, UpdateType::HeadsBn)
+            .iter()
+            .all(|(n, _)| !n.contains("downsample"))
+    );
+}

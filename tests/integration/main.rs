@@ -6,4 +6,5 @@ mod import;
 mod keys;
 mod model_smoke;
 mod parity;
+mod training;
 mod tui_e2e;

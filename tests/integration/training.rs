@@ -1,0 +1,95 @@
+//! Segmentation training on synthetic CNCB data: checkpoints, the CSV log and the plot, and
+//! `--resume` continuing from the saved epoch with the saved optimizer state.
+
+use ctmask::data::cncb::{CncbDataset, CncbOptions};
+use ctmask::data::synth::{ClassChoice, Layout, SynthOptions, run_synth};
+use ctmask::model::MaskRcnn;
+use ctmask::train::{SegTrainOptions, optimizer_path, train_segmentation};
+
+#[test]
+fn resume_continues_from_the_saved_epoch_and_optimizer_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cncb");
+    run_synth(&SynthOptions {
+        out: data.clone(),
+        layout: Layout::Cncb,
+        count: 3,
+        seed: 4,
+        class: ClassChoice::Covid,
+        size: 128,
+        preview: false,
+    })
+    .unwrap();
+    let set = CncbDataset::open(
+        &data.join("imgs"),
+        &data.join("masks"),
+        None,
+        CncbOptions::default(),
+    )
+    .unwrap();
+    let with_lesions = (0..set.len())
+        .filter(|&i| !set.item(i).unwrap().1.is_empty())
+        .count();
+    assert!(with_lesions > 0);
+    let cfg = super::common::tiny_config();
+    let model = MaskRcnn::new(&cfg, tch::Device::Cpu).unwrap();
+    let out = dir.path().join("run");
+    let opts = SegTrainOptions {
+        out: out.clone(),
+        epochs: 1,
+        lr: 1e-4,
+        weight_decay: 1e-3,
+        save_every: 1,
+        seed: 1,
+        val_train_mode: false,
+        augment: false,
+        device: tch::Device::Cpu,
+        model_name: "t".into(),
+    };
+    let ck1 = train_segmentation(&model, &set, None, &opts, None).unwrap();
+    assert!(ck1.ends_with("t_ckpt_1.safetensors"));
+    assert!(out.join("training_curves.png").exists());
+    let step1 = tch::Tensor::read_safetensors(optimizer_path(&ck1))
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == "step")
+        .unwrap()
+        .1
+        .int64_value(&[0]);
+    assert_eq!(step1 as usize, with_lesions, "one step per slice with lesions");
+    // resume: a fresh process would load the checkpoint; epochs 2 of 2 run, the log keeps epoch 1
+    let resumed = MaskRcnn::load(&ck1, tch::Device::Cpu).unwrap();
+    let ck2 = train_segmentation(
+        &resumed,
+        &set,
+        None,
+        &SegTrainOptions {
+            epochs: 2,
+            ..opts.clone()
+        },
+        Some(&ck1),
+    )
+    .unwrap();
+    assert!(ck2.ends_with("t_ckpt_2.safetensors"));
+    let step2 = tch::Tensor::read_safetensors(optimizer_path(&ck2))
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == "step")
+        .unwrap()
+        .1
+        .int64_value(&[0]);
+    assert_eq!(
+        step2,
+        2 * step1,
+        "the optimizer continued from its saved step count"
+    );
+    let log = std::fs::read_to_string(out.join("training_log.csv")).unwrap();
+    let epochs: Vec<&str> = log
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(epochs, vec!["1", "2"]);
+    let (_, meta) = ctmask::model::weights::read_config(&ck2).unwrap();
+    assert_eq!(meta["epoch"], "2");
+}
