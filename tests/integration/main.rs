@@ -2,6 +2,7 @@
 
 mod common;
 mod daemon_e2e;
+mod demo_weights;
 mod import;
 mod keys;
 mod model_smoke;
