@@ -55,6 +55,7 @@ log=$outdir/gpu-check.log
 mkdir -p "$outdir"
 : >"$log"
 exec > >(tee -a "$log") 2>&1
+tee_pid=$!
 work=$(mktemp -d "${TMPDIR:-/tmp}/ctmask-gpu-check.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/steps"
@@ -157,8 +158,8 @@ if [[ $cuda_ok == 1 ]]; then
     else
         sbs=(--device cuda --quick --timeout 60)
     fi
-    # leave time for bf16 (about 40 s) and for the summary after the last run
-    sbs_limit=$((deadline - SECONDS - 50)); ((sbs_limit > 170)) && sbs_limit=170
+    # leave time for bf16 (4 short runs) and for the summary after the last run
+    sbs_limit=$((deadline - SECONDS - 60)); ((sbs_limit > 170)) && sbs_limit=170
     sbs+=(--budget $((sbs_limit - 15)))
     step side_by_side "$sbs_limit" "$here/bench/side_by_side.sh" "${sbs[@]}" --python "$py" --json "$work/side_by_side.json"
 else
@@ -338,6 +339,8 @@ raise SystemExit(1 if bad else 0)
 EOF
 local rc=$?
 echo "gpu-check: results in $results, log in $log ($SECONDS s)"
+exec >/dev/null 2>&1
+wait "$tee_pid" 2>/dev/null # the log is complete when the script ends
 return $rc
 }
 main "$@"

@@ -96,9 +96,13 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
-    /// Resolve to a tch device; asking for CUDA where there is none is an error.
+    /// Resolve to a tch device; asking for CUDA where there is none is an error. On CUDA, fp32
+    /// is kept exact (TF32 off); reduced precision is asked for explicitly (bf16/fp16).
     pub fn resolve(self) -> crate::Result<tch::Device> {
         init();
+        if tch::Cuda::is_available() {
+            disable_tf32();
+        }
         match self {
             DeviceChoice::Cpu => Ok(tch::Device::Cpu),
             DeviceChoice::Auto => Ok(if tch::Cuda::is_available() {
@@ -117,6 +121,40 @@ impl DeviceChoice {
                 }
             }
         }
+    }
+}
+
+type GlobalContext = unsafe extern "C" fn() -> *mut std::ffi::c_void;
+type SetFlag = unsafe extern "C" fn(*mut std::ffi::c_void, bool);
+
+/// Turn TF32 off for cuDNN convolutions and cuBLAS matrix products, so fp32 on CUDA is IEEE fp32
+/// and agrees with the CPU within the parity tolerances (libtorch allows TF32 convolutions by
+/// default). Looked up at run time in libtorch (`at::globalContext()`,
+/// `at::Context::setAllowTF32CuDNN/CuBLAS`); returns whether it could be set.
+pub fn disable_tf32() -> bool {
+    // SAFETY: the symbols are libtorch's exported C++ functions with these signatures
+    // (`at::Context& at::globalContext()`, `void at::Context::setAllowTF32CuDNN(bool)`: the
+    // object pointer is the first argument of a member function in the Itanium ABI).
+    unsafe {
+        let ctx = libc::dlsym(libc::RTLD_DEFAULT, c"_ZN2at13globalContextEv".as_ptr());
+        let cudnn = libc::dlsym(
+            libc::RTLD_DEFAULT,
+            c"_ZN2at7Context17setAllowTF32CuDNNEb".as_ptr(),
+        );
+        let cublas = libc::dlsym(
+            libc::RTLD_DEFAULT,
+            c"_ZN2at7Context18setAllowTF32CuBLASEb".as_ptr(),
+        );
+        if ctx.is_null() || cudnn.is_null() || cublas.is_null() {
+            return false;
+        }
+        let ctx: GlobalContext = std::mem::transmute(ctx);
+        let cudnn: SetFlag = std::mem::transmute(cudnn);
+        let cublas: SetFlag = std::mem::transmute(cublas);
+        let c = ctx();
+        cudnn(c, false);
+        cublas(c, false);
+        true
     }
 }
 

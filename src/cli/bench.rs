@@ -256,18 +256,22 @@ fn train_step(model: &MaskRcnn, s: &Slice, json: bool) -> anyhow::Result<()> {
     let device = model.device();
     let img = crate::model::transform::tensor_from_rgb(&s.rgb, s.width, s.height, device)?;
     let (w, h) = (s.width as i64, s.height as i64);
-    // three lesion-sized boxes with filled masks
-    let boxes = [
-        [100f32, 120., 160., 170.],
-        [300., 200., 360., 260.],
-        [220., 300., 260., 340.],
+    // three lesion-sized boxes (fractions of the slice) with filled masks
+    let frac = [
+        [0.2f32, 0.23, 0.31, 0.33],
+        [0.59, 0.39, 0.7, 0.51],
+        [0.43, 0.59, 0.51, 0.66],
     ];
+    let boxes: Vec<[f32; 4]> = frac
+        .iter()
+        .map(|f| [f[0] * w as f32, f[1] * h as f32, f[2] * w as f32, f[3] * h as f32].map(f32::floor))
+        .collect();
     let masks = Tensor::zeros([3, h, w], (Kind::Uint8, device));
     for (i, b) in boxes.iter().enumerate() {
         let _ = masks
             .get(i as i64)
-            .narrow(0, b[1] as i64, (b[3] - b[1]) as i64)
-            .narrow(1, b[0] as i64, (b[2] - b[0]) as i64)
+            .narrow(0, b[1] as i64, (b[3] - b[1]).max(1.0) as i64)
+            .narrow(1, b[0] as i64, (b[2] - b[0]).max(1.0) as i64)
             .fill_(1);
     }
     let target = Target {
