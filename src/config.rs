@@ -180,6 +180,11 @@ impl Config {
             let msg = inner.to_string();
             // serde_yaml_ng appends " at line L column C"; keep the message, name file, line and key
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            let last = key.rsplit('.').next().unwrap_or("");
+            let msg = msg
+                .strip_prefix(&format!("{last}: "))
+                .map(str::to_string)
+                .unwrap_or(msg);
             let key = if key == "." {
                 String::new()
             } else {
@@ -254,10 +259,10 @@ mod tests {
 
     #[test]
     fn wrong_type_and_bad_values_are_rejected_with_key() {
-        let e = parse("models:\n  segmentation: a\nscreening:\n  batch_size: many\n")
+        let e = parse("models:\n  segmentation: a\nslice:\n  max_width: many\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 4") && e.contains("screening.batch_size"), "{e}");
+        assert!(e.contains("line 4") && e.contains("slice.max_width"), "{e}");
         let e = parse("models:\n  segmentation: a\nscreening:\n  mask_threshold: -0.5\n")
             .unwrap_err()
             .to_string();
@@ -265,14 +270,18 @@ mod tests {
             e.contains("screening.mask_threshold") && e.contains("must be within [0, 1]"),
             "{e}"
         );
-        let e = parse("models:\n  segmentation: a\nscreening:\n  batch_size: 0\n")
+        let e = parse("models:\n  segmentation: a\nslice:\n  max_height: 0\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("must be at least 1"), "{e}");
-        let e = parse("device: gpu\nmodels:\n  segmentation: a\n")
+        let e = parse("models:\n  segmentation: a\ndaemon:\n  device: [1]\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 1") && e.contains("device"), "{e}");
+        assert!(e.contains("line 4") && e.contains("daemon.device"), "{e}");
+        let e = parse("models:\n  segmentation: a\nscreening:\n  precision: fp64\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 4") && e.contains("screening.precision"), "{e}");
     }
 
     #[test]
