@@ -60,24 +60,8 @@ impl ModelScreener {
                 "not a classifier: it has no module S (s2new)",
             ));
         }
-        let mut s = ModelScreener {
-            segmentation,
-            classifier,
-            settings,
-            identity,
-            device,
-        };
-        if s.settings.precision != Precision::Fp32 && device.is_cuda() {
-            let kind = if s.settings.precision == Precision::Bf16 {
-                Kind::BFloat16
-            } else {
-                Kind::Half
-            };
-            s.segmentation.set_backbone_kind(kind);
-            if let Some(c) = s.classifier.as_mut() {
-                c.set_backbone_kind(kind);
-            }
-        }
+        let mut s = Self::from_models(segmentation, classifier, settings, device);
+        s.identity = identity;
         Ok(s)
     }
 
@@ -95,16 +79,9 @@ impl ModelScreener {
             identity: vec![("in-memory".into(), String::new())],
             device,
         };
-        if s.settings.precision != Precision::Fp32 && device.is_cuda() {
-            let kind = if s.settings.precision == Precision::Bf16 {
-                Kind::BFloat16
-            } else {
-                Kind::Half
-            };
-            s.segmentation.set_backbone_kind(kind);
-            if let Some(c) = s.classifier.as_mut() {
-                c.set_backbone_kind(kind);
-            }
+        apply_precision(&mut s.segmentation, s.settings.precision, device);
+        if let Some(c) = s.classifier.as_mut() {
+            apply_precision(c, s.settings.precision, device);
         }
         s
     }
@@ -273,6 +250,15 @@ impl ModelScreener {
             f.set_lesion_areas_mm2(sp);
         }
         Ok(f)
+    }
+}
+
+/// Run the model's backbone in bf16/fp16 when asked for on CUDA (fp32 elsewhere).
+pub fn apply_precision(model: &mut MaskRcnn, precision: Precision, device: Device) {
+    match precision {
+        Precision::Bf16 if device.is_cuda() => model.set_backbone_kind(Kind::BFloat16),
+        Precision::Fp16 if device.is_cuda() => model.set_backbone_kind(Kind::Half),
+        _ => {}
     }
 }
 

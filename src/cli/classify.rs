@@ -49,13 +49,7 @@ pub fn run_classify(a: &ClassifyArgs) -> anyhow::Result<()> {
         "{}: not a classifier (no module S)",
         a.model.display()
     );
-    if device.is_cuda() {
-        match a.precision {
-            crate::config::Precision::Bf16 => model.set_backbone_kind(tch::Kind::BFloat16),
-            crate::config::Precision::Fp16 => model.set_backbone_kind(tch::Kind::Half),
-            crate::config::Precision::Fp32 => {}
-        }
-    }
+    crate::screening::apply_precision(&mut model, a.precision, device);
     let mut out = Vec::new();
     for input in &a.inputs {
         for s in crate::slice::read_slices(input, &Default::default())? {
