@@ -10,6 +10,7 @@
 
 mod dicom;
 mod frame;
+mod lengths;
 mod raster;
 #[cfg(test)]
 mod tests;

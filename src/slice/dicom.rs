@@ -35,6 +35,13 @@ const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
 const SEG_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 
 pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<Vec<Slice>, Rejection> {
+    let guard = match kind {
+        Detected::DicomPreamble => super::lengths::check(bytes, 132, true, false),
+        Detected::DicomNoPreamble => super::lengths::check(bytes, 4, true, false),
+        Detected::DicomBare { explicit } => super::lengths::check(bytes, 0, false, explicit),
+        Detected::Png | Detected::Jpeg => Ok(()),
+    };
+    guard.map_err(Rejection::Corrupt)?;
     let obj = open(bytes, kind)?;
     let ts = obj
         .meta()
