@@ -2,8 +2,9 @@
 //! value whose declared length runs past the end of the bytes, so a forged length cannot make the
 //! parser allocate gigabytes (found by the slice fuzzer). Only what can be walked cheaply is
 //! checked: the file meta group, then the data set in implicit or explicit VR little endian or
-//! explicit VR big endian; the walk stops at the first undefined length (sequences, encapsulated
-//! pixel data) or a deflated data set, and then leaves the rest to the parser.
+//! explicit VR big endian (a deflated data set is inflated first, at most 64 times its size or
+//! 512 MiB); the walk stops at the first undefined length (sequences, encapsulated pixel data) and
+//! then leaves the rest to the parser.
 
 /// VRs whose explicit-VR header has a 4-byte length after 2 reserved bytes.
 fn long_vr(vr: &[u8]) -> bool {
@@ -105,7 +106,8 @@ pub fn check(b: &[u8], start: usize, has_meta: bool, bare_explicit: bool) -> Res
         let syntax = match ts.as_deref() {
             Some("1.2.840.10008.1.2") => Syntax::ImplicitLe,
             Some("1.2.840.10008.1.2.2") => Syntax::ExplicitBe,
-            Some("1.2.840.10008.1.2.1.99") | None => return Ok(()), // deflated, or no meta TS
+            Some("1.2.840.10008.1.2.1.99") => return check_deflated(&b[end.min(b.len())..]),
+            None => return Ok(()),
             Some(_) => Syntax::ExplicitLe,
         };
         (end, syntax)
@@ -120,6 +122,29 @@ pub fn check(b: &[u8], start: usize, has_meta: bool, bare_explicit: bool) -> Res
         )
     };
     walk(b, data_start, syntax, false).map(|_| ()).map_err(bad)
+}
+
+/// Inflate a deflated explicit-VR-LE data set (bounded) and walk it.
+fn check_deflated(compressed: &[u8]) -> Result<(), String> {
+    use std::io::Read;
+    let cap = (compressed.len() as u64 * 64).min(512 << 20);
+    let mut out = Vec::new();
+    let mut reader = flate2::read::DeflateDecoder::new(compressed).take(cap + 1);
+    if reader.read_to_end(&mut out).is_err() {
+        return Ok(()); // a broken stream: the parser reports it
+    }
+    if out.len() as u64 > cap {
+        return Err(format!("deflated data set inflates to more than {cap} bytes"));
+    }
+    walk(&out, 0, Syntax::ExplicitLe, false)
+        .map(|_| ())
+        .map_err(|(tag, len)| {
+            format!(
+                "element ({:04X},{:04X}) declares {len} bytes but the data set has fewer",
+                tag >> 16,
+                tag & 0xFFFF
+            )
+        })
 }
 
 #[cfg(test)]
