@@ -21,8 +21,9 @@ enum Syntax {
     ExplicitBe,
 }
 
-/// Walk elements from `pos`; Err(tag, length) for a value that does not fit. Returns the position
-/// where the walk stopped and the transfer syntax UID seen (in the meta group).
+/// Walk elements from `pos`, into sequences and items; Err(tag, length) for a value that does
+/// not fit. Returns the position where the walk stopped and the transfer syntax UID seen (in the
+/// meta group). Fragments of encapsulated pixel data are skipped by their lengths.
 fn walk(
     b: &[u8],
     mut pos: usize,
@@ -30,52 +31,66 @@ fn walk(
     meta_only: bool,
 ) -> Result<(usize, Option<String>), (u32, u64)> {
     let mut ts = None;
+    let mut in_fragments = false;
+    let be = syntax == Syntax::ExplicitBe;
+    let u16_at = |p: usize| {
+        if be {
+            u16::from_be_bytes([b[p], b[p + 1]])
+        } else {
+            u16::from_le_bytes([b[p], b[p + 1]])
+        }
+    };
+    let u32_at = |p: usize| {
+        let x = [b[p], b[p + 1], b[p + 2], b[p + 3]];
+        if be {
+            u32::from_be_bytes(x)
+        } else {
+            u32::from_le_bytes(x)
+        }
+    };
     while pos + 8 <= b.len() {
-        let u16_at = |p: usize| {
-            if syntax == Syntax::ExplicitBe {
-                u16::from_be_bytes([b[p], b[p + 1]])
-            } else {
-                u16::from_le_bytes([b[p], b[p + 1]])
-            }
-        };
         let group = u16_at(pos);
         let elem = u16_at(pos + 2);
         if meta_only && group != 0x0002 {
             break;
         }
         let tag = (u32::from(group) << 16) | u32::from(elem);
-        let (len, header) = match syntax {
-            Syntax::ImplicitLe => (
-                u64::from(u32::from_le_bytes([
-                    b[pos + 4],
-                    b[pos + 5],
-                    b[pos + 6],
-                    b[pos + 7],
-                ])),
-                8,
-            ),
+        if group == 0xFFFE {
+            let len = u64::from(u32_at(pos + 4));
+            pos += 8;
+            match elem {
+                0xE000 if in_fragments => {
+                    if pos as u64 + len > b.len() as u64 {
+                        return Err((tag, len));
+                    }
+                    pos += len as usize;
+                }
+                0xE000 if len != 0xFFFF_FFFF && pos as u64 + len > b.len() as u64 => return Err((tag, len)),
+                0xE0DD => in_fragments = false,
+                _ => {} // an item's elements follow, or a delimiter
+            }
+            continue;
+        }
+        let (len, header, sq) = match syntax {
+            Syntax::ImplicitLe => (u64::from(u32_at(pos + 4)), 8, tag != 0x7FE0_0010),
             _ => {
                 let vr = &b[pos + 4..pos + 6];
                 if long_vr(vr) {
                     if pos + 12 > b.len() {
                         break;
                     }
-                    let l = &b[pos + 8..pos + 12];
-                    let l = if syntax == Syntax::ExplicitBe {
-                        u32::from_be_bytes([l[0], l[1], l[2], l[3]])
-                    } else {
-                        u32::from_le_bytes([l[0], l[1], l[2], l[3]])
-                    };
-                    (u64::from(l), 12)
+                    (u64::from(u32_at(pos + 8)), 12, vr == b"SQ")
                 } else {
-                    (u64::from(u16_at(pos + 6)), 8)
+                    (u64::from(u16_at(pos + 6)), 8, false)
                 }
             }
         };
-        if len == 0xFFFF_FFFF || group == 0xFFFE {
-            break; // undefined length or an item: the parser takes it from here
-        }
         let start = pos + header;
+        if len == 0xFFFF_FFFF {
+            in_fragments = !sq;
+            pos = start;
+            continue;
+        }
         if start as u64 + len > b.len() as u64 {
             return Err((tag, len));
         }
@@ -86,7 +101,12 @@ fn walk(
                     .to_string(),
             );
         }
-        pos = start + len as usize;
+        // a defined-length explicit sequence: walk its items; anything else: skip the value
+        pos = if sq && syntax != Syntax::ImplicitLe {
+            start
+        } else {
+            start + len as usize
+        };
     }
     Ok((pos, ts))
 }
