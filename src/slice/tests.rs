@@ -506,12 +506,10 @@ fn forged_value_lengths_are_refused_before_parsing() {
     // found by fuzzing: a declared length of 2 GB that made dicom-rs allocate it before reading
     // (forged lengths inside some sequences still reach the parser: see the slice issue's notes)
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/slice/forged");
-    for name in ["huge_value_length.dcm"] {
-        let e = read_slices(&dir.join(name), &SliceOptions::default()).unwrap_err();
-        let reason = e.reason();
-        assert!(
-            reason.starts_with("corrupt") && reason.contains("declares"),
-            "{name}: {reason}"
-        );
-    }
+    let e = read_slices(&dir.join("huge_value_length.dcm"), &SliceOptions::default()).unwrap_err();
+    let reason = e.reason();
+    assert!(
+        reason.starts_with("corrupt") && reason.contains("declares"),
+        "{reason}"
+    );
 }
