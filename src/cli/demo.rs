@@ -127,10 +127,11 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         let mut client = crate::daemon::Client::connect(&socket, Some(Duration::from_secs(10)))
             .context("connecting to the demo daemon")?;
+        // synthetic patients are series of five slices: wait until every slice is reported
         if let Message::Results(r) = client.request(&Request::Recent { limit: 100 })?
-            && let Some(s) = r.series.iter().find(|s| s.slice_count as usize == files.len())
+            && r.series.iter().map(|s| s.slice_count as usize).sum::<usize>() == files.len()
         {
-            break (s.clone(), r.slices);
+            break (r.series, r.slices);
         }
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(a.timeout),
@@ -140,8 +141,8 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     };
     let (series, mut slices) = summary;
     slices.sort_by(|x, y| {
-        x.position_z
-            .partial_cmp(&y.position_z)
+        (x.series_key.as_str(), x.position_z.unwrap_or(0.0))
+            .partial_cmp(&(y.series_key.as_str(), y.position_z.unwrap_or(0.0)))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     println!(
@@ -162,14 +163,18 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
             s.time_ms
         );
     }
-    println!(
-        "\nseries verdict: {} ({})\nGGO {:.1} mL, consolidation {:.1} mL, lung involved {:.1} %",
-        series.verdict,
-        series.rule,
-        series.ggo_ml.unwrap_or(0.0),
-        series.consolidation_ml.unwrap_or(0.0),
-        series.involvement_percent.unwrap_or(0.0)
-    );
+    for series in &series {
+        println!(
+            "\nseries {}: {} slices, verdict {} ({})\nGGO {:.1} mL, consolidation {:.1} mL, lung involved {:.1} %",
+            series.key,
+            series.slice_count,
+            series.verdict,
+            series.rule,
+            series.ggo_ml.unwrap_or(0.0),
+            series.consolidation_ml.unwrap_or(0.0),
+            series.involvement_percent.unwrap_or(0.0)
+        );
+    }
     println!("reports, masks and overlays: {}", dir.join("results").display());
     shutdown.trigger();
     let _ = daemon.join();

@@ -82,3 +82,30 @@ fn demo_classifier_scores_on_a_test_subset() {
     assert!(m.accuracy >= 0.9, "{cm:?}");
     assert!(m.covid_sensitivity >= 0.9, "{cm:?}");
 }
+
+#[test]
+fn make_demo_screens_a_two_series_synthetic_scan() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctmask"))
+        .args(["demo", "--slices", "10", "--timeout", "240", "--log", "warn"])
+        .current_dir(super::common::repo())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("research use only: not a medical device"),
+        "{text}"
+    );
+    assert_eq!(text.matches("5 slices, verdict covid").count(), 2, "{text}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains(" covid ") && l.contains("-"))
+            .count(),
+        10,
+        "{text}"
+    );
+}
