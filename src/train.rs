@@ -238,7 +238,7 @@ pub fn train_segmentation(
         crate::fsutil::write_atomic(&log_path, log.as_bytes())?;
         plot_log(&log, &opts.out.join("training_curves.png"))?;
         if (epoch + 1) % opts.save_every.max(1) == 0 || epoch + 1 == opts.epochs {
-            last = save_checkpoint(model, &adam, opts, epoch + 1)?;
+            last = save_checkpoint(model, &adam, &opts.out, &opts.model_name, epoch + 1)?;
         }
     }
     Ok(last)
@@ -251,14 +251,19 @@ pub fn optimizer_path(ckpt: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn save_checkpoint(model: &MaskRcnn, adam: &Adam, opts: &SegTrainOptions, epoch: usize) -> Result<PathBuf> {
-    let path = opts
-        .out
-        .join(format!("{}_ckpt_{epoch}.safetensors", opts.model_name));
+/// `<out>/<model_name>_ckpt_<epoch>.safetensors` plus the optimizer state beside it.
+fn save_checkpoint(
+    model: &MaskRcnn,
+    adam: &Adam,
+    out: &Path,
+    model_name: &str,
+    epoch: usize,
+) -> Result<PathBuf> {
+    let path = out.join(format!("{model_name}_ckpt_{epoch}.safetensors"));
     let mut meta = BTreeMap::new();
     meta.insert("epoch".to_string(), epoch.to_string());
-    meta.insert("model_name".to_string(), opts.model_name.clone());
-    meta.insert("lrate".to_string(), opts.lr.to_string());
+    meta.insert("model_name".to_string(), model_name.to_string());
+    meta.insert("lrate".to_string(), adam.lr.to_string());
     model.save(&path, &meta)?;
     adam.save(&optimizer_path(&path))?;
     tracing::info!("saved {}", path.display());
@@ -511,19 +516,7 @@ pub fn train_classifier(
         crate::fsutil::write_atomic(&log_path, log.as_bytes())?;
         plot_log(&log, &opts.out.join("training_curves.png"))?;
         if (epoch + 1) % opts.save_every.max(1) == 0 || epoch + 1 == opts.epochs {
-            let seg_opts = SegTrainOptions {
-                out: opts.out.clone(),
-                epochs: opts.epochs,
-                lr: opts.lr,
-                weight_decay: opts.weight_decay,
-                save_every: opts.save_every,
-                seed: opts.seed,
-                val_train_mode: false,
-                augment: false,
-                device: opts.device,
-                model_name: opts.model_name.clone(),
-            };
-            last = save_checkpoint(model, &adam, &seg_opts, epoch + 1)?;
+            last = save_checkpoint(model, &adam, &opts.out, &opts.model_name, epoch + 1)?;
         }
     }
     Ok(last)
