@@ -189,8 +189,12 @@ impl ModelScreener {
                 )
                 .map_err(torch)?;
                 let k = keep.len() as i64;
-                let order = Tensor::arange_start(1, k + 1, (Kind::Int64, dev)).view([k, 1, 1]);
-                let last = (m.to_kind(Kind::Int64) * order).amax([0i64].as_slice(), false); // [H, W], 0 = none
+                // the narrowest integer that holds k: [K, H, W] of it is the largest temporary here
+                let kind = if k <= i16::MAX as i64 { Kind::Int16 } else { Kind::Int64 };
+                let order = Tensor::arange_start(1, k + 1, (kind, dev)).view([k, 1, 1]);
+                let last = (m.to_kind(kind) * order)
+                    .amax([0i64].as_slice(), false)
+                    .to_kind(Kind::Int64); // [H, W], 0 = none
                 let mut lut = vec![0u8];
                 lut.extend(&values);
                 let lut = Tensor::from_slice(&lut).to_device(dev);

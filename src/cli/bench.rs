@@ -81,6 +81,8 @@ pub struct BenchReport {
     pub peak_gpu_mb: Option<f64>,
     pub train_step_s: Option<f64>,
     pub threads: i32,
+    /// "tuned" when `device::tune_allocator` is in force, else "glibc default".
+    pub allocator: &'static str,
 }
 
 fn synthetic_slices(n: usize, size: u32) -> Vec<Slice> {
@@ -217,8 +219,13 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         peak_gpu_mb: peak_gpu,
         train_step_s: None,
         threads: tch::get_num_threads(),
+        allocator: allocator_name(),
     };
     print_report(&r, a.json)
+}
+
+fn allocator_name() -> &'static str {
+    if crate::device::allocator_tuned() { "tuned" } else { "glibc default" }
 }
 
 fn print_report(r: &BenchReport, json: bool) -> anyhow::Result<()> {
@@ -227,8 +234,8 @@ fn print_report(r: &BenchReport, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "device {} ({} threads), {} batch {}, {} slices",
-        r.device, r.threads, r.precision, r.batch_size, r.slices
+        "device {} ({} threads, allocator {}), {} batch {}, {} slices",
+        r.device, r.threads, r.allocator, r.precision, r.batch_size, r.slices
     );
     if let Some(t) = r.train_step_s {
         println!("training step {t:.3} s");
@@ -307,6 +314,7 @@ fn train_step(model: &MaskRcnn, s: &Slice, json: bool) -> anyhow::Result<()> {
         peak_gpu_mb: None,
         train_step_s: Some(percentile(&times[1..], 0.5)),
         threads: tch::get_num_threads(),
+        allocator: allocator_name(),
     };
     print_report(&r, json)
 }

@@ -30,6 +30,8 @@ pub struct DoctorReport {
     pub cuda_devices: Vec<CudaDevice>,
     pub cpu_threads: usize,
     pub cores_available: usize,
+    /// Whether the malloc settings of `device::tune_allocator` are in force.
+    pub allocator_tuned: bool,
 }
 
 /// torch's version string, read from the loaded libtorch through a tiny TorchScript-free query:
@@ -77,6 +79,7 @@ pub fn report() -> DoctorReport {
         cuda_devices: cuda_devices(),
         cpu_threads: tch::get_num_threads().max(0) as usize,
         cores_available: threads,
+        allocator_tuned: device::allocator_tuned(),
     }
 }
 
@@ -106,6 +109,10 @@ pub fn run(a: &DoctorArgs) -> anyhow::Result<()> {
     println!(
         "cpu threads     {} (cores available: {})",
         r.cpu_threads, r.cores_available
+    );
+    println!(
+        "allocator       {}",
+        if r.allocator_tuned { "tuned (CTMASK_SYSTEM_MALLOC=1 for glibc defaults)" } else { "glibc defaults" }
     );
     println!("{}", crate::DISCLAIMER);
     Ok(())
