@@ -39,9 +39,14 @@ pub fn tune_allocator() -> bool {
     *ALLOCATOR_TUNED.get_or_init(|| {
         let env_set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
         if env_set("CTMASK_SYSTEM_MALLOC")
-            || ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES"]
-                .iter()
-                .any(|k| env_set(k))
+            || [
+                "MALLOC_MMAP_THRESHOLD_",
+                "MALLOC_TRIM_THRESHOLD_",
+                "MALLOC_ARENA_MAX",
+                "GLIBC_TUNABLES",
+            ]
+            .iter()
+            .any(|k| env_set(k))
         {
             return false;
         }

@@ -190,7 +190,11 @@ impl ModelScreener {
                 .map_err(torch)?;
                 let k = keep.len() as i64;
                 // the narrowest integer that holds k: [K, H, W] of it is the largest temporary here
-                let kind = if k <= i16::MAX as i64 { Kind::Int16 } else { Kind::Int64 };
+                let kind = if k <= i16::MAX as i64 {
+                    Kind::Int16
+                } else {
+                    Kind::Int64
+                };
                 let order = Tensor::arange_start(1, k + 1, (kind, dev)).view([k, 1, 1]);
                 let last = (m.to_kind(kind) * order)
                     .amax([0i64].as_slice(), false)

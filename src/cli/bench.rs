@@ -131,7 +131,7 @@ fn model(path: Option<&PathBuf>, cfg: ModelConfig, device: Device) -> anyhow::Re
     })
 }
 
-fn percentile(v: &[f64], p: f64) -> f64 {
+pub fn percentile(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -225,7 +225,11 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn allocator_name() -> &'static str {
-    if crate::device::allocator_tuned() { "tuned" } else { "glibc default" }
+    if crate::device::allocator_tuned() {
+        "tuned"
+    } else {
+        "glibc default"
+    }
 }
 
 fn print_report(r: &BenchReport, json: bool) -> anyhow::Result<()> {

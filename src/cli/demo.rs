@@ -31,7 +31,7 @@ pub struct DemoArgs {
     pub timeout: u64,
 }
 
-fn find_models(dir: &Path) -> anyhow::Result<ModelPaths> {
+pub(crate) fn find_models(dir: &Path) -> anyhow::Result<ModelPaths> {
     let candidates = [
         dir.to_path_buf(),
         std::env::current_exe()?
@@ -185,7 +185,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {

@@ -112,7 +112,11 @@ pub fn run(a: &DoctorArgs) -> anyhow::Result<()> {
     );
     println!(
         "allocator       {}",
-        if r.allocator_tuned { "tuned (CTMASK_SYSTEM_MALLOC=1 for glibc defaults)" } else { "glibc defaults" }
+        if r.allocator_tuned {
+            "tuned (CTMASK_SYSTEM_MALLOC=1 for glibc defaults)"
+        } else {
+            "glibc defaults"
+        }
     );
     println!("{}", crate::DISCLAIMER);
     Ok(())

@@ -2,6 +2,7 @@
 //! calls [`run`] and maps errors to exit codes.
 
 pub mod bench;
+pub mod bench_daemon;
 pub mod classify;
 pub mod daemon;
 pub mod demo;
@@ -53,6 +54,8 @@ pub enum Command {
     Tui(TuiArgs),
     /// Throughput, latency, time per stage and peak memory of screening (or a training step).
     Bench(bench::BenchArgs),
+    /// The daemon's intake latency (close or rename -> queued) and its overhead per slice.
+    BenchDaemon(bench_daemon::BenchDaemonArgs),
     /// The whole product on a synthetic series: daemon, demo weights, reports, summary.
     Demo(demo::DemoArgs),
 }
@@ -83,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => daemon::run_status(&a),
         Command::Demo(a) => demo::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::BenchDaemon(a) => bench_daemon::run(&a),
         Command::Tui(a) => {
             let socket = daemon::socket_path(a.socket.as_deref(), a.config.as_deref())?;
             crate::tui::run(&socket)?;

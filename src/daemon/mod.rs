@@ -162,6 +162,7 @@ pub fn run(
         stop: AtomicBool::new(false),
         operator_paused: AtomicBool::new(false),
         disk_low: Mutex::new(None),
+        disk_full_free: Mutex::new(None),
         disk: Mutex::new(None),
         disk_check_now: AtomicBool::new(true),
         rescan: rescan.clone(),

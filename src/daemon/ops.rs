@@ -134,6 +134,20 @@ pub fn disk_info(path: &Path) -> std::io::Result<DiskInfo> {
 }
 
 /// Why intake must pause for this disk, if it must.
+/// After a write failed for lack of space, intake resumes once this many more bytes are free
+/// than at the failure (a slice's outputs at 512x512 take about 0.5 MB).
+pub const DISK_FULL_MARGIN: u64 = 1 << 20;
+
+/// The alert while the output disk is full (a write failed with ENOSPC or EDQUOT).
+pub fn disk_full_reason(disk: &DiskInfo, free_at_failure: u64) -> String {
+    format!(
+        "output disk full on {}: a write failed for lack of space ({} KiB free); intake resumes when {} KiB are free",
+        disk.path,
+        disk.free_bytes >> 10,
+        (free_at_failure + DISK_FULL_MARGIN) >> 10
+    )
+}
+
 pub fn disk_low_reason(disk: &DiskInfo, settings: &DaemonSettings) -> Option<String> {
     let low_bytes = disk.free_bytes < settings.min_free_bytes;
     let low_percent = disk.free_percent < settings.min_free_percent;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use super::ops;
 use super::queue::{self, Queue, QueueError};
 use super::server;
 use super::settings::DaemonSettings;
@@ -25,6 +26,9 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     pub(crate) operator_paused: AtomicBool,
     pub(crate) disk_low: Mutex<Option<String>>,
+    /// Free bytes on the output disk when a write last failed with ENOSPC/EDQUOT; intake stays
+    /// paused until [`DISK_FULL_MARGIN`] more are free (cleared by the disk check).
+    pub(crate) disk_full_free: Mutex<Option<u64>>,
     pub(crate) disk: Mutex<Option<DiskInfo>>,
     pub(crate) disk_check_now: AtomicBool,
     pub(crate) rescan: Arc<AtomicBool>,
@@ -49,6 +53,16 @@ impl Shared {
 
     pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Records a write that failed for lack of space (free bytes now, when readable) and asks
+    /// the supervisor for a disk check, which pauses intake until space returns.
+    pub(crate) fn note_disk_full(&self) {
+        let free = ops::disk_info(&self.settings().output).map_or(0, |d| d.free_bytes);
+        if let Ok(mut f) = self.disk_full_free.lock() {
+            *f = Some(free);
+        }
+        self.disk_check_now.store(true, Ordering::SeqCst);
     }
 
     pub(crate) fn disk_is_low(&self) -> bool {

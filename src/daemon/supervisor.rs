@@ -126,7 +126,15 @@ impl Supervisor {
                 return;
             }
         };
-        let reason = ops::disk_low_reason(&info, &settings);
+        let reason = ops::disk_low_reason(&info, &settings).or_else(|| {
+            let mut full = self.shared.disk_full_free.lock().ok()?;
+            let at_failure = (*full)?;
+            if info.free_bytes >= at_failure.saturating_add(ops::DISK_FULL_MARGIN) {
+                *full = None;
+                return None;
+            }
+            Some(ops::disk_full_reason(&info, at_failure))
+        });
         if let Ok(mut d) = self.shared.disk.lock() {
             *d = Some(info);
         }

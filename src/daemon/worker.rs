@@ -12,7 +12,6 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -347,8 +346,9 @@ fn finish_job(
             Ok(s) => summaries.push(s),
             Err(e) if e.is_disk_full() => {
                 tracing::warn!(job = job.job.id, error = %e, "output disk full; job requeued");
-                shared.disk_check_now.store(true, Ordering::SeqCst);
-                let _ = queue.requeue(job.job.id, Duration::from_secs(5));
+                shared.note_disk_full();
+                // not a try: intake (and so this job) waits until the disk check sees space
+                let _ = queue.requeue(job.job.id, Duration::ZERO);
                 return false;
             }
             Err(e) => {

@@ -89,7 +89,13 @@ fn align_bags(table: &Tensor, geo: &RoiGeometry, output: (i64, i64), sampling_ra
             Vec::try_from(keys.to_device(tch::Device::Cpu)).expect("group keys are int64");
         keys.iter()
             .enumerate()
-            .map(|(i, g)| (g[0].max(1), g[1].max(1), Some(inverse.eq(i as i64).nonzero().squeeze_dim(1))))
+            .map(|(i, g)| {
+                (
+                    g[0].max(1),
+                    g[1].max(1),
+                    Some(inverse.eq(i as i64).nonzero().squeeze_dim(1)),
+                )
+            })
             .collect()
     };
     let mut result: Option<Tensor> = None;
@@ -120,9 +126,7 @@ fn align_bags(table: &Tensor, geo: &RoiGeometry, output: (i64, i64), sampling_ra
             if members.is_none() && len == k {
                 return part;
             }
-            let r = result.get_or_insert_with(|| {
-                Tensor::zeros([k, c, out_h, out_w], (table.kind(), device))
-            });
+            let r = result.get_or_insert_with(|| Tensor::zeros([k, c, out_h, out_w], (table.kind(), device)));
             *r = r.index_copy(0, &idx, &part);
             start += len;
         }
@@ -225,14 +229,20 @@ impl MultiScaleRoiAlign {
             row += f.size()[0] * f.size()[2] * f.size()[3];
         }
         let per_level = |v: Vec<f64>, kind: Kind| {
-            Tensor::from_slice(&v).to_kind(kind).to_device(device).index_select(0, &levels)
+            Tensor::from_slice(&v)
+                .to_kind(kind)
+                .to_device(device)
+                .index_select(0, &levels)
         };
         let level_scale = per_level(scales.clone(), Kind::Float);
         let level_h = per_level(features.iter().map(|f| f.size()[2] as f64).collect(), Kind::Float);
         let level_w = per_level(features.iter().map(|f| f.size()[3] as f64).collect(), Kind::Float);
         let level_base = per_level(bases.iter().map(|&b| b as f64).collect(), Kind::Int64);
         let level_hw = per_level(
-            features.iter().map(|f| (f.size()[2] * f.size()[3]) as f64).collect(),
+            features
+                .iter()
+                .map(|f| (f.size()[2] * f.size()[3]) as f64)
+                .collect(),
             Kind::Int64,
         );
         let rois = rois.to_kind(Kind::Float);

@@ -362,24 +362,28 @@ fn check_classifier(variant: &str, n: i64, s: i64) {
         assert!(d < 1e-4, "{variant} img{i}: ranked rows differ by {d}");
         // Module S on the rows in the reference's order, padded as the model pads them.
         let cls = cfg.classifier.as_ref().unwrap();
-        let (rows, padded) = ctmask::model::classifier::pad_ranked(
-            &in_reference_order,
-            cls.detections,
-            cls.padding_seed,
-        );
+        let (rows, padded) =
+            ctmask::model::classifier::pad_ranked(&in_reference_order, cls.detections, cls.padding_seed);
         assert!(!padded);
         let logits: Vec<f32> =
             Vec::try_from(tch::no_grad(|| m.s2new.as_ref().unwrap().forward(&rows))).unwrap();
         let want: Vec<f32> = Vec::try_from(p("logits")).unwrap();
         for (g, w) in logits.iter().zip(&want) {
-            assert!((g - w).abs() < 1e-4, "{variant} img{i}: logits {logits:?} vs {want:?}");
+            assert!(
+                (g - w).abs() < 1e-4,
+                "{variant} img{i}: logits {logits:?} vs {want:?}"
+            );
         }
         // The model's own path gives the same logits when no tie was reordered.
         let c = m.classify(&image(i)).unwrap();
         assert!(!c.padded && !c.no_detections);
         if order.iter().enumerate().all(|(j, &o)| j as i64 == o) {
             for (g, w) in c.logits.iter().zip(&want) {
-                assert!((g - w).abs() < 1e-4, "{variant} img{i}: logits {:?} vs {want:?}", c.logits);
+                assert!(
+                    (g - w).abs() < 1e-4,
+                    "{variant} img{i}: logits {:?} vs {want:?}",
+                    c.logits
+                );
             }
         }
     }
