@@ -43,14 +43,17 @@ lint: $(STAMP)
 fmt:
 	$(CARGO) fmt
 
-# tmux drives the dashboard's end-to-end test; installed from Debian's packages when missing and
-# this runs as root (as CI does), otherwise that one test says it was skipped.
+# tmux drives the dashboard's end-to-end test and dciodvfy (dicom3tools) checks the synthetic
+# DICOM; installed from Debian's packages when missing and this runs as root (as CI does),
+# otherwise those tests say they were skipped.
+TEST_TOOLS := tmux:tmux dciodvfy:dicom3tools
 test-tools:
-	@command -v tmux >/dev/null 2>&1 || { \
+	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing tmux for the dashboard's end-to-end test"; \
-			apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null; \
-		else echo "note: tmux not found; the dashboard's end-to-end test will be skipped"; fi; }
+			echo "installing$$missing for the end-to-end tests"; \
+			apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		else echo "note: not found:$$missing; the tests that need them will be skipped"; fi; fi
 
 # Every test in the release profile (the same artifacts as the binary: torch-sys builds once).
 test: $(STAMP) lint test-tools

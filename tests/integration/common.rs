@@ -30,3 +30,18 @@ pub fn tiny_config() -> ctmask::model::ModelConfig {
     c.box_batch_size_per_image = 32;
     c
 }
+
+/// Files under `dir` (recursively) with extension `ext`, sorted.
+pub fn walk_files(dir: &std::path::Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p, ext));
+        } else if p.extension().is_some_and(|x| x == ext) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}

@@ -7,5 +7,6 @@ mod import;
 mod keys;
 mod model_smoke;
 mod parity;
+mod synth_dicom;
 mod training;
 mod tui_e2e;
