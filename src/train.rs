@@ -80,24 +80,34 @@ fn augment(img: Tensor, t: Target) -> (Tensor, Target) {
 }
 
 /// Parameters trained for segmentation: all, except what torchvision 0.3.0 froze for the
-/// FrozenBatchNorm2d models (conv1 and layer1; frozen BN has no trainable parameters).
+/// FrozenBatchNorm2d models (conv1 and layer1; frozen BN has no trainable parameters). The frozen
+/// ones stop requiring gradients, as torchvision's `requires_grad_(False)` and its BN buffers do,
+/// so autograd neither computes their gradients nor back-propagates below layer2 (the most
+/// expensive part of the backward pass, at the highest resolution).
 pub fn segmentation_parameters(model: &MaskRcnn) -> Vec<(String, Tensor)> {
     let frozen_bn = !model.cfg.bn_num_batches_tracked;
-    let mut v: Vec<(String, Tensor)> = model
-        .vs
-        .variables()
-        .into_iter()
-        .filter(|(n, t)| t.requires_grad() && !n.contains("running_"))
-        .filter(|(n, _)| {
-            if !frozen_bn {
-                return true;
+    let trained = |n: &str| {
+        if !frozen_bn {
+            return true;
+        }
+        let body = n.starts_with("backbone.body.");
+        let late = ["layer2", "layer3", "layer4"].iter().any(|l| n.contains(l));
+        let bn = n.contains(".bn") || n.contains("downsample.1");
+        !(body && (!late || bn))
+    };
+    let mut v = Vec::new();
+    for (n, t) in model.vs.variables() {
+        if !t.is_floating_point() || n.contains("running_") {
+            continue;
+        }
+        if trained(&n) {
+            if t.requires_grad() {
+                v.push((n, t));
             }
-            let body = n.starts_with("backbone.body.");
-            let late = ["layer2", "layer3", "layer4"].iter().any(|l| n.contains(l));
-            let bn = n.contains(".bn") || n.contains("downsample.1");
-            !(body && (!late || bn))
-        })
-        .collect();
+        } else if t.requires_grad() {
+            let _ = t.shallow_clone().set_requires_grad(false);
+        }
+    }
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }

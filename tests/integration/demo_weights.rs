@@ -109,3 +109,45 @@ fn make_demo_screens_a_two_series_synthetic_scan() {
         "{text}"
     );
 }
+
+/// `ctmask bench-daemon` runs the real daemon on the demo weights and reports every figure it
+/// promises (values, not timings, are asserted: timings are for the benchmark to show).
+#[test]
+fn bench_daemon_reports_intake_latency_and_overhead() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctmask"))
+        .args([
+            "bench-daemon",
+            "--slices",
+            "5",
+            "--burst",
+            "3",
+            "--size",
+            "128",
+            "--json",
+        ])
+        .args(["--log", "warn", "--timeout", "120"])
+        .current_dir(super::common::repo())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON object");
+    assert_eq!(j["watch"], "inotify");
+    // slice 0 warms up; of slices 1..4, 1 and 3 are renamed in, 2 and 4 written in place
+    assert_eq!(j["intake_closed_ms"]["n"], 2, "{j}");
+    assert_eq!(j["intake_renamed_ms"]["n"], 2, "{j}");
+    assert_eq!(j["overhead_ms"]["n"], 4, "{j}");
+    for key in ["intake_closed_ms", "intake_renamed_ms", "model_ms"] {
+        let p50 = j[key]["p50"].as_f64().expect("p50");
+        assert!(p50 > 0.0 && p50 < 60_000.0, "{key}: {j}");
+        assert!(j[key]["max"].as_f64().unwrap() >= p50, "{key}: {j}");
+    }
+    assert!(j["overhead_ms"]["p50"].as_f64().unwrap().is_finite(), "{j}");
+    assert_eq!(j["burst_slices"], 3);
+    assert!(j["burst_slices_per_s"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["targets"]["met"].is_boolean());
+}

@@ -37,6 +37,10 @@ fn synthetic_dicom_passes_dciodvfy() {
             .filter(|l| l.starts_with("Error") || l.starts_with("Warning"))
             .collect();
         assert!(problems.is_empty(), "{}: {problems:#?}", f.display());
-        assert!(text.contains("CTImage"), "{}: not validated as a CT image: {text}", f.display());
+        assert!(
+            text.contains("CTImage"),
+            "{}: not validated as a CT image: {text}",
+            f.display()
+        );
     }
 }
