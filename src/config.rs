@@ -92,6 +92,9 @@ pub struct ScreeningSettings {
     pub score_threshold: Probability,
     /// fp32 (parity), bf16 or fp16 (CUDA only).
     pub precision: Precision,
+    /// On the CPU, lay convolution weights out channels-last (faster oneDNN convolutions; the
+    /// same results to float rounding). false keeps libtorch's default NCHW layout.
+    pub cpu_channels_last: bool,
 }
 
 impl Default for ScreeningSettings {
@@ -100,6 +103,7 @@ impl Default for ScreeningSettings {
             mask_threshold: Probability(crate::model::default_mask_threshold()),
             score_threshold: Probability(0.05),
             precision: Precision::Fp32,
+            cpu_channels_last: true,
         }
     }
 }

@@ -100,6 +100,8 @@ pub struct SegmentationMetrics {
     pub ap_75: f64,
     /// Per class (label, name): the original's per-image AP@0.5 restricted to that class.
     pub per_class_ap_50: Vec<(i64, String, f64)>,
+    /// The original's AP@0.5 of each image, in the order the images were added.
+    pub per_image_ap_50: Vec<f64>,
     /// COCO-style dataset-level mask AP (101-point interpolation, greedy by score).
     pub coco_map_50_95: f64,
     pub coco_ap_50: f64,
@@ -157,6 +159,7 @@ impl SegmentationEvaluator {
             per_threshold,
             map_50_95: map,
             per_class_ap_50: per_class,
+            per_image_ap_50: self.images.iter().map(|(p, g)| image_ap(p, g, 0.5)).collect(),
             coco_map_50_95: coco.iter().sum::<f64>() / coco.len() as f64,
             coco_ap_50: coco[0],
             coco_ap_75: coco[5],

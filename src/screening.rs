@@ -83,6 +83,12 @@ impl ModelScreener {
         if let Some(c) = s.classifier.as_mut() {
             apply_precision(c, s.settings.precision, device);
         }
+        if !device.is_cuda() && s.settings.cpu_channels_last {
+            s.segmentation.set_channels_last();
+            if let Some(c) = s.classifier.as_mut() {
+                c.set_channels_last();
+            }
+        }
         s
     }
 

@@ -58,6 +58,9 @@ pub struct BenchArgs {
     /// Time one segmentation training step (forward, backward, Adam) instead of screening.
     #[arg(long)]
     pub train_step: bool,
+    /// On the CPU, keep libtorch's NCHW weight layout (screening's `cpu_channels_last: false`).
+    #[arg(long)]
+    pub nchw: bool,
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
@@ -176,6 +179,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     }
     let settings = ScreeningSettings {
         precision: a.precision,
+        cpu_channels_last: !a.nchw,
         ..Default::default()
     };
     let screener = ModelScreener::from_models(seg, cls, settings, device);

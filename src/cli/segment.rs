@@ -108,6 +108,7 @@ pub fn run(a: &SegmentArgs) -> anyhow::Result<()> {
         mask_threshold: crate::config::Probability(threshold),
         score_threshold: crate::config::Probability(0.0),
         precision: a.precision,
+        ..Default::default()
     };
     let screener = crate::screening::ModelScreener::from_models(model, None, settings, device);
     let model = &screener.segmentation;

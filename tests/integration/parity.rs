@@ -57,10 +57,16 @@ fn close(name: &str, got: f64, want: f64, tol: f64) {
     );
 }
 
+/// Detections against torchvision's, with the weights in the default layout and again laid out
+/// channels-last (what screening on the CPU uses).
 fn check_detections(variant: &str) {
     let fx = load(&format!("parity_{variant}.safetensors"));
-    let m = model(variant, Semantics::Torchvision);
-    for i in 0..2 {
+    let mut m = model(variant, Semantics::Torchvision);
+    for (i, layout) in [(0, "nchw"), (1, "nchw"), (0, "nhwc"), (1, "nhwc")] {
+        if layout == "nhwc" && i == 0 {
+            m.set_channels_last();
+        }
+        let variant = format!("{variant} ({layout})");
         let p = |k: &str| &fx[&format!("img{i}.{k}")];
         let d = m.detect(&[image(i)]).unwrap().remove(0);
         let n = p("det.count").int64_value(&[]);
