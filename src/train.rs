@@ -23,6 +23,10 @@ pub struct SegTrainOptions {
     pub out: PathBuf,
     pub epochs: usize,
     pub lr: f64,
+    /// Epochs (1-based, counted from the first) after which the learning rate is multiplied by
+    /// `lr_gamma` (PyTorch's MultiStepLR); empty: constant, as the original.
+    pub lr_steps: Vec<usize>,
+    pub lr_gamma: f64,
     pub weight_decay: f64,
     pub save_every: usize,
     pub seed: i64,
@@ -30,6 +34,12 @@ pub struct SegTrainOptions {
     pub augment: bool,
     pub device: Device,
     pub model_name: String,
+}
+
+/// The learning rate of (0-based) `epoch`: `lr * gamma^(steps passed)`.
+pub fn lr_at(opts: &SegTrainOptions, epoch: usize) -> f64 {
+    let passed = opts.lr_steps.iter().filter(|&&s| epoch >= s).count();
+    opts.lr * opts.lr_gamma.powi(passed as i32)
 }
 
 /// The tensors of one slice: image `[3, H, W]` and its target.
@@ -183,6 +193,10 @@ pub fn train_segmentation(
     let mut rng_order: Vec<usize> = (0..train.len()).collect();
     for epoch in start_epoch..opts.epochs {
         let started = Instant::now();
+        adam.lr = lr_at(opts, epoch);
+        if epoch == start_epoch || adam.lr != lr_at(opts, epoch.saturating_sub(1)) {
+            tracing::info!(epoch = epoch + 1, lr = adam.lr, "learning rate");
+        }
         let perm = Tensor::randperm(train.len() as i64, (Kind::Int64, Device::Cpu));
         rng_order = Vec::<i64>::try_from(perm)
             .map(|v| v.into_iter().map(|i| i as usize).collect())
@@ -530,4 +544,43 @@ pub fn train_classifier(
         }
     }
     Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learning_rate_drops_after_each_step_epoch() {
+        let opts = SegTrainOptions {
+            out: PathBuf::new(),
+            epochs: 50,
+            lr: 3e-4,
+            lr_steps: vec![30, 40],
+            lr_gamma: 0.1,
+            weight_decay: 1e-3,
+            save_every: 10,
+            seed: 0,
+            val_train_mode: false,
+            augment: false,
+            device: Device::Cpu,
+            model_name: "m".into(),
+        };
+        // epochs are 0-based here: epoch 29 is the 30th, the last at the full rate
+        for (epoch, want) in [
+            (0, 3e-4),
+            (29, 3e-4),
+            (30, 3e-5),
+            (39, 3e-5),
+            (40, 3e-6),
+            (49, 3e-6),
+        ] {
+            assert!((lr_at(&opts, epoch) - want).abs() < want * 1e-9, "epoch {epoch}");
+        }
+        let constant = SegTrainOptions {
+            lr_steps: vec![],
+            ..opts
+        };
+        assert_eq!(lr_at(&constant, 45), 3e-4);
+    }
 }

@@ -104,6 +104,13 @@ pub struct TrainSegArgs {
     /// Adam learning rate (the original: 1e-5).
     #[arg(long, default_value_t = 1e-5)]
     pub lr: f64,
+    /// Multiply the learning rate by --lr-gamma after these epochs (comma-separated, e.g.
+    /// `30,40`; the original keeps it constant).
+    #[arg(long, value_delimiter = ',')]
+    pub lr_steps: Vec<usize>,
+    /// Factor of each --lr-steps drop.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr_gamma: f64,
     /// L2 weight decay folded into Adam (the original: 1e-3).
     #[arg(long, default_value_t = 1e-3)]
     pub weight_decay: f64,
@@ -183,6 +190,8 @@ pub fn run_train(a: &TrainSegArgs) -> anyhow::Result<()> {
         out: a.out.clone(),
         epochs: a.epochs,
         lr: a.lr,
+        lr_steps: a.lr_steps.clone(),
+        lr_gamma: a.lr_gamma,
         weight_decay: a.weight_decay,
         save_every: a.save_every,
         seed: a.seed,

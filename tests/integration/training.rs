@@ -38,6 +38,8 @@ fn resume_continues_from_the_saved_epoch_and_optimizer_state() {
         out: out.clone(),
         epochs: 1,
         lr: 1e-4,
+        lr_steps: vec![1],
+        lr_gamma: 0.5,
         weight_decay: 1e-3,
         save_every: 1,
         seed: 1,
