@@ -12,6 +12,7 @@ mod dicom;
 mod frame;
 mod lengths;
 mod raster;
+mod rle;
 #[cfg(test)]
 mod tests;
 

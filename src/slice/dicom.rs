@@ -31,6 +31,8 @@ const NON_IMAGE_MODALITIES: &[&str] = &[
 const MAX_FRAMES: u32 = 10_000;
 /// JPEG Extended (process 2 & 4): jpeg-decoder reads only its 8-bit form.
 const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+/// RLE Lossless: its fragments are checked before dicom-rs decodes them (`rle.rs`).
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 /// Segmentation Storage: refused even when Modality is missing.
 const SEG_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 
@@ -86,6 +88,15 @@ pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<
         return Err(first_refusal.unwrap_or(Rejection::NoPixelData));
     }
 
+    if ts == RLE_LOSSLESS {
+        let fragments = obj
+            .get(tags::PIXEL_DATA)
+            .and_then(|e| e.value().fragments())
+            .unwrap_or(&[]);
+        let samples = u32_opt(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+        let bits = u32_opt(&obj, tags::BITS_ALLOCATED).unwrap_or(16);
+        super::rle::check(fragments, height, width, samples, bits).map_err(Rejection::Corrupt)?;
+    }
     let decoded = obj
         .decode_pixel_data()
         .map_err(|e| Rejection::Corrupt(format!("pixel data: {}", chain(&e))))?;

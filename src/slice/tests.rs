@@ -513,3 +513,16 @@ fn forged_value_lengths_are_refused_before_parsing() {
         "{reason}"
     );
 }
+
+#[test]
+fn rle_segments_that_decode_short_are_refused_not_a_panic() {
+    // found by fuzzing: an RLE segment decoding to fewer than Rows x Columns bytes made
+    // dicom-rs 0.10 index out of bounds; rle.rs checks the fragments first
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/slice/forged");
+    let e = read_slices(&dir.join("rle_short_segment.dcm"), &SliceOptions::default()).unwrap_err();
+    let reason = e.reason();
+    assert!(
+        reason.starts_with("corrupt") && reason.contains("RLE"),
+        "{reason}"
+    );
+}

@@ -52,9 +52,9 @@ fn demo_segmentation_scores_on_a_test_subset() {
     model.set_config(cfg).unwrap();
     let m = ctmask::cli::train_seg::evaluate(&mut model, &set, 0.75, ctmask::model::default_mask_threshold())
         .unwrap();
-    // measured when the card was written: AP@0.5 0.4840, mAP 0.4036 on these 15 slices
-    assert!((m.ap_50 - 0.4840).abs() < 0.02, "AP@0.5 {}", m.ap_50);
-    assert!((m.map_50_95 - 0.4036).abs() < 0.02, "mAP {}", m.map_50_95);
+    // measured when the card was written: AP@0.5 0.8078, mAP 0.6188 on these 15 slices
+    assert!((m.ap_50 - 0.8078).abs() < 0.02, "AP@0.5 {}", m.ap_50);
+    assert!((m.map_50_95 - 0.6188).abs() < 0.02, "mAP {}", m.map_50_95);
 }
 
 #[test]
@@ -101,13 +101,15 @@ fn make_demo_screens_a_two_series_synthetic_scan() {
         "{text}"
     );
     assert_eq!(text.matches("5 slices, verdict covid").count(), 2, "{text}");
-    assert_eq!(
-        text.lines()
-            .filter(|l| l.contains(" covid ") && l.contains("-"))
-            .count(),
-        10,
-        "{text}"
-    );
+    // ten slice rows, each with its label; a synthetic COVID patient's slices are nearly all
+    // labelled covid by the demo classifier (9 of 10 when its card was written)
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.split_whitespace().count() == 8 && l.contains(" -"))
+        .collect();
+    assert_eq!(rows.len(), 10, "{text}");
+    let covid = rows.iter().filter(|l| l.contains(" covid ")).count();
+    assert!(covid >= 8, "{covid} of 10 slices labelled covid:\n{text}");
 }
 
 /// `ctmask bench-daemon` runs the real daemon on the demo weights and reports every figure it
