@@ -3,15 +3,24 @@
 //! parser allocate gigabytes (found by the slice fuzzer). Only what can be walked cheaply is
 //! checked: the file meta group, then the data set in implicit or explicit VR little endian or
 //! explicit VR big endian (a deflated data set is inflated first, at most 64 times its size or
-//! 512 MiB); the walk stops at the first undefined length (sequences, encapsulated pixel data) and
-//! then leaves the rest to the parser.
+//! 512 MiB). Sequences and items are walked into (by VR, or in implicit VR by their items),
+//! fragments of encapsulated pixel data skipped by their lengths, and headers read as dicom-rs
+//! reads them (an unknown explicit VR has a 4-byte length, as UN).
 
-/// VRs whose explicit-VR header has a 4-byte length after 2 reserved bytes.
-fn long_vr(vr: &[u8]) -> bool {
+/// Whether an explicit-VR header has a 2-byte length (PS3.5 table 7.1-2). Every other VR,
+/// including an unknown one (dicom-rs reads those as UN), has 2 reserved bytes and a 4-byte
+/// length: the walk must read headers exactly as the parser will.
+fn short_vr(vr: &[u8]) -> bool {
     matches!(
         vr,
-        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+        b"AE" | b"AS" | b"AT" | b"CS" | b"DA" | b"DS" | b"DT" | b"FL" | b"FD" | b"IS" | b"LO" | b"LT"
+            | b"PN" | b"SH" | b"SL" | b"SS" | b"ST" | b"TM" | b"UI" | b"UL" | b"US"
     )
+}
+
+/// An item tag (FFFE,E000) in little endian at the start of `v`.
+fn starts_with_item(v: &[u8]) -> bool {
+    v.starts_with(&[0xFE, 0xFF, 0x00, 0xE0])
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -72,22 +81,30 @@ fn walk(
             continue;
         }
         let (len, header, sq) = match syntax {
-            Syntax::ImplicitLe => (u64::from(u32_at(pos + 4)), 8, tag != 0x7FE0_0010),
+            // implicit VR: a sequence is known by its items (the parser knows it by dictionary)
+            Syntax::ImplicitLe => {
+                let len = u64::from(u32_at(pos + 4));
+                let v = &b[(pos + 8).min(b.len())..];
+                (len, 8, tag != 0x7FE0_0010 && (len == 0xFFFF_FFFF || starts_with_item(v)))
+            }
             _ => {
                 let vr = &b[pos + 4..pos + 6];
-                if long_vr(vr) {
+                if short_vr(vr) {
+                    (u64::from(u16_at(pos + 6)), 8, false)
+                } else {
                     if pos + 12 > b.len() {
                         break;
                     }
-                    (u64::from(u32_at(pos + 8)), 12, vr == b"SQ")
-                } else {
-                    (u64::from(u16_at(pos + 6)), 8, false)
+                    let len = u64::from(u32_at(pos + 8));
+                    // UN of undefined length is read as a sequence too
+                    (len, 12, vr == b"SQ" || (len == 0xFFFF_FFFF && tag != 0x7FE0_0010))
                 }
             }
         };
         let start = pos + header;
         if len == 0xFFFF_FFFF {
-            in_fragments = !sq;
+            // only encapsulated pixel data holds fragments; anything else holds items to walk
+            in_fragments = !sq && tag == 0x7FE0_0010;
             pos = start;
             continue;
         }
@@ -102,11 +119,7 @@ fn walk(
             );
         }
         // a defined-length explicit sequence: walk its items; anything else: skip the value
-        pos = if sq && syntax != Syntax::ImplicitLe {
-            start
-        } else {
-            start + len as usize
-        };
+        pos = if sq { start } else { start + len as usize };
     }
     Ok((pos, ts))
 }

@@ -504,14 +504,17 @@ fn format_comes_from_content_not_extension() {
 #[test]
 fn forged_value_lengths_are_refused_before_parsing() {
     // found by fuzzing: a declared length of 2 GB that made dicom-rs allocate it before reading
-    // (forged lengths inside some sequences still reach the parser: see the slice issue's notes)
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/slice/forged");
-    let e = read_slices(&dir.join("huge_value_length.dcm"), &SliceOptions::default()).unwrap_err();
-    let reason = e.reason();
-    assert!(
-        reason.starts_with("corrupt") && reason.contains("declares"),
-        "{reason}"
-    );
+    // and one with a non-standard VR (read by dicom-rs as UN, with a 4-byte length) whose
+    // nested sequences hide a 2 GB length
+    for name in ["huge_value_length.dcm", "unknown_vr_nested_length.dcm"] {
+        let e = read_slices(&dir.join(name), &SliceOptions::default()).unwrap_err();
+        let reason = e.reason();
+        assert!(
+            reason.starts_with("corrupt") && reason.contains("declares"),
+            "{name}: {reason}"
+        );
+    }
 }
 
 #[test]
