@@ -13,8 +13,27 @@
 fn short_vr(vr: &[u8]) -> bool {
     matches!(
         vr,
-        b"AE" | b"AS" | b"AT" | b"CS" | b"DA" | b"DS" | b"DT" | b"FL" | b"FD" | b"IS" | b"LO" | b"LT"
-            | b"PN" | b"SH" | b"SL" | b"SS" | b"ST" | b"TM" | b"UI" | b"UL" | b"US"
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
     )
 }
 
@@ -85,7 +104,11 @@ fn walk(
             Syntax::ImplicitLe => {
                 let len = u64::from(u32_at(pos + 4));
                 let v = &b[(pos + 8).min(b.len())..];
-                (len, 8, tag != 0x7FE0_0010 && (len == 0xFFFF_FFFF || starts_with_item(v)))
+                (
+                    len,
+                    8,
+                    tag != 0x7FE0_0010 && (len == 0xFFFF_FFFF || starts_with_item(v)),
+                )
             }
             _ => {
                 let vr = &b[pos + 4..pos + 6];
@@ -163,9 +186,8 @@ fn check_deflated(compressed: &[u8]) -> Result<(), String> {
     let cap = (compressed.len() as u64 * 64).min(512 << 20);
     let mut out = Vec::new();
     let mut reader = flate2::read::DeflateDecoder::new(compressed).take(cap + 1);
-    if reader.read_to_end(&mut out).is_err() {
-        return Ok(()); // a broken stream: the parser reports it
-    }
+    // a broken stream still has its readable start walked: the parser reads that far too
+    let _ = reader.read_to_end(&mut out);
     if out.len() as u64 > cap {
         return Err(format!("deflated data set inflates to more than {cap} bytes"));
     }

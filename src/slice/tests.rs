@@ -507,7 +507,12 @@ fn forged_value_lengths_are_refused_before_parsing() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/slice/forged");
     // and one with a non-standard VR (read by dicom-rs as UN, with a 4-byte length) whose
     // nested sequences hide a 2 GB length
-    for name in ["huge_value_length.dcm", "unknown_vr_nested_length.dcm"] {
+    // and a deflated data set whose stream breaks after a forged length
+    for name in [
+        "huge_value_length.dcm",
+        "unknown_vr_nested_length.dcm",
+        "deflate_broken_stream_length.dcm",
+    ] {
         let e = read_slices(&dir.join(name), &SliceOptions::default()).unwrap_err();
         let reason = e.reason();
         assert!(
