@@ -97,8 +97,18 @@ pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<
         let bits = u32_opt(&obj, tags::BITS_ALLOCATED).unwrap_or(16);
         super::rle::check(fragments, height, width, samples, bits).map_err(Rejection::Corrupt)?;
     }
-    let decoded = obj
-        .decode_pixel_data()
+    // dicom-rs's decoders trust some headers (an RLE segment or a JPEG 2000 codestream larger
+    // or smaller than Rows x Columns makes them index out of bounds): their panics become a
+    // refusal of this file, never the end of the reader
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
+        .map_err(|p| {
+            let why = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            Rejection::Corrupt(format!("pixel data: the decoder failed ({why})"))
+        })?
         .map_err(|e| Rejection::Corrupt(format!("pixel data: {}", chain(&e))))?;
     let j2k = is_jpeg2000(&ts);
     accepted

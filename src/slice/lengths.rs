@@ -56,7 +56,7 @@ fn walk(
     b: &[u8],
     mut pos: usize,
     syntax: Syntax,
-    meta_only: bool,
+    stop_at: Option<usize>,
 ) -> Result<(usize, Option<String>), (u32, u64)> {
     let mut ts = None;
     let mut in_fragments = false;
@@ -76,12 +76,9 @@ fn walk(
             u32::from_le_bytes(x)
         }
     };
-    while pos + 8 <= b.len() {
+    while pos + 8 <= b.len() && stop_at.is_none_or(|s| pos < s) {
         let group = u16_at(pos);
         let elem = u16_at(pos + 2);
-        if meta_only && group != 0x0002 {
-            break;
-        }
         let tag = (u32::from(group) << 16) | u32::from(elem);
         if group == 0xFFFE {
             let len = u64::from(u32_at(pos + 4));
@@ -158,7 +155,17 @@ pub fn check(b: &[u8], start: usize, has_meta: bool, bare_explicit: bool) -> Res
         )
     };
     let (data_start, syntax) = if has_meta {
-        let (end, ts) = walk(b, start, Syntax::ExplicitLe, true).map_err(bad)?;
+        // dicom-rs reads the meta group as (0002,0000) UL, then elements (whatever their tags)
+        // until that many bytes are read; without that header it refuses the file itself
+        let group_length = b
+            .get(start..start + 12)
+            .filter(|h| h[..8] == [0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0])
+            .map(|h| u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize);
+        let Some(group_length) = group_length else {
+            return Ok(());
+        };
+        let meta_end = (start + 12).saturating_add(group_length);
+        let (end, ts) = walk(b, start + 12, Syntax::ExplicitLe, Some(meta_end)).map_err(bad)?;
         let syntax = match ts.as_deref() {
             Some("1.2.840.10008.1.2") => Syntax::ImplicitLe,
             Some("1.2.840.10008.1.2.2") => Syntax::ExplicitBe,
@@ -177,7 +184,7 @@ pub fn check(b: &[u8], start: usize, has_meta: bool, bare_explicit: bool) -> Res
             },
         )
     };
-    walk(b, data_start, syntax, false).map(|_| ()).map_err(bad)
+    walk(b, data_start, syntax, None).map(|_| ()).map_err(bad)
 }
 
 /// Inflate a deflated explicit-VR-LE data set (bounded) and walk it.
@@ -191,7 +198,7 @@ fn check_deflated(compressed: &[u8]) -> Result<(), String> {
     if out.len() as u64 > cap {
         return Err(format!("deflated data set inflates to more than {cap} bytes"));
     }
-    walk(&out, 0, Syntax::ExplicitLe, false)
+    walk(&out, 0, Syntax::ExplicitLe, None)
         .map(|_| ())
         .map_err(|(tag, len)| {
             format!(

@@ -507,11 +507,13 @@ fn forged_value_lengths_are_refused_before_parsing() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/slice/forged");
     // and one with a non-standard VR (read by dicom-rs as UN, with a 4-byte length) whose
     // nested sequences hide a 2 GB length
-    // and a deflated data set whose stream breaks after a forged length
+    // and a deflated data set whose stream breaks after a forged length, and a file meta group
+    // with a foreign tag (dicom-rs reads the meta by its group length, so must the guard)
     for name in [
         "huge_value_length.dcm",
         "unknown_vr_nested_length.dcm",
         "deflate_broken_stream_length.dcm",
+        "meta_odd_tag_length.dcm",
     ] {
         let e = read_slices(&dir.join(name), &SliceOptions::default()).unwrap_err();
         let reason = e.reason();
@@ -531,6 +533,19 @@ fn rle_segments_that_decode_short_are_refused_not_a_panic() {
     let reason = e.reason();
     assert!(
         reason.starts_with("corrupt") && reason.contains("RLE"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_decoder_panic_is_a_refusal_not_a_crash() {
+    // found by fuzzing: a JPEG 2000 codestream larger than Rows x Columns makes dicom-rs 0.10's
+    // adapter slice out of bounds; the reader turns the panic into a refusal naming the decoder
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/slice/forged");
+    let e = read_slices(&dir.join("j2k_codestream_larger.dcm"), &SliceOptions::default()).unwrap_err();
+    let reason = e.reason();
+    assert!(
+        reason.starts_with("corrupt: pixel data: the decoder failed"),
         "{reason}"
     );
 }
