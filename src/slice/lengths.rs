@@ -144,6 +144,24 @@ fn walk(
     Ok((pos, ts))
 }
 
+/// The value of the (0002,0000) element at `start` and where the next element begins, read as
+/// dicom-rs's meta parser reads it (explicit VR LE, any VR, length exactly 4); `None` where that
+/// parser refuses the file itself.
+fn meta_group_length(b: &[u8], start: usize) -> Option<(usize, usize)> {
+    let h = b.get(start..start + 8)?;
+    if h[..4] != [0x02, 0x00, 0x00, 0x00] {
+        return None;
+    }
+    let (len, value) = if short_vr(&h[4..6]) {
+        (u32::from(u16::from_le_bytes([h[6], h[7]])), start + 8)
+    } else {
+        let l = b.get(start + 8..start + 12)?;
+        (u32::from_le_bytes([l[0], l[1], l[2], l[3]]), start + 12)
+    };
+    let v = b.get(value..value + 4)?;
+    (len == 4).then(|| (u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as usize, value + 4))
+}
+
 /// Check the declared lengths of a DICOM buffer: `start` is where the file meta (`DICM` + 4) or,
 /// without meta, the data set begins; `bare_explicit` the syntax of a bare data set.
 pub fn check(b: &[u8], start: usize, has_meta: bool, bare_explicit: bool) -> Result<(), String> {
@@ -157,15 +175,12 @@ pub fn check(b: &[u8], start: usize, has_meta: bool, bare_explicit: bool) -> Res
     let (data_start, syntax) = if has_meta {
         // dicom-rs reads the meta group as (0002,0000) UL, then elements (whatever their tags)
         // until that many bytes are read; without that header it refuses the file itself
-        let group_length = b
-            .get(start..start + 12)
-            .filter(|h| h[..8] == [0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0])
-            .map(|h| u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize);
-        let Some(group_length) = group_length else {
+        // (whatever VR it declares: the header is read by that VR, and the length must be 4)
+        let Some((group_length, first)) = meta_group_length(b, start) else {
             return Ok(());
         };
-        let meta_end = (start + 12).saturating_add(group_length);
-        let (end, ts) = walk(b, start + 12, Syntax::ExplicitLe, Some(meta_end)).map_err(bad)?;
+        let meta_end = first.saturating_add(group_length);
+        let (end, ts) = walk(b, first, Syntax::ExplicitLe, Some(meta_end)).map_err(bad)?;
         let syntax = match ts.as_deref() {
             Some("1.2.840.10008.1.2") => Syntax::ImplicitLe,
             Some("1.2.840.10008.1.2.2") => Syntax::ExplicitBe,
