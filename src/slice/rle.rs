@@ -110,10 +110,10 @@ mod tests {
     fn accepts_whole_segments_and_refuses_short_or_broken_ones() {
         // 2x2 pixels, 8-bit: one segment of 4 bytes: a repeat of 3 and a literal of 1
         let good = fragment(&[&[0xFE, 7, 0x00, 9]]);
-        assert_eq!(check(&[good.clone()], 2, 2, 1, 8), Ok(()));
+        assert_eq!(check(std::slice::from_ref(&good), 2, 2, 1, 8), Ok(()));
         // 16-bit needs two segments
         assert!(
-            check(&[good.clone()], 2, 2, 1, 16)
+            check(std::slice::from_ref(&good), 2, 2, 1, 16)
                 .unwrap_err()
                 .contains("2 needed")
         );
