@@ -10,6 +10,7 @@
 
 mod dicom;
 mod frame;
+mod jpeg12;
 mod lengths;
 mod raster;
 mod rle;

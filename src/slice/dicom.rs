@@ -7,18 +7,24 @@
 //! JPEG 2000 output is taken as decoded (its codestream carries the sign and its lossy
 //! samples may overshoot BitsStored). `HU = stored * RescaleSlope + RescaleIntercept`,
 //! looked up per frame in the functional groups of enhanced objects.
+//!
+//! JPEG Extended (1.2.840.10008.1.2.4.51) with BitsStored > 8 is the one encoding dicom-rs
+//! cannot decode (jpeg-decoder has no 12-bit DCT): its frames are taken from the
+//! encapsulated fragments and decoded by [`super::jpeg12`], then follow the same path to HU.
 
 use std::io::Cursor;
+use std::ops::Range;
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
-use dicom_pixeldata::PixelDecoder;
+use dicom_pixeldata::{DecodedPixelData, PixelDecoder};
 use dicom_transfer_syntax_registry::{TransferSyntaxRegistry, entries};
 
-use super::frame::{FrameInfo, frame_info, hu_and_rgb, stored_values};
+use super::frame::{FrameInfo, frame_info, hu_and_rgb, stored_values, stored_values_of_samples};
+use super::jpeg12::{self, JpegError};
 use super::raster::check_size;
 use super::{Detected, Rejection, Slice, SliceFormat, SliceOptions};
 
@@ -29,7 +35,7 @@ const NON_IMAGE_MODALITIES: &[&str] = &[
 ];
 /// More frames than this is a forged header, not a CT volume.
 const MAX_FRAMES: u32 = 10_000;
-/// JPEG Extended (process 2 & 4): jpeg-decoder reads only its 8-bit form.
+/// JPEG Extended (process 2 & 4): jpeg-decoder reads only its 8-bit form, `jpeg12` the rest.
 const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
 /// RLE Lossless: its fragments are checked before dicom-rs decodes them (`rle.rs`).
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
@@ -62,11 +68,8 @@ pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<
     let height = u32_attr(&obj, tags::ROWS)?;
     check_size(width, height, opts)?;
     check_layout(&obj)?;
-    if ts == JPEG_EXTENDED && u32_opt(&obj, tags::BITS_STORED).unwrap_or(8) > 8 {
-        return Err(Rejection::UnsupportedEncoding(format!(
-            "{ts} (12-bit JPEG extended: no pure-Rust decoder)"
-        )));
-    }
+    let bits_stored = u32_opt(&obj, tags::BITS_STORED).unwrap_or(8);
+    let twelve_bit_jpeg = ts == JPEG_EXTENDED && bits_stored > 8;
     let frames = u32_opt(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
     if frames > MAX_FRAMES {
         return Err(Rejection::Corrupt(format!("{frames} frames")));
@@ -97,24 +100,33 @@ pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<
         let bits = u32_opt(&obj, tags::BITS_ALLOCATED).unwrap_or(16);
         super::rle::check(fragments, height, width, samples, bits).map_err(Rejection::Corrupt)?;
     }
-    // dicom-rs's decoders trust some headers (an RLE segment or a JPEG 2000 codestream larger
-    // or smaller than Rows x Columns makes them index out of bounds): their panics become a
-    // refusal of this file, never the end of the reader
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
-        .map_err(|p| {
-            let why = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown".into());
-            Rejection::Corrupt(format!("pixel data: the decoder failed ({why})"))
-        })?
-        .map_err(|e| Rejection::Corrupt(format!("pixel data: {}", chain(&e))))?;
-    let j2k = is_jpeg2000(&ts);
+    let pixels = if twelve_bit_jpeg {
+        let element = obj.get(tags::PIXEL_DATA).ok_or(Rejection::NoPixelData)?;
+        let fragments = element
+            .value()
+            .fragments()
+            .ok_or_else(|| Rejection::Corrupt("JPEG pixel data is not encapsulated".into()))?;
+        let offsets = element.value().offset_table().unwrap_or(&[]);
+        let ranges = frame_fragments(fragments, offsets, frames)
+            .map_err(|why| Rejection::Corrupt(format!("pixel data: {why}")))?;
+        Pixels::Jpeg12(Jpeg12Frames {
+            fragments,
+            ranges,
+            width,
+            height,
+            bits_stored,
+            signed: u32_opt(&obj, tags::PIXEL_REPRESENTATION) == Some(1),
+        })
+    } else {
+        Pixels::Decoded {
+            px: decode_all(&obj)?,
+            jpeg2000: is_jpeg2000(&ts),
+        }
+    };
     accepted
         .into_iter()
         .map(|info| {
-            let stored = stored_values(&decoded, info.frame, j2k)?;
+            let stored = pixels.stored(info.frame)?;
             let (hu, rgb) = hu_and_rgb(&stored, info.slope, info.intercept, opts);
             Ok(Slice {
                 width,
@@ -128,6 +140,146 @@ pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<
             })
         })
         .collect()
+}
+
+/// Decode every frame with dicom-pixeldata.
+fn decode_all(obj: &DefaultDicomObject) -> Result<DecodedPixelData<'_>, Rejection> {
+    // dicom-rs's decoders trust some headers (an RLE segment or a JPEG 2000 codestream larger
+    // or smaller than Rows x Columns makes them index out of bounds): their panics become a
+    // refusal of this file, never the end of the reader
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
+        .map_err(|p| {
+            let why = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            Rejection::Corrupt(format!("pixel data: the decoder failed ({why})"))
+        })?
+        .map_err(|e| Rejection::Corrupt(format!("pixel data: {}", chain(&e))))
+}
+
+/// Where the stored values of a frame come from.
+enum Pixels<'a> {
+    /// Every frame decoded by dicom-pixeldata.
+    Decoded {
+        px: DecodedPixelData<'a>,
+        jpeg2000: bool,
+    },
+    /// 12-bit JPEG Extended, decoded frame by frame when asked for.
+    Jpeg12(Jpeg12Frames<'a>),
+}
+
+impl Pixels<'_> {
+    fn stored(&self, frame: u32) -> Result<Vec<i32>, Rejection> {
+        match self {
+            Self::Decoded { px, jpeg2000 } => stored_values(px, frame, *jpeg2000),
+            Self::Jpeg12(frames) => frames.stored(frame),
+        }
+    }
+}
+
+/// The encapsulated frames of a JPEG Extended object with BitsStored > 8.
+struct Jpeg12Frames<'a> {
+    fragments: &'a [Vec<u8>],
+    /// The fragments of each frame.
+    ranges: Vec<Range<usize>>,
+    width: u32,
+    height: u32,
+    bits_stored: u32,
+    signed: bool,
+}
+
+impl Jpeg12Frames<'_> {
+    /// Decode one frame with [`jpeg12`] and check it against Columns, Rows and BitsStored.
+    /// The decoder returns right-aligned samples, so HighBit plays no part; the samples are
+    /// masked to BitsStored and sign-extended like every other encoding's.
+    fn stored(&self, frame: u32) -> Result<Vec<i32>, Rejection> {
+        let corrupt = |why: String| Rejection::Corrupt(format!("pixel data: frame {frame}: {why}"));
+        let range = self
+            .ranges
+            .get(frame as usize)
+            .cloned()
+            .ok_or_else(|| corrupt("no fragments".into()))?;
+        let stream = self.fragments.get(range).unwrap_or(&[]).concat();
+        // the limit is the size the header declares: a forged SOF allocates nothing more
+        let image = jpeg12::decode(&stream, (self.width, self.height)).map_err(|e| match e {
+            JpegError::Unsupported(why) => {
+                Rejection::UnsupportedEncoding(format!("{JPEG_EXTENDED}: frame {frame}: {why}"))
+            }
+            JpegError::Corrupt(why) => corrupt(format!("JPEG: {why}")),
+        })?;
+        if (image.width, image.height) != (self.width, self.height) {
+            return Err(corrupt(format!(
+                "JPEG of {}x{} for Columns x Rows {}x{}",
+                image.width, image.height, self.width, self.height
+            )));
+        }
+        if u32::from(image.precision) < self.bits_stored {
+            return Err(corrupt(format!(
+                "{}-bit JPEG for BitsStored {}",
+                image.precision, self.bits_stored
+            )));
+        }
+        Ok(stored_values_of_samples(
+            &image.samples,
+            self.bits_stored,
+            self.signed,
+        ))
+    }
+}
+
+/// The fragments that hold each frame of encapsulated pixel data: all of them for a single
+/// frame; with several frames, the Basic Offset Table (byte offsets of each frame's first
+/// fragment item, counted from the first item after the table, each item having an 8-byte
+/// header) when there is one, else one fragment per frame, else (as pydicom does) a new frame
+/// at every fragment that starts with a JPEG SOI marker.
+fn frame_fragments(fragments: &[Vec<u8>], offsets: &[u32], frames: u32) -> Result<Vec<Range<usize>>, String> {
+    let (n, frames) = (fragments.len(), frames as usize);
+    if n == 0 {
+        return Err("no pixel data fragments".into());
+    }
+    let firsts: Vec<usize> = if frames == 1 {
+        vec![0]
+    } else if !offsets.is_empty() {
+        if offsets.len() != frames {
+            return Err(format!(
+                "offset table of {} entries for {frames} frames",
+                offsets.len()
+            ));
+        }
+        let mut starts = Vec::with_capacity(n);
+        let mut pos = 0u64;
+        for f in fragments {
+            starts.push(pos);
+            pos += 8 + f.len() as u64;
+        }
+        let firsts = offsets
+            .iter()
+            .map(|&o| {
+                starts
+                    .binary_search(&u64::from(o))
+                    .map_err(|_| format!("offset table entry {o} is not the start of a fragment"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if firsts.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("offset table entries are not increasing".into());
+        }
+        firsts
+    } else if n == frames {
+        (0..n).collect()
+    } else {
+        let firsts: Vec<usize> = (0..n)
+            .filter(|&i| fragments[i].starts_with(&[0xFF, 0xD8]))
+            .collect();
+        if firsts.len() != frames || firsts.first() != Some(&0) {
+            return Err(format!("{n} fragments for {frames} frames and no offset table"));
+        }
+        firsts
+    };
+    Ok((0..firsts.len())
+        .map(|k| firsts[k]..firsts.get(k + 1).copied().unwrap_or(n))
+        .collect())
 }
 
 /// Parse the bytes with or without preamble and file meta.

@@ -108,6 +108,31 @@ pub(super) fn frame_info(obj: &InMemDicomObject, frame: u32, frames: u32) -> Fra
     }
 }
 
+/// How raw decoded samples become stored values: shifted down past the unused low bits
+/// (HighBit), masked to BitsStored and sign-extended when PixelRepresentation is 1.
+struct StoredBits {
+    signed: bool,
+    allocated: u32,
+    stored: u32,
+    shift: u32,
+    /// JPEG 2000 samples are taken as decoded (sign-extended from BitsAllocated).
+    jpeg2000: bool,
+}
+
+impl StoredBits {
+    fn value(&self, raw: u32) -> i32 {
+        if self.jpeg2000 {
+            return sign_extend(raw, self.allocated, self.signed);
+        }
+        let mask = if self.stored >= 32 {
+            u32::MAX
+        } else {
+            (1 << self.stored) - 1
+        };
+        sign_extend((raw >> self.shift) & mask, self.stored, self.signed)
+    }
+}
+
 /// The stored values of one frame as i32, masked to BitsStored and sign-extended
 /// (JPEG 2000 samples are taken as decoded).
 pub(super) fn stored_values(
@@ -118,32 +143,43 @@ pub(super) fn stored_values(
     let data = px
         .frame_data(frame)
         .map_err(|e| Rejection::Corrupt(format!("frame {frame}: {e}")))?;
-    let signed = px.pixel_representation() == PixelRepresentation::Signed;
     let allocated = u32::from(px.bits_allocated());
     let stored = u32::from(px.bits_stored()).clamp(1, allocated);
-    let shift = (u32::from(px.high_bit()) + 1).saturating_sub(stored);
-    let convert = |raw: u32| -> i32 {
-        if jpeg2000 {
-            return sign_extend(raw, allocated, signed);
-        }
-        let mask = if stored >= 32 { u32::MAX } else { (1 << stored) - 1 };
-        sign_extend((raw >> shift) & mask, stored, signed)
+    let bits = StoredBits {
+        signed: px.pixel_representation() == PixelRepresentation::Signed,
+        allocated,
+        stored,
+        shift: (u32::from(px.high_bit()) + 1).saturating_sub(stored),
+        jpeg2000,
     };
     let values = match allocated {
-        8 => data.iter().map(|&b| convert(u32::from(b))).collect(),
+        8 => data.iter().map(|&b| bits.value(u32::from(b))).collect(),
         16 => data
             .chunks_exact(2)
-            .map(|c| convert(u32::from(u16::from_le_bytes([c[0], c[1]]))))
+            .map(|c| bits.value(u32::from(u16::from_le_bytes([c[0], c[1]]))))
             .collect(),
         32 => data
             .chunks_exact(4)
-            .map(|c| convert(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .map(|c| bits.value(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
             .collect(),
         other => {
             return Err(Rejection::UnsupportedEncoding(format!("{other} bits allocated")));
         }
     };
     Ok(values)
+}
+
+/// Stored values of samples a JPEG decoder gave right-aligned (no HighBit shift), masked to
+/// `bits_stored` and sign-extended when `signed`, like [`stored_values`].
+pub(super) fn stored_values_of_samples(samples: &[u16], bits_stored: u32, signed: bool) -> Vec<i32> {
+    let bits = StoredBits {
+        signed,
+        allocated: 16,
+        stored: bits_stored.clamp(1, 16),
+        shift: 0,
+        jpeg2000: false,
+    };
+    samples.iter().map(|&s| bits.value(u32::from(s))).collect()
 }
 
 /// Interpret the low `bits` of `v` as two's complement when `signed`.

@@ -192,16 +192,6 @@ fn every_transfer_syntax_fixture_decodes_to_pydicom_hu() {
         let mut parts = line.split_whitespace();
         let (name, ts) = (parts.next().expect("name"), parts.next().expect("ts"));
         seen.push(ts.to_string());
-        if ts == "1.2.840.10008.1.2.4.51" {
-            // 12-bit lossy JPEG: jpeg-decoder has no 12-bit DCT, so it is refused cleanly
-            let e = read_slices(&dir.join(name), &wide()).expect_err("12-bit extended");
-            assert!(
-                e.reason()
-                    .starts_with("unsupported encoding: 1.2.840.10008.1.2.4.51"),
-                "{e}"
-            );
-            continue;
-        }
         let s = &read_slices(&dir.join(name), &wide()).unwrap_or_else(|e| panic!("{e}"))[0];
         assert_eq!(
             s.format,
@@ -212,6 +202,8 @@ fn every_transfer_syntax_fixture_decodes_to_pydicom_hu() {
         // lossy codecs: our decoders may round differently from libjpeg/openjpeg by a level
         let tolerance = match ts {
             "1.2.840.10008.1.2.4.50" => 8.0, // 8-bit stored, slope 8
+            // 12-bit (slope 1) decoded by jpeg12.rs: the same values as pydicom's, exactly
+            "1.2.840.10008.1.2.4.51" => 0.0,
             "1.2.840.10008.1.2.4.81" | "1.2.840.10008.1.2.4.91" => 1.0,
             _ => 0.0,
         };
@@ -548,5 +540,82 @@ fn a_decoder_panic_is_a_refusal_not_a_crash() {
     assert!(
         reason.starts_with("corrupt: pixel data: the decoder failed"),
         "{reason}"
+    );
+}
+
+#[test]
+fn twelve_bit_jpeg_extended_frames_fragments_and_refusals() {
+    // the 12-bit JPEG Extended fixture, whose stream jpeg12.rs decodes
+    let path = fixtures().join("u12_jpeg_extended.dcm");
+    let single = read_slices(&path, &wide()).expect("decodes").remove(0);
+    let open = || OpenFileOptions::new().open_file(&path).expect("opens");
+    let stream: Vec<u8> = open()
+        .get(tags::PIXEL_DATA)
+        .and_then(|e| e.value().fragments())
+        .expect("encapsulated")
+        .concat();
+    let with_pixels = |frames: &str, offsets: Vec<u32>, fragments: Vec<Vec<u8>>| {
+        let mut obj = open();
+        put_str(&mut obj, tags::NUMBER_OF_FRAMES, VR::IS, frames);
+        let seq = dicom_core::value::PixelFragmentSequence::new(offsets, fragments);
+        obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, seq));
+        read_slices_from_bytes(&to_bytes(&obj), "x", &wide())
+    };
+    // two frames: one fragment each, by the offset table, split by SOI markers
+    // even lengths: the writer pads odd fragments, which would corrupt a split stream
+    let half = (stream.len() / 2) & !1;
+    let (a, b) = (stream[..half].to_vec(), stream[half..].to_vec());
+    let frag_len = 8 + stream.len() as u32;
+    for (offsets, fragments) in [
+        (vec![], vec![stream.clone(), stream.clone()]),
+        (vec![0, frag_len], vec![stream.clone(), stream.clone()]),
+        (
+            vec![0, 16 + stream.len() as u32],
+            vec![a.clone(), b.clone(), a.clone(), b.clone()],
+        ),
+        (vec![], vec![a.clone(), b.clone(), a.clone(), b.clone()]),
+    ] {
+        let slices =
+            with_pixels("2", offsets.clone(), fragments).unwrap_or_else(|e| panic!("{offsets:?}: {e}"));
+        assert_eq!(slices.len(), 2);
+        assert!(slices.iter().all(|s| s.hu == single.hu && s.rgb == single.rgb));
+    }
+    // refusals name the frame and the reason
+    let reason = |r: Result<Vec<Slice>, SliceError>| r.expect_err("refused").reason();
+    let truncated = stream[..stream.len() - 200].to_vec();
+    assert_eq!(
+        reason(with_pixels("2", vec![], vec![stream.clone(), truncated])),
+        "corrupt: pixel data: frame 1: JPEG: entropy-coded data ends early (truncated)"
+    );
+    assert_eq!(
+        reason(with_pixels("2", vec![0, 5], vec![stream.clone(), stream.clone()])),
+        "corrupt: pixel data: offset table entry 5 is not the start of a fragment"
+    );
+    assert_eq!(
+        reason(with_pixels("3", vec![], vec![stream.clone(), stream.clone()])),
+        "corrupt: pixel data: 2 fragments for 3 frames and no offset table"
+    );
+    let mut progressive = stream.clone();
+    let sof = progressive
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC1])
+        .expect("SOF1");
+    progressive[sof + 1] = 0xC2;
+    assert_eq!(
+        reason(with_pixels("1", vec![], vec![progressive])),
+        "unsupported encoding: 1.2.840.10008.1.2.4.51: frame 0: progressive DCT (SOF2)"
+    );
+    let mut obj = open();
+    put_u16(&mut obj, tags::COLUMNS, 40);
+    assert_eq!(
+        reason(read_slices_from_bytes(&to_bytes(&obj), "x", &wide())),
+        "corrupt: pixel data: frame 0: JPEG: frame size 48x48 exceeds the limit 40x48"
+    );
+    let mut obj = open();
+    put_u16(&mut obj, tags::BITS_STORED, 16);
+    put_u16(&mut obj, tags::HIGH_BIT, 15);
+    assert_eq!(
+        reason(read_slices_from_bytes(&to_bytes(&obj), "x", &wide())),
+        "corrupt: pixel data: frame 0: 12-bit JPEG for BitsStored 16"
     );
 }
