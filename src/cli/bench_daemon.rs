@@ -20,8 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::daemon::ops::ShutdownSignal;
 use crate::data::synth::{ClassChoice, Layout, SynthOptions, run_synth};
 use crate::protocol::{Event, EventKind, Message, Request};
 
@@ -191,53 +189,25 @@ fn model_times(socket: &Path) -> anyhow::Result<std::collections::HashMap<i64, f
 pub fn run(a: &BenchDaemonArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.slices > 0, "--slices must be at least 1");
     let models = super::demo::find_models(&a.models)?;
-    let root = tempfile::Builder::new()
-        .prefix("ctmask-bench-daemon-")
-        .tempdir()?;
-    let dir = root.path().to_path_buf();
-    let watch = dir.join("incoming");
-    std::fs::create_dir_all(&watch)?;
-    let yaml = format!(
-        "models:\n  segmentation: {}\n  classifier: {}\ndaemon:\n  watch: [{}]\n  output: {}\n  state: {}\n  socket: {}\n  device: {}\n  poll: {}\n  poll_interval_s: 0.1\n  quiet_period_s: 2.0\n  batch_size: 4\n  min_free_bytes: 0\n  min_free_percent: 0.0\n",
-        models.segmentation.display(),
-        models
-            .classifier
-            .as_ref()
-            .map_or("null".into(), |p| p.display().to_string()),
-        watch.display(),
-        dir.join("results").display(),
-        dir.join("state").display(),
-        dir.join("ctmask.sock").display(),
-        a.device,
-        if a.poll { "poll" } else { "auto" },
-    );
-    let cfg_path = dir.join("ctmask.yaml");
-    std::fs::write(&cfg_path, yaml)?;
-    let cfg = Config::load(&cfg_path)?;
+    let mut daemon = super::demo::TempDaemon::start(
+        "ctmask-bench-daemon-",
+        &models,
+        &format!(
+            "  device: {}\n  poll: {}\n  poll_interval_s: 0.1\n  quiet_period_s: 2.0\n  batch_size: 4\n",
+            a.device,
+            if a.poll { "poll" } else { "auto" },
+        ),
+    )?;
+    let (dir, watch) = (daemon.dir.clone(), daemon.watch.clone());
     let one = synth_series(&dir.join("staging-one"), a.slices, 3001, a.size)?;
     let burst = if a.burst > 0 {
         synth_series(&dir.join("staging-burst"), a.burst, 3002, a.size)?
     } else {
         Vec::new()
     };
-
-    let shutdown = ShutdownSignal::new();
-    let daemon_shutdown = shutdown.clone();
-    let screener = super::daemon::make_screener(&cfg);
-    let settings = cfg.daemon.clone();
-    let daemon = std::thread::spawn(move || crate::daemon::run(settings, screener, daemon_shutdown));
-    let stop = |shutdown: &ShutdownSignal| shutdown.trigger();
     let result = (|| -> anyhow::Result<BenchDaemonReport> {
-        let socket = cfg.daemon.socket.clone();
-        let started = Instant::now();
-        while !socket.exists() {
-            anyhow::ensure!(!daemon.is_finished(), "the daemon stopped at start-up");
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(a.timeout),
-                "no daemon socket"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        daemon.wait_ready(Duration::from_secs(a.timeout))?;
+        let socket = daemon.socket().to_path_buf();
         let events = EventStream::subscribe(&socket, Duration::from_secs(a.timeout))?;
         // the models are loaded by the first slice: the first drop is a warm-up, not timed
         let mut closed = Vec::new();
@@ -330,8 +300,7 @@ pub fn run(a: &BenchDaemonArgs) -> anyhow::Result<()> {
             },
         })
     })();
-    stop(&shutdown);
-    let _ = daemon.join();
+    daemon.stop();
     let r = result?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
@@ -339,7 +308,7 @@ pub fn run(a: &BenchDaemonArgs) -> anyhow::Result<()> {
         print_report(&r);
     }
     if a.keep {
-        println!("kept {}", root.keep().display());
+        println!("kept {}", daemon.keep().display());
     }
     Ok(())
 }

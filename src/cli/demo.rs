@@ -56,34 +56,112 @@ pub(crate) fn find_models(dir: &Path) -> anyhow::Result<ModelPaths> {
     )
 }
 
+/// A daemon screening a temporary folder (`incoming/` watched, `results/`, `state/`, a socket)
+/// on a thread of this process with the given models: what `demo` and `bench-daemon` drive.
+/// Dropping it stops the daemon and deletes the folder (see [`TempDaemon::keep`]).
+pub(crate) struct TempDaemon {
+    root: Option<tempfile::TempDir>,
+    pub dir: PathBuf,
+    pub watch: PathBuf,
+    pub cfg: Config,
+    shutdown: ShutdownSignal,
+    handle: Option<std::thread::JoinHandle<Result<(), crate::daemon::DaemonError>>>,
+}
+
+impl TempDaemon {
+    /// Writes the config (models, folders, no free-space limits, plus `daemon_yaml`: more lines
+    /// of the daemon block, each `  key: value\n`) and starts the daemon.
+    pub fn start(prefix: &str, models: &ModelPaths, daemon_yaml: &str) -> anyhow::Result<TempDaemon> {
+        let root = tempfile::Builder::new().prefix(prefix).tempdir()?;
+        let dir = root.path().to_path_buf();
+        let watch = dir.join("incoming");
+        std::fs::create_dir_all(&watch)?;
+        let yaml = format!(
+            "models:\n  segmentation: {}\n  classifier: {}\ndaemon:\n  watch: [{}]\n  output: {}\n  state: {}\n  socket: {}\n  min_free_bytes: 0\n  min_free_percent: 0.0\n{daemon_yaml}",
+            models.segmentation.display(),
+            models
+                .classifier
+                .as_ref()
+                .map_or("null".into(), |p| p.display().to_string()),
+            watch.display(),
+            dir.join("results").display(),
+            dir.join("state").display(),
+            dir.join("ctmask.sock").display(),
+        );
+        let cfg_path = dir.join("ctmask.yaml");
+        std::fs::write(&cfg_path, yaml)?;
+        let cfg = Config::load(&cfg_path)?;
+        let shutdown = ShutdownSignal::new();
+        let daemon_shutdown = shutdown.clone();
+        let screener = super::daemon::make_screener(&cfg);
+        let settings = cfg.daemon.clone();
+        let handle = std::thread::spawn(move || crate::daemon::run(settings, screener, daemon_shutdown));
+        Ok(TempDaemon {
+            root: Some(root),
+            dir,
+            watch,
+            cfg,
+            shutdown,
+            handle: Some(handle),
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.cfg.daemon.socket
+    }
+
+    /// Waits until the daemon's socket exists; the daemon's own error when it stopped first.
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while !self.socket().exists() {
+            if self.handle.as_ref().is_none_or(|h| h.is_finished()) {
+                if let Some(h) = self.handle.take() {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("the daemon thread panicked"))??;
+                }
+                anyhow::bail!("the daemon stopped at start-up");
+            }
+            anyhow::ensure!(
+                started.elapsed() < timeout,
+                "no daemon socket after {} s",
+                timeout.as_secs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Stops the daemon and waits for its thread.
+    pub fn stop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Stops the daemon and keeps the folder; returns its path.
+    pub fn keep(mut self) -> PathBuf {
+        self.stop();
+        self.root.take().map_or_else(|| self.dir.clone(), |r| r.keep())
+    }
+}
+
+impl Drop for TempDaemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let models = find_models(&a.models)?;
-    let root = tempfile::Builder::new().prefix("ctmask-demo-").tempdir()?;
-    let dir = root.path().to_path_buf();
-    let watch = dir.join("incoming");
-    std::fs::create_dir_all(&watch)?;
-    let yaml = format!(
-        "models:\n  segmentation: {}\n  classifier: {}\ndaemon:\n  watch: [{}]\n  output: {}\n  state: {}\n  socket: {}\n  quiet_period_s: 3.0\n  poll_interval_s: 0.5\n  min_free_bytes: 0\n  min_free_percent: 0.0\n",
-        models.segmentation.display(),
-        models
-            .classifier
-            .as_ref()
-            .map_or("null".into(), |p| p.display().to_string()),
-        watch.display(),
-        dir.join("results").display(),
-        dir.join("state").display(),
-        dir.join("ctmask.sock").display(),
-    );
-    let cfg_path = dir.join("ctmask.yaml");
-    std::fs::write(&cfg_path, yaml)?;
-    let cfg = Config::load(&cfg_path)?;
+    let mut daemon = TempDaemon::start(
+        "ctmask-demo-",
+        &models,
+        "  quiet_period_s: 3.0\n  poll_interval_s: 0.5\n",
+    )?;
+    let (dir, watch) = (daemon.dir.clone(), daemon.watch.clone());
     println!("{}", crate::DISCLAIMER);
     println!("demo folder {}", dir.display());
-    let shutdown = ShutdownSignal::new();
-    let daemon_shutdown = shutdown.clone();
-    let screener = super::daemon::make_screener(&cfg);
-    let settings = cfg.daemon.clone();
-    let daemon = std::thread::spawn(move || crate::daemon::run(settings, screener, daemon_shutdown));
     // a synthetic COVID series, dropped in slice by slice (written under a temporary name, renamed)
     let staging = dir.join("staging");
     let size = 256;
@@ -98,21 +176,9 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     })?;
     let mut files: Vec<PathBuf> = walk(&staging);
     files.sort();
-    let socket = cfg.daemon.socket.clone();
+    let socket = daemon.socket().to_path_buf();
     let started = Instant::now();
-    while !socket.exists() && started.elapsed() < Duration::from_secs(60) {
-        if daemon.is_finished() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if daemon.is_finished() {
-        let r = daemon
-            .join()
-            .map_err(|_| anyhow::anyhow!("the daemon thread panicked"))?;
-        r?;
-        anyhow::bail!("the daemon stopped early");
-    }
+    daemon.wait_ready(Duration::from_secs(60))?;
     for (i, f) in files.iter().enumerate() {
         let tmp = watch.join(format!(".slice{i}.part"));
         std::fs::copy(f, &tmp)?;
@@ -176,11 +242,8 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!("reports, masks and overlays: {}", dir.join("results").display());
-    shutdown.trigger();
-    let _ = daemon.join();
     if a.keep {
-        let kept = root.keep();
-        println!("kept {}", kept.display());
+        println!("kept {}", daemon.keep().display());
     }
     Ok(())
 }
