@@ -122,14 +122,15 @@ impl SegmentationEvaluator {
     pub fn finish(&self, class_names: &[String]) -> SegmentationMetrics {
         let ths = iou_thresholds();
         let n = self.images.len().max(1) as f64;
+        // AP of every image at every threshold (rows: thresholds, the first 0.5)
+        let per_image: Vec<Vec<f64>> = ths
+            .iter()
+            .map(|&t| self.images.iter().map(|(p, g)| image_ap(p, g, t)).collect())
+            .collect();
         let per_threshold: Vec<(f32, f64)> = ths
             .iter()
-            .map(|&t| {
-                (
-                    t,
-                    self.images.iter().map(|(p, g)| image_ap(p, g, t)).sum::<f64>() / n,
-                )
-            })
+            .zip(&per_image)
+            .map(|(&t, aps)| (t, aps.iter().sum::<f64>() / n))
             .collect();
         let map = per_threshold.iter().map(|x| x.1).sum::<f64>() / per_threshold.len() as f64;
         let per_class = class_names
@@ -159,7 +160,7 @@ impl SegmentationEvaluator {
             per_threshold,
             map_50_95: map,
             per_class_ap_50: per_class,
-            per_image_ap_50: self.images.iter().map(|(p, g)| image_ap(p, g, 0.5)).collect(),
+            per_image_ap_50: per_image.into_iter().next().unwrap_or_default(),
             coco_map_50_95: coco.iter().sum::<f64>() / coco.len() as f64,
             coco_ap_50: coco[0],
             coco_ap_75: coco[5],

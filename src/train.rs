@@ -107,14 +107,12 @@ pub fn segmentation_parameters(model: &MaskRcnn) -> Vec<(String, Tensor)> {
     };
     let mut v = Vec::new();
     for (n, t) in model.vs.variables() {
-        if !t.is_floating_point() || n.contains("running_") {
+        if !t.requires_grad() || !t.is_floating_point() || n.contains("running_") {
             continue;
         }
         if trained(&n) {
-            if t.requires_grad() {
-                v.push((n, t));
-            }
-        } else if t.requires_grad() {
+            v.push((n, t));
+        } else {
             let _ = t.shallow_clone().set_requires_grad(false);
         }
     }

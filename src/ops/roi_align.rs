@@ -78,8 +78,25 @@ fn align_bags(table: &Tensor, geo: &RoiGeometry, output: (i64, i64), sampling_ra
     let device = table.device();
     let roi_w = (geo.boxes.select(1, 2) - geo.boxes.select(1, 0)).clamp_min(1.0);
     let roi_h = (geo.boxes.select(1, 3) - geo.boxes.select(1, 1)).clamp_min(1.0);
-    let groups: Vec<(i64, i64, Option<Tensor>)> = if sampling_ratio > 0 {
-        vec![(sampling_ratio, sampling_ratio, None)]
+    // rows gathered for one RoI with `g` samples per bin side; chunks bound a call's indices
+    let chunk = |(gh, gw): (i64, i64)| (MAX_GATHER / (out_h * out_w * gh * gw * 4)).max(1);
+    if sampling_ratio > 0 && k <= chunk((sampling_ratio, sampling_ratio)) {
+        // the usual case (the original's sampling ratio 2): one gather for every RoI
+        return bags(
+            table,
+            geo,
+            &roi_w,
+            &roi_h,
+            output,
+            (sampling_ratio, sampling_ratio),
+        );
+    }
+    // RoIs grouped by their sampling grid (one group for a fixed ratio)
+    let groups: Vec<((i64, i64), Tensor)> = if sampling_ratio > 0 {
+        vec![(
+            (sampling_ratio, sampling_ratio),
+            Tensor::arange(k, (Kind::Int64, device)),
+        )]
     } else {
         let gh = (&roi_h / out_h as f64).ceil().to_kind(Kind::Int64);
         let gw = (&roi_w / out_w as f64).ceil().to_kind(Kind::Int64);
@@ -91,47 +108,29 @@ fn align_bags(table: &Tensor, geo: &RoiGeometry, output: (i64, i64), sampling_ra
             .enumerate()
             .map(|(i, g)| {
                 (
-                    g[0].max(1),
-                    g[1].max(1),
-                    Some(inverse.eq(i as i64).nonzero().squeeze_dim(1)),
+                    (g[0].max(1), g[1].max(1)),
+                    inverse.eq(i as i64).nonzero().squeeze_dim(1),
                 )
             })
             .collect()
     };
-    let mut result: Option<Tensor> = None;
-    for (gh, gw, members) in groups {
-        let per_roi = out_h * out_w * gh * gw * 4;
-        let chunk = (MAX_GATHER / per_roi).max(1);
-        let m = members.as_ref().map_or(k, |t| t.size()[0]);
-        let mut start = 0;
-        while start < m {
-            let len = chunk.min(m - start);
-            let idx = match &members {
-                Some(t) => t.narrow(0, start, len),
-                None => Tensor::arange_start(start, start + len, (Kind::Int64, device)),
-            };
-            let part = if members.is_none() && len == k {
-                bags(table, geo, &roi_w, &roi_h, output, (gh, gw))
-            } else {
-                let g = geo.select(&idx);
-                bags(
-                    table,
-                    &g,
-                    &roi_w.index_select(0, &idx),
-                    &roi_h.index_select(0, &idx),
-                    output,
-                    (gh, gw),
-                )
-            };
-            if members.is_none() && len == k {
-                return part;
-            }
-            let r = result.get_or_insert_with(|| Tensor::zeros([k, c, out_h, out_w], (table.kind(), device)));
-            *r = r.index_copy(0, &idx, &part);
-            start += len;
+    let mut result = Tensor::zeros([k, c, out_h, out_w], (table.kind(), device));
+    for (grid, members) in groups {
+        let (m, step) = (members.size()[0], chunk(grid));
+        for start in (0..m).step_by(step as usize) {
+            let idx = members.narrow(0, start, step.min(m - start));
+            let part = bags(
+                table,
+                &geo.select(&idx),
+                &roi_w.index_select(0, &idx),
+                &roi_h.index_select(0, &idx),
+                output,
+                grid,
+            );
+            result = result.index_copy(0, &idx, &part);
         }
     }
-    result.unwrap_or_else(|| Tensor::zeros([k, c, out_h, out_w], (table.kind(), device)))
+    result
 }
 
 /// Sample coordinates `[K, out*g]`: `start + p * bin + (i + 0.5) * bin / g` for bin p, sample i.
@@ -238,13 +237,7 @@ impl MultiScaleRoiAlign {
         let level_h = per_level(features.iter().map(|f| f.size()[2] as f64).collect(), Kind::Float);
         let level_w = per_level(features.iter().map(|f| f.size()[3] as f64).collect(), Kind::Float);
         let level_base = per_level(bases.iter().map(|&b| b as f64).collect(), Kind::Int64);
-        let level_hw = per_level(
-            features
-                .iter()
-                .map(|f| (f.size()[2] * f.size()[3]) as f64)
-                .collect(),
-            Kind::Int64,
-        );
+        let level_hw = (&level_h * &level_w).to_kind(Kind::Int64);
         let rois = rois.to_kind(Kind::Float);
         let batch = rois.select(1, 0).to_kind(Kind::Int64);
         let tables: Vec<Tensor> = features.iter().map(channels_last_table).collect();
