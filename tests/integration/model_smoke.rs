@@ -140,25 +140,28 @@ fn losses_are_finite_and_empty_slices_work() {
 
 #[test]
 fn training_overfits_a_few_slices() {
+    // Other tests in this binary run in parallel and share libtorch's global generator, so the
+    // proposal/RoI sampling sequence here is not reproducible from the seed alone: judge the
+    // trend over the last few steps (30 steps; one step's loss can spike), not one step.
     tch::manual_seed(1);
     let mut cfg = tiny_config();
     cfg.bn_num_batches_tracked = true;
     let model = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
     let mut opt = tch::nn::Adam::default().build(&model.vs, 1e-3).unwrap();
     let img = blob_image(96);
-    let first = model
-        .losses(&[img.shallow_clone()], &[target_for_blob(96)])
-        .unwrap()
-        .total()
-        .double_value(&[]);
-    let mut last = first;
-    for _ in 0..15 {
+    let mut trace = Vec::new();
+    for _ in 0..30 {
         let l = model
             .losses(&[img.shallow_clone()], &[target_for_blob(96)])
             .unwrap()
             .total();
         opt.backward_step(&l);
-        last = l.double_value(&[]);
+        trace.push(l.double_value(&[]));
     }
-    assert!(last < first * 0.5, "loss fell from {first} to {last}");
+    let first = trace[0];
+    let tail = trace[trace.len() - 5..].iter().sum::<f64>() / 5.0;
+    assert!(
+        tail < first * 0.4,
+        "loss fell from {first} to a mean of {tail} over the last 5 steps: {trace:?}"
+    );
 }
