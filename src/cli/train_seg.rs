@@ -96,7 +96,9 @@ pub struct TrainSegArgs {
     /// Architecture preset (r50-fpn4, r50-fpn5-frozenbn, r50-fpn5, r18-t0..2, r34-t0..2).
     #[arg(long, default_value = "r50-fpn4")]
     pub preset: String,
-    /// A YAML file of ModelConfig fields overriding the preset (min_size, anchors, ...).
+    /// A YAML file of ModelConfig fields overriding the preset (min_size, anchors, ...). With
+    /// --resume it changes the checkpoint's run-time settings only (e.g. min_size for a
+    /// fine-tune at another input size); architecture settings are refused.
     #[arg(long)]
     pub model_config: Option<PathBuf>,
     #[arg(long, default_value_t = 50)]
@@ -151,21 +153,53 @@ pub fn model_config(
     cfg.num_classes = classes.len() as i64 + 1;
     cfg.class_names = classes;
     if let Some(p) = overrides {
-        let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
-        let mut v = serde_json::to_value(&cfg)?;
-        let o: serde_json::Value =
-            serde_yaml_ng::from_str(&text).with_context(|| format!("{}: bad YAML", p.display()))?;
-        if let (Some(base), Some(over)) = (v.as_object_mut(), o.as_object()) {
-            for (k, val) in over {
-                anyhow::ensure!(base.contains_key(k), "{}: unknown model setting {k}", p.display());
-                base.insert(k.clone(), val.clone());
-            }
-        }
-        cfg = serde_json::from_value(v).with_context(|| format!("{}: bad model setting", p.display()))?;
+        cfg = apply_overrides(cfg, p, &[])?;
     }
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("invalid model config: {e}"))?;
     Ok(cfg)
+}
+
+/// The settings that shape a model's parameters or what they mean: a resumed run keeps them.
+const ARCHITECTURE_SETTINGS: &[&str] = &[
+    "backbone",
+    "truncation",
+    "fpn_pool_level",
+    "bn_eps",
+    "bn_num_batches_tracked",
+    "num_classes",
+    "class_names",
+    "mask_head",
+    "representation_size",
+    "semantics",
+    "anchor_sizes",
+    "anchor_aspect_ratios",
+    "classifier",
+];
+
+/// `cfg` with the settings of the YAML file `path` (ModelConfig fields) put in; `frozen` names
+/// settings the file may not change.
+fn apply_overrides(cfg: ModelConfig, path: &Path, frozen: &[&str]) -> anyhow::Result<ModelConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut v = serde_json::to_value(&cfg)?;
+    let o: serde_json::Value =
+        serde_yaml_ng::from_str(&text).with_context(|| format!("{}: bad YAML", path.display()))?;
+    if let (Some(base), Some(over)) = (v.as_object_mut(), o.as_object()) {
+        for (k, val) in over {
+            anyhow::ensure!(
+                base.contains_key(k),
+                "{}: unknown model setting {k}",
+                path.display()
+            );
+            anyhow::ensure!(
+                !frozen.contains(&k.as_str()) || base[k] == *val,
+                "{}: {k} shapes the model's parameters and cannot change when resuming",
+                path.display()
+            );
+            base.insert(k.clone(), val.clone());
+        }
+    }
+    serde_json::from_value(v).with_context(|| format!("{}: bad model setting", path.display()))
 }
 
 pub fn run_train(a: &TrainSegArgs) -> anyhow::Result<()> {
@@ -174,7 +208,18 @@ pub fn run_train(a: &TrainSegArgs) -> anyhow::Result<()> {
     let train = a.data.open(&a.data.data)?;
     let val = a.val.as_deref().map(|v| a.data.open(v)).transpose()?;
     let model = match &a.resume {
-        Some(ckpt) => MaskRcnn::load(ckpt, device)?,
+        // the checkpoint's own config; --model-config may change its run-time settings
+        // (input size, sampling, thresholds) but not its architecture
+        Some(ckpt) => match &a.model_config {
+            None => MaskRcnn::load(ckpt, device)?,
+            Some(p) => {
+                let (stored, _) = crate::model::weights::read_config(ckpt)?;
+                let cfg = apply_overrides(stored, p, ARCHITECTURE_SETTINGS)?;
+                cfg.validate()
+                    .map_err(|e| anyhow::anyhow!("invalid model config: {e}"))?;
+                MaskRcnn::load_edited(ckpt, device, |_| cfg)?
+            }
+        },
         None => MaskRcnn::new(
             &model_config(&a.preset, a.model_config.as_deref(), a.data.classes())?,
             device,
@@ -247,7 +292,7 @@ pub fn evaluate(
         let img =
             crate::model::transform::tensor_from_rgb(&slice.rgb, slice.width, slice.height, model.device())?;
         let d = model.detect(&[img])?.remove(0);
-        let gts = inst
+        let gts: Vec<MaskInstance> = inst
             .iter()
             .map(|g| MaskInstance {
                 label: g.label,
@@ -274,7 +319,34 @@ pub fn evaluate(
             }
             _ => Vec::new(),
         };
-        tracing::debug!(image = %path.display(), "evaluated");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            // each prediction in score order: class, score and its best mask IoU with a
+            // ground-truth region of its class (what decides its match at AP@0.5)
+            let mut order: Vec<&MaskInstance> = preds.iter().collect();
+            order.sort_by(|a, b| b.score.total_cmp(&a.score));
+            let detail: Vec<String> = order
+                .iter()
+                .map(|p| {
+                    let best = gts
+                        .iter()
+                        .filter(|g| g.label == p.label)
+                        .map(|g| crate::eval::mask_iou(&p.mask, &g.mask))
+                        .fold(0.0f64, f64::max);
+                    format!("{}:{:.3}/iou{:.2}", p.label, p.score, best)
+                })
+                .collect();
+            let gt_detail: Vec<String> = gts
+                .iter()
+                .map(|g| format!("{}:{}px", g.label, g.mask.iter().filter(|&&v| v).count()))
+                .collect();
+            tracing::debug!(
+                image = %path.display(),
+                ap_50 = crate::eval::image_ap(&preds, &gts, 0.5),
+                ground_truth = %gt_detail.join(" "),
+                predictions = %detail.join(" "),
+                "evaluated"
+            );
+        }
         ev.add(preds, gts);
     }
     Ok(ev.finish(&model.cfg.class_names))
@@ -326,4 +398,77 @@ pub fn run_eval(a: &EvalSegArgs) -> anyhow::Result<()> {
         crate::fsutil::write_atomic(p, serde_json::to_string_pretty(&m)?.as_bytes())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("over.yaml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn resume_overrides_change_run_time_settings_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = ModelConfig::preset("r18-t1").unwrap();
+        let cfg = apply_overrides(
+            base.clone(),
+            &yaml(dir.path(), "min_size: 256\nmax_size: 640\ntruncation: 1\n"),
+            ARCHITECTURE_SETTINGS,
+        )
+        .unwrap();
+        assert_eq!((cfg.min_size, cfg.max_size, cfg.truncation), (256, 640, 1));
+        for bad in [
+            "truncation: 2",
+            "representation_size: 64",
+            "anchor_sizes: [[4.0]]",
+        ] {
+            let e = apply_overrides(base.clone(), &yaml(dir.path(), bad), ARCHITECTURE_SETTINGS)
+                .unwrap_err()
+                .to_string();
+            let key = bad.split(':').next().unwrap();
+            assert!(
+                e.contains(key) && e.contains("cannot change when resuming"),
+                "{e}"
+            );
+        }
+        // a fresh model (no resume) may change anything
+        let cfg = apply_overrides(base.clone(), &yaml(dir.path(), "truncation: 2"), &[]).unwrap();
+        assert_eq!(cfg.truncation, 2);
+        let e = apply_overrides(base, &yaml(dir.path(), "min_sise: 3"), &[]).unwrap_err();
+        assert!(e.to_string().contains("unknown model setting min_sise"), "{e}");
+    }
+
+    #[test]
+    fn a_model_loads_with_an_edited_input_size_and_the_same_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ModelConfig::preset("r18-t2").unwrap();
+        cfg.min_size = 64;
+        cfg.max_size = 96;
+        let model = MaskRcnn::new(&cfg, tch::Device::Cpu).unwrap();
+        let path = dir.path().join("m.safetensors");
+        model.save(&path, &Default::default()).unwrap();
+        let edited = MaskRcnn::load_edited(&path, tch::Device::Cpu, |mut c| {
+            c.min_size = 80;
+            c.max_size = 128;
+            c
+        })
+        .unwrap();
+        assert_eq!((edited.cfg.min_size, edited.cfg.max_size), (80, 128));
+        let a = model.vs.variables();
+        for (name, t) in edited.vs.variables() {
+            assert!(t.equal(&a[&name]), "{name} differs");
+        }
+        // an edit that changes a parameter's shape fails to load
+        assert!(
+            MaskRcnn::load_edited(&path, tch::Device::Cpu, |mut c| {
+                c.representation_size = 64;
+                c
+            })
+            .is_err()
+        );
+    }
 }

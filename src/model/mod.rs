@@ -231,9 +231,20 @@ impl MaskRcnn {
 
     /// Load a ctmask model file (safetensors with the config in its metadata), strictly.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
+        Self::load_edited(path, device, |cfg| cfg)
+    }
+
+    /// Load a ctmask model file with its stored config passed through `edit` first (e.g. a
+    /// fine-tune at another input size). The weights still load strictly, so `edit` cannot
+    /// change the parameters' names or shapes.
+    pub fn load_edited(
+        path: &Path,
+        device: Device,
+        edit: impl FnOnce(ModelConfig) -> ModelConfig,
+    ) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let (cfg, _) = weights::read_config_bytes(path, &bytes)?;
-        let model = Self::new(&cfg, device)?;
+        let model = Self::new(&edit(cfg), device)?;
         weights::load_into(path, &bytes, &model.vs.variables())?;
         Ok(model)
     }
