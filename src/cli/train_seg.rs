@@ -320,36 +320,41 @@ pub fn evaluate(
             _ => Vec::new(),
         };
         if tracing::enabled!(tracing::Level::DEBUG) {
-            // each prediction in score order: class, score and its best mask IoU with a
-            // ground-truth region of its class (what decides its match at AP@0.5)
-            let mut order: Vec<&MaskInstance> = preds.iter().collect();
-            order.sort_by(|a, b| b.score.total_cmp(&a.score));
-            let detail: Vec<String> = order
-                .iter()
-                .map(|p| {
-                    let best = gts
-                        .iter()
-                        .filter(|g| g.label == p.label)
-                        .map(|g| crate::eval::mask_iou(&p.mask, &g.mask))
-                        .fold(0.0f64, f64::max);
-                    format!("{}:{:.3}/iou{:.2}", p.label, p.score, best)
-                })
-                .collect();
-            let gt_detail: Vec<String> = gts
-                .iter()
-                .map(|g| format!("{}:{}px", g.label, g.mask.iter().filter(|&&v| v).count()))
-                .collect();
-            tracing::debug!(
-                image = %path.display(),
-                ap_50 = crate::eval::image_ap(&preds, &gts, 0.5),
-                ground_truth = %gt_detail.join(" "),
-                predictions = %detail.join(" "),
-                "evaluated"
-            );
+            log_image(&path, &preds, &gts);
         }
         ev.add(preds, gts);
     }
     Ok(ev.finish(&model.cfg.class_names))
+}
+
+/// One evaluated image at debug level: each prediction in score order with its class, score and
+/// best mask IoU with a ground-truth region of its class (what decides its match at AP@0.5), the
+/// ground-truth regions, and the image's AP@0.5.
+fn log_image(path: &Path, preds: &[MaskInstance], gts: &[MaskInstance]) {
+    let mut order: Vec<&MaskInstance> = preds.iter().collect();
+    order.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let predictions: Vec<String> = order
+        .iter()
+        .map(|p| {
+            let best = gts
+                .iter()
+                .filter(|g| g.label == p.label)
+                .map(|g| crate::eval::mask_iou(&p.mask, &g.mask))
+                .fold(0.0f64, f64::max);
+            format!("{}:{:.3}/iou{:.2}", p.label, p.score, best)
+        })
+        .collect();
+    let ground_truth: Vec<String> = gts
+        .iter()
+        .map(|g| format!("{}:{}px", g.label, g.mask.iter().filter(|&&v| v).count()))
+        .collect();
+    tracing::debug!(
+        image = %path.display(),
+        ap_50 = crate::eval::image_ap(preds, gts, 0.5),
+        ground_truth = %ground_truth.join(" "),
+        predictions = %predictions.join(" "),
+        "evaluated"
+    );
 }
 
 pub fn run_eval(a: &EvalSegArgs) -> anyhow::Result<()> {
