@@ -92,21 +92,14 @@ pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<
     }
 
     if ts == RLE_LOSSLESS {
-        let fragments = obj
-            .get(tags::PIXEL_DATA)
-            .and_then(|e| e.value().fragments())
-            .unwrap_or(&[]);
+        let (fragments, _) = encapsulated(&obj).unwrap_or((&[], &[]));
         let samples = u32_opt(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
         let bits = u32_opt(&obj, tags::BITS_ALLOCATED).unwrap_or(16);
         super::rle::check(fragments, height, width, samples, bits).map_err(Rejection::Corrupt)?;
     }
     let pixels = if twelve_bit_jpeg {
-        let element = obj.get(tags::PIXEL_DATA).ok_or(Rejection::NoPixelData)?;
-        let fragments = element
-            .value()
-            .fragments()
+        let (fragments, offsets) = encapsulated(&obj)
             .ok_or_else(|| Rejection::Corrupt("JPEG pixel data is not encapsulated".into()))?;
-        let offsets = element.value().offset_table().unwrap_or(&[]);
         let ranges = frame_fragments(fragments, offsets, frames)
             .map_err(|why| Rejection::Corrupt(format!("pixel data: {why}")))?;
         Pixels::Jpeg12(Jpeg12Frames {
@@ -140,6 +133,13 @@ pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<
             })
         })
         .collect()
+}
+
+/// The fragments and Basic Offset Table (empty when absent) of encapsulated pixel data; `None`
+/// for native pixel data.
+fn encapsulated(obj: &DefaultDicomObject) -> Option<(&[Vec<u8>], &[u32])> {
+    let value = obj.get(tags::PIXEL_DATA)?.value();
+    Some((value.fragments()?, value.offset_table().unwrap_or(&[])))
 }
 
 /// Decode every frame with dicom-pixeldata.

@@ -757,6 +757,14 @@ mod tests {
         sof: u8,
     }
 
+    /// 12-bit SOF1 with 8-bit quantisation tables and no restart interval: what the tests vary.
+    const TWELVE: Options = Options {
+        precision: 12,
+        dqt16: false,
+        restart: 0,
+        sof: 0xC1,
+    };
+
     /// A minimal sequential-DCT encoder for tests: float forward DCT, quantisation by `q`,
     /// and "flat" Huffman tables (every DC category coded in 5 bits, every AC symbol in 8),
     /// which cover 12-bit data. Returns the stream and the quantised coefficients per block.
@@ -967,12 +975,7 @@ mod tests {
 
     #[test]
     fn twelve_bit_round_trip_with_odd_size() {
-        let o = Options {
-            precision: 12,
-            dqt16: false,
-            restart: 0,
-            sof: 0xC1,
-        };
+        let o = TWELVE;
         round_trip(21, 13, &flat_q(4), &o);
     }
 
@@ -986,10 +989,8 @@ mod tests {
         };
         round_trip(16, 9, &flat_q(2), &o8);
         let o12 = Options {
-            precision: 12,
             dqt16: true,
-            restart: 0,
-            sof: 0xC1,
+            ..TWELVE
         };
         round_trip(17, 8, &std::array::from_fn(|i| 30 + i as u16 * 5), &o12);
     }
@@ -997,12 +998,7 @@ mod tests {
     #[test]
     fn restart_intervals_reset_prediction() {
         // 5x3 blocks with a restart every 2 MCUs: RST0..RST6 (more than 8 wraps modulo 8)
-        let mut o = Options {
-            precision: 12,
-            dqt16: false,
-            restart: 2,
-            sof: 0xC1,
-        };
+        let mut o = Options { restart: 2, ..TWELVE };
         round_trip(40, 24, &flat_q(3), &o);
         o.restart = 1;
         let d = round_trip(80, 16, &flat_q(3), &o); // 20 MCUs: RST0-7 wrap twice
@@ -1023,12 +1019,7 @@ mod tests {
 
     #[test]
     fn truncated_stream_is_an_error_at_every_length() {
-        let o = Options {
-            precision: 12,
-            dqt16: false,
-            restart: 3,
-            sof: 0xC1,
-        };
+        let o = Options { restart: 3, ..TWELVE };
         let pixels = image(24, 24, 12);
         let (stream, _) = encode(24, 24, &pixels, &flat_q(3), &o);
         assert!(decode(&stream, BIG).is_ok());
@@ -1046,12 +1037,7 @@ mod tests {
 
     #[test]
     fn unsupported_frames_are_refused_by_name() {
-        let o = Options {
-            precision: 12,
-            dqt16: false,
-            restart: 0,
-            sof: 0xC2,
-        };
+        let o = Options { sof: 0xC2, ..TWELVE };
         let pixels = image(8, 8, 12);
         let sof_error = |marker: u8| {
             let (stream, _) = encode(8, 8, &pixels, &flat_q(3), &Options { sof: marker, ..o });
@@ -1092,12 +1078,7 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let o = Options {
-            precision: 12,
-            dqt16: false,
-            restart: 2,
-            sof: 0xC1,
-        };
+        let o = Options { restart: 2, ..TWELVE };
         let pixels = image(32, 16, 12);
         let (valid, _) = encode(32, 16, &pixels, &flat_q(3), &o);
         let header = valid.windows(2).position(|w| w == [0xFF, 0xDA]).expect("SOS") + 10;

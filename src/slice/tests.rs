@@ -493,10 +493,19 @@ fn format_comes_from_content_not_extension() {
     assert!(matches!(s.format, SliceFormat::Dicom { .. }));
 }
 
+/// Why the reader refuses `tests/fixtures/slice/forged/<name>` (a file the fuzzer found).
+fn forged_refusal(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/slice/forged")
+        .join(name);
+    read_slices(&path, &SliceOptions::default())
+        .expect_err(name)
+        .reason()
+}
+
 #[test]
 fn forged_value_lengths_are_refused_before_parsing() {
     // found by fuzzing: a declared length of 2 GB that made dicom-rs allocate it before reading
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/slice/forged");
     // and one with a non-standard VR (read by dicom-rs as UN, with a 4-byte length) whose
     // nested sequences hide a 2 GB length
     // and a deflated data set whose stream breaks after a forged length, and a file meta group
@@ -508,8 +517,7 @@ fn forged_value_lengths_are_refused_before_parsing() {
         "meta_odd_tag_length.dcm",
         "meta_length_odd_vr_deflate.dcm",
     ] {
-        let e = read_slices(&dir.join(name), &SliceOptions::default()).unwrap_err();
-        let reason = e.reason();
+        let reason = forged_refusal(name);
         assert!(
             reason.starts_with("corrupt") && reason.contains("declares"),
             "{name}: {reason}"
@@ -521,9 +529,7 @@ fn forged_value_lengths_are_refused_before_parsing() {
 fn rle_segments_that_decode_short_are_refused_not_a_panic() {
     // found by fuzzing: an RLE segment decoding to fewer than Rows x Columns bytes made
     // dicom-rs 0.10 index out of bounds; rle.rs checks the fragments first
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/slice/forged");
-    let e = read_slices(&dir.join("rle_short_segment.dcm"), &SliceOptions::default()).unwrap_err();
-    let reason = e.reason();
+    let reason = forged_refusal("rle_short_segment.dcm");
     assert!(
         reason.starts_with("corrupt") && reason.contains("RLE"),
         "{reason}"
@@ -534,9 +540,7 @@ fn rle_segments_that_decode_short_are_refused_not_a_panic() {
 fn a_decoder_panic_is_a_refusal_not_a_crash() {
     // found by fuzzing: a JPEG 2000 codestream larger than Rows x Columns makes dicom-rs 0.10's
     // adapter slice out of bounds; the reader turns the panic into a refusal naming the decoder
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/slice/forged");
-    let e = read_slices(&dir.join("j2k_codestream_larger.dcm"), &SliceOptions::default()).unwrap_err();
-    let reason = e.reason();
+    let reason = forged_refusal("j2k_codestream_larger.dcm");
     assert!(
         reason.starts_with("corrupt: pixel data: the decoder failed"),
         "{reason}"

@@ -94,19 +94,26 @@ fn demo_classifier_scores_on_a_test_subset() {
     assert!(cm[2][2] >= 3, "{cm:?}");
 }
 
-#[test]
-fn make_demo_screens_a_two_series_synthetic_scan() {
+/// Runs the ctmask binary from the repository root (where `pretrained_models/` is found) and
+/// returns its standard output; a failed run fails the test with both outputs.
+fn run_ctmask(args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctmask"))
-        .args(["demo", "--slices", "10", "--timeout", "240", "--log", "warn"])
+        .args(args)
         .current_dir(super::common::repo())
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+#[test]
+fn make_demo_screens_a_two_series_synthetic_scan() {
+    let text = run_ctmask(&["demo", "--slices", "10", "--timeout", "240", "--log", "warn"]);
     assert!(
         text.starts_with("research use only: not a medical device"),
         "{text}"
@@ -127,27 +134,20 @@ fn make_demo_screens_a_two_series_synthetic_scan() {
 /// promises (values, not timings, are asserted: timings are for the benchmark to show).
 #[test]
 fn bench_daemon_reports_intake_latency_and_overhead() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctmask"))
-        .args([
-            "bench-daemon",
-            "--slices",
-            "5",
-            "--burst",
-            "3",
-            "--size",
-            "128",
-            "--json",
-        ])
-        .args(["--log", "warn", "--timeout", "120"])
-        .current_dir(super::common::repo())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_ctmask(&[
+        "bench-daemon",
+        "--slices",
+        "5",
+        "--burst",
+        "3",
+        "--size",
+        "128",
+        "--json",
+        "--log",
+        "warn",
+        "--timeout",
+        "120",
+    ]);
     let j: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON object");
     assert_eq!(j["watch"], "inotify");
     // slice 0 warms up; of slices 1..4, 1 and 3 are renamed in, 2 and 4 written in place
