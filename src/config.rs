@@ -124,6 +124,10 @@ pub struct SliceSettings {
     pub max_height: Positive,
     /// Largest |z| direction cosine of rows and columns for an axial slice.
     pub axial_tolerance: Probability,
+    /// Largest gantry tilt (degrees) of a tilted axial acquisition that is still screened.
+    pub max_gantry_tilt: f32,
+    /// Most bytes the decoding of one file may hold (all its frames; checked before decoding).
+    pub max_decoded_bytes: Positive,
 }
 
 impl Default for SliceSettings {
@@ -137,6 +141,8 @@ impl Default for SliceSettings {
             max_width: Positive(o.max_pixels.0 as usize),
             max_height: Positive(o.max_pixels.1 as usize),
             axial_tolerance: Probability(o.axial_tolerance as f64),
+            max_gantry_tilt: o.max_gantry_tilt,
+            max_decoded_bytes: Positive(o.max_decoded_bytes as usize),
         }
     }
 }
@@ -150,6 +156,8 @@ impl SliceSettings {
             hu_clamp: (self.hu_min, self.hu_max),
             max_pixels: (self.max_width.0 as u32, self.max_height.0 as u32),
             axial_tolerance: self.axial_tolerance.0 as f32,
+            max_gantry_tilt: self.max_gantry_tilt,
+            max_decoded_bytes: self.max_decoded_bytes.0 as u64,
         }
     }
 }
@@ -208,6 +216,28 @@ impl Config {
             return Err(Error::Config(format!(
                 "{}: key 'slice': hu_min must be below hu_max and window_width positive",
                 path.display()
+            )));
+        }
+        let s = &c.slice;
+        for (key, v) in [
+            ("window_level", s.window_level),
+            ("window_width", s.window_width),
+            ("hu_min", s.hu_min),
+            ("hu_max", s.hu_max),
+            ("max_gantry_tilt", s.max_gantry_tilt),
+        ] {
+            if !v.is_finite() {
+                return Err(Error::Config(format!(
+                    "{}: key 'slice.{key}': must be a finite number, got {v}",
+                    path.display()
+                )));
+            }
+        }
+        if !(0.0..=45.0).contains(&s.max_gantry_tilt) {
+            return Err(Error::Config(format!(
+                "{}: key 'slice.max_gantry_tilt': must be within [0, 45] degrees, got {}",
+                path.display(),
+                s.max_gantry_tilt
             )));
         }
         if let Err(e) = c.daemon.validate() {

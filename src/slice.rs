@@ -16,6 +16,7 @@ mod raster;
 mod rle;
 #[cfg(test)]
 mod tests;
+mod vr_un;
 
 use std::path::Path;
 
@@ -33,6 +34,12 @@ pub struct SliceOptions {
     /// Largest accepted |z| direction cosine of the image rows and of the columns
     /// (0 for a perfectly axial slice; 0.1 is about 5.7 degrees of tilt).
     pub axial_tolerance: f32,
+    /// Largest gantry tilt in degrees of an axial acquisition that is still screened (its
+    /// slices are tilted about the patient's left-right axis; see `frame.rs`).
+    pub max_gantry_tilt: f32,
+    /// Most bytes the decoding of one file may hold: per accepted frame its decoded samples
+    /// plus the model input and HU kept for it. Checked from the header before decoding.
+    pub max_decoded_bytes: u64,
 }
 
 impl Default for SliceOptions {
@@ -43,6 +50,8 @@ impl Default for SliceOptions {
             hu_clamp: (-1024.0, 3071.0),
             max_pixels: (4096, 4096),
             axial_tolerance: 0.1,
+            max_gantry_tilt: 30.0,
+            max_decoded_bytes: 1 << 30,
         }
     }
 }
@@ -69,6 +78,9 @@ pub struct SliceMeta {
     pub slice_thickness: Option<f64>,
     /// Frame index inside a multi-frame object; `None` for single-frame files.
     pub frame: Option<u32>,
+    /// Gantry tilt in degrees of a tilted axial acquisition (from the orientation); `None`
+    /// for untilted slices.
+    pub gantry_tilt_deg: Option<f64>,
 }
 
 /// One decoded slice.
@@ -97,14 +109,26 @@ pub enum Rejection {
     NotAnImage(String),
     #[error("localizer image")]
     Localizer,
-    #[error("not axial")]
-    NotAxial,
+    #[error("not axial: {0}")]
+    NotAxial(String),
     #[error("no pixel data")]
     NoPixelData,
     #[error("unsupported encoding: {0}")]
     UnsupportedEncoding(String),
     #[error("corrupt: {0}")]
     Corrupt(String),
+    #[error(
+        "too large: {frames} frame(s) of {width}x{height} decode to {} MiB, over the limit of {} MiB",
+        bytes / (1 << 20),
+        limit / (1 << 20)
+    )]
+    OverBudget {
+        frames: u64,
+        width: u32,
+        height: u32,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("too large: {width}x{height} exceeds limit {max_width}x{max_height}")]
     TooLarge {
         width: u32,

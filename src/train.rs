@@ -9,10 +9,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use tch::{Device, Kind, Tensor};
+use rand::Rng;
+use rand::seq::SliceRandom;
+use tch::{Device, Tensor};
 
 use crate::data::cncb::{CncbDataset, Instance};
 use crate::model::{MaskRcnn, Target};
+use crate::ops::sampler::{SamplingRng, sampling_rng};
 use crate::optim::Adam;
 use crate::slice::Slice;
 use crate::{Error, Result};
@@ -61,9 +64,9 @@ pub fn to_example(slice: &Slice, inst: &[Instance], device: Device) -> Result<(T
 }
 
 /// Random horizontal flip and small intensity jitter (off by default, as in the original).
-fn augment(img: Tensor, t: Target) -> (Tensor, Target) {
-    let flip = Tensor::rand([1], (Kind::Float, Device::Cpu)).double_value(&[0]) < 0.5;
-    let gain = 1.0 + (Tensor::rand([1], (Kind::Float, Device::Cpu)).double_value(&[0]) - 0.5) * 0.1;
+fn augment(img: Tensor, t: Target, rng: &mut SamplingRng) -> (Tensor, Target) {
+    let flip = rng.r#gen::<f64>() < 0.5;
+    let gain = 1.0 + (rng.r#gen::<f64>() - 0.5) * 0.1;
     let img = (img * gain).clamp(0.0, 1.0);
     if !flip {
         return (img, t);
@@ -129,7 +132,9 @@ pub fn validation_losses(model: &MaskRcnn, data: &CncbDataset, train_mode: bool)
             continue;
         }
         let (img, t) = to_example(&slice, &inst, model.device())?;
-        let l = tch::no_grad(|| model.losses_t(&[img], &[t], train_mode))?;
+        // one fixed draw for every validation pass, so epochs compare on the same samples
+        let mut rng = sampling_rng(0, u64::MAX);
+        let l = tch::no_grad(|| model.losses_t(&[img], &[t], train_mode, &mut rng))?;
         for (j, (_, v)) in l.values().iter().enumerate() {
             acc[j] += v;
         }
@@ -195,10 +200,11 @@ pub fn train_segmentation(
         if epoch == start_epoch || adam.lr != lr_at(opts, epoch.saturating_sub(1)) {
             tracing::info!(epoch = epoch + 1, lr = adam.lr, "learning rate");
         }
-        let perm = Tensor::randperm(train.len() as i64, (Kind::Int64, Device::Cpu));
-        rng_order = Vec::<i64>::try_from(perm)
-            .map(|v| v.into_iter().map(|i| i as usize).collect())
-            .unwrap_or(rng_order);
+        // the run's own generator, one stream per epoch: a resumed run draws what the
+        // uninterrupted run drew, whatever else in the process uses libtorch's generator
+        let mut rng = sampling_rng(opts.seed as u64, epoch as u64);
+        rng_order.sort_unstable();
+        rng_order.shuffle(&mut rng);
         let mut sums = [0.0f64; 6];
         for (step, &i) in rng_order.iter().enumerate() {
             let (slice, inst, path) = train.item(i).map_err(|e| Error::Other(e.to_string()))?;
@@ -207,9 +213,9 @@ pub fn train_segmentation(
             }
             let (mut img, mut t) = to_example(&slice, &inst, opts.device)?;
             if opts.augment {
-                (img, t) = augment(img, t);
+                (img, t) = augment(img, t, &mut rng);
             }
-            let l = model.losses(&[img], &[t])?;
+            let l = model.losses(&[img], &[t], &mut rng)?;
             let total = l.total();
             let tv = total.double_value(&[]);
             if !tv.is_finite() {
@@ -462,7 +468,8 @@ pub fn train_classifier(
     let mut last = PathBuf::new();
     for epoch in start_epoch..opts.epochs {
         let started = Instant::now();
-        let perm: Vec<i64> = Vec::try_from(Tensor::randperm(train.len() as i64, (Kind::Int64, Device::Cpu)))?;
+        let mut perm: Vec<i64> = (0..train.len() as i64).collect();
+        perm.shuffle(&mut sampling_rng(opts.seed as u64, epoch as u64));
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let batches: Vec<&[i64]> = perm.chunks(opts.batch_size.max(1)).collect();
         for (bi, batch) in batches.iter().enumerate() {

@@ -86,6 +86,8 @@ pub(crate) fn parse(data: &[u8], start: usize) -> Result<Pickle, CheckpointError
         marks: Vec::new(),
         memo: HashMap::new(),
         max_nodes: data.len().saturating_sub(start) + 16,
+        cells: 0,
+        max_cells: CELLS_PER_BYTE * data.len().saturating_sub(start) + 1024,
     };
     let root = vm.run()?;
     Ok(Pickle {
@@ -103,6 +105,26 @@ struct Vm<'a> {
     marks: Vec<usize>,
     memo: HashMap<u64, Id>,
     max_nodes: usize,
+    /// Ids held by containers and call arguments so far, and their limit.
+    cells: usize,
+    max_cells: usize,
+}
+
+/// Container items the arena may hold per byte of pickle. Each item costs at least one opcode
+/// byte when first built, but a REDUCE copies its argument tuple: one large memoised tuple
+/// passed to many calls (a "REDUCE bomb") would otherwise grow memory with the square of the
+/// file's size. Real checkpoints stay far below (a state dict's pickle holds about one item per
+/// 20 bytes).
+const CELLS_PER_BYTE: usize = 4;
+
+/// How many ids a node holds.
+fn cells_of(node: &Node) -> usize {
+    match node {
+        Node::Tuple(v) | Node::List(v) => v.len(),
+        Node::Dict(v) => 2 * v.len(),
+        Node::Object { args, .. } => args.len(),
+        _ => 0,
+    }
 }
 
 impl<'a> Vm<'a> {
@@ -141,6 +163,7 @@ impl<'a> Vm<'a> {
     }
 
     fn alloc(&mut self, node: Node) -> Result<Id, CheckpointError> {
+        self.count_cells(cells_of(&node))?;
         if self.nodes.len() >= self.max_nodes {
             return Err(CheckpointError::Limit(format!(
                 "pickle builds more than {} objects",
@@ -149,6 +172,17 @@ impl<'a> Vm<'a> {
         }
         self.nodes.push(node);
         Ok(self.nodes.len() - 1)
+    }
+
+    fn count_cells(&mut self, n: usize) -> Result<(), CheckpointError> {
+        self.cells = self.cells.saturating_add(n);
+        if self.cells > self.max_cells {
+            return Err(CheckpointError::Limit(format!(
+                "pickle builds more than {} container items (a tuple reused by many calls?)",
+                self.max_cells
+            )));
+        }
+        Ok(())
     }
 
     fn push(&mut self, node: Node) -> Result<(), CheckpointError> {
@@ -416,6 +450,12 @@ impl<'a> Vm<'a> {
                     }
                     let args = self.pop()?;
                     let func = self.pop()?;
+                    let n = match &self.nodes[args] {
+                        Node::Tuple(a) => a.len(),
+                        _ => return Err(self.err("call arguments are not a tuple")),
+                    };
+                    // the copy below is counted before it is made
+                    self.count_cells(n)?;
                     let Node::Tuple(args) = self.nodes[args].clone() else {
                         return Err(self.err("call arguments are not a tuple"));
                     };
@@ -452,6 +492,7 @@ impl<'a> Vm<'a> {
     }
 
     fn extend(&mut self, items: Vec<Id>) -> Result<(), CheckpointError> {
+        self.count_cells(items.len())?;
         let target = self.top()?;
         match &mut self.nodes[target] {
             Node::List(v) => {
@@ -463,6 +504,7 @@ impl<'a> Vm<'a> {
     }
 
     fn set_items(&mut self, pairs: Vec<(Id, Id)>) -> Result<(), CheckpointError> {
+        self.count_cells(2 * pairs.len())?;
         let target = self.top()?;
         match &mut self.nodes[target] {
             Node::Dict(v) => {
@@ -553,5 +595,34 @@ mod tests {
         assert!(e.to_string().contains("memo key 5"), "{e}");
         let e = value(b"\x80\x02\x97.").unwrap_err();
         assert!(e.to_string().contains("opcode 0x97"), "{e}");
+    }
+
+    #[test]
+    fn a_tuple_reused_by_many_calls_is_refused_not_quadratic() {
+        // f = builtins.bar; t = (0,) * 20000; then 20000 times: f(*t) -- 4e8 copied ids
+        // (3.2 GB) without the limit, on a pickle of about 150 KB
+        let n = 20_000;
+        let mut p = b"\x80\x02cbuiltins\nbar\nq\x00(".to_vec();
+        for _ in 0..n {
+            p.extend_from_slice(b"K\x00");
+        }
+        p.extend_from_slice(b"tq\x01");
+        for _ in 0..n {
+            p.extend_from_slice(b"h\x00h\x01R0");
+        }
+        p.extend_from_slice(b"N.");
+        let e = value(&p).unwrap_err();
+        assert!(e.to_string().contains("container items"), "{e}");
+        // a handful of calls on the same tuple is fine
+        let mut ok = b"\x80\x02cbuiltins\nbar\nq\x00(".to_vec();
+        for _ in 0..100 {
+            ok.extend_from_slice(b"K\x00");
+        }
+        ok.extend_from_slice(b"tq\x01");
+        for _ in 0..3 {
+            ok.extend_from_slice(b"h\x00h\x01R0");
+        }
+        ok.extend_from_slice(b"N.");
+        assert_eq!(value(&ok).unwrap(), Value::None);
     }
 }

@@ -296,10 +296,15 @@ fn train_step(model: &MaskRcnn, s: &Slice, json: bool) -> anyhow::Result<()> {
     };
     let mut adam = crate::optim::Adam::new(crate::train::segmentation_parameters(model), 1e-5, 1e-3);
     let mut times = Vec::new();
+    let mut rng = crate::ops::sampler::sampling_rng(0, 0);
     for _ in 0..3 {
         let t = Instant::now();
         let l = model
-            .losses(std::slice::from_ref(&img), std::slice::from_ref(&target))?
+            .losses(
+                std::slice::from_ref(&img),
+                std::slice::from_ref(&target),
+                &mut rng,
+            )?
             .total();
         adam.zero_grad();
         l.backward();

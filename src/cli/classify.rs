@@ -33,11 +33,18 @@ pub struct ClassifyArgs {
 #[derive(Debug, Serialize)]
 pub struct ClassifyJson {
     pub input: String,
+    /// Frame index inside a multi-frame object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame: Option<u32>,
     pub logits: [f32; 3],
     pub probabilities: [f32; 3],
+    /// Empty when the input was refused.
     pub label: String,
     /// No detection survived: S saw an all-zero input (a case the original never handled).
     pub no_detections: bool,
+    /// Why the input was refused or failed (then it has no label).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 pub fn run_classify(a: &ClassifyArgs) -> anyhow::Result<()> {
@@ -51,17 +58,45 @@ pub fn run_classify(a: &ClassifyArgs) -> anyhow::Result<()> {
     );
     crate::screening::apply_precision(&mut model, a.precision, device);
     let mut out = Vec::new();
+    let mut refused = 0;
     for input in &a.inputs {
-        for s in crate::slice::read_slices(input, &Default::default())? {
-            let img = crate::model::transform::tensor_from_rgb(&s.rgb, s.width, s.height, device)?;
-            let c = crate::screening::classify(&model, &img)?;
-            out.push(ClassifyJson {
-                input: input.display().to_string(),
-                logits: c.logits,
-                probabilities: c.probabilities,
-                label: c.label,
-                no_detections: c.no_detections,
+        let classified = crate::slice::read_slices(input, &Default::default())
+            .map_err(|e| anyhow::anyhow!(e.reason()))
+            .and_then(|slices| {
+                slices
+                    .iter()
+                    .map(|s| {
+                        let img =
+                            crate::model::transform::tensor_from_rgb(&s.rgb, s.width, s.height, device)?;
+                        let c = crate::screening::classify(&model, &img)?;
+                        Ok(ClassifyJson {
+                            input: input.display().to_string(),
+                            frame: s.meta.frame,
+                            logits: c.logits,
+                            probabilities: c.probabilities,
+                            label: c.label,
+                            no_detections: c.no_detections,
+                            error: None,
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
             });
+        match classified {
+            Ok(items) => out.extend(items),
+            Err(e) => {
+                // one bad file never stops the others: it is reported and the run goes on
+                refused += 1;
+                eprintln!("{}: refused: {e:#}", input.display());
+                out.push(ClassifyJson {
+                    input: input.display().to_string(),
+                    frame: None,
+                    logits: [0.0; 3],
+                    probabilities: [0.0; 3],
+                    label: String::new(),
+                    no_detections: false,
+                    error: Some(format!("{e:#}")),
+                });
+            }
         }
     }
     let text = serde_json::to_string_pretty(&out)?;
@@ -69,7 +104,7 @@ pub fn run_classify(a: &ClassifyArgs) -> anyhow::Result<()> {
         Some(p) if p == Path::new("-") => println!("{text}"),
         Some(p) => crate::fsutil::write_atomic(p, text.as_bytes())?,
         None => {
-            for c in &out {
+            for c in out.iter().filter(|c| c.error.is_none()) {
                 println!(
                     "{}: {} (control {:.3}, pneumonia {:.3}, covid {:.3}){}",
                     c.input,
@@ -82,7 +117,7 @@ pub fn run_classify(a: &ClassifyArgs) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    super::inputs_outcome(refused, a.inputs.len())
 }
 
 fn open_set(dir: Option<&Path>, split: Option<&Path>) -> anyhow::Result<Vec<(PathBuf, u8)>> {

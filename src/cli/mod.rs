@@ -14,6 +14,37 @@ pub mod train_seg;
 
 use clap::{Parser, Subcommand};
 
+/// Some inputs of a batch command (`segment`, `classify`) were refused or failed; the others
+/// were processed and their results written. The binary exits with status 2 for it.
+#[derive(Debug, thiserror::Error)]
+#[error("{refused} of {total} input(s) refused or failed (see above); the others were processed")]
+pub struct SomeInputsRefused {
+    pub refused: usize,
+    pub total: usize,
+}
+
+/// `Ok` when no input was refused, else [`SomeInputsRefused`].
+pub fn inputs_outcome(refused: usize, total: usize) -> anyhow::Result<()> {
+    if refused == 0 {
+        Ok(())
+    } else {
+        Err(SomeInputsRefused { refused, total }.into())
+    }
+}
+
+/// The tracing filter for `--log`: a bare level (`info`, `debug`...) applies to ctmask's own
+/// messages, while other crates stay at `warn` (the JPEG 2000 codec logs every codestream
+/// header at info) unless the level asked for is stricter; any other filter text (with `=` or
+/// `,`) is taken as it is, so `--log openjp2=info` still shows them.
+pub fn log_filter(level: &str) -> String {
+    let level = level.trim();
+    match level.to_ascii_lowercase().as_str() {
+        "error" | "off" => level.to_string(),
+        "warn" | "info" | "debug" | "trace" => format!("warn,ctmask={level}"),
+        _ => level.to_string(),
+    }
+}
+
 /// ctmask: COVID-19 screening of chest CT (COVID-CT-Mask-Net in Rust).
 /// Research use only: not a medical device.
 #[derive(Debug, Parser)]

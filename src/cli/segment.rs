@@ -45,13 +45,19 @@ pub struct DetectionJson {
     pub mask_area_px: u64,
 }
 
-/// The JSON output for one input.
+/// The JSON output for one input (one entry per frame of a multi-frame file).
 #[derive(Debug, Serialize)]
 pub struct SegmentJson {
     pub input: String,
+    /// Frame index inside a multi-frame object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame: Option<u32>,
     pub width: i64,
     pub height: i64,
     pub detections: Vec<DetectionJson>,
+    /// Why the input was refused or failed (then it has no detections).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Turn detections into JSON rows.
@@ -111,48 +117,27 @@ pub fn run(a: &SegmentArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let screener = crate::screening::ModelScreener::from_models(model, None, settings, device);
-    let model = &screener.segmentation;
     let mut out = Vec::new();
+    let mut refused = 0;
     for input in &a.inputs {
-        let slices = crate::slice::read_slices(input, &Default::default())?;
-        let many = slices.len() > 1;
-        for (fi, s) in slices.iter().enumerate() {
-            let img = crate::model::transform::tensor_from_rgb(&s.rgb, s.width, s.height, device)?;
-            let dets = model.detect(std::slice::from_ref(&img))?;
-            let d = &dets[0];
-            let rows = detections_json(model, d, threshold)?;
-            tracing::info!(input = %input.display(), detections = rows.len(), "segmented");
-            let item = SegmentJson {
-                input: input.display().to_string(),
-                width: d.image_size.1,
-                height: d.image_size.0,
-                detections: rows,
-            };
-            if let Some(dir) = &a.out {
-                let stem = input
-                    .file_stem()
-                    .map(|x| x.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let stem = if many { format!("{stem}_f{fi}") } else { stem };
-                let f = screener.finding(s, d)?;
-                write_png(
-                    &dir.join(format!("{stem}_mask.png")),
-                    &f.label_mask,
-                    s.width,
-                    s.height,
-                    false,
-                )?;
-                write_png(
-                    &dir.join(format!("{stem}_overlay.png")),
-                    &f.overlay_rgb,
-                    s.width,
-                    s.height,
-                    true,
-                )?;
-                let json = serde_json::to_string_pretty(&item)?;
-                crate::fsutil::write_atomic(&dir.join(format!("{stem}.json")), json.as_bytes())?;
+        let result = crate::slice::read_slices(input, &Default::default())
+            .map_err(|e| anyhow::anyhow!(e.reason()))
+            .and_then(|slices| segment_input(&screener, input, &slices, threshold, a.out.as_deref()));
+        match result {
+            Ok(items) => out.extend(items),
+            Err(e) => {
+                // one bad file never stops the others: it is reported and the run goes on
+                refused += 1;
+                eprintln!("{}: refused: {e:#}", input.display());
+                out.push(SegmentJson {
+                    input: input.display().to_string(),
+                    frame: None,
+                    width: 0,
+                    height: 0,
+                    detections: Vec::new(),
+                    error: Some(format!("{e:#}")),
+                });
             }
-            out.push(item);
         }
     }
     let text = serde_json::to_string_pretty(&out)?;
@@ -160,7 +145,7 @@ pub fn run(a: &SegmentArgs) -> anyhow::Result<()> {
         Some(p) if p == Path::new("-") => println!("{text}"),
         Some(p) => crate::fsutil::write_atomic(p, text.as_bytes())?,
         None => {
-            for s in &out {
+            for s in out.iter().filter(|s| s.error.is_none()) {
                 println!("{}: {} detection(s)", s.input, s.detections.len());
                 for d in &s.detections {
                     println!(
@@ -171,7 +156,62 @@ pub fn run(a: &SegmentArgs) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    super::inputs_outcome(refused, a.inputs.len())
+}
+
+/// Segment the slices of one input and write its per-slice files under `out`.
+fn segment_input(
+    screener: &crate::screening::ModelScreener,
+    input: &Path,
+    slices: &[crate::slice::Slice],
+    threshold: f64,
+    out: Option<&Path>,
+) -> anyhow::Result<Vec<SegmentJson>> {
+    let model = &screener.segmentation;
+    let device = model.device();
+    let many = slices.len() > 1;
+    let mut items = Vec::with_capacity(slices.len());
+    for (fi, s) in slices.iter().enumerate() {
+        let img = crate::model::transform::tensor_from_rgb(&s.rgb, s.width, s.height, device)?;
+        let dets = model.detect(std::slice::from_ref(&img))?;
+        let d = &dets[0];
+        let rows = detections_json(model, d, threshold)?;
+        tracing::info!(input = %input.display(), detections = rows.len(), "segmented");
+        let item = SegmentJson {
+            input: input.display().to_string(),
+            frame: s.meta.frame,
+            width: d.image_size.1,
+            height: d.image_size.0,
+            detections: rows,
+            error: None,
+        };
+        if let Some(dir) = out {
+            let stem = input
+                .file_stem()
+                .map(|x| x.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let stem = if many { format!("{stem}_f{fi}") } else { stem };
+            let f = screener.finding(s, d)?;
+            write_png(
+                &dir.join(format!("{stem}_mask.png")),
+                &f.label_mask,
+                s.width,
+                s.height,
+                false,
+            )?;
+            write_png(
+                &dir.join(format!("{stem}_overlay.png")),
+                &f.overlay_rgb,
+                s.width,
+                s.height,
+                true,
+            )?;
+            let json = serde_json::to_string_pretty(&item)?;
+            crate::fsutil::write_atomic(&dir.join(format!("{stem}.json")), json.as_bytes())?;
+        }
+        items.push(item);
+    }
+    Ok(items)
 }
 
 /// Write an 8-bit grey or RGB PNG atomically.

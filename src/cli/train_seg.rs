@@ -220,10 +220,14 @@ pub fn run_train(a: &TrainSegArgs) -> anyhow::Result<()> {
                 MaskRcnn::load_edited(ckpt, device, |_| cfg)?
             }
         },
-        None => MaskRcnn::new(
-            &model_config(&a.preset, a.model_config.as_deref(), a.data.classes())?,
-            device,
-        )?,
+        None => {
+            // the initial weights come from libtorch's generator: seed it with the run's seed
+            tch::manual_seed(a.seed);
+            MaskRcnn::new(
+                &model_config(&a.preset, a.model_config.as_deref(), a.data.classes())?,
+                device,
+            )?
+        }
     };
     eprintln!("{}", crate::DISCLAIMER);
     eprintln!(

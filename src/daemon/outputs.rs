@@ -243,6 +243,7 @@ struct InputInfo<'a> {
     image_position: Option<[f64; 3]>,
     pixel_spacing: Option<[f64; 2]>,
     slice_thickness: Option<f64>,
+    gantry_tilt_deg: Option<f64>,
     width: u32,
     height: u32,
 }
@@ -353,6 +354,7 @@ pub fn write_slice(
             image_position: meta.image_position,
             pixel_spacing: meta.pixel_spacing,
             slice_thickness: meta.slice_thickness,
+            gantry_tilt_deg: meta.gantry_tilt_deg,
             width: slice.width,
             height: slice.height,
         },

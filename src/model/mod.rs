@@ -29,6 +29,7 @@ use roi_heads::RoiHeads;
 use rpn::Rpn;
 use transform::{ImageBatch, batch_images, paste_masks, resize_boxes};
 
+use crate::ops::sampler::SamplingRng;
 use crate::{Error, Result};
 
 /// The space the pasted mask values are in.
@@ -437,13 +438,20 @@ impl MaskRcnn {
     }
 
     /// Training losses of a batch (the model's parameters get gradients through `total()`).
-    pub fn losses(&self, images: &[Tensor], targets: &[Target]) -> Result<Losses> {
-        self.losses_t(images, targets, true)
+    /// Anchors and proposals are sampled from `rng`, the training run's own generator.
+    pub fn losses(&self, images: &[Tensor], targets: &[Target], rng: &mut SamplingRng) -> Result<Losses> {
+        self.losses_t(images, targets, true, rng)
     }
 
     /// Losses with batch norm in training form (`train_bn`, when the model has BatchNorm2d) or
     /// with its running statistics (a validation pass in eval mode).
-    pub fn losses_t(&self, images: &[Tensor], targets: &[Target], train_bn: bool) -> Result<Losses> {
+    pub fn losses_t(
+        &self,
+        images: &[Tensor],
+        targets: &[Target],
+        train_bn: bool,
+        rng: &mut SamplingRng,
+    ) -> Result<Losses> {
         let batch = batch_images(images, &self.cfg)?;
         let features = self.features(&batch, train_bn);
         let size = batch.tensors.size();
@@ -462,7 +470,7 @@ impl MaskRcnn {
         for gt in &scaled {
             let (l, matched) = self.rpn.assign_targets(&rpn_out.anchors, gt);
             reg_targets.push(self.rpn.box_coder.encode(&matched, &rpn_out.anchors));
-            sampled.push(sampler.sample(&l));
+            sampled.push(sampler.sample(&l, rng));
             labels.push(l);
         }
         let (objectness, rpn_box_reg) = self.rpn.loss(&rpn_out, &labels, &reg_targets, &sampled);
@@ -475,7 +483,7 @@ impl MaskRcnn {
             .zip(scaled.iter().zip(targets))
             .map(|(p, (gt, t))| {
                 self.roi_heads
-                    .select_training_samples(&p.boxes, gt, &t.labels, &box_sampler)
+                    .select_training_samples(&p.boxes, gt, &t.labels, &box_sampler, rng)
             })
             .collect();
         let roi_features = &features[..self.cfg.roi_levels()];

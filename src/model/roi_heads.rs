@@ -12,7 +12,7 @@ use crate::ops::boxes::{BoxCoder, box_iou, clip_boxes_to_image, positive_area, r
 use crate::ops::matcher::{BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher};
 use crate::ops::nms::batched_nms;
 use crate::ops::roi_align::{MultiScaleRoiAlign, roi_align};
-use crate::ops::sampler::BalancedSampler;
+use crate::ops::sampler::{BalancedSampler, SamplingRng};
 
 /// Detections of one image in the resized image's coordinates.
 #[derive(Debug)]
@@ -298,13 +298,14 @@ impl RoiHeads {
         gt_boxes: &Tensor,
         gt_labels: &Tensor,
         sampler: &BalancedSampler,
+        rng: &mut SamplingRng,
     ) -> RoiSamples {
         let proposals = Tensor::cat(
             &[proposals.shallow_clone(), gt_boxes.to_kind(proposals.kind())],
             0,
         );
         let (matched, labels) = self.assign(&proposals, gt_boxes, gt_labels);
-        let sampled = sampler.sample(&labels).all();
+        let sampled = sampler.sample(&labels, rng).all();
         self.samples_at(&proposals, gt_boxes, &matched, &labels, &sampled)
     }
 

@@ -39,6 +39,8 @@ const MAX_FRAMES: u32 = 10_000;
 const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
 /// RLE Lossless: its fragments are checked before dicom-rs decodes them (`rle.rs`).
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+/// Explicit VR Big Endian (retired, still found in archives).
+const EXPLICIT_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
 /// Segmentation Storage: refused even when Modality is missing.
 const SEG_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 
@@ -77,19 +79,23 @@ pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<
 
     let infos: Vec<FrameInfo> = (0..frames).map(|f| frame_info(&obj, f, frames)).collect();
     let mut first_refusal = None;
-    let accepted: Vec<&FrameInfo> = infos
-        .iter()
-        .filter(|info| match info.screen(opts) {
-            Ok(()) => true,
+    let accepted: Vec<FrameInfo> = infos
+        .into_iter()
+        .filter_map(|mut info| match info.screen(opts) {
+            Ok(tilt) => {
+                info.meta.gantry_tilt_deg = tilt;
+                Some(info)
+            }
             Err(r) => {
                 first_refusal.get_or_insert(r);
-                false
+                None
             }
         })
         .collect();
     if accepted.is_empty() {
         return Err(first_refusal.unwrap_or(Rejection::NoPixelData));
     }
+    check_budget(&obj, accepted.len() as u64, width, height, opts)?;
 
     if ts == RLE_LOSSLESS {
         let (fragments, _) = encapsulated(&obj).unwrap_or((&[], &[]));
@@ -112,7 +118,7 @@ pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<
         })
     } else {
         Pixels::Decoded {
-            px: decode_all(&obj)?,
+            obj: &obj,
             jpeg2000: is_jpeg2000(&ts),
         }
     };
@@ -142,28 +148,67 @@ fn encapsulated(obj: &DefaultDicomObject) -> Option<(&[Vec<u8>], &[u32])> {
     Some((value.fragments()?, value.offset_table().unwrap_or(&[])))
 }
 
-/// Decode every frame with dicom-pixeldata.
-fn decode_all(obj: &DefaultDicomObject) -> Result<DecodedPixelData<'_>, Rejection> {
+/// Refuse, from the header alone and before anything is decoded, an object whose accepted
+/// frames would take more than `max_decoded_bytes`: per frame its decoded samples (Rows x
+/// Columns x SamplesPerPixel x BitsAllocated / 8) plus the model input and HU the reader keeps
+/// (7 bytes a pixel). A 757 KB file of 3000 constant 2048x2048 JPEG 2000 frames is refused
+/// here at once instead of decoding 25 GB.
+fn check_budget(
+    obj: &DefaultDicomObject,
+    frames: u64,
+    width: u32,
+    height: u32,
+    opts: &SliceOptions,
+) -> Result<(), Rejection> {
+    let samples = u64::from(u32_opt(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1).max(1));
+    let bytes = u64::from(
+        u32_opt(obj, tags::BITS_ALLOCATED)
+            .unwrap_or(16)
+            .div_ceil(8)
+            .max(1),
+    );
+    let per_pixel = samples * bytes + 7;
+    let needed = frames
+        .saturating_mul(u64::from(width))
+        .saturating_mul(u64::from(height))
+        .saturating_mul(per_pixel);
+    if needed > opts.max_decoded_bytes {
+        return Err(Rejection::OverBudget {
+            frames,
+            width,
+            height,
+            bytes: needed,
+            limit: opts.max_decoded_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Decode one frame with dicom-pixeldata (frame by frame: a frame's samples are freed before
+/// the next is decoded).
+fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<DecodedPixelData<'_>, Rejection> {
     // dicom-rs's decoders trust some headers (an RLE segment or a JPEG 2000 codestream larger
     // or smaller than Rows x Columns makes them index out of bounds): their panics become a
     // refusal of this file, never the end of the reader
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
-        .map_err(|p| {
-            let why = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown".into());
-            Rejection::Corrupt(format!("pixel data: the decoder failed ({why})"))
-        })?
-        .map_err(|e| Rejection::Corrupt(format!("pixel data: {}", chain(&e))))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        obj.decode_pixel_data_frame(frame)
+    }))
+    .map_err(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        Rejection::Corrupt(format!("pixel data: the decoder failed ({why})"))
+    })?
+    .map_err(|e| Rejection::Corrupt(format!("pixel data: {}", chain(&e))))
 }
 
 /// Where the stored values of a frame come from.
 enum Pixels<'a> {
-    /// Every frame decoded by dicom-pixeldata.
+    /// Frames decoded by dicom-pixeldata one at a time, when asked for.
     Decoded {
-        px: DecodedPixelData<'a>,
+        obj: &'a DefaultDicomObject,
         jpeg2000: bool,
     },
     /// 12-bit JPEG Extended, decoded frame by frame when asked for.
@@ -173,7 +218,7 @@ enum Pixels<'a> {
 impl Pixels<'_> {
     fn stored(&self, frame: u32) -> Result<Vec<i32>, Rejection> {
         match self {
-            Self::Decoded { px, jpeg2000 } => stored_values(px, frame, *jpeg2000),
+            Self::Decoded { obj, jpeg2000 } => stored_values(&decode_frame(obj, frame)?, 0, *jpeg2000),
             Self::Jpeg12(frames) => frames.stored(frame),
         }
     }
@@ -301,6 +346,9 @@ fn open(bytes: &[u8], kind: Detected) -> Result<DefaultDicomObject, Rejection> {
             return Err(Rejection::UnknownFormat);
         }
     };
+    let mut parsed = parsed;
+    let big_endian = parsed.meta().transfer_syntax().trim_end_matches(['\0', ' ']) == EXPLICIT_BIG_ENDIAN;
+    super::vr_un::resolve(&mut parsed, big_endian);
     Ok(parsed)
 }
 
@@ -311,8 +359,10 @@ fn open_bare(bytes: &[u8], explicit: bool) -> Result<DefaultDicomObject, Rejecti
     } else {
         entries::IMPLICIT_VR_LITTLE_ENDIAN.erased()
     };
-    let obj = InMemDicomObject::read_dataset_with_ts(Cursor::new(bytes), &ts)
+    let mut obj = InMemDicomObject::read_dataset_with_ts(Cursor::new(bytes), &ts)
         .map_err(|e| parse_rejection(&chain(&e)))?;
+    // the meta below is made from SOPClassUID and SOPInstanceUID, which may be UN
+    super::vr_un::resolve(&mut obj, false);
     let uid = |tag| text(&obj, tag).unwrap_or_else(|| "2.25.0".to_string());
     let meta = FileMetaTableBuilder::new()
         .transfer_syntax(ts.uid())

@@ -19,28 +19,93 @@ pub(super) struct FrameInfo {
     /// ImageOrientationPatient: `None` when absent, an error text when malformed.
     orientation: Result<Option<[f64; 6]>, String>,
     localizer: bool,
+    /// What the object says of its acquisition (ImageType / FrameType and GantryDetectorTilt).
+    acquisition: Acquisition,
     pub meta: SliceMeta,
 }
 
+/// What the header says of how a frame was acquired, for telling a gantry-tilted axial scan
+/// from an oblique reformat of the same geometry.
+#[derive(Debug, Clone, Default)]
+struct Acquisition {
+    /// ImageType value 1 is ORIGINAL (reformats are DERIVED).
+    original: bool,
+    /// ImageType value 3 is AXIAL.
+    axial: bool,
+    /// GantryDetectorTilt in degrees, when present.
+    gantry_tilt: Option<f64>,
+}
+
+/// Degrees of agreement asked between GantryDetectorTilt and the tilt of the orientation.
+const TILT_AGREEMENT_DEG: f64 = 1.0;
+
 impl FrameInfo {
-    /// Accept only axial frames: row and column direction cosines both within
-    /// `axial_tolerance` of the axial plane (|z| components); absent orientation is accepted.
-    pub fn screen(&self, opts: &SliceOptions) -> Result<(), Rejection> {
+    /// Accept axial frames: row and column direction cosines both within `axial_tolerance` of
+    /// the axial plane (|z| components), or a gantry-tilted axial acquisition (see
+    /// [`tilted_axial`]); absent orientation is accepted. Returns the gantry tilt in degrees
+    /// of a tilted acquisition.
+    pub fn screen(&self, opts: &SliceOptions) -> Result<Option<f64>, Rejection> {
         if self.localizer {
             return Err(Rejection::Localizer);
         }
         match &self.orientation {
             Err(message) => Err(Rejection::Corrupt(message.clone())),
-            Ok(None) => Ok(()),
+            Ok(None) => Ok(None),
             Ok(Some(o)) => {
                 let tol = f64::from(opts.axial_tolerance);
                 if o[2].abs() <= tol && o[5].abs() <= tol {
-                    Ok(())
-                } else {
-                    Err(Rejection::NotAxial)
+                    return Ok(None);
                 }
+                tilted_axial(o, &self.acquisition, tol, f64::from(opts.max_gantry_tilt))
+                    .map(Some)
+                    .ok_or_else(|| Rejection::NotAxial(plane_name(o, &self.acquisition)))
             }
         }
+    }
+}
+
+/// The tilt in degrees of a gantry-tilted axial acquisition: the rows run along the patient's
+/// x axis (|x| cosine within `tol` of 1), the columns lie in the y-z plane rotated by the tilt,
+/// at most `max_tilt` degrees, and the header says it was acquired so: ImageType ORIGINAL and
+/// either GantryDetectorTilt agreeing with the orientation (sign aside: vendors differ) or
+/// ImageType AXIAL. An oblique reformat of the same geometry is DERIVED and stays refused.
+fn tilted_axial(o: &[f64; 6], acq: &Acquisition, tol: f64, max_tilt: f64) -> Option<f64> {
+    let (row, col) = ([o[0], o[1], o[2]], [o[3], o[4], o[5]]);
+    if row[2].abs() > tol || row[1].abs() > tol || col[0].abs() > tol || !acq.original {
+        return None;
+    }
+    let tilt = col[2].atan2(col[1]).to_degrees();
+    if !tilt.is_finite() || tilt.abs() > max_tilt {
+        return None;
+    }
+    let agrees = acq
+        .gantry_tilt
+        .is_some_and(|g| (g.abs() - tilt.abs()).abs() <= TILT_AGREEMENT_DEG);
+    (agrees || acq.axial).then_some(tilt)
+}
+
+/// What a refused orientation is, by the axis its normal is closest to.
+fn plane_name(o: &[f64; 6], acq: &Acquisition) -> String {
+    let n = [
+        o[1] * o[5] - o[2] * o[4],
+        o[2] * o[3] - o[0] * o[5],
+        o[0] * o[4] - o[1] * o[3],
+    ];
+    let (x, y, z) = (n[0].abs(), n[1].abs(), n[2].abs());
+    if z >= x && z >= y {
+        // near axial, yet neither axial nor a recognised gantry tilt
+        return if acq.original {
+            "tilted plane"
+        } else {
+            "oblique reformat"
+        }
+        .to_string();
+    }
+    let plane = if y >= x { "coronal" } else { "sagittal" };
+    if x.max(y) > 0.995 {
+        plane.to_string()
+    } else {
+        format!("oblique ({plane})")
     }
 }
 
@@ -97,6 +162,7 @@ pub(super) fn frame_info(obj: &InMemDicomObject, frame: u32, frames: u32) -> Fra
         pixel_spacing: float_n(at(measures, tags::PIXEL_SPACING)),
         slice_thickness: scalar(measures, tags::SLICE_THICKNESS),
         frame: (frames > 1).then_some(frame),
+        gantry_tilt_deg: None,
     };
     FrameInfo {
         frame,
@@ -104,7 +170,24 @@ pub(super) fn frame_info(obj: &InMemDicomObject, frame: u32, frames: u32) -> Fra
         intercept: scalar(pvt, tags::RESCALE_INTERCEPT).unwrap_or(0.0),
         orientation,
         localizer: is_localizer(at(tags::CT_IMAGE_FRAME_TYPE_SEQUENCE, tags::FRAME_TYPE)),
+        acquisition: acquisition(obj, at(tags::CT_IMAGE_FRAME_TYPE_SEQUENCE, tags::FRAME_TYPE)),
         meta,
+    }
+}
+
+/// ImageType (or the frame's FrameType) values 1 and 3, and GantryDetectorTilt.
+fn acquisition(obj: &InMemDicomObject, frame_type: Option<&InMemElement>) -> Acquisition {
+    let values: Vec<String> = frame_type
+        .or_else(|| obj.get(tags::IMAGE_TYPE))
+        .and_then(|e| e.to_multi_str().ok())
+        .map(|v| v.iter().map(|s| s.trim().to_ascii_uppercase()).collect())
+        .unwrap_or_default();
+    Acquisition {
+        original: values.first().is_some_and(|v| v == "ORIGINAL"),
+        axial: values.get(2).is_some_and(|v| v == "AXIAL"),
+        gantry_tilt: floats(obj.get(tags::GANTRY_DETECTOR_TILT))
+            .and_then(|v| v.first().copied())
+            .filter(|t| t.is_finite()),
     }
 }
 

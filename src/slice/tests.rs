@@ -281,38 +281,181 @@ fn chest_stored() -> Vec<u16> {
         .collect()
 }
 
+/// The chest CT with ImageType `image_type`, GantryDetectorTilt `gantry` (if any) and its
+/// columns rotated by `degrees` about the patient's left-right axis.
+fn tilted_chest(degrees: f64, image_type: &str, gantry: Option<f64>) -> Vec<u8> {
+    let (s, c) = degrees.to_radians().sin_cos();
+    let mut obj = chest();
+    put_str(&mut obj, tags::IMAGE_TYPE, VR::CS, image_type);
+    put_str(
+        &mut obj,
+        tags::IMAGE_ORIENTATION_PATIENT,
+        VR::DS,
+        &format!("1\\0\\0\\0\\{c:.6}\\{s:.6}"),
+    );
+    match gantry {
+        Some(g) => put_str(&mut obj, tags::GANTRY_DETECTOR_TILT, VR::DS, &format!("{g}")),
+        None => {
+            obj.remove_element(tags::GANTRY_DETECTOR_TILT);
+        }
+    }
+    to_bytes(&obj)
+}
+
+fn orientation_reason(orientation: &str, image_type: &str) -> String {
+    let mut obj = chest();
+    put_str(&mut obj, tags::IMAGE_TYPE, VR::CS, image_type);
+    put_str(&mut obj, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, orientation);
+    reason_of(&to_bytes(&obj))
+}
+
 #[test]
 fn localizer_not_axial_and_tilt_tolerance() {
     let mut obj = chest();
     put_str(&mut obj, tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY\\LOCALIZER");
     assert_eq!(reason_of(&to_bytes(&obj)), "localizer image");
 
-    let mut obj = chest();
-    put_str(
-        &mut obj,
-        tags::IMAGE_ORIENTATION_PATIENT,
-        VR::DS,
-        "1\\0\\0\\0\\0\\-1",
-    );
-    assert_eq!(reason_of(&to_bytes(&obj)), "not axial");
-
-    let tilted = |degrees: f64| {
-        let (s, c) = degrees.to_radians().sin_cos();
-        let mut obj = chest();
-        put_str(
-            &mut obj,
-            tags::IMAGE_ORIENTATION_PATIENT,
-            VR::DS,
-            &format!("1\\0\\0\\0\\{c:.6}\\{s:.6}"),
-        );
-        read_slices_from_bytes(&to_bytes(&obj), "t", &SliceOptions::default())
-    };
-    assert!(tilted(5.0).is_ok());
-    assert_eq!(tilted(10.0).expect_err("10 degrees").reason(), "not axial");
+    let opts = SliceOptions::default();
+    // within the axial tolerance: screened, no tilt reported
+    let near = read_slices_from_bytes(&tilted_chest(5.0, "DERIVED\\SECONDARY", None), "t", &opts).unwrap();
+    assert_eq!(near[0].meta.gantry_tilt_deg, None);
 
     let mut obj = chest();
     obj.remove_element(tags::IMAGE_ORIENTATION_PATIENT);
     assert!(read_slices_from_bytes(&to_bytes(&obj), "o", &SliceOptions::default()).is_ok());
+}
+
+#[test]
+fn tilted_gantry_axial_is_screened_with_its_tilt() {
+    let opts = SliceOptions::default();
+    let tilt_of = |bytes: &[u8]| {
+        let s = read_slices_from_bytes(bytes, "t", &opts).expect("a tilted axial acquisition is screened");
+        s[0].meta.gantry_tilt_deg.expect("tilt reported")
+    };
+    // the head CT of the issue: ORIGINAL\PRIMARY\AXIAL, GantryDetectorTilt -22, columns
+    // rotated by the same angle
+    let t = tilt_of(&tilted_chest(-22.0, "ORIGINAL\\PRIMARY\\AXIAL", Some(-22.0)));
+    assert!((t + 22.0).abs() < 1e-3, "{t}");
+    // GantryDetectorTilt alone (vendors sign it either way) or AXIAL alone is evidence enough
+    let t = tilt_of(&tilted_chest(15.0, "ORIGINAL\\PRIMARY\\OTHER", Some(-15.0)));
+    assert!((t - 15.0).abs() < 1e-3, "{t}");
+    let t = tilt_of(&tilted_chest(12.0, "ORIGINAL\\PRIMARY\\AXIAL", None));
+    assert!((t - 12.0).abs() < 1e-3, "{t}");
+    // pixels and HU are those of the untilted slice
+    let plain = read_slices_from_bytes(&to_bytes(&chest()), "p", &opts).unwrap();
+    let tilted = read_slices_from_bytes(
+        &tilted_chest(-22.0, "ORIGINAL\\PRIMARY\\AXIAL", Some(-22.0)),
+        "t",
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(plain[0].hu, tilted[0].hu);
+}
+
+#[test]
+fn reformats_and_other_planes_stay_refused_with_their_reason() {
+    // the same 22 degrees as an oblique reformat (DERIVED) is not an acquisition
+    let e = read_slices_from_bytes(
+        &tilted_chest(-22.0, "DERIVED\\SECONDARY\\REFORMATTED", Some(-22.0)),
+        "r",
+        &SliceOptions::default(),
+    )
+    .expect_err("oblique reformat");
+    assert_eq!(e.reason(), "not axial: oblique reformat");
+    // a tilt GantryDetectorTilt contradicts, without AXIAL: refused
+    let e = read_slices_from_bytes(
+        &tilted_chest(22.0, "ORIGINAL\\PRIMARY\\OTHER", Some(5.0)),
+        "c",
+        &SliceOptions::default(),
+    )
+    .expect_err("contradicting tilt");
+    assert_eq!(e.reason(), "not axial: tilted plane");
+    // beyond max_gantry_tilt
+    let strict = SliceOptions {
+        max_gantry_tilt: 20.0,
+        ..SliceOptions::default()
+    };
+    let bytes = tilted_chest(-22.0, "ORIGINAL\\PRIMARY\\AXIAL", Some(-22.0));
+    assert!(read_slices_from_bytes(&bytes, "s", &strict).is_err());
+    let coronal = orientation_reason("1\\0\\0\\0\\0\\-1", "DERIVED\\SECONDARY\\REFORMATTED");
+    assert_eq!(coronal, "not axial: coronal");
+    // an original coronal acquisition is still coronal
+    assert_eq!(
+        orientation_reason("1\\0\\0\\0\\0\\-1", "ORIGINAL\\PRIMARY\\AXIAL"),
+        "not axial: coronal"
+    );
+    assert_eq!(
+        orientation_reason("0\\1\\0\\0\\0\\-1", "ORIGINAL\\PRIMARY"),
+        "not axial: sagittal"
+    );
+    let oblique = orientation_reason("0.8\\0.6\\0\\0\\0.6\\-0.8", "DERIVED\\SECONDARY");
+    assert_eq!(oblique, "not axial: oblique (coronal)");
+}
+
+/// `obj` rewritten with every element of its data set (pixel data included) as VR UN, the
+/// values encoded as Implicit VR Little Endian would hold them (PS3.5 6.2.2), with numbers in
+/// the byte order of `ts` as pydicom reads them; written with transfer syntax `ts`.
+fn all_un(obj: &DefaultDicomObject, ts: &str) -> Vec<u8> {
+    use dicom_encoding::TransferSyntaxIndex;
+    use dicom_transfer_syntax_registry::{TransferSyntaxRegistry, entries};
+    let implicit = TransferSyntaxRegistry
+        .get(entries::IMPLICIT_VR_LITTLE_ENDIAN.uid())
+        .unwrap();
+    let big_endian = ts == "1.2.840.10008.1.2.2";
+    let meta = dicom_object::FileMetaTableBuilder::new()
+        .transfer_syntax(ts)
+        .media_storage_sop_class_uid(obj.meta().media_storage_sop_class_uid().trim_end_matches('\0'))
+        .media_storage_sop_instance_uid(obj.meta().media_storage_sop_instance_uid().trim_end_matches('\0'))
+        .build()
+        .unwrap();
+    let mut file = DefaultDicomObject::new_empty_with_meta(meta);
+    for e in obj.iter() {
+        let tag = e.header().tag;
+        let mut one = InMemDicomObject::new_empty();
+        one.put(e.clone());
+        let mut bytes = Vec::new();
+        one.write_dataset_with_ts(&mut bytes, implicit).unwrap();
+        let undefined = bytes[4..8] == [0xFF; 4];
+        let mut value = bytes[8..].to_vec();
+        if undefined {
+            value.truncate(value.len() - 8); // the sequence delimitation item
+        }
+        let unit = match e.vr() {
+            VR::US | VR::SS | VR::OW | VR::AT => 2,
+            VR::UL | VR::SL | VR::FL | VR::OL | VR::OF => 4,
+            VR::FD | VR::OD => 8,
+            _ => 1,
+        };
+        if big_endian && unit > 1 {
+            value.chunks_exact_mut(unit).for_each(<[u8]>::reverse);
+        }
+        file.put(DataElement::new(tag, VR::UN, PrimitiveValue::from(value)));
+    }
+    let mut bytes = Vec::new();
+    file.write_all(&mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn every_element_as_vr_un_reads_as_the_original_in_both_byte_orders() {
+    let original = read_slices_from_bytes(&to_bytes(&chest()), "o", &wide())
+        .unwrap()
+        .remove(0);
+    for ts in ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"] {
+        let bytes = all_un(&chest(), ts);
+        // the file really holds UN elements: Modality's bytes read as numbers without the pass
+        let raw = OpenFileOptions::new()
+            .read_preamble(dicom_object::file::ReadPreamble::Always)
+            .from_reader(std::io::Cursor::new(&bytes))
+            .unwrap();
+        assert_eq!(raw.get(tags::MODALITY).unwrap().vr(), VR::UN);
+        let s = read_slices_from_bytes(&bytes, "un", &wide())
+            .unwrap_or_else(|e| panic!("{ts}: {}", e.reason()))
+            .remove(0);
+        assert_eq!(s.hu, original.hu, "{ts}: HU");
+        assert_eq!(s.rgb, original.rgb, "{ts}: model input");
+        assert_eq!(s.meta, original.meta, "{ts}: report metadata");
+    }
 }
 
 #[test]
@@ -621,5 +764,48 @@ fn twelve_bit_jpeg_extended_frames_fragments_and_refusals() {
     assert_eq!(
         reason(read_slices_from_bytes(&to_bytes(&obj), "x", &wide())),
         "corrupt: pixel data: frame 0: 12-bit JPEG for BitsStored 16"
+    );
+}
+
+#[test]
+fn a_multiframe_bomb_is_refused_from_its_header() {
+    use dicom_core::value::PixelFragmentSequence;
+    // 3000 frames of 2048x2048 JPEG 2000, each a 239-byte codestream: 757 KB that would
+    // decode to 25 GB
+    let mut obj = chest();
+    put_u16(&mut obj, tags::ROWS, 2048);
+    put_u16(&mut obj, tags::COLUMNS, 2048);
+    put_str(&mut obj, tags::NUMBER_OF_FRAMES, VR::IS, "3000");
+    let fragments: Vec<Vec<u8>> = (0..3000).map(|i| vec![(i % 251) as u8; 240]).collect();
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PixelFragmentSequence::new(Vec::<u32>::new(), fragments),
+    ));
+    let meta = dicom_object::FileMetaTableBuilder::new()
+        .transfer_syntax("1.2.840.10008.1.2.4.90")
+        .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.2")
+        .media_storage_sop_instance_uid("1.2.3.4")
+        .build()
+        .unwrap();
+    let mut file = DefaultDicomObject::new_empty_with_meta(meta);
+    for e in obj.iter() {
+        file.put(e.clone());
+    }
+    let e = read_slices_from_bytes(&to_bytes(&file), "bomb", &SliceOptions::default()).expect_err("a bomb");
+    assert_eq!(
+        e.reason(),
+        "too large: 3000 frame(s) of 2048x2048 decode to 108000 MiB, over the limit of 1024 MiB"
+    );
+    // the same budget holds for one large frame
+    let tight = SliceOptions {
+        max_decoded_bytes: 100_000,
+        ..SliceOptions::default()
+    };
+    let e = read_slices_from_bytes(&to_bytes(&chest()), "c", &tight).expect_err("over a tight budget");
+    assert!(
+        e.reason().starts_with("too large: 1 frame(s) of 128x128"),
+        "{}",
+        e.reason()
     );
 }

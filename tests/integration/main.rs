@@ -1,5 +1,6 @@
 //! ctmask's one integration-test binary (every extra test binary would link libtorch again).
 
+mod cli_inputs;
 mod common;
 mod daemon_e2e;
 mod demo_weights;

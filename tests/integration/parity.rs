@@ -57,6 +57,111 @@ fn close(name: &str, got: f64, want: f64, tol: f64) {
     );
 }
 
+/// One detection, as compared with the reference.
+#[derive(Debug, Clone, PartialEq)]
+struct Det {
+    label: i64,
+    score: f64,
+    bbox: [f64; 4],
+    area: i64,
+}
+
+/// Tolerances of detection parity: boxes 1e-2 px, scores 1e-4, mask areas 1 % (at least one
+/// pixel); detections whose reference scores are within `tie` may come in either order.
+const BOX_TOL: f64 = 1e-2;
+const SCORE_TOL: f64 = 1e-4;
+const TIE: f64 = 1e-5;
+
+fn dets(boxes: &Tensor, labels: &Tensor, scores: &Tensor, areas: &[i64]) -> Vec<Det> {
+    let b: Vec<Vec<f32>> = Vec::try_from(boxes.to_kind(Kind::Float).contiguous()).unwrap();
+    let l: Vec<i64> = Vec::try_from(labels.to_kind(Kind::Int64)).unwrap();
+    let s: Vec<f32> = Vec::try_from(scores.to_kind(Kind::Float)).unwrap();
+    (0..l.len())
+        .map(|i| Det {
+            label: l[i],
+            score: f64::from(s[i]),
+            bbox: [0, 1, 2, 3].map(|k| f64::from(b[i][k])),
+            area: areas[i],
+        })
+        .collect()
+}
+
+fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let area = |r: &[f64; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+    inter / (area(a) + area(b) - inter).max(1e-12)
+}
+
+/// Pair ctmask's detections with the reference's one to one, order-free: each reference
+/// detection takes the unused prediction of its label with the best IoU among those whose
+/// box and score are within tolerance. Ranks may differ only between detections whose
+/// reference scores are tied within [`TIE`] (another CPU's kernels round differently); mask
+/// areas are compared pair by pair. Returns the prediction index of each reference detection.
+fn pair_detections(got: &[Det], want: &[Det]) -> Result<Vec<usize>, String> {
+    if got.len() != want.len() {
+        return Err(format!("{} detections vs {}", got.len(), want.len()));
+    }
+    let mut used = vec![false; got.len()];
+    let mut pairs = Vec::with_capacity(want.len());
+    for (j, w) in want.iter().enumerate() {
+        let within = |g: &Det| {
+            g.label == w.label
+                && (g.score - w.score).abs() <= SCORE_TOL
+                && g.bbox.iter().zip(&w.bbox).all(|(a, b)| (a - b).abs() <= BOX_TOL)
+        };
+        let pick = (0..got.len())
+            .filter(|&i| !used[i] && within(&got[i]))
+            .max_by(|&a, &b| iou(&got[a].bbox, &w.bbox).total_cmp(&iou(&got[b].bbox, &w.bbox)))
+            .ok_or_else(|| {
+                format!(
+                    "reference detection {j} {w:?} has no partner (ctmask's {j} is {:?})",
+                    got[j]
+                )
+            })?;
+        used[pick] = true;
+        pairs.push(pick);
+    }
+    for j1 in 0..want.len() {
+        for j2 in j1 + 1..want.len() {
+            let d = (want[j1].score - want[j2].score).abs();
+            if pairs[j1] > pairs[j2] && d >= TIE {
+                return Err(format!(
+                    "detections {j1} and {j2} changed places though their scores differ by {d:e}"
+                ));
+            }
+        }
+    }
+    for (j, (w, &i)) in want.iter().zip(&pairs).enumerate() {
+        let tol = (w.area as f64 * 0.01).max(1.0);
+        if ((got[i].area - w.area) as f64).abs() > tol {
+            return Err(format!("detection {j}: mask area {} vs {}", got[i].area, w.area));
+        }
+    }
+    Ok(pairs)
+}
+
+/// Detections of `m` against torchvision's on image `i` of the fixture.
+fn compare_detections(m: &MaskRcnn, fx: &HashMap<String, Tensor>, i: usize) -> Result<(), String> {
+    let p = |k: &str| &fx[&format!("img{i}.{k}")];
+    let d = m.detect(&[image(i)]).map_err(|e| e.to_string())?.remove(0);
+    let n = p("det.count").int64_value(&[]);
+    if n == 0 {
+        return Err("the fixture has no detections".into());
+    }
+    let areas: Vec<i64> = Vec::try_from(
+        d.binary_masks(ctmask::model::sigmoid(0.5))
+            .unwrap()
+            .sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Int64),
+    )
+    .unwrap();
+    let want_areas: Vec<i64> = Vec::try_from(p("det.mask_area_gt_sigmoid05")).unwrap();
+    let got = dets(&d.boxes, &d.labels, &d.scores, &areas);
+    let want = dets(p("det.boxes"), p("det.labels"), p("det.scores"), &want_areas);
+    pair_detections(&got, &want).map(|_| ())
+}
+
 /// Detections against torchvision's, with the weights in the default layout and again laid out
 /// channels-last (what screening on the CPU uses).
 fn check_detections(variant: &str) {
@@ -66,32 +171,67 @@ fn check_detections(variant: &str) {
         if layout == "nhwc" && i == 0 {
             m.set_channels_last();
         }
-        let variant = format!("{variant} ({layout})");
-        let p = |k: &str| &fx[&format!("img{i}.{k}")];
-        let d = m.detect(&[image(i)]).unwrap().remove(0);
-        let n = p("det.count").int64_value(&[]);
-        assert_eq!(d.len(), n, "{variant} img{i}: detection count");
-        assert!(n > 0, "{variant} img{i}: the fixture has detections");
-        assert!(d.labels.equal(p("det.labels")), "{variant} img{i}: labels");
-        let db = max_abs(&d.boxes, p("det.boxes"));
-        assert!(db <= 1e-2, "{variant} img{i}: boxes differ by {db}");
-        let ds = max_abs(&d.scores, p("det.scores"));
-        assert!(ds <= 1e-4, "{variant} img{i}: scores differ by {ds}");
-        let areas: Vec<i64> = Vec::try_from(
-            d.binary_masks(ctmask::model::sigmoid(0.5))
-                .unwrap()
-                .sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Int64),
-        )
-        .unwrap();
-        let want: Vec<i64> = Vec::try_from(p("det.mask_area_gt_sigmoid05")).unwrap();
-        for (j, (a, w)) in areas.iter().zip(&want).enumerate() {
-            let tol = (*w as f64 * 0.01).max(1.0);
-            assert!(
-                ((a - w) as f64).abs() <= tol,
-                "{variant} img{i} det {j}: mask area {a} vs {w}"
-            );
+        if let Err(e) = compare_detections(&m, &fx, i) {
+            panic!("{variant} ({layout}) img{i}: {e}");
         }
     }
+}
+
+#[test]
+fn detection_parity_fails_on_one_perturbed_weight() {
+    // the order-free comparison still sees a small real change: one bias of the box
+    // classifier moved by 0.01
+    let fx = load("parity_r18_t1.safetensors");
+    let m = model("r18_t1", Semantics::Torchvision);
+    assert_eq!(compare_detections(&m, &fx, 0), Ok(()));
+    tch::no_grad(|| {
+        let vars = m.vs.variables();
+        let bias = vars["roi_heads.box_predictor.cls_score.bias"].shallow_clone();
+        let _ = bias.get(1).g_add_scalar_(0.01);
+    });
+    assert!(
+        compare_detections(&m, &fx, 0).is_err(),
+        "a perturbed weight must fail parity"
+    );
+}
+
+#[test]
+fn detection_pairing_allows_swaps_of_tied_scores_only() {
+    let det = |score: f64, x: f64| Det {
+        label: 1,
+        score,
+        bbox: [x, 10.0, x + 20.0, 30.0],
+        area: 300,
+    };
+    let want = vec![
+        det(0.9, 0.0),
+        det(0.600_003, 100.0),
+        det(0.600_000, 200.0),
+        det(0.1, 300.0),
+    ];
+    assert_eq!(pair_detections(&want, &want), Ok(vec![0, 1, 2, 3]));
+    // a swap of scores tied to 3e-6 (another CPU's rounding) is allowed
+    let swapped = vec![want[0].clone(), want[2].clone(), want[1].clone(), want[3].clone()];
+    assert_eq!(pair_detections(&swapped, &want), Ok(vec![0, 2, 1, 3]));
+    // the same swap of scores 0.3 apart is not
+    let mut far = want.clone();
+    far[2].score = 0.3;
+    let far_swapped = vec![far[0].clone(), far[2].clone(), far[1].clone(), far[3].clone()];
+    assert!(
+        pair_detections(&far_swapped, &far)
+            .unwrap_err()
+            .contains("changed places")
+    );
+    // a box moved by more than the tolerance, another label, a mask area 2 % off: no partner
+    let mut moved = want.clone();
+    moved[3].bbox[0] += 0.05;
+    assert!(pair_detections(&moved, &want).unwrap_err().contains("no partner"));
+    let mut relabelled = want.clone();
+    relabelled[0].label = 2;
+    assert!(pair_detections(&relabelled, &want).is_err());
+    let mut bigger = want.clone();
+    bigger[1].area = 306;
+    assert!(pair_detections(&bigger, &want).unwrap_err().contains("mask area"));
 }
 
 #[test]
@@ -357,11 +497,11 @@ fn check_classifier(variant: &str, n: i64, s: i64) {
             p("count").int64_value(&[]),
             "{variant} img{i}: rows kept"
         );
-        // Rows whose scores tie to float rounding (within 1e-6) may come in either order: any
-        // summation order other than torchvision's own kernel can swap them. Match each row to
-        // a reference row of a tied score, then compare values within 1e-4.
+        // Rows whose scores tie to float rounding (within TIE) may come in either order: any
+        // summation order other than torchvision's own kernel, or another CPU's, can swap them.
+        // Match each row to a reference row of a tied score, then compare values within 1e-4.
         let want = p("ranked");
-        let order = tie_matching(&ranked, want, 1e-6, 1e-4)
+        let order = tie_matching(&ranked, want, TIE, 1e-4)
             .unwrap_or_else(|e| panic!("{variant} img{i}: ranked rows differ: {e}"));
         let in_reference_order = ranked.index_select(0, &Tensor::from_slice(&order));
         let d = max_abs(&in_reference_order, want);
