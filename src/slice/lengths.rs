@@ -206,13 +206,21 @@ pub fn check(b: &[u8], start: usize, has_meta: bool, bare_explicit: bool) -> Res
 fn check_deflated(compressed: &[u8]) -> Result<(), String> {
     use std::io::Read;
     let cap = (compressed.len() as u64 * 64).min(512 << 20);
-    let mut out = Vec::new();
-    let mut reader = flate2::read::DeflateDecoder::new(compressed).take(cap + 1);
-    // a broken stream still has its readable start walked: the parser reads that far too
-    let _ = reader.read_to_end(&mut out);
-    if out.len() as u64 > cap {
+    // first count what it inflates to, holding nothing: a bomb is refused without allocating
+    // its output (a broken stream counts up to where it breaks)
+    let mut counter = flate2::read::DeflateDecoder::new(compressed).take(cap + 1);
+    let mut chunk = [0u8; 1 << 16];
+    let mut inflated = 0u64;
+    while let Ok(n @ 1..) = counter.read(&mut chunk) {
+        inflated += n as u64;
+    }
+    if inflated > cap {
         return Err(format!("deflated data set inflates to more than {cap} bytes"));
     }
+    let mut out = Vec::with_capacity(inflated as usize);
+    let mut reader = flate2::read::DeflateDecoder::new(compressed).take(inflated);
+    // a broken stream still has its readable start walked: the parser reads that far too
+    let _ = reader.read_to_end(&mut out);
     walk(&out, 0, Syntax::ExplicitLe, None)
         .map(|_| ())
         .map_err(|(tag, len)| {

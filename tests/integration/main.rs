@@ -4,6 +4,7 @@ mod cli_inputs;
 mod common;
 mod daemon_e2e;
 mod demo_weights;
+mod hostile_files;
 mod import;
 mod keys;
 mod model_smoke;
