@@ -174,9 +174,6 @@ fn imported_torchvision_state_dict_gives_torchvision_detections() {
     .unwrap()
     .into_iter()
     .collect();
-    let d = m.detect(&[super::parity::image(0)]).unwrap().remove(0);
-    assert_eq!(d.len(), fx["img0.det.count"].int64_value(&[]));
-    assert!(d.labels.equal(&fx["img0.det.labels"]));
-    let db = (d.boxes - &fx["img0.det.boxes"]).abs().max().double_value(&[]);
-    assert!(db < 1e-2, "boxes differ by {db}");
+    // order-free, as the parity tests: near-tied scores may swap ranks on another CPU
+    assert_eq!(super::parity::compare_detections(&m, &fx, 0), Ok(()));
 }

@@ -143,7 +143,7 @@ fn pair_detections(got: &[Det], want: &[Det]) -> Result<Vec<usize>, String> {
 }
 
 /// Detections of `m` against torchvision's on image `i` of the fixture.
-fn compare_detections(m: &MaskRcnn, fx: &HashMap<String, Tensor>, i: usize) -> Result<(), String> {
+pub fn compare_detections(m: &MaskRcnn, fx: &HashMap<String, Tensor>, i: usize) -> Result<(), String> {
     let p = |k: &str| &fx[&format!("img{i}.{k}")];
     let d = m.detect(&[image(i)]).map_err(|e| e.to_string())?.remove(0);
     let n = p("det.count").int64_value(&[]);
