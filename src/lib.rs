@@ -7,7 +7,8 @@
 //! |---|---|
 //! | [`config`] | the typed `config/ctmask.yaml` (unknown keys rejected, errors name file, line and key) |
 //! | [`device`] | CUDA loading at run time, device choice, CPU threads |
-//! | [`model`] | Mask R-CNN and module S on tch, mirroring torchvision's detection files |
+//! | [`model`] | Mask R-CNN and module S on tch, mirroring torchvision's detection files (`generalized_rcnn`: the orchestration) |
+//! | [`stage_clock`] | wall time per forward stage for `bench` and reports, outside the model |
 //! | [`slice`] | one slice file (PNG, JPEG, DICOM) -> windowed 8-bit RGB, HU and metadata, or a reason |
 //! | [`data`] | CNCB and COVIDx data sets, synthetic chest CT phantoms |
 //! | [`daemon`] | the screening daemon: watcher, durable queue, worker, outputs, series, socket server |
@@ -38,6 +39,7 @@ pub mod plot;
 pub mod protocol;
 pub mod screening;
 pub mod slice;
+pub mod stage_clock;
 pub mod structures;
 pub mod train;
 pub mod tui;

@@ -420,15 +420,10 @@ pub fn train_classifier(
         start_epoch = meta.get("epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
         adam.load(&optimizer_path(ckpt))?;
     }
-    let s2 = model
-        .s2new
-        .as_ref()
+    let (s2, cfg) = model
+        .classifier_head()
         .ok_or_else(|| Error::Input("the model has no module S".into()))?;
-    let cfg = model
-        .cfg
-        .classifier
-        .clone()
-        .expect("a model with s2new has a classifier config");
+    let cfg = cfg.clone();
     // With S alone trained, the ranked rows never change: compute them once.
     let mut cache: BTreeMap<PathBuf, Tensor> = BTreeMap::new();
     let logits_of = |path: &Path, grad: bool, cache: &mut BTreeMap<PathBuf, Tensor>| -> Result<Tensor> {

@@ -156,7 +156,12 @@ pub struct BackboneWithFpn {
 impl BackboneWithFpn {
     pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
         let body = ResnetBody::new(&p / "body", cfg);
-        let fpn = Fpn::new(&p / "fpn", &body.out_channels, 256, cfg.fpn_pool_level);
+        let fpn = Fpn::new(
+            &p / "fpn",
+            &body.out_channels,
+            ModelConfig::FPN_CHANNELS,
+            cfg.fpn_pool_level,
+        );
         BackboneWithFpn { body, fpn }
     }
 

@@ -38,6 +38,17 @@ pub enum MaskHeadKind {
     Light,
 }
 
+impl MaskHeadKind {
+    /// `(convolutions, width)` of the mask head, `None` without one.
+    pub fn layers_and_width(self) -> Option<(i64, i64)> {
+        match self {
+            MaskHeadKind::None => None,
+            MaskHeadKind::Full => Some((4, 256)),
+            MaskHeadKind::Light => Some((1, 128)),
+        }
+    }
+}
+
 /// How the RPN box loss is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -142,6 +153,16 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// Channels of every FPN level, and so of the RPN head's and the RoI heads' inputs
+    /// (torchvision's `out_channels`, 256 in every variant of the original).
+    pub const FPN_CHANNELS: i64 = 256;
+    /// Side of the box branch's RoIAlign output (`MultiScaleRoIAlign(output_size=7)`).
+    pub const BOX_ROI_SIZE: i64 = 7;
+    /// Side of the mask branch's RoIAlign output (`output_size=14`; the mask logits are 28x28).
+    pub const MASK_ROI_SIZE: i64 = 14;
+    /// RoIAlign samples per bin side in both branches (`sampling_ratio=2`).
+    pub const ROI_SAMPLING_RATIO: i64 = 2;
+
     /// The original's ResNet50 segmentation model at HEAD code: 4 FPN levels, BatchNorm2d.
     pub fn r50_fpn4() -> Self {
         ModelConfig {

@@ -24,6 +24,23 @@ pub struct RawDetections {
     pub mask_logits: Option<Tensor>,
 }
 
+/// Ground truth of one image in the resized image's coordinates (boxes scaled, masks resized
+/// like the image).
+#[derive(Debug)]
+pub struct RoiTarget {
+    pub boxes: Tensor,
+    pub labels: Tensor,
+    pub masks: Tensor,
+}
+
+/// The RoI heads' training losses (Fast R-CNN classification and box regression, mask).
+#[derive(Debug)]
+pub struct RoiLosses {
+    pub classifier: Tensor,
+    pub box_reg: Tensor,
+    pub mask: Tensor,
+}
+
 /// Training samples of one image.
 #[derive(Debug)]
 pub struct RoiSamples {
@@ -42,14 +59,10 @@ struct MaskBranch {
 
 impl MaskBranch {
     fn new(p: &nn::Path, kind: MaskHeadKind, num_classes: i64) -> Option<Self> {
-        let (n, width) = match kind {
-            MaskHeadKind::None => return None,
-            MaskHeadKind::Full => (4, 256),
-            MaskHeadKind::Light => (1, 128),
-        };
+        let (n, width) = kind.layers_and_width()?;
         let head = p / "mask_head";
         let pred = p / "mask_predictor";
-        let mut cin = 256;
+        let mut cin = ModelConfig::FPN_CHANNELS;
         let fcns = (1..=n)
             .map(|i| {
                 let c = conv2d(&head / format!("mask_fcn{i}"), cin, width, 3, 1, 1, true);
@@ -104,18 +117,22 @@ impl RoiHeads {
         let bh = &p / "box_head";
         let bp = &p / "box_predictor";
         RoiHeads {
-            fc6: linear(&bh / "fc6", 256 * 7 * 7, r),
+            fc6: linear(
+                &bh / "fc6",
+                ModelConfig::FPN_CHANNELS * ModelConfig::BOX_ROI_SIZE * ModelConfig::BOX_ROI_SIZE,
+                r,
+            ),
             fc7: linear(&bh / "fc7", r, r),
             cls_score: linear(&bp / "cls_score", r, cfg.num_classes),
             bbox_pred: linear(&bp / "bbox_pred", r, cfg.num_classes * 4),
             mask: MaskBranch::new(&p, cfg.mask_head, cfg.num_classes),
             box_pool: MultiScaleRoiAlign {
-                output_size: 7,
-                sampling_ratio: 2,
+                output_size: ModelConfig::BOX_ROI_SIZE,
+                sampling_ratio: ModelConfig::ROI_SAMPLING_RATIO,
             },
             mask_pool: MultiScaleRoiAlign {
-                output_size: 14,
-                sampling_ratio: 2,
+                output_size: ModelConfig::MASK_ROI_SIZE,
+                sampling_ratio: ModelConfig::ROI_SAMPLING_RATIO,
             },
             box_coder: BoxCoder::new(cfg.bbox_reg_weights),
             cfg: cfg.clone(),
@@ -228,6 +245,19 @@ impl RoiHeads {
         sizes: &[(i64, i64)],
     ) -> Vec<RawDetections> {
         let (logits, regression) = self.box_forward(features, proposals, sizes);
+        self.postprocess_detections(&logits, &regression, proposals, sizes)
+    }
+
+    /// torchvision `postprocess_detections`: decode each image's boxes, clip, drop the
+    /// background and low scores (and, per the semantics, small boxes), batched NMS per class,
+    /// keep the `box_detections_per_img` best.
+    pub fn postprocess_detections(
+        &self,
+        logits: &Tensor,
+        regression: &Tensor,
+        proposals: &[Tensor],
+        sizes: &[(i64, i64)],
+    ) -> Vec<RawDetections> {
         let mut start = 0;
         let mut out = Vec::with_capacity(proposals.len());
         for (p, &size) in proposals.iter().zip(sizes) {
@@ -289,6 +319,98 @@ impl RoiHeads {
         let keep = keep.narrow(0, 0, self.cfg.box_detections_per_img.min(keep.size()[0]));
         let deltas = raw.index_select(0, &index.index_select(0, &keep));
         Tensor::cat(&[s.index_select(0, &keep).unsqueeze(1), deltas], 1)
+    }
+
+    /// Training: sample RoIs from the proposals (GT boxes appended) with `rng`, run the box and
+    /// mask branches on them, and return the Fast R-CNN and mask losses (torchvision
+    /// `RoIHeads.forward` in training mode).
+    pub fn losses(
+        &self,
+        features: &[Tensor],
+        proposals: &[Tensor],
+        sizes: &[(i64, i64)],
+        targets: &[RoiTarget],
+        rng: &mut SamplingRng,
+    ) -> RoiLosses {
+        let sampler = BalancedSampler {
+            batch_size_per_image: self.cfg.box_batch_size_per_image,
+            positive_fraction: self.cfg.box_positive_fraction,
+        };
+        let samples: Vec<RoiSamples> = proposals
+            .iter()
+            .zip(targets)
+            .map(|(p, t)| self.select_training_samples(p, &t.boxes, &t.labels, &sampler, rng))
+            .collect();
+        let props: Vec<Tensor> = samples.iter().map(|s| s.proposals.shallow_clone()).collect();
+        let (class_logits, box_regression) = self.box_forward(features, &props, sizes);
+        let cat = |f: fn(&RoiSamples) -> &Tensor| {
+            Tensor::cat(
+                &samples.iter().map(|s| f(s).shallow_clone()).collect::<Vec<_>>(),
+                0,
+            )
+        };
+        let (classifier, box_reg) = self.fastrcnn_loss(
+            &class_logits,
+            &box_regression,
+            &cat(|s| &s.labels),
+            &cat(|s| &s.regression_targets),
+        );
+        let device = class_logits.device();
+        let mask = if self.has_mask() {
+            self.maskrcnn_loss(features, sizes, &samples, targets)
+        } else {
+            Tensor::zeros([], (Kind::Float, device))
+        };
+        RoiLosses {
+            classifier,
+            box_reg,
+            mask,
+        }
+    }
+
+    /// torchvision `maskrcnn_loss` over a batch: the mask branch on every image's positive
+    /// samples, and one mean over all positives (each image's [`RoiHeads::mask_loss`] weighted
+    /// by its share of them); zero, with the graph kept, when no image has a positive.
+    pub fn maskrcnn_loss(
+        &self,
+        features: &[Tensor],
+        sizes: &[(i64, i64)],
+        samples: &[RoiSamples],
+        targets: &[RoiTarget],
+    ) -> Tensor {
+        let mut pos_boxes = Vec::with_capacity(samples.len());
+        let mut pos_labels = Vec::with_capacity(samples.len());
+        let mut pos_matched = Vec::with_capacity(samples.len());
+        for s in samples {
+            let pos = s.labels.gt(0).nonzero().squeeze_dim(1);
+            pos_boxes.push(s.proposals.index_select(0, &pos));
+            pos_labels.push(s.labels.index_select(0, &pos));
+            pos_matched.push(s.matched_idxs.index_select(0, &pos));
+        }
+        let Some(logits) = self.mask_forward(features, &pos_boxes, sizes) else {
+            return Tensor::zeros([], (Kind::Float, features[0].device()));
+        };
+        let mut start = 0;
+        let mut parts = Vec::new();
+        let mut weights = Vec::new();
+        for (((b, l), matched), t) in pos_boxes.iter().zip(&pos_labels).zip(&pos_matched).zip(targets) {
+            let k = b.size()[0];
+            if k > 0 {
+                parts.push(self.mask_loss(&logits.narrow(0, start, k), b, &t.masks, l, matched));
+                weights.push(k as f64);
+            }
+            start += k;
+        }
+        if parts.is_empty() {
+            return logits.sum(Kind::Float) * 0.0;
+        }
+        // torchvision concatenates all positives and takes one mean over them
+        let total: f64 = weights.iter().sum();
+        parts
+            .iter()
+            .zip(&weights)
+            .map(|(p, w)| p * (*w / total))
+            .fold(Tensor::zeros([], (Kind::Float, logits.device())), |a, b| a + b)
     }
 
     /// Append GT boxes to the proposals, match, sample and encode targets (one image).

@@ -10,7 +10,7 @@ use super::config::{BoxLoss, ModelConfig};
 use crate::ops::boxes::{BoxCoder, box_iou, clip_boxes_to_image, remove_small_boxes};
 use crate::ops::matcher::Matcher;
 use crate::ops::nms::batched_nms;
-use crate::ops::sampler::{BalancedSampler, Sampled};
+use crate::ops::sampler::{BalancedSampler, Sampled, SamplingRng};
 
 #[derive(Debug)]
 pub struct RpnHead {
@@ -67,6 +67,13 @@ pub struct Proposals {
     pub scores: Tensor,
 }
 
+/// The RPN's two training losses (spec §2.4: objectness BCE, box regression L1 by default).
+#[derive(Debug)]
+pub struct RpnLosses {
+    pub objectness: Tensor,
+    pub box_reg: Tensor,
+}
+
 #[derive(Debug)]
 pub struct Rpn {
     pub head: RpnHead,
@@ -78,7 +85,7 @@ pub struct Rpn {
 impl Rpn {
     pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
         Rpn {
-            head: RpnHead::new(&p / "head", 256, cfg.anchors_per_location()),
+            head: RpnHead::new(&p / "head", ModelConfig::FPN_CHANNELS, cfg.anchors_per_location()),
             anchor_generator: AnchorGenerator::new(
                 cfg.anchor_sizes.clone(),
                 cfg.anchor_aspect_ratios.clone(),
@@ -124,6 +131,36 @@ impl Rpn {
             anchors: self.anchor_generator.anchors(padded, &grids, device),
             per_level,
         }
+    }
+
+    /// torchvision `RegionProposalNetwork.forward`: the proposals of each image of the padded
+    /// batch (`padded` its size, `image_sizes` the un-padded ones) and, when ground-truth boxes
+    /// (in the resized images' coordinates) are given, the losses on anchors sampled from `rng`.
+    /// With targets the training top-n apply, as in torchvision's training mode.
+    pub fn forward(
+        &self,
+        features: &[Tensor],
+        padded: (i64, i64),
+        image_sizes: &[(i64, i64)],
+        targets: Option<(&[Tensor], &mut SamplingRng)>,
+    ) -> (Vec<Proposals>, Option<RpnLosses>) {
+        let out = self.head_outputs(features, padded);
+        let proposals = self.proposals(&out, image_sizes, targets.is_some());
+        let losses = targets.map(|(gt_boxes, rng)| {
+            let sampler = self.sampler();
+            let mut labels = Vec::with_capacity(gt_boxes.len());
+            let mut regression_targets = Vec::with_capacity(gt_boxes.len());
+            let mut sampled = Vec::with_capacity(gt_boxes.len());
+            for gt in gt_boxes {
+                let (l, matched) = self.assign_targets(&out.anchors, gt);
+                regression_targets.push(self.box_coder.encode(&matched, &out.anchors));
+                sampled.push(sampler.sample(&l, rng));
+                labels.push(l);
+            }
+            let (objectness, box_reg) = self.loss(&out, &labels, &regression_targets, &sampled);
+            RpnLosses { objectness, box_reg }
+        });
+        (proposals, losses)
     }
 
     /// Filter proposals per image (`image_sizes` are the un-padded sizes).
