@@ -132,7 +132,11 @@ fn to_pil_rgb(img: DynamicImage) -> Vec<u8> {
 }
 
 fn grey_to_rgb(grey: impl Iterator<Item = u8>) -> Vec<u8> {
-    grey.flat_map(|g| [g, g, g]).collect()
+    let mut rgb = Vec::with_capacity(grey.size_hint().0 * 3);
+    for g in grey {
+        rgb.extend_from_slice(&[g, g, g]);
+    }
+    rgb
 }
 
 fn drop_alpha(rgba: impl Iterator<Item = u8>) -> Vec<u8> {
