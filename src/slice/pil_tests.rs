@@ -108,3 +108,28 @@ fn bilinear_resizes_equal_pils() {
     assert!(failures.is_empty(), "not PIL's resize:\n{}", failures.join("\n"));
     assert!(cases.len() >= 15, "{} resize cases", cases.len());
 }
+
+#[test]
+fn classifier_images_are_resized_as_pil_does() {
+    use crate::train::{PilResize, classifier_image};
+    let dir = corpus();
+    // training's Resize((64, 64)) and evaluation's Resize(23) (shorter side) of a 37x23 slice
+    for (resize, expected) in [
+        (PilResize::Square(64), "resize_src_37x23_to_64x64.png"),
+        (PilResize::Shorter(23), "resize_src_37x23.png"),
+        (PilResize::Shorter(46), "resize_src_37x23_to_74x46.png"),
+    ] {
+        let img = classifier_image(&dir.join("resize_src_37x23.png"), Some(resize), tch::Device::Cpu)
+            .expect("classifier image");
+        let (w, h, want) = rgb_png(&dir.join(expected));
+        assert_eq!(img.size(), [3, i64::from(h), i64::from(w)], "{resize:?}");
+        // [3, H, W] in [0, 1] back to interleaved bytes
+        let bytes = (img * 255.0)
+            .round()
+            .to_kind(tch::Kind::Uint8)
+            .permute([1, 2, 0])
+            .contiguous();
+        let got = Vec::<u8>::try_from(bytes.view([-1])).expect("bytes");
+        assert_eq!(diff(&got, &want), None, "{resize:?}");
+    }
+}
