@@ -8,10 +8,10 @@
 //! into HU, clamped and lung-windowed (see [`dicom`]). Every command and the daemon read slices
 //! through [`read_slices`], so a refused file always carries the same short reason.
 
-#[cfg(test)]
-mod dcmtk_tests;
 mod dicom;
 mod frame;
+#[cfg(test)]
+mod jpeg_tests;
 mod lengths;
 #[cfg(test)]
 mod pil_tests;
