@@ -137,3 +137,63 @@ fn jpeg_syntaxes_decode_to_dcmtks_pixels() {
         }
     }
 }
+
+#[test]
+fn mutated_jpegs_decode_or_are_refused_never_crash() {
+    // seeded byte flips and truncations of every corpus JPEG: each result is either a whole
+    // image of the declared size or a named refusal
+    let dir = fixture("pil");
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("corpus")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg") && !p.to_string_lossy().contains("256x256"))
+        .collect();
+    files.sort();
+    let (mut decoded, mut refused) = (0, 0);
+    for path in files {
+        let original = std::fs::read(&path).expect("jpeg");
+        for _ in 0..40 {
+            let mut bytes = original.clone();
+            for _ in 0..1 + next() % 4 {
+                let i = 2 + (next() as usize) % (bytes.len() - 2);
+                bytes[i] = next() as u8;
+            }
+            if next() % 4 == 0 {
+                bytes.truncate(3 + (next() as usize) % (bytes.len() - 3));
+            }
+            match read_slices_from_bytes(&bytes, "x", &SliceOptions::default()) {
+                Ok(s) => {
+                    assert_eq!(s[0].rgb.len(), (s[0].width * s[0].height * 3) as usize);
+                    decoded += 1;
+                }
+                Err(e) => {
+                    let reason = e.reason();
+                    assert!(
+                        [
+                            "corrupt: ",
+                            "unsupported encoding: ",
+                            "too large: ",
+                            "unknown format"
+                        ]
+                        .iter()
+                        .any(|p| reason.starts_with(p)),
+                        "{}: {reason}",
+                        path.display()
+                    );
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        decoded > 100 && refused > 100,
+        "{decoded} decoded, {refused} refused"
+    );
+}
