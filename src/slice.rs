@@ -10,12 +10,17 @@
 
 mod dicom;
 mod frame;
-mod jpeg12;
+#[cfg(test)]
+mod jpeg_tests;
 mod lengths;
+#[cfg(test)]
+mod pil_tests;
 mod raster;
+pub mod resample;
 mod rle;
 #[cfg(test)]
 mod tests;
+mod turbo;
 mod vr_un;
 
 use std::path::Path;
@@ -234,8 +239,8 @@ pub fn read_slices_from_bytes(
         return Err(reject(Rejection::Empty));
     }
     let slices = match detect(bytes).ok_or(Rejection::UnknownFormat) {
-        Ok(Detected::Png) => raster::read(bytes, image::ImageFormat::Png, opts).map(|s| vec![s]),
-        Ok(Detected::Jpeg) => raster::read(bytes, image::ImageFormat::Jpeg, opts).map(|s| vec![s]),
+        Ok(Detected::Png) => raster::read_png(bytes, opts).map(|s| vec![s]),
+        Ok(Detected::Jpeg) => raster::read_jpeg(bytes, opts).map(|s| vec![s]),
         Ok(kind) => dicom::read(bytes, kind, opts),
         Err(r) => Err(r),
     };

@@ -379,19 +379,38 @@ pub fn classifier_parameters(model: &MaskRcnn, update: UpdateType) -> Vec<(Strin
     v
 }
 
-/// A classifier training image: the slice read and resized as the original's dataset does.
-pub fn classifier_image(path: &Path, resize: Option<u32>, device: Device) -> Result<Tensor> {
+/// How the original's torchvision transforms resize a classifier image (a PIL image, PIL
+/// bilinear with its antialiasing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PilResize {
+    /// `Resize((side, side))`: the training transform (§3.2).
+    Square(u32),
+    /// `Resize(side)`: the shorter side to `side`, aspect kept (the evaluation transform, §4.7).
+    Shorter(u32),
+}
+
+/// A classifier image: the slice read and resized as the original's dataset and evaluation do.
+pub fn classifier_image(path: &Path, resize: Option<PilResize>, device: Device) -> Result<Tensor> {
     let s = crate::slice::read_slices(path, &Default::default())
         .map_err(|e| Error::Input(e.to_string()))?
         .swap_remove(0);
-    let (rgb, w, h) = match resize {
-        Some(side) if (s.width, s.height) != (side, side) => {
-            let img = image::RgbImage::from_raw(s.width, s.height, s.rgb)
-                .ok_or_else(|| Error::Input(format!("{}: bad image buffer", path.display())))?;
-            let r = image::imageops::resize(&img, side, side, image::imageops::FilterType::Triangle);
-            (r.into_raw(), side, side)
-        }
-        _ => (s.rgb, s.width, s.height),
+    let (w, h) = match resize {
+        Some(PilResize::Square(side)) => (side, side),
+        Some(PilResize::Shorter(side)) => crate::slice::resample::shorter_side_size(s.width, s.height, side),
+        None => (s.width, s.height),
+    };
+    if w == 0 || h == 0 {
+        return Err(Error::Input(format!("{}: resize to {w}x{h}", path.display())));
+    }
+    let rgb = if (w, h) == (s.width, s.height) {
+        s.rgb
+    } else {
+        crate::slice::resample::pil_bilinear(
+            &s.rgb,
+            (s.width as usize, s.height as usize),
+            3,
+            (w as usize, h as usize),
+        )
     };
     crate::model::transform::tensor_from_rgb(&rgb, w, h, device)
 }
@@ -429,7 +448,7 @@ pub fn train_classifier(
     let logits_of = |path: &Path, grad: bool, cache: &mut BTreeMap<PathBuf, Tensor>| -> Result<Tensor> {
         if opts.update == UpdateType::Heads {
             if !cache.contains_key(path) {
-                let img = classifier_image(path, opts.resize, opts.device)?;
+                let img = classifier_image(path, opts.resize.map(PilResize::Square), opts.device)?;
                 let ranked = model.ranked(&img, false)?;
                 let (rows, _) =
                     crate::model::classifier::pad_ranked(&ranked, cfg.detections, cfg.padding_seed);
@@ -442,7 +461,7 @@ pub fn train_classifier(
                 tch::no_grad(|| s2.forward(rows))
             });
         }
-        let img = classifier_image(path, opts.resize, opts.device)?;
+        let img = classifier_image(path, opts.resize.map(PilResize::Square), opts.device)?;
         Ok(model.classify_tensor(&img, grad)?.0)
     };
     let one_hot = |labels: &[u8]| {

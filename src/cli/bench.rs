@@ -34,7 +34,7 @@ pub struct BenchArgs {
     pub detections: i64,
     #[arg(long, default_value_t = 1024)]
     pub s_features: i64,
-    /// Slice files to screen instead of the synthetic series.
+    /// Slice files to screen instead of the synthetic series (their reading is timed as stage "read").
     #[arg(long, num_args = 1..)]
     pub files: Vec<PathBuf>,
     /// Synthetic slices to screen.
@@ -165,13 +165,20 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             c.save(&dir.join("classifier.safetensors"), &Default::default())?;
         }
     }
+    let mut stages = std::collections::BTreeMap::<String, f64>::new();
     let slices = if a.files.is_empty() {
         synthetic_slices(a.slices, a.size)
     } else {
+        // the reader's own time (file read, decode, conversion), reported as a stage
+        let t = Instant::now();
         let mut v = Vec::new();
         for f in &a.files {
             v.extend(crate::slice::read_slices(f, &Default::default())?);
         }
+        stages.insert(
+            "read".into(),
+            t.elapsed().as_secs_f64() * 1e3 / v.len().max(1) as f64,
+        );
         v
     };
     if a.train_step {
@@ -184,7 +191,6 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     };
     let screener = ModelScreener::from_models(seg, cls, settings, device);
     let mut latencies = Vec::new();
-    let mut stages = std::collections::BTreeMap::<String, f64>::new();
     let mut peak_gpu: Option<f64> = None;
     let batches: Vec<&[Slice]> = slices.chunks(a.batch_size.max(1)).collect();
     for b in batches.iter().cycle().take(a.warmup) {

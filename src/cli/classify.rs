@@ -9,7 +9,9 @@ use crate::data::covidx::CovidxDataset;
 use crate::device::DeviceChoice;
 use crate::eval::{CLASSIFIER_CLASSES, classification_metrics};
 use crate::model::MaskRcnn;
-use crate::train::{ClsTrainOptions, UpdateType, classifier_image, copy_matching, train_classifier};
+use crate::train::{
+    ClsTrainOptions, PilResize, UpdateType, classifier_image, copy_matching, train_classifier,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct ClassifyArgs {
@@ -251,7 +253,7 @@ pub struct EvalClsArgs {
 pub fn confusion(
     model: &MaskRcnn,
     items: &[(PathBuf, u8)],
-    resize: Option<u32>,
+    resize: Option<PilResize>,
 ) -> anyhow::Result<[[u64; 3]; 3]> {
     let mut cm = [[0u64; 3]; 3];
     for (p, l) in items {
@@ -274,10 +276,10 @@ pub fn run_eval(a: &EvalClsArgs) -> anyhow::Result<()> {
     );
     let items = open_set(a.data.as_deref(), a.split.as_deref())?;
     let resize = match a.resize {
-        EvalResize::Shorter => None,
-        EvalResize::Square => Some(model.cfg.min_size as u32),
+        EvalResize::Shorter => PilResize::Shorter(model.cfg.min_size as u32),
+        EvalResize::Square => PilResize::Square(model.cfg.min_size as u32),
     };
-    let m = classification_metrics(confusion(&model, &items, resize)?);
+    let m = classification_metrics(confusion(&model, &items, Some(resize))?);
     println!(
         "{}\nconfusion matrix (rows true, columns predicted; 0 control, 1 pneumonia, 2 covid):",
         crate::DISCLAIMER

@@ -8,9 +8,11 @@
 //! samples may overshoot BitsStored). `HU = stored * RescaleSlope + RescaleIntercept`,
 //! looked up per frame in the functional groups of enhanced objects.
 //!
-//! JPEG Extended (1.2.840.10008.1.2.4.51) with BitsStored > 8 is the one encoding dicom-rs
-//! cannot decode (jpeg-decoder has no 12-bit DCT): its frames are taken from the
-//! encapsulated fragments and decoded by [`super::jpeg12`], then follow the same path to HU.
+//! The JPEG syntaxes (baseline .50, extended .51 in 8 and 12 bits, lossless .57 and .70) are
+//! not left to dicom-rs (whose jpeg-decoder rounds differently from libjpeg and has no 12-bit
+//! DCT): their frames are taken from the encapsulated fragments and decoded by libjpeg-turbo
+//! ([`super::turbo`]), the library behind pydicom's Pillow plugin and close kin of DCMTK's
+//! IJG codec, giving the same values as both; then they follow the same path to HU.
 
 use std::io::Cursor;
 use std::ops::Range;
@@ -24,8 +26,8 @@ use dicom_pixeldata::{DecodedPixelData, PixelDecoder};
 use dicom_transfer_syntax_registry::{TransferSyntaxRegistry, entries};
 
 use super::frame::{FrameInfo, frame_info, hu_and_rgb, stored_values, stored_values_of_samples};
-use super::jpeg12::{self, JpegError};
 use super::raster::check_size;
+use super::turbo::{Jpeg, JpegError};
 use super::{Detected, Rejection, Slice, SliceFormat, SliceOptions};
 
 /// Modalities whose objects hold no image to screen.
@@ -35,8 +37,14 @@ const NON_IMAGE_MODALITIES: &[&str] = &[
 ];
 /// More frames than this is a forged header, not a CT volume.
 const MAX_FRAMES: u32 = 10_000;
-/// JPEG Extended (process 2 & 4): jpeg-decoder reads only its 8-bit form, `jpeg12` the rest.
-const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+/// The JPEG syntaxes decoded by libjpeg-turbo: baseline, extended (8 and 12 bits), lossless
+/// (any predictor, and predictor 1).
+const LIBJPEG_TURBO_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+];
 /// RLE Lossless: its fragments are checked before dicom-rs decodes them (`rle.rs`).
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 /// Explicit VR Big Endian (retired, still found in archives).
@@ -71,7 +79,7 @@ pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<
     check_size(width, height, opts)?;
     check_layout(&obj)?;
     let bits_stored = u32_opt(&obj, tags::BITS_STORED).unwrap_or(8);
-    let twelve_bit_jpeg = ts == JPEG_EXTENDED && bits_stored > 8;
+    let jpeg = LIBJPEG_TURBO_SYNTAXES.contains(&ts.as_str());
     let frames = u32_opt(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
     if frames > MAX_FRAMES {
         return Err(Rejection::Corrupt(format!("{frames} frames")));
@@ -103,18 +111,19 @@ pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<
         let bits = u32_opt(&obj, tags::BITS_ALLOCATED).unwrap_or(16);
         super::rle::check(fragments, height, width, samples, bits).map_err(Rejection::Corrupt)?;
     }
-    let pixels = if twelve_bit_jpeg {
+    let pixels = if jpeg {
         let (fragments, offsets) = encapsulated(&obj)
             .ok_or_else(|| Rejection::Corrupt("JPEG pixel data is not encapsulated".into()))?;
         let ranges = frame_fragments(fragments, offsets, frames)
             .map_err(|why| Rejection::Corrupt(format!("pixel data: {why}")))?;
-        Pixels::Jpeg12(Jpeg12Frames {
+        Pixels::Jpeg(JpegFrames {
             fragments,
             ranges,
             width,
             height,
             bits_stored,
             signed: u32_opt(&obj, tags::PIXEL_REPRESENTATION) == Some(1),
+            ts: ts.clone(),
         })
     } else {
         Pixels::Decoded {
@@ -211,21 +220,21 @@ enum Pixels<'a> {
         obj: &'a DefaultDicomObject,
         jpeg2000: bool,
     },
-    /// 12-bit JPEG Extended, decoded frame by frame when asked for.
-    Jpeg12(Jpeg12Frames<'a>),
+    /// A JPEG syntax, decoded by libjpeg-turbo frame by frame when asked for.
+    Jpeg(JpegFrames<'a>),
 }
 
 impl Pixels<'_> {
     fn stored(&self, frame: u32) -> Result<Vec<i32>, Rejection> {
         match self {
             Self::Decoded { obj, jpeg2000 } => stored_values(&decode_frame(obj, frame)?, 0, *jpeg2000),
-            Self::Jpeg12(frames) => frames.stored(frame),
+            Self::Jpeg(frames) => frames.stored(frame),
         }
     }
 }
 
-/// The encapsulated frames of a JPEG Extended object with BitsStored > 8.
-struct Jpeg12Frames<'a> {
+/// The encapsulated frames of an object in one of the JPEG syntaxes.
+struct JpegFrames<'a> {
     fragments: &'a [Vec<u8>],
     /// The fragments of each frame.
     ranges: Vec<Range<usize>>,
@@ -233,44 +242,47 @@ struct Jpeg12Frames<'a> {
     height: u32,
     bits_stored: u32,
     signed: bool,
+    ts: String,
 }
 
-impl Jpeg12Frames<'_> {
-    /// Decode one frame with [`jpeg12`] and check it against Columns, Rows and BitsStored.
-    /// The decoder returns right-aligned samples, so HighBit plays no part; the samples are
+impl JpegFrames<'_> {
+    /// Decode one frame with libjpeg-turbo after checking its header against Columns, Rows
+    /// and BitsStored (so a forged header allocates nothing beyond the declared size). The
+    /// decoder returns right-aligned samples, so HighBit plays no part; the samples are
     /// masked to BitsStored and sign-extended like every other encoding's.
     fn stored(&self, frame: u32) -> Result<Vec<i32>, Rejection> {
         let corrupt = |why: String| Rejection::Corrupt(format!("pixel data: frame {frame}: {why}"));
+        let jpeg_error = |e: JpegError| match e {
+            JpegError::Unsupported(why) => {
+                Rejection::UnsupportedEncoding(format!("{}: frame {frame}: {why}", self.ts))
+            }
+            JpegError::Corrupt(why) => corrupt(format!("JPEG: {why}")),
+        };
         let range = self
             .ranges
             .get(frame as usize)
             .cloned()
             .ok_or_else(|| corrupt("no fragments".into()))?;
         let stream = self.fragments.get(range).unwrap_or(&[]).concat();
-        // the limit is the size the header declares: a forged SOF allocates nothing more
-        let image = jpeg12::decode(&stream, (self.width, self.height)).map_err(|e| match e {
-            JpegError::Unsupported(why) => {
-                Rejection::UnsupportedEncoding(format!("{JPEG_EXTENDED}: frame {frame}: {why}"))
-            }
-            JpegError::Corrupt(why) => corrupt(format!("JPEG: {why}")),
-        })?;
-        if (image.width, image.height) != (self.width, self.height) {
+        let jpeg = Jpeg::open(&stream, u64::from(self.width) * u64::from(self.height)).map_err(jpeg_error)?;
+        let header = jpeg.header;
+        if (header.width, header.height) != (self.width, self.height) {
             return Err(corrupt(format!(
                 "JPEG of {}x{} for Columns x Rows {}x{}",
-                image.width, image.height, self.width, self.height
+                header.width, header.height, self.width, self.height
             )));
         }
-        if u32::from(image.precision) < self.bits_stored {
+        if header.precision < self.bits_stored {
             return Err(corrupt(format!(
                 "{}-bit JPEG for BitsStored {}",
-                image.precision, self.bits_stored
+                header.precision, self.bits_stored
             )));
         }
-        Ok(stored_values_of_samples(
-            &image.samples,
-            self.bits_stored,
-            self.signed,
-        ))
+        // libjpeg signals errors by longjmp inside C; a panic on this side is a refusal too
+        let samples = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| jpeg.decode_grey_samples()))
+            .map_err(|_| corrupt("the JPEG decoder failed".into()))?
+            .map_err(jpeg_error)?;
+        Ok(stored_values_of_samples(&samples, self.bits_stored, self.signed))
     }
 }
 

@@ -1,42 +1,101 @@
 //! PNG and JPEG slices, decoded to what PIL's `convert('RGB')` gives the original model.
 //!
-//! Checked against Pillow 13: grey (and grey+alpha) is copied into R, G and B; alpha is
-//! dropped; palettes are expanded; 16-bit colour keeps the high byte of each sample
-//! (`RGB;16B`). A 16-bit grey PNG is the odd one: PIL opens it as `I;16` and its conversion
-//! to RGB **saturates** each value at 255 instead of scaling it, so a 16-bit CT PNG turns
-//! almost white. The reader copies that behaviour, because the model input must be what
-//! the original would have seen; store CT as DICOM (or windowed 8-bit) to keep the detail.
-//! JPEG colour conversion is the image crate's (zune-jpeg), which may differ from libjpeg
-//! by one grey level on chroma-subsampled files; CNCB-style grey JPEGs decode identically.
+//! JPEG is decoded by libjpeg-turbo ([`super::turbo`]), the library Pillow bundles, with
+//! PIL's settings (islow IDCT, fancy upsampling), so every pixel equals Pillow 13's: a grey
+//! JPEG (PIL mode `L`) is copied into R, G and B; YCbCr and Adobe RGB files are converted to
+//! RGB by libjpeg; CMYK and YCCK files are read as PIL does, as inverted (Adobe) CMYK, then
+//! converted with PIL's `cmyk2rgb`. PIL refuses JPEGs that are not 8-bit or that end early,
+//! and so does this reader; other corrupt-data warnings are decoded through, as by PIL.
+//!
+//! PNG stays with the image/png crates, which decode it losslessly; the conversion follows
+//! Pillow 13: grey (and grey+alpha) is copied into R, G and B; alpha is dropped; palettes
+//! are expanded; 16-bit colour keeps the high byte of each sample (`RGB;16B`). A 16-bit grey
+//! PNG is the odd one: PIL opens it as `I;16` and its conversion to RGB **saturates** each
+//! value at 255 instead of scaling it, so a 16-bit CT PNG turns almost white. The reader
+//! copies that behaviour, because the model input must be what the original would have seen;
+//! store CT as DICOM (or windowed 8-bit) to keep the detail. `tests/fixtures/pil/` (written
+//! by `scripts/reference/pil_fixtures.py`) checks both formats against Pillow byte for byte.
 
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageFormat, ImageReader};
+use turbojpeg_sys as tj;
 
+use super::turbo::{ColorSpace, Jpeg, JpegError};
 use super::{Rejection, Slice, SliceFormat, SliceMeta, SliceOptions};
 
-/// Decode one PNG or JPEG into a [`Slice`] without HU.
-pub(super) fn read(bytes: &[u8], format: ImageFormat, opts: &SliceOptions) -> Result<Slice, Rejection> {
+/// Decode one PNG into a [`Slice`] without HU.
+pub(super) fn read_png(bytes: &[u8], opts: &SliceOptions) -> Result<Slice, Rejection> {
     let corrupt = |e: image::ImageError| Rejection::Corrupt(e.to_string());
-    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), ImageFormat::Png)
         .into_dimensions()
         .map_err(corrupt)?;
     check_size(width, height, opts)?;
-    let img = ImageReader::with_format(Cursor::new(bytes), format)
+    let img = ImageReader::with_format(Cursor::new(bytes), ImageFormat::Png)
         .decode()
         .map_err(corrupt)?;
-    let rgb = to_pil_rgb(img);
-    Ok(Slice {
+    Ok(raster_slice(width, height, to_pil_rgb(img), SliceFormat::Png))
+}
+
+/// Decode one JPEG into a [`Slice`] without HU, as PIL's `Image.open(f).convert('RGB')`.
+pub(super) fn read_jpeg(bytes: &[u8], opts: &SliceOptions) -> Result<Slice, Rejection> {
+    let jpeg_error = |e: JpegError| match e {
+        JpegError::Unsupported(why) => Rejection::UnsupportedEncoding(format!("JPEG: {why}")),
+        JpegError::Corrupt(why) => Rejection::Corrupt(format!("JPEG: {why}")),
+    };
+    let (max_width, max_height) = opts.max_pixels;
+    let jpeg = Jpeg::open(bytes, u64::from(max_width) * u64::from(max_height)).map_err(jpeg_error)?;
+    let header = jpeg.header;
+    check_size(header.width, header.height, opts)?;
+    if header.precision != 8 {
+        // PIL: "cannot handle 12-bit layers"
+        return Err(Rejection::UnsupportedEncoding(format!(
+            "{}-bit JPEG",
+            header.precision
+        )));
+    }
+    let rgb = match header.color {
+        ColorSpace::Gray => grey_to_rgb(
+            jpeg.decode8(tj::TJPF_TJPF_GRAY, 1, false)
+                .map_err(jpeg_error)?
+                .into_iter(),
+        ),
+        ColorSpace::Rgb | ColorSpace::YCbCr => {
+            jpeg.decode8(tj::TJPF_TJPF_RGB, 3, false).map_err(jpeg_error)?
+        }
+        ColorSpace::Cmyk | ColorSpace::Ycck => {
+            cmyk_to_rgb(&jpeg.decode8(tj::TJPF_TJPF_CMYK, 4, false).map_err(jpeg_error)?)
+        }
+    };
+    Ok(raster_slice(header.width, header.height, rgb, SliceFormat::Jpeg))
+}
+
+fn raster_slice(width: u32, height: u32, rgb: Vec<u8>, format: SliceFormat) -> Slice {
+    Slice {
         width,
         height,
         rgb,
         hu: None,
-        format: match format {
-            ImageFormat::Png => SliceFormat::Png,
-            _ => SliceFormat::Jpeg,
-        },
+        format,
         meta: SliceMeta::default(),
-    })
+    }
+}
+
+/// PIL's CMYK JPEG path: the samples libjpeg gives are read as `CMYK;I` (inverted, Adobe's
+/// convention), then `convert('RGB')` applies `cmyk2rgb`: `255 - k` scaled by each inverted
+/// ink with PIL's rounded divide by 255 (`MULDIV255`).
+fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
+    let muldiv255 = |a: i32, b: i32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    cmyk.chunks_exact(4)
+        .flat_map(|p| {
+            let nk = i32::from(p[3]); // 255 - (255 - k)
+            let ink = |v: u8| (nk - muldiv255(255 - i32::from(v), nk)).clamp(0, 255) as u8;
+            [ink(p[0]), ink(p[1]), ink(p[2])]
+        })
+        .collect()
 }
 
 /// Refuse images larger than the configured limit (before allocating their pixels).
@@ -73,7 +132,11 @@ fn to_pil_rgb(img: DynamicImage) -> Vec<u8> {
 }
 
 fn grey_to_rgb(grey: impl Iterator<Item = u8>) -> Vec<u8> {
-    grey.flat_map(|g| [g, g, g]).collect()
+    let mut rgb = Vec::with_capacity(grey.size_hint().0 * 3);
+    for g in grey {
+        rgb.extend_from_slice(&[g, g, g]);
+    }
+    rgb
 }
 
 fn drop_alpha(rgba: impl Iterator<Item = u8>) -> Vec<u8> {
@@ -111,9 +174,7 @@ mod tests {
     }
 
     fn rgb_of(bytes: &[u8]) -> Vec<u8> {
-        read(bytes, ImageFormat::Png, &SliceOptions::default())
-            .expect("decodes")
-            .rgb
+        read_png(bytes, &SliceOptions::default()).expect("decodes").rgb
     }
 
     fn be16(values: &[u16]) -> Vec<u8> {
@@ -197,10 +258,27 @@ mod tests {
         let img = image::GrayImage::from_fn(32, 16, |x, _| image::Luma([(x * 8) as u8]));
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, ImageFormat::Jpeg).expect("encode jpeg");
-        let s = read(out.get_ref(), ImageFormat::Jpeg, &SliceOptions::default()).expect("decodes");
+        let s = read_jpeg(out.get_ref(), &SliceOptions::default()).expect("decodes");
         assert_eq!((s.width, s.height, s.format), (32, 16, SliceFormat::Jpeg));
         assert!(s.rgb.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]));
         assert!((i32::from(s.rgb[3 * 20]) - 160).abs() <= 3);
+    }
+
+    #[test]
+    fn forged_jpeg_sizes_are_refused_from_the_header() {
+        let img = image::GrayImage::from_fn(16, 8, |x, _| image::Luma([(x * 16) as u8]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Jpeg).expect("encode jpeg");
+        let mut bytes = out.into_inner();
+        let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).expect("SOF0");
+        bytes[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]); // 60000 x 60000
+        let e = read_jpeg(&bytes, &SliceOptions::default()).expect_err("too large");
+        assert_eq!(e.to_string(), "too large: 60000x60000 exceeds limit 4096x4096");
+        bytes[sof + 5..sof + 9].copy_from_slice(&[0, 0, 0, 16]);
+        let e = read_jpeg(&bytes, &SliceOptions::default()).expect_err("empty");
+        assert!(e.to_string().starts_with("corrupt: JPEG: "), "{e}");
+        let e = read_jpeg(&[0xFF, 0xD8, 0xFF, 0xD9], &SliceOptions::default()).expect_err("no frame");
+        assert!(e.to_string().starts_with("corrupt: JPEG: "), "{e}");
     }
 
     #[test]
@@ -210,7 +288,7 @@ mod tests {
             max_pixels: (4, 4),
             ..SliceOptions::default()
         };
-        let e = read(&bytes, ImageFormat::Png, &opts).expect_err("too wide");
+        let e = read_png(&bytes, &opts).expect_err("too wide");
         assert_eq!(e.to_string(), "too large: 5x1 exceeds limit 4x4");
     }
 }
