@@ -136,7 +136,7 @@ impl ModelScreener {
                 timings.insert("segmentation".to_string(), seg_ms);
                 let t = Instant::now();
                 let classification = match &self.classifier {
-                    Some(c) => Some(classify(c, img)?),
+                    Some(c) => Some(classify(c, &classifier_input(s, img, c)?)?),
                     None => None,
                 };
                 clock.lap("classifier", self.device);
@@ -278,6 +278,25 @@ pub fn apply_precision(model: &mut MaskRcnn, precision: Precision, device: Devic
 
 fn torch(e: tch::TchError) -> Error {
     Error::Torch(e)
+}
+
+/// The classifier's input for a slice, as the original's `evaluate_classifier.py` makes it
+/// (§4.7): PIL `Resize(min_size)` of the shorter side (bilinear with PIL's antialiasing) before
+/// the model's own transform. A slice whose shorter side already is `min_size` (512x512 CT) is
+/// used as it is (`image`, its plain tensor).
+pub fn classifier_input(s: &Slice, image: &Tensor, model: &MaskRcnn) -> Result<Tensor> {
+    let side = model.cfg.min_size as u32;
+    let (w, h) = crate::slice::resample::shorter_side_size(s.width, s.height, side);
+    if (w, h) == (s.width, s.height) {
+        return Ok(image.shallow_clone());
+    }
+    let rgb = crate::slice::resample::pil_bilinear(
+        &s.rgb,
+        (s.width as usize, s.height as usize),
+        3,
+        (w as usize, h as usize),
+    );
+    crate::model::transform::tensor_from_rgb(&rgb, w, h, image.device())
 }
 
 /// The classifier's verdict on one image: probabilities are the sigmoid of each logit (the

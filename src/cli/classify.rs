@@ -70,6 +70,8 @@ pub fn run_classify(a: &ClassifyArgs) -> anyhow::Result<()> {
                     .map(|s| {
                         let img =
                             crate::model::transform::tensor_from_rgb(&s.rgb, s.width, s.height, device)?;
+                        // PIL's Resize(512) of the shorter side first, as the original evaluates
+                        let img = crate::screening::classifier_input(s, &img, &model)?;
                         let c = crate::screening::classify(&model, &img)?;
                         Ok(ClassifyJson {
                             input: input.display().to_string(),
