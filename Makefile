@@ -43,10 +43,10 @@ lint: $(STAMP)
 fmt:
 	$(CARGO) fmt
 
-# tmux drives the dashboard's end-to-end test and dciodvfy (dicom3tools) checks the synthetic
+# tmux drives the dashboard's end-to-end test, dciodvfy (dicom3tools) checks the synthetic
 # DICOM; installed from Debian's packages when missing and this runs as root (as CI does),
 # otherwise those tests say they were skipped.
-TEST_TOOLS := tmux:tmux dciodvfy:dicom3tools
+TEST_TOOLS := tmux:tmux dciodvfy:dicom3tools storescu:dcmtk
 test-tools:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \

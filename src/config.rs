@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::settings::DaemonSettings;
+use crate::dicom::DicomSettings;
 use crate::slice::SliceOptions;
 use crate::{Error, Result};
 
@@ -168,6 +169,8 @@ pub struct Config {
     pub slice: SliceSettings,
     #[serde(default)]
     pub daemon: DaemonSettings,
+    #[serde(default)]
+    pub dicom: DicomSettings,
 }
 
 impl Config {
@@ -213,6 +216,11 @@ impl Config {
         if let Err(e) = c.daemon.validate() {
             return Err(Error::Config(format!("{}: {e}", path.display())));
         }
+        let d = &c.daemon;
+        if let Some(p) = c.dicom.problems(&d.watch, &d.output, &d.state).first() {
+            let (key, reason) = p.split_once(": ").unwrap_or((p.as_str(), ""));
+            return Err(Error::Config(format!("{}: key '{key}': {reason}", path.display())));
+        }
         // relative paths are relative to the folder holding the config's folder (the repo root
         // for config/ctmask.yaml) when they do not exist from the working directory
         let base = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
@@ -222,6 +230,7 @@ impl Config {
             }
         }
         c.daemon.slice_options = c.slice.options();
+        c.daemon.dicom = c.dicom.clone();
         Ok(c)
     }
 
