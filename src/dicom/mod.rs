@@ -13,8 +13,8 @@
 
 pub mod capture;
 pub mod elements;
-// pub mod forward;
-// pub mod receiver;
+pub mod forward;
+pub mod receiver;
 pub mod seg;
 pub mod settings;
 pub mod source;
@@ -133,4 +133,13 @@ pub(crate) fn after_series_report(
         objects = written.len(),
         "DICOM objects written"
     );
+    let f = &dicom.forward;
+    let to_send: Vec<Written> = written.into_iter().filter(|w| f.objects.contains(&w.kind)).collect();
+    if f.destinations.is_empty() || to_send.is_empty() {
+        return;
+    }
+    match forward::add(queue.connection(), &f.destinations, &report.series_key, &to_send) {
+        Ok(n) => tracing::info!(series = %report.series_key, entries = n, "DICOM objects queued for forwarding"),
+        Err(e) => tracing::error!(series = %report.series_key, error = %e, "cannot queue DICOM objects for forwarding"),
+    }
 }

@@ -3,6 +3,7 @@
 mod common;
 mod daemon_e2e;
 mod demo_weights;
+mod dicom_net;
 mod dicom_out;
 mod import;
 mod keys;
