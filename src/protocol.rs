@@ -512,6 +512,8 @@ mod tests {
             Request::Pause,
             Request::Resume,
             Request::Retry { job_id: 42 },
+            Request::RetryForward { id: Some(3) },
+            Request::RetryForward { id: None },
             Request::Recent { limit: 5 },
             Request::Series { key: "1.2.3".into() },
         ] {
@@ -560,6 +562,21 @@ mod tests {
                 free_bytes: 1,
                 total_bytes: 2,
                 free_percent: 50.0,
+            }),
+            outbox: Some(OutboxStatus {
+                pending: 1,
+                sent: 2,
+                failed: 1,
+                items: vec![OutboxItem {
+                    id: 5,
+                    destination: "PACS@pacs:104".into(),
+                    series: "1.2.3".into(),
+                    kind: "seg".into(),
+                    state: "failed".into(),
+                    attempts: 11,
+                    reason: Some("cannot associate".into()),
+                    next_retry_s: None,
+                }],
             }),
             ..Snapshot::default()
         };

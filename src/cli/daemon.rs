@@ -99,7 +99,10 @@ pub fn run_status(a: &StatusArgs) -> anyhow::Result<()> {
     if let Some(which) = &a.retry_forward {
         let id = match which.as_str() {
             "all" => None,
-            n => Some(n.parse::<i64>().map_err(|_| anyhow::anyhow!("--retry-forward: `{n}` is not an outbox entry id"))?),
+            n => Some(
+                n.parse::<i64>()
+                    .map_err(|_| anyhow::anyhow!("--retry-forward: `{n}` is not an outbox entry id"))?,
+            ),
         };
         let mut client = crate::daemon::Client::connect(&socket, Some(std::time::Duration::from_secs(10)))
             .map_err(|e| anyhow::anyhow!("{}: cannot reach the daemon: {e}", socket.display()))?;
@@ -143,9 +146,18 @@ pub fn run_status(a: &StatusArgs) -> anyhow::Result<()> {
             o.pending,
             o.sent,
             o.failed,
-            if o.failed > 0 { " (ctmask status --retry-forward)" } else { "" }
+            if o.failed > 0 {
+                " (ctmask status --retry-forward)"
+            } else {
+                ""
+            }
         );
-        for i in o.items.iter().filter(|i| i.state == "failed" || i.attempts > 0).take(10) {
+        for i in o
+            .items
+            .iter()
+            .filter(|i| i.state == "failed" || i.attempts > 0)
+            .take(10)
+        {
             println!(
                 "  #{} {} of series {} to {}: {} after {} tries{}",
                 i.id,

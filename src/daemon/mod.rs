@@ -215,7 +215,9 @@ pub fn run(
     let mut threads = vec![watcher, intake, reader, serve];
     if let Some(listener) = dicom_rx {
         let (shared, models_hash) = (shared.clone(), models_hash.clone());
-        threads.push(spawn("dicom-rx", move || crate::dicom::receiver::serve(listener, shared, models_hash))?);
+        threads.push(spawn("dicom-rx", move || {
+            crate::dicom::receiver::serve(listener, shared, models_hash)
+        })?);
     }
     if let Some(forwarder) = crate::dicom::forward::Forwarder::new(&shared)? {
         threads.push(spawn("forward", move || forwarder.run())?);

@@ -91,6 +91,11 @@ impl Supervisor {
             ),
             ("poll", old.poll != new.poll),
             ("device", old.device != new.device),
+            ("dicom.receiver", old.dicom.receiver != new.dicom.receiver),
+            (
+                "dicom.forward.destinations",
+                old.dicom.forward.destinations.is_empty() != new.dicom.forward.destinations.is_empty(),
+            ),
         ]
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))
@@ -102,6 +107,7 @@ impl Supervisor {
         (applied.socket, applied.socket_group, applied.socket_mode) =
             (old.socket, old.socket_group, old.socket_mode);
         (applied.poll, applied.device, applied.slice_options) = (old.poll, old.device, old.slice_options);
+        applied.dicom.receiver = old.dicom.receiver;
         if let Ok(mut s) = self.shared.settings.write() {
             *s = applied;
         }

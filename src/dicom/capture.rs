@@ -11,7 +11,9 @@ use dicom_core::{PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use super::elements::{Code, copy_patient_study, date_time, file_bytes, put, put_code, put_seq, put_str, put_u16};
+use super::elements::{
+    Code, copy_patient_study, date_time, file_bytes, put, put_code, put_seq, put_str, put_u16,
+};
 use super::seg::{put_equipment, software_versions};
 use super::source::{SeriesSource, SourceImage};
 use super::uids::derived_uid;
@@ -85,7 +87,12 @@ pub fn patient_orientation(iop: &[f64; 6]) -> String {
     format!("{}\\{}", letter(&iop[..3]), letter(&iop[3..]))
 }
 
-fn one(src: &SeriesSource, report: &SeriesReport, img: &SourceImage, index: usize) -> Result<(String, Vec<u8>), String> {
+fn one(
+    src: &SeriesSource,
+    report: &SeriesReport,
+    img: &SourceImage,
+    index: usize,
+) -> Result<(String, Vec<u8>), String> {
     let (w, h) = (usize::from(img.columns), usize::from(img.rows));
     if img.overlay.len() != w * h * 3 {
         return Err("an overlay does not match its slice".into());
@@ -106,13 +113,28 @@ fn one(src: &SeriesSource, report: &SeriesReport, img: &SourceImage, index: usiz
     put_str(&mut o, tags::MODALITY, VR::CS, "OT");
     // Type 2C: the chest is not a paired body part, so empty
     put_str(&mut o, tags::LATERALITY, VR::CS, "");
-    put_str(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &derived_uid(&[&src.series_uid, "sc-series"]));
+    put_str(
+        &mut o,
+        tags::SERIES_INSTANCE_UID,
+        VR::UI,
+        &derived_uid(&[&src.series_uid, "sc-series"]),
+    );
     put_str(&mut o, tags::SERIES_NUMBER, VR::IS, SC_SERIES_NUMBER);
-    put_str(&mut o, tags::SERIES_DESCRIPTION, VR::LO, "ctmask overlays (research use only)");
+    put_str(
+        &mut o,
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        "ctmask overlays (research use only)",
+    );
     put_equipment(&mut o, report);
     // SC Equipment
     put_str(&mut o, tags::CONVERSION_TYPE, VR::CS, "WSD");
-    put_str(&mut o, tags::SECONDARY_CAPTURE_DEVICE_MANUFACTURER, VR::LO, "ctmask");
+    put_str(
+        &mut o,
+        tags::SECONDARY_CAPTURE_DEVICE_MANUFACTURER,
+        VR::LO,
+        "ctmask",
+    );
     put(
         &mut o,
         tags::SECONDARY_CAPTURE_DEVICE_SOFTWARE_VERSIONS,
@@ -121,7 +143,12 @@ fn one(src: &SeriesSource, report: &SeriesReport, img: &SourceImage, index: usiz
     );
     // General Image
     put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, &(index + 1).to_string());
-    put_str(&mut o, tags::PATIENT_ORIENTATION, VR::CS, &patient_orientation(&img.orientation));
+    put_str(
+        &mut o,
+        tags::PATIENT_ORIENTATION,
+        VR::CS,
+        &patient_orientation(&img.orientation),
+    );
     put_str(&mut o, tags::CONTENT_DATE, VR::DA, &date);
     put_str(&mut o, tags::CONTENT_TIME, VR::TM, &time);
     put_str(&mut o, tags::IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY");
@@ -132,9 +159,23 @@ fn one(src: &SeriesSource, report: &SeriesReport, img: &SourceImage, index: usiz
         "lung window with ctmask lesion masks: GGO red, consolidation blue",
     );
     let mut source = InMemDicomObject::new_empty();
-    put_str(&mut source, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &img.sop_class_uid);
-    put_str(&mut source, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &img.sop_instance_uid);
-    put_code(&mut source, tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, SOURCE_FOR_PROCESSING);
+    put_str(
+        &mut source,
+        tags::REFERENCED_SOP_CLASS_UID,
+        VR::UI,
+        &img.sop_class_uid,
+    );
+    put_str(
+        &mut source,
+        tags::REFERENCED_SOP_INSTANCE_UID,
+        VR::UI,
+        &img.sop_instance_uid,
+    );
+    put_code(
+        &mut source,
+        tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+        SOURCE_FOR_PROCESSING,
+    );
     put_seq(&mut o, tags::SOURCE_IMAGE_SEQUENCE, vec![source]);
     put_str(&mut o, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
     put_str(&mut o, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");

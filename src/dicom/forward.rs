@@ -67,7 +67,12 @@ pub struct Row {
 }
 
 /// Adds the objects of a series for every destination; unsent rows of the files they replace go.
-pub fn add(conn: &Connection, destinations: &[Destination], series_key: &str, objects: &[Written]) -> rusqlite::Result<usize> {
+pub fn add(
+    conn: &Connection,
+    destinations: &[Destination],
+    series_key: &str,
+    objects: &[Written],
+) -> rusqlite::Result<usize> {
     let now = now_ms();
     let tx = conn.unchecked_transaction()?;
     let mut n = 0;
@@ -302,7 +307,9 @@ impl Forwarder {
                     tracing::info!(series = %row.series_key, kind = %row.kind, destination = %row.destination, "forwarded");
                 }
                 Err(Failure::Superseded) => {
-                    let _ = self.conn.execute("DELETE FROM outbox WHERE id = ?1", params![row.id]);
+                    let _ = self
+                        .conn
+                        .execute("DELETE FROM outbox WHERE id = ?1", params![row.id]);
                 }
                 Err(Failure::Object(reason)) => self.failed(row, &reason, settings),
                 Err(Failure::Association(reason)) => {
@@ -336,13 +343,21 @@ fn store_one(
     let file = OpenFileOptions::new()
         .open_file(&row.path)
         .map_err(|_| Failure::Object(format!("the {} file is no longer readable", row.kind)))?;
-    if file.meta().media_storage_sop_instance_uid().trim_end_matches('\0') != row.sop_instance_uid {
+    if file
+        .meta()
+        .media_storage_sop_instance_uid()
+        .trim_end_matches('\0')
+        != row.sop_instance_uid
+    {
         return Err(Failure::Superseded);
     }
     let pc = assoc
         .presentation_contexts()
         .iter()
-        .find(|pc| pc.abstract_syntax == row.sop_class_uid && pc.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance)
+        .find(|pc| {
+            pc.abstract_syntax == row.sop_class_uid
+                && pc.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance
+        })
         .cloned()
         .ok_or_else(|| Failure::Object(format!("the destination does not accept {}", row.kind)))?;
     let ts = TransferSyntaxRegistry
@@ -353,12 +368,24 @@ fn store_one(
     obj.write_dataset_with_ts(&mut data, ts)
         .map_err(|e| Failure::Object(format!("cannot encode: {e}")))?;
     let cmd = receiver::command(vec![
-        (tags::AFFECTED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(row.sop_class_uid.as_str())),
+        (
+            tags::AFFECTED_SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(row.sop_class_uid.as_str()),
+        ),
         (tags::COMMAND_FIELD, VR::US, PrimitiveValue::from(0x0001u16)),
         (tags::MESSAGE_ID, VR::US, PrimitiveValue::from(message_id)),
         (tags::PRIORITY, VR::US, PrimitiveValue::from(0u16)),
-        (tags::COMMAND_DATA_SET_TYPE, VR::US, PrimitiveValue::from(0x0000u16)),
-        (tags::AFFECTED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(row.sop_instance_uid.as_str())),
+        (
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            PrimitiveValue::from(0x0000u16),
+        ),
+        (
+            tags::AFFECTED_SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(row.sop_instance_uid.as_str()),
+        ),
     ])
     .map_err(Failure::Object)?;
     let broken = |e: &dyn std::fmt::Display| Failure::Association(format!("association broke: {e}"));
@@ -389,8 +416,11 @@ fn store_one(
                     if !pdv.is_last {
                         continue;
                     }
-                    let rsp = InMemDicomObject::read_dataset_with_ts(command_buf.as_slice(), &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-                        .map_err(|e| broken(&e))?;
+                    let rsp = InMemDicomObject::read_dataset_with_ts(
+                        command_buf.as_slice(),
+                        &IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+                    )
+                    .map_err(|e| broken(&e))?;
                     let status = rsp
                         .get(tags::STATUS)
                         .and_then(|e| e.to_int::<u16>().ok())
@@ -404,13 +434,21 @@ fn store_one(
                 }
             }
             Pdu::AbortRQ { .. } => return Err(Failure::Association("aborted by the destination".into())),
-            other => return Err(Failure::Association(format!("unexpected PDU: {}", other.short_description()))),
+            other => {
+                return Err(Failure::Association(format!(
+                    "unexpected PDU: {}",
+                    other.short_description()
+                )));
+            }
         }
     }
 }
 
 /// The outbox part of the status snapshot (None when forwarding is not configured).
-pub(crate) fn snapshot(queue: &crate::daemon::queue::Queue, settings: &crate::daemon::DaemonSettings) -> Option<OutboxStatus> {
+pub(crate) fn snapshot(
+    queue: &crate::daemon::queue::Queue,
+    settings: &crate::daemon::DaemonSettings,
+) -> Option<OutboxStatus> {
     if settings.dicom.forward.destinations.is_empty() {
         return None;
     }
@@ -434,7 +472,12 @@ pub(crate) fn answer_retry(
             },
         },
         Ok(n) => {
-            shared.publish(EventKind::Retried, format!("{n} DICOM forwards retried by operator"), None, None);
+            shared.publish(
+                EventKind::Retried,
+                format!("{n} DICOM forwards retried by operator"),
+                None,
+                None,
+            );
             crate::protocol::Message::Ack {
                 request: "retry_forward".into(),
                 message: format!("{n} outbox entries pending again"),
@@ -444,5 +487,84 @@ pub(crate) fn answer_retry(
             code: "internal".into(),
             message: e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dicom::ObjectKind;
+    use crate::dicom::settings::{AeTitle, Port};
+
+    fn written(kind: ObjectKind, path: &str, uid: &str) -> Written {
+        Written {
+            kind,
+            path: path.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.66.4",
+            sop_instance_uid: uid.into(),
+        }
+    }
+
+    #[test]
+    fn the_outbox_retries_backs_off_gives_up_and_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = crate::daemon::queue::Queue::open(dir.path(), "m").unwrap();
+        let conn = q.connection();
+        let dests = [Destination {
+            ae_title: AeTitle::new("PACS"),
+            host: "127.0.0.1".into(),
+            port: Port(104),
+        }];
+        let objs = [
+            written(ObjectKind::Seg, "/o/S/seg.dcm", "2.25.1"),
+            written(ObjectKind::Sr, "/o/S/sr.dcm", "2.25.2"),
+        ];
+        assert_eq!(add(conn, &dests, "S", &objs).unwrap(), 2);
+        assert_eq!(
+            add(conn, &dests, "S", &objs).unwrap(),
+            0,
+            "the same instances once"
+        );
+        let rows = due(conn, 10).unwrap();
+        assert_eq!(rows.len(), 2);
+        let backoff = |a: u32| Duration::from_millis(60 * u64::from(a));
+        assert_eq!(
+            mark_failed(conn, &rows[0], "down", 1, backoff).unwrap(),
+            "pending"
+        );
+        mark_sent(conn, rows[1].id).unwrap();
+        assert!(due(conn, 10).unwrap().is_empty(), "backing off");
+        let s = status(conn, 10).unwrap();
+        assert_eq!((s.pending, s.sent, s.failed), (1, 1, 0));
+        assert_eq!(s.items[0].reason.as_deref(), Some("down"));
+        assert!(s.items[0].next_retry_s.is_some());
+        std::thread::sleep(Duration::from_millis(80));
+        let again = due(conn, 10).unwrap();
+        assert_eq!((again.len(), again[0].attempts), (1, 1));
+        assert_eq!(
+            mark_failed(conn, &again[0], "still down", 1, backoff).unwrap(),
+            "failed"
+        );
+        assert!(
+            due(conn, 10).unwrap().is_empty(),
+            "failed rows wait for an operator"
+        );
+        assert_eq!(status(conn, 10).unwrap().failed, 1);
+        assert_eq!(retry(conn, Some(999)).unwrap(), 0);
+        assert_eq!(retry(conn, None).unwrap(), 1);
+        assert_eq!(due(conn, 10).unwrap()[0].attempts, 0);
+        // a new revision replaces the unsent row of the same file, not the sent one
+        let newer = [
+            written(ObjectKind::Seg, "/o/S/seg.dcm", "2.25.3"),
+            written(ObjectKind::Sr, "/o/S/sr.dcm", "2.25.4"),
+        ];
+        assert_eq!(add(conn, &dests, "S", &newer).unwrap(), 2);
+        let uids: Vec<String> = due(conn, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.sop_instance_uid)
+            .collect();
+        assert_eq!(uids, ["2.25.3", "2.25.4"]);
+        assert_eq!(status(conn, 10).unwrap().sent, 1);
     }
 }

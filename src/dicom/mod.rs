@@ -112,7 +112,13 @@ pub(crate) fn after_series_report(
     let paths = |id: i64| -> Vec<PathBuf> {
         let Ok(job) = queue.job(id) else { return Vec::new() };
         let mut v = vec![job.path.clone()];
-        v.extend(queue.paths_for(&job.sha256).unwrap_or_default().into_iter().filter(|p| *p != job.path));
+        v.extend(
+            queue
+                .paths_for(&job.sha256)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| *p != job.path),
+        );
         v
     };
     let written = match write_series(&settings.output, &dicom.outputs, report, paths) {
@@ -134,12 +140,19 @@ pub(crate) fn after_series_report(
         "DICOM objects written"
     );
     let f = &dicom.forward;
-    let to_send: Vec<Written> = written.into_iter().filter(|w| f.objects.contains(&w.kind)).collect();
+    let to_send: Vec<Written> = written
+        .into_iter()
+        .filter(|w| f.objects.contains(&w.kind))
+        .collect();
     if f.destinations.is_empty() || to_send.is_empty() {
         return;
     }
     match forward::add(queue.connection(), &f.destinations, &report.series_key, &to_send) {
-        Ok(n) => tracing::info!(series = %report.series_key, entries = n, "DICOM objects queued for forwarding"),
-        Err(e) => tracing::error!(series = %report.series_key, error = %e, "cannot queue DICOM objects for forwarding"),
+        Ok(n) => {
+            tracing::info!(series = %report.series_key, entries = n, "DICOM objects queued for forwarding")
+        }
+        Err(e) => {
+            tracing::error!(series = %report.series_key, error = %e, "cannot queue DICOM objects for forwarding")
+        }
     }
 }

@@ -27,8 +27,8 @@ use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
-use dicom_ul::association::server::AccessControl;
 use dicom_ul::association::Association;
+use dicom_ul::association::server::AccessControl;
 use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, UserIdentity};
 use dicom_ul::{Pdu, ServerAssociationOptions};
 
@@ -125,8 +125,12 @@ pub(crate) fn serve(listener: TcpListener, shared: Arc<Shared>, models_hash: Str
             }
         };
         active.fetch_add(1, Ordering::SeqCst);
-        let (shared, active, settings, models_hash) =
-            (shared.clone(), active.clone(), settings.clone(), models_hash.clone());
+        let (shared, active, settings, models_hash) = (
+            shared.clone(),
+            active.clone(),
+            settings.clone(),
+            models_hash.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name("ctmask-dicom-assoc".into())
             .spawn(move || {
@@ -149,9 +153,15 @@ pub(crate) fn command(elements: Vec<(Tag, VR, PrimitiveValue)>) -> Result<Vec<u8
             .map_err(|e| e.to_string())?;
         Ok(out)
     };
-    let mut obj = InMemDicomObject::from_element_iter(elements.into_iter().map(|(t, vr, v)| DataElement::new(t, vr, v)));
+    let mut obj = InMemDicomObject::from_element_iter(
+        elements.into_iter().map(|(t, vr, v)| DataElement::new(t, vr, v)),
+    );
     let len = encode(&obj)?.len() as u32;
-    obj.put(DataElement::new(tags::COMMAND_GROUP_LENGTH, VR::UL, PrimitiveValue::from(len)));
+    obj.put(DataElement::new(
+        tags::COMMAND_GROUP_LENGTH,
+        VR::UL,
+        PrimitiveValue::from(len),
+    ));
     encode(&obj)
 }
 
@@ -165,8 +175,16 @@ fn response(
     let mut e = vec![
         (tags::AFFECTED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(class)),
         (tags::COMMAND_FIELD, VR::US, PrimitiveValue::from(field)),
-        (tags::MESSAGE_ID_BEING_RESPONDED_TO, VR::US, PrimitiveValue::from(message_id)),
-        (tags::COMMAND_DATA_SET_TYPE, VR::US, PrimitiveValue::from(0x0101u16)),
+        (
+            tags::MESSAGE_ID_BEING_RESPONDED_TO,
+            VR::US,
+            PrimitiveValue::from(message_id),
+        ),
+        (
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            PrimitiveValue::from(0x0101u16),
+        ),
         (tags::STATUS, VR::US, PrimitiveValue::from(status)),
     ];
     if let Some(i) = instance {
@@ -176,7 +194,13 @@ fn response(
 }
 
 fn uid_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    Some(obj.get(tag)?.to_str().ok()?.trim_end_matches(['\0', ' ']).to_string())
+    Some(
+        obj.get(tag)?
+            .to_str()
+            .ok()?
+            .trim_end_matches(['\0', ' '])
+            .to_string(),
+    )
 }
 
 /// A C-STORE request waiting for its data set.
@@ -197,7 +221,11 @@ fn association(
     let timeout = Duration::from_secs_f64(settings.timeout_s);
     let mut options = ServerAssociationOptions::new()
         .ae_access_control(AllowList {
-            allowed: settings.allowed_calling_ae_titles.iter().map(|a| a.0.clone()).collect(),
+            allowed: settings
+                .allowed_calling_ae_titles
+                .iter()
+                .map(|a| a.0.clone())
+                .collect(),
         })
         .ae_title(settings.ae_title.0.clone())
         .max_pdu_length(settings.max_pdu_bytes)
@@ -264,14 +292,16 @@ fn association(
                                 .unwrap_or(0);
                             match field {
                                 0x0030 => {
-                                    let rsp = response(VERIFICATION, None, 0x8030, message_id, STATUS_SUCCESS)?;
+                                    let rsp =
+                                        response(VERIFICATION, None, 0x8030, message_id, STATUS_SUCCESS)?;
                                     send(&mut assoc, pc, rsp)?;
                                 }
                                 0x0001 => {
                                     pending = Some(Pending {
                                         message_id,
                                         class: uid_of(&cmd, tags::AFFECTED_SOP_CLASS_UID).unwrap_or_default(),
-                                        instance: uid_of(&cmd, tags::AFFECTED_SOP_INSTANCE_UID).unwrap_or_default(),
+                                        instance: uid_of(&cmd, tags::AFFECTED_SOP_INSTANCE_UID)
+                                            .unwrap_or_default(),
                                     });
                                     data_buf.clear();
                                 }
@@ -316,7 +346,8 @@ fn association(
                                 "C-STORE handled"
                             );
                             data_buf.clear();
-                            let rsp = response(&req.class, Some(&req.instance), 0x8001, req.message_id, status)?;
+                            let rsp =
+                                response(&req.class, Some(&req.instance), 0x8001, req.message_id, status)?;
                             send(&mut assoc, pc, rsp)?;
                         }
                     }
@@ -385,9 +416,13 @@ fn store(
         ));
     }
     if req.instance.is_empty() || !CT_STORAGE_CLASSES.contains(&req.class.as_str()) {
-        return Err((STATUS_CANNOT_UNDERSTAND, "no SOP instance UID or not a CT storage class".into()));
+        return Err((
+            STATUS_CANNOT_UNDERSTAND,
+            "no SOP instance UID or not a CT storage class".into(),
+        ));
     }
-    let bytes = file_bytes(&req.class, &req.instance, ts, dataset).map_err(|e| (STATUS_CANNOT_UNDERSTAND, e))?;
+    let bytes =
+        file_bytes(&req.class, &req.instance, ts, dataset).map_err(|e| (STATUS_CANNOT_UNDERSTAND, e))?;
     let sha256 = sha256_hex(&bytes);
     let path = incoming_path(&settings.incoming, &req.instance, &sha256);
     let io = |e: String| (STATUS_OUT_OF_RESOURCES, e);
@@ -396,7 +431,12 @@ fn store(
             if e.is_disk_full() {
                 shared.note_disk_full();
             }
-            io(format!("cannot store: {}", e.to_string().replace(&*path.to_string_lossy(), "<incoming>")))
+            // the reason without the path (an input path never goes into the logs)
+            let reason = match &e {
+                crate::daemon::outputs::OutputError::Io { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            io(format!("cannot store in the incoming folder: {reason}"))
         })?;
     }
     let meta = std::fs::metadata(&path).map_err(|e| io(format!("cannot stat a stored instance: {e}")))?;
@@ -412,9 +452,17 @@ fn store(
         mtime_ns,
         series_key: None,
     };
-    match queue.enqueue(&seen).map_err(|e| io(format!("cannot queue: {e}")))? {
+    match queue
+        .enqueue(&seen)
+        .map_err(|e| io(format!("cannot queue: {e}")))?
+    {
         Enqueued::New(id) => {
-            shared.publish(EventKind::Queued, format!("job {id} queued (received over DICOM)"), Some(id), None);
+            shared.publish(
+                EventKind::Queued,
+                format!("job {id} queued (received over DICOM)"),
+                Some(id),
+                None,
+            );
             shared.wake();
         }
         Enqueued::Known(id, state) => {

@@ -80,7 +80,12 @@ pub fn software_versions(report: &SeriesReport) -> Vec<String> {
 /// Enhanced General Equipment (and General Equipment) attributes of every object ctmask writes.
 pub fn put_equipment(o: &mut InMemDicomObject, report: &SeriesReport) {
     put_str(o, tags::MANUFACTURER, VR::LO, "ctmask");
-    put_str(o, tags::MANUFACTURER_MODEL_NAME, VR::LO, "ctmask COVID-CT-Mask-Net port");
+    put_str(
+        o,
+        tags::MANUFACTURER_MODEL_NAME,
+        VR::LO,
+        "ctmask COVID-CT-Mask-Net port",
+    );
     put_str(o, tags::DEVICE_SERIAL_NUMBER, VR::LO, "ctmask");
     put(
         o,
@@ -154,7 +159,12 @@ pub fn build(src: &SeriesSource, report: &SeriesReport) -> Result<(String, Vec<u
     put_str(&mut o, tags::MODALITY, VR::CS, "SEG");
     put_str(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
     put_str(&mut o, tags::SERIES_NUMBER, VR::IS, SEG_SERIES_NUMBER);
-    put_str(&mut o, tags::SERIES_DESCRIPTION, VR::LO, "ctmask lesions (research use only)");
+    put_str(
+        &mut o,
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        "ctmask lesions (research use only)",
+    );
     // Frame of Reference
     put_str(&mut o, tags::FRAME_OF_REFERENCE_UID, VR::UI, frame_uid);
     let pri = super::elements::text(&src.header, tags::POSITION_REFERENCE_INDICATOR).unwrap_or_default();
@@ -192,7 +202,11 @@ pub fn build(src: &SeriesSource, report: &SeriesReport) -> Result<(String, Vec<u
             put_str(&mut item, tags::SEGMENT_LABEL, VR::LO, s.label);
             put_str(&mut item, tags::SEGMENT_ALGORITHM_TYPE, VR::CS, "AUTOMATIC");
             put_str(&mut item, tags::SEGMENT_ALGORITHM_NAME, VR::LO, &algorithm);
-            put_code(&mut item, tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE, CATEGORY);
+            put_code(
+                &mut item,
+                tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE,
+                CATEGORY,
+            );
             put_code(&mut item, tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE, s.property);
             put_code(&mut item, tags::ANATOMIC_REGION_SEQUENCE, LUNG);
             put(
@@ -214,8 +228,16 @@ pub fn build(src: &SeriesSource, report: &SeriesReport) -> Result<(String, Vec<u
         vec![d]
     });
     let dims = [
-        (tags::REFERENCED_SEGMENT_NUMBER, tags::SEGMENT_IDENTIFICATION_SEQUENCE, "Segment Number"),
-        (tags::IMAGE_POSITION_PATIENT, tags::PLANE_POSITION_SEQUENCE, "Image Position Patient"),
+        (
+            tags::REFERENCED_SEGMENT_NUMBER,
+            tags::SEGMENT_IDENTIFICATION_SEQUENCE,
+            "Segment Number",
+        ),
+        (
+            tags::IMAGE_POSITION_PATIENT,
+            tags::PLANE_POSITION_SEQUENCE,
+            "Image Position Patient",
+        ),
     ];
     put_seq(
         &mut o,
@@ -224,8 +246,18 @@ pub fn build(src: &SeriesSource, report: &SeriesReport) -> Result<(String, Vec<u
             .map(|(pointer, group, label)| {
                 let mut d = InMemDicomObject::new_empty();
                 put_str(&mut d, tags::DIMENSION_ORGANIZATION_UID, VR::UI, &dim_uid);
-                put(&mut d, tags::DIMENSION_INDEX_POINTER, VR::AT, PrimitiveValue::Tags([*pointer].into_iter().collect()));
-                put(&mut d, tags::FUNCTIONAL_GROUP_POINTER, VR::AT, PrimitiveValue::Tags([*group].into_iter().collect()));
+                put(
+                    &mut d,
+                    tags::DIMENSION_INDEX_POINTER,
+                    VR::AT,
+                    PrimitiveValue::Tags([*pointer].into_iter().collect()),
+                );
+                put(
+                    &mut d,
+                    tags::FUNCTIONAL_GROUP_POINTER,
+                    VR::AT,
+                    PrimitiveValue::Tags([*group].into_iter().collect()),
+                );
                 put_str(&mut d, tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, label);
                 d
             })
@@ -235,13 +267,23 @@ pub fn build(src: &SeriesSource, report: &SeriesReport) -> Result<(String, Vec<u
     // Shared functional groups: pixel measures and orientation.
     let mut shared = InMemDicomObject::new_empty();
     let mut measures = InMemDicomObject::new_empty();
-    put_str(&mut measures, tags::PIXEL_SPACING, VR::DS, &ds_list(&src.pixel_spacing));
+    put_str(
+        &mut measures,
+        tags::PIXEL_SPACING,
+        VR::DS,
+        &ds_list(&src.pixel_spacing),
+    );
     if let Some(t) = src.slice_thickness {
         put_str(&mut measures, tags::SLICE_THICKNESS, VR::DS, &ds(t));
     }
     put_seq(&mut shared, tags::PIXEL_MEASURES_SEQUENCE, vec![measures]);
     let mut orientation = InMemDicomObject::new_empty();
-    put_str(&mut orientation, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, &ds_list(&first.orientation));
+    put_str(
+        &mut orientation,
+        tags::IMAGE_ORIENTATION_PATIENT,
+        VR::DS,
+        &ds_list(&first.orientation),
+    );
     put_seq(&mut shared, tags::PLANE_ORIENTATION_SEQUENCE, vec![orientation]);
     put_seq(&mut o, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]);
 
@@ -252,10 +294,18 @@ pub fn build(src: &SeriesSource, report: &SeriesReport) -> Result<(String, Vec<u
         for (i, img) in src.images.iter().enumerate() {
             let mut f = InMemDicomObject::new_empty();
             let mut source = image_ref(&img.sop_class_uid, &img.sop_instance_uid);
-            put_code(&mut source, tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, SOURCE_FOR_PROCESSING);
+            put_code(
+                &mut source,
+                tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+                SOURCE_FOR_PROCESSING,
+            );
             let mut derivation = InMemDicomObject::new_empty();
             put_seq(&mut derivation, tags::SOURCE_IMAGE_SEQUENCE, vec![source]);
-            put_seq(&mut derivation, tags::DERIVATION_CODE_SEQUENCE, vec![code_item(DERIVATION_SEGMENTATION)]);
+            put_seq(
+                &mut derivation,
+                tags::DERIVATION_CODE_SEQUENCE,
+                vec![code_item(DERIVATION_SEGMENTATION)],
+            );
             put_seq(&mut f, tags::DERIVATION_IMAGE_SEQUENCE, vec![derivation]);
             let mut content = InMemDicomObject::new_empty();
             put(
@@ -266,7 +316,12 @@ pub fn build(src: &SeriesSource, report: &SeriesReport) -> Result<(String, Vec<u
             );
             put_seq(&mut f, tags::FRAME_CONTENT_SEQUENCE, vec![content]);
             let mut position = InMemDicomObject::new_empty();
-            put_str(&mut position, tags::IMAGE_POSITION_PATIENT, VR::DS, &ds_list(&img.position));
+            put_str(
+                &mut position,
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                &ds_list(&img.position),
+            );
             put_seq(&mut f, tags::PLANE_POSITION_SEQUENCE, vec![position]);
             let mut ident = InMemDicomObject::new_empty();
             put_u16(&mut ident, tags::REFERENCED_SEGMENT_NUMBER, s.number);
@@ -277,8 +332,17 @@ pub fn build(src: &SeriesSource, report: &SeriesReport) -> Result<(String, Vec<u
     }
     put_str(&mut o, tags::NUMBER_OF_FRAMES, VR::IS, &frames.len().to_string());
     put_seq(&mut o, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
-    put_seq(&mut o, tags::REFERENCED_SERIES_SEQUENCE, vec![referenced_series(src)]);
-    put(&mut o, tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(pack_bits(&frames).into()));
+    put_seq(
+        &mut o,
+        tags::REFERENCED_SERIES_SEQUENCE,
+        vec![referenced_series(src)],
+    );
+    put(
+        &mut o,
+        tags::PIXEL_DATA,
+        VR::OB,
+        PrimitiveValue::U8(pack_bits(&frames).into()),
+    );
     let bytes = file_bytes(o, SEG_STORAGE, &sop_uid)?;
     Ok((sop_uid, bytes))
 }

@@ -43,7 +43,10 @@ impl TryFrom<String> for AeTitle {
         if t.is_empty() || s.len() > 16 {
             return Err(format!("an AE title has 1 to 16 characters, got {s:?}"));
         }
-        if !s.chars().all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\') {
+        if !s
+            .chars()
+            .all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\')
+        {
             return Err(format!(
                 "an AE title is printable ASCII without backslashes, got {s:?}"
             ));
@@ -196,7 +199,12 @@ impl DicomSettings {
     }
 
     /// Every problem across keys, each naming its key (`dicom.<key>: <reason>`).
-    pub fn problems(&self, watch: &[PathBuf], output: &std::path::Path, state: &std::path::Path) -> Vec<String> {
+    pub fn problems(
+        &self,
+        watch: &[PathBuf],
+        output: &std::path::Path,
+        state: &std::path::Path,
+    ) -> Vec<String> {
         let mut out = Vec::new();
         let r = &self.receiver;
         if r.max_associations == 0 {
@@ -212,7 +220,9 @@ impl DicomSettings {
             if r.incoming.as_os_str().is_empty() {
                 out.push("dicom.receiver.incoming: must not be empty".to_string());
             }
-            if watch.iter().any(|w| r.incoming.starts_with(w) || w.starts_with(&r.incoming))
+            if watch
+                .iter()
+                .any(|w| r.incoming.starts_with(w) || w.starts_with(&r.incoming))
                 || r.incoming.starts_with(output)
                 || r.incoming.starts_with(state)
             {
@@ -307,7 +317,9 @@ mod tests {
             ("receiver:\n  bind: localhost\n", "IP address"),
             ("outputs: [seg, rtstruct]\n", "rtstruct"),
         ] {
-            let e = serde_yaml_ng::from_str::<DicomSettings>(yaml).expect_err(yaml).to_string();
+            let e = serde_yaml_ng::from_str::<DicomSettings>(yaml)
+                .expect_err(yaml)
+                .to_string();
             assert!(e.contains(needle), "{yaml}: {e}");
         }
         let s = DicomSettings {

@@ -100,8 +100,14 @@ pub fn gather(
         let stem = s.report.strip_suffix(".json").unwrap_or(&s.report);
         let (mw, mh, mask) = png(&dir.join(format!("{stem}_mask.png")), false)?;
         let (ow, oh, overlay) = png(&dir.join(format!("{stem}_overlay.png")), true)?;
-        let rows = h.get(tags::ROWS).and_then(|e| e.to_int::<u16>().ok()).unwrap_or(0);
-        let columns = h.get(tags::COLUMNS).and_then(|e| e.to_int::<u16>().ok()).unwrap_or(0);
+        let rows = h
+            .get(tags::ROWS)
+            .and_then(|e| e.to_int::<u16>().ok())
+            .unwrap_or(0);
+        let columns = h
+            .get(tags::COLUMNS)
+            .and_then(|e| e.to_int::<u16>().ok())
+            .unwrap_or(0);
         if (u32::from(columns), u32::from(rows)) != (mw, mh) || (mw, mh) != (ow, oh) {
             return Err(format!(
                 "job {}: mask {mw}x{mh} and overlay {ow}x{oh} do not match the image {columns}x{rows}",

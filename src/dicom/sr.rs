@@ -113,7 +113,12 @@ fn num(concept: Code, value: f64, unit: Code) -> InMemDicomObject {
     let mut o = item("CONTAINS", "NUM", Some(concept));
     let mut mv = InMemDicomObject::new_empty();
     put_str(&mut mv, tags::NUMERIC_VALUE, VR::DS, &ds(value));
-    put(&mut mv, tags::FLOATING_POINT_VALUE, VR::FD, PrimitiveValue::from(value));
+    put(
+        &mut mv,
+        tags::FLOATING_POINT_VALUE,
+        VR::FD,
+        PrimitiveValue::from(value),
+    );
     put_code(&mut mv, tags::MEASUREMENT_UNITS_CODE_SEQUENCE, unit);
     put_seq(&mut o, tags::MEASURED_VALUE_SEQUENCE, vec![mv]);
     o
@@ -152,13 +157,18 @@ pub fn verdict_code(label: &str) -> Option<Code> {
 }
 
 /// The SR of a series: (SOP instance UID, file bytes). `seg_uid`: the SEG written with it, if any.
-pub fn build(src: &SeriesSource, report: &SeriesReport, seg_uid: Option<&str>) -> Result<(String, Vec<u8>), String> {
+pub fn build(
+    src: &SeriesSource,
+    report: &SeriesReport,
+    seg_uid: Option<&str>,
+) -> Result<(String, Vec<u8>), String> {
     let series_uid = derived_uid(&[&src.series_uid, "sr-series"]);
     let when = report.reported_ms.to_string();
     let revision = report.revision.to_string();
     let sop_uid = derived_uid(&[&src.series_uid, "sr", &revision, &when]);
     let (date, time) = date_time(report.reported_ms);
-    let study_uid = super::elements::text(&src.header, tags::STUDY_INSTANCE_UID).ok_or("the source has no StudyInstanceUID")?;
+    let study_uid = super::elements::text(&src.header, tags::STUDY_INSTANCE_UID)
+        .ok_or("the source has no StudyInstanceUID")?;
 
     let mut o = InMemDicomObject::new_empty();
     copy_patient_study(&src.header, &mut o);
@@ -169,7 +179,12 @@ pub fn build(src: &SeriesSource, report: &SeriesReport, seg_uid: Option<&str>) -
     put_str(&mut o, tags::MODALITY, VR::CS, "SR");
     put_str(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
     put_str(&mut o, tags::SERIES_NUMBER, VR::IS, SR_SERIES_NUMBER);
-    put_str(&mut o, tags::SERIES_DESCRIPTION, VR::LO, "ctmask measurements (research use only)");
+    put_str(
+        &mut o,
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        "ctmask measurements (research use only)",
+    );
     put_seq(&mut o, tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, vec![]);
     put_equipment(&mut o, report);
     // SR Document General
@@ -185,20 +200,36 @@ pub fn build(src: &SeriesSource, report: &SeriesReport, seg_uid: Option<&str>) -
         put_seq(
             &mut s,
             tags::REFERENCED_SOP_SEQUENCE,
-            src.images.iter().map(|i| sop_ref(&i.sop_class_uid, &i.sop_instance_uid)).collect(),
+            src.images
+                .iter()
+                .map(|i| sop_ref(&i.sop_class_uid, &i.sop_instance_uid))
+                .collect(),
         );
         s
     }];
     if let Some(seg_uid) = seg_uid {
         let mut s = InMemDicomObject::new_empty();
-        put_str(&mut s, tags::SERIES_INSTANCE_UID, VR::UI, &derived_uid(&[&src.series_uid, "seg-series"]));
-        put_seq(&mut s, tags::REFERENCED_SOP_SEQUENCE, vec![sop_ref(seg::SEG_STORAGE, seg_uid)]);
+        put_str(
+            &mut s,
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            &derived_uid(&[&src.series_uid, "seg-series"]),
+        );
+        put_seq(
+            &mut s,
+            tags::REFERENCED_SOP_SEQUENCE,
+            vec![sop_ref(seg::SEG_STORAGE, seg_uid)],
+        );
         evidence_series.push(s);
     }
     let mut evidence = InMemDicomObject::new_empty();
     put_str(&mut evidence, tags::STUDY_INSTANCE_UID, VR::UI, &study_uid);
     put_seq(&mut evidence, tags::REFERENCED_SERIES_SEQUENCE, evidence_series);
-    put_seq(&mut o, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, vec![evidence]);
+    put_seq(
+        &mut o,
+        tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
+        vec![evidence],
+    );
 
     // Content: TID 1500
     put_str(&mut o, tags::VALUE_TYPE, VR::CS, "CONTAINER");
@@ -222,7 +253,11 @@ pub fn build(src: &SeriesSource, report: &SeriesReport, seg_uid: Option<&str>) -
         .iter()
         .map(|i| {
             let mut img = item("CONTAINS", "IMAGE", None);
-            put_seq(&mut img, tags::REFERENCED_SOP_SEQUENCE, vec![sop_ref(&i.sop_class_uid, &i.sop_instance_uid)]);
+            put_seq(
+                &mut img,
+                tags::REFERENCED_SOP_SEQUENCE,
+                vec![sop_ref(&i.sop_class_uid, &i.sop_instance_uid)],
+            );
             img
         })
         .collect();
@@ -234,7 +269,13 @@ pub fn build(src: &SeriesSource, report: &SeriesReport, seg_uid: Option<&str>) -
 
     let mut groups = Vec::new();
     let classes = [
-        (1u16, "GGO", GGO, report.burden.ggo_ml, report.slices.iter().filter(|s| s.ggo_px > 0).count()),
+        (
+            1u16,
+            "GGO",
+            GGO,
+            report.burden.ggo_ml,
+            report.slices.iter().filter(|s| s.ggo_px > 0).count(),
+        ),
         (
             2,
             "Consolidation",
@@ -252,7 +293,12 @@ pub fn build(src: &SeriesSource, report: &SeriesReport, seg_uid: Option<&str>) -
         ];
         if let Some(seg_uid) = seg_uid {
             let mut r = sop_ref(seg::SEG_STORAGE, seg_uid);
-            put(&mut r, tags::REFERENCED_SEGMENT_NUMBER, VR::US, PrimitiveValue::from(segment));
+            put(
+                &mut r,
+                tags::REFERENCED_SEGMENT_NUMBER,
+                VR::US,
+                PrimitiveValue::from(segment),
+            );
             let mut img = item("CONTAINS", "IMAGE", Some(REFERENCED_SEGMENT));
             put_seq(&mut img, tags::REFERENCED_SOP_SEQUENCE, vec![r]);
             g.push(img);
@@ -267,7 +313,11 @@ pub fn build(src: &SeriesSource, report: &SeriesReport, seg_uid: Option<&str>) -
     }
     let mut g = vec![
         text("HAS OBS CONTEXT", TRACKING_ID, "Lung involvement"),
-        uidref("HAS OBS CONTEXT", TRACKING_UID, &derived_uid(&[&sop_uid, "involvement"])),
+        uidref(
+            "HAS OBS CONTEXT",
+            TRACKING_UID,
+            &derived_uid(&[&sop_uid, "involvement"]),
+        ),
         code("CONTAINS", FINDING, CATEGORY),
         code("HAS CONCEPT MOD", FINDING_SITE, LUNG),
     ];
@@ -278,7 +328,11 @@ pub fn build(src: &SeriesSource, report: &SeriesReport, seg_uid: Option<&str>) -
     groups.push(container("CONTAINS", GROUP, g));
     let mut g = vec![
         text("HAS OBS CONTEXT", TRACKING_ID, "Slice classification"),
-        uidref("HAS OBS CONTEXT", TRACKING_UID, &derived_uid(&[&sop_uid, "slices"])),
+        uidref(
+            "HAS OBS CONTEXT",
+            TRACKING_UID,
+            &derived_uid(&[&sop_uid, "slices"]),
+        ),
     ];
     g.extend(algorithm(report));
     for (label, n) in &report.counts {
@@ -308,8 +362,18 @@ pub fn build(src: &SeriesSource, report: &SeriesReport, seg_uid: Option<&str>) -
     put_seq(&mut o, tags::CONTENT_SEQUENCE, content);
     let mut scheme = InMemDicomObject::new_empty();
     put_str(&mut scheme, tags::CODING_SCHEME_DESIGNATOR, VR::SH, "99CTMASK");
-    put_str(&mut scheme, tags::CODING_SCHEME_NAME, VR::ST, "ctmask local concepts");
-    put_str(&mut scheme, tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION, VR::ST, "ctmask");
+    put_str(
+        &mut scheme,
+        tags::CODING_SCHEME_NAME,
+        VR::ST,
+        "ctmask local concepts",
+    );
+    put_str(
+        &mut scheme,
+        tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION,
+        VR::ST,
+        "ctmask",
+    );
     put_seq(&mut o, tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE, vec![scheme]);
     let bytes = file_bytes(o, SR_STORAGE, &sop_uid)?;
     Ok((sop_uid, bytes))

@@ -31,7 +31,11 @@ fn have(tool: &str) -> bool {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -143,14 +147,28 @@ fn storescu_series_is_screened_and_results_forwarded_when_the_destination_return
     let files = series(d, 4, 21);
     let daemon = start(&cfg);
     wait_ready(port);
-    assert!(!echo(port, "INTRUDER"), "a calling AE title not allowed is rejected");
+    assert!(
+        !echo(port, "INTRUDER"),
+        "a calling AE title not allowed is rejected"
+    );
 
     let o = Command::new("storescu")
-        .args(["-aet", "STORESCU", "-aec", "CTMASK", "127.0.0.1", &port.to_string()])
+        .args([
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "CTMASK",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
         .args(&files)
         .output()
         .unwrap();
-    assert!(o.status.success(), "storescu: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "storescu: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let stored = super::common::walk_files(&d.join("incoming"), "dcm");
     assert_eq!(stored.len(), 4, "stored before success was returned: {stored:?}");
 
@@ -173,15 +191,21 @@ fn storescu_series_is_screened_and_results_forwarded_when_the_destination_return
             .count()
     };
     // (an early revision may cover fewer slices; the one with all four follows)
-    wait_for("the series report and its DICOM objects", Duration::from_secs(120), || {
-        series_dir().is_some_and(|s| s.join("sr.dcm").is_file() && sc_files(&s) == 4)
-    });
+    wait_for(
+        "the series report and its DICOM objects",
+        Duration::from_secs(120),
+        || series_dir().is_some_and(|s| s.join("sr.dcm").is_file() && sc_files(&s) == 4),
+    );
     let sdir = series_dir().unwrap();
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(sdir.join("series.json")).unwrap()).unwrap();
     assert_eq!(report["slice_count"], 4);
     for f in &files {
-        assert!(sdir.join(format!("{}.json", sop_uid(f))).is_file(), "slice report of {}", f.display());
+        assert!(
+            sdir.join(format!("{}.json", sop_uid(f))).is_file(),
+            "slice report of {}",
+            f.display()
+        );
     }
     wait_for("failed tries in the outbox", Duration::from_secs(30), || {
         let s = status(d);
@@ -189,7 +213,13 @@ fn storescu_series_is_screened_and_results_forwarded_when_the_destination_return
     });
     let s = status(d);
     assert_eq!(s["outbox"]["sent"], 0);
-    assert!(s["outbox"]["items"][0]["reason"].as_str().unwrap().contains("associate"), "{s}");
+    assert!(
+        s["outbox"]["items"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("associate"),
+        "{s}"
+    );
 
     // the destination comes up: everything goes out
     let recv = d.join("recv");
@@ -208,20 +238,29 @@ fn storescu_series_is_screened_and_results_forwarded_when_the_destination_return
         status(d)["outbox"]["sent"] == 6
     });
     drop(scp);
-    let got: Vec<PathBuf> = std::fs::read_dir(&recv).unwrap().map(|e| e.unwrap().path()).collect();
+    let got: Vec<PathBuf> = std::fs::read_dir(&recv)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(got.len(), 6, "{got:?}");
     let mut modalities: Vec<String> = got
         .iter()
         .map(|p| {
             let o = dicom_object::open_file(p).expect("a valid DICOM file");
-            o.element(tags::MODALITY).unwrap().to_str().unwrap().trim().to_string()
+            o.element(tags::MODALITY)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim()
+                .to_string()
         })
         .collect();
     modalities.sort();
     assert_eq!(modalities, ["OT", "OT", "OT", "OT", "SEG", "SR"]);
-    if let Some(seg) = got.iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with("SEG")) {
-        if let Some(errors) = super::dicom_out::dciodvfy_errors(seg) {
-            assert!(errors.is_empty(), "{errors:?}");
+    // what storescp received is what was written: valid for dciodvfy too
+    for p in &got {
+        if let Some(errors) = super::dicom_out::dciodvfy_errors(p) {
+            assert!(errors.is_empty(), "{}: {errors:?}", p.display());
         }
     }
     stop(daemon);
@@ -229,7 +268,9 @@ fn storescu_series_is_screened_and_results_forwarded_when_the_destination_return
 
 /// Files the daemon acknowledged, from storescu's verbose log (files are sent in order).
 fn acknowledged(log: &str) -> usize {
-    log.lines().filter(|l| l.contains("Received Store Response (Success)")).count()
+    log.lines()
+        .filter(|l| l.contains("Received Store Response (Success)"))
+        .count()
 }
 
 #[test]
@@ -249,7 +290,15 @@ fn sigkill_during_receive_loses_no_acknowledged_image() {
         let daemon = start(&cfg);
         wait_ready(port);
         let sender = Command::new("storescu")
-            .args(["-v", "-aet", "STORESCU", "-aec", "CTMASK", "127.0.0.1", &port.to_string()])
+            .args([
+                "-v",
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "CTMASK",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
             .args(&files)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -261,34 +310,98 @@ fn sigkill_during_receive_loses_no_acknowledged_image() {
         std::thread::sleep(Duration::from_millis(100 + rng % 700));
         drop(daemon); // SIGKILL, maybe in the middle of a store
         let o = sender.wait_with_output().unwrap();
-        let log = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         let n = acknowledged(&log);
         acked.extend(uids[..n].iter().cloned());
         // every acknowledged instance is whole in the incoming store and in the queue
-        let stored: std::collections::BTreeSet<String> = super::common::walk_files(&d.join("incoming"), "dcm")
-            .iter()
-            .map(|p| sop_uid(p))
-            .collect();
+        let stored: std::collections::BTreeSet<String> =
+            super::common::walk_files(&d.join("incoming"), "dcm")
+                .iter()
+                .map(|p| sop_uid(p))
+                .collect();
         for uid in &acked {
-            assert!(stored.contains(uid), "round {round}: acknowledged {uid} is not stored");
+            assert!(
+                stored.contains(uid),
+                "round {round}: acknowledged {uid} is not stored"
+            );
         }
         let db = rusqlite::Connection::open(d.join("state/queue.sqlite3")).unwrap();
-        let queued: i64 = db.query_row("SELECT COUNT(DISTINCT sha256) FROM paths", [], |r| r.get(0)).unwrap();
-        assert!(queued as usize >= acked.len(), "round {round}: {queued} queued < {} acknowledged", acked.len());
-        eprintln!("round {round}: {n} of {} acknowledged before SIGKILL", files.len());
+        let queued: i64 = db
+            .query_row("SELECT COUNT(DISTINCT sha256) FROM paths", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            queued as usize >= acked.len(),
+            "round {round}: {queued} queued < {} acknowledged",
+            acked.len()
+        );
+        eprintln!(
+            "round {round}: {n} of {} acknowledged before SIGKILL",
+            files.len()
+        );
     }
     // a clean run screens every acknowledged image
     let daemon = start(&cfg);
     wait_ready(port);
     let out = d.join("out");
-    wait_for("every acknowledged image reported", Duration::from_secs(120), || {
-        acked.iter().all(|uid| {
-            std::fs::read_dir(&out)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|s| s.path().join(format!("{uid}.json")).is_file())
-        })
-    });
+    wait_for(
+        "every acknowledged image reported",
+        Duration::from_secs(120),
+        || {
+            acked.iter().all(|uid| {
+                std::fs::read_dir(&out)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|s| s.path().join(format!("{uid}.json")).is_file())
+            })
+        },
+    );
     stop(daemon);
+}
+
+#[test]
+fn the_network_drop_in_keeps_the_exposure_at_most_two() {
+    let probe = Command::new("systemd-analyze")
+        .args(["security", "--help"])
+        .output();
+    if !probe.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--offline")) {
+        eprintln!("SKIPPED: systemd-analyze with --offline is not available");
+        return;
+    }
+    // the unit with the drop-in's [Service] settings appended: what systemd merges
+    let repo = super::common::repo();
+    let unit = std::fs::read_to_string(repo.join("systemd/ctmask.service")).unwrap();
+    let drop_in = std::fs::read_to_string(repo.join("systemd/ctmask-dicom-network.conf")).unwrap();
+    let extra = drop_in.split_once("[Service]").unwrap().1;
+    let merged = unit.replace("[Install]", &format!("{extra}\n[Install]"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut scores = Vec::new();
+    for (name, text) in [
+        ("ctmask.service", unit.as_str()),
+        ("ctmask-net.service", merged.as_str()),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let o = Command::new("systemd-analyze")
+            .args(["security", "--offline=yes"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let score: f64 = out
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .and_then(|l| l.split(": ").nth(1))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no score in: {out}"));
+        scores.push(score);
+    }
+    assert!(scores[0] <= scores[1], "{scores:?}");
+    assert!(scores[1] <= 2.0, "with the network drop-in: {scores:?}");
+    assert!(merged.contains("PrivateNetwork=no") && merged.contains("AF_INET6"));
 }

@@ -140,7 +140,12 @@ pub fn dciodvfy_errors(f: &Path) -> Option<Vec<String>> {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    Some(text.lines().filter(|l| l.starts_with("Error")).map(str::to_string).collect())
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("Error"))
+            .map(str::to_string)
+            .collect(),
+    )
 }
 
 fn text(o: &InMemDicomObject, tag: Tag) -> String {
@@ -175,10 +180,17 @@ fn seg_sr_and_sc_pass_dciodvfy_and_match_the_reports() {
     if dciodvfy_errors(&written[0].path).is_some() {
         for w in &written {
             let errors = dciodvfy_errors(&w.path).unwrap();
-            assert!(errors.is_empty(), "{:?} {}: {errors:#?}", w.kind, w.path.display());
+            assert!(
+                errors.is_empty(),
+                "{:?} {}: {errors:#?}",
+                w.kind,
+                w.path.display()
+            );
         }
     } else {
-        eprintln!("SKIPPED (dciodvfy part): dciodvfy is not installed (make test installs dicom3tools when run as root)");
+        eprintln!(
+            "SKIPPED (dciodvfy part): dciodvfy is not installed (make test installs dicom3tools when run as root)"
+        );
     }
 
     // SEG: frame (segment - 1) * n + i + 1 is slice i (anatomical order) of that segment.
@@ -186,42 +198,89 @@ fn seg_sr_and_sc_pass_dciodvfy_and_match_the_reports() {
     let n = s.report.slices.len();
     let rows = seg.element(tags::ROWS).unwrap().to_int::<usize>().unwrap();
     let cols = seg.element(tags::COLUMNS).unwrap().to_int::<usize>().unwrap();
-    assert_eq!(seg.element(tags::NUMBER_OF_FRAMES).unwrap().to_int::<usize>().unwrap(), 2 * n);
+    assert_eq!(
+        seg.element(tags::NUMBER_OF_FRAMES)
+            .unwrap()
+            .to_int::<usize>()
+            .unwrap(),
+        2 * n
+    );
     assert_eq!(text(&seg, tags::MODALITY), "SEG");
-    assert_eq!(text(&seg, tags::PATIENT_ID), "SYNTH", "patient copied from the source");
+    assert_eq!(
+        text(&seg, tags::PATIENT_ID),
+        "SYNTH",
+        "patient copied from the source"
+    );
     assert_eq!(text(&seg, tags::SEGMENTATION_TYPE), "BINARY");
     let segments = items(&seg, tags::SEGMENT_SEQUENCE);
     assert_eq!(segments.len(), 2);
     assert_eq!(text(&segments[0], tags::SEGMENT_ALGORITHM_TYPE), "AUTOMATIC");
-    let type_code = |i: usize| text(&items(&segments[i], tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE)[0], tags::CODE_VALUE);
-    assert_eq!((type_code(0), type_code(1)), ("1217294009".into(), "95436008".into()));
-    let bits = seg.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().to_vec();
+    let type_code = |i: usize| {
+        text(
+            &items(&segments[i], tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE)[0],
+            tags::CODE_VALUE,
+        )
+    };
+    assert_eq!(
+        (type_code(0), type_code(1)),
+        ("1217294009".into(), "95436008".into())
+    );
+    let bits = seg
+        .element(tags::PIXEL_DATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+        .to_vec();
     let frames = items(&seg, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
-    let source_uids: Vec<String> = s.report.slices.iter().map(|x| x.sop_uid.clone().unwrap()).collect();
+    let source_uids: Vec<String> = s
+        .report
+        .slices
+        .iter()
+        .map(|x| x.sop_uid.clone().unwrap())
+        .collect();
     let mut lesion_pixels = 0;
     for (f, group) in frames.iter().enumerate() {
         let (segment, i) = (f / n + 1, f % n);
         let deriv = &items(group, tags::DERIVATION_IMAGE_SEQUENCE)[0];
         let src = &items(deriv, tags::SOURCE_IMAGE_SEQUENCE)[0];
-        assert_eq!(text(src, tags::REFERENCED_SOP_INSTANCE_UID), source_uids[i], "frame {f}");
+        assert_eq!(
+            text(src, tags::REFERENCED_SOP_INSTANCE_UID),
+            source_uids[i],
+            "frame {f}"
+        );
         let ident = &items(group, tags::SEGMENT_IDENTIFICATION_SEQUENCE)[0];
-        assert_eq!(ident.element(tags::REFERENCED_SEGMENT_NUMBER).unwrap().to_int::<usize>().unwrap(), segment);
+        assert_eq!(
+            ident
+                .element(tags::REFERENCED_SEGMENT_NUMBER)
+                .unwrap()
+                .to_int::<usize>()
+                .unwrap(),
+            segment
+        );
         // the label-mask PNG the daemon wrote for this slice
         let stem = s.report.slices[i].report.trim_end_matches(".json").to_string();
-        let png = image::open(s.output.join(&s.report.series_key).join(format!("{stem}_mask.png")))
-            .unwrap()
-            .to_luma8()
-            .into_raw();
+        let png = image::open(
+            s.output
+                .join(&s.report.series_key)
+                .join(format!("{stem}_mask.png")),
+        )
+        .unwrap()
+        .to_luma8()
+        .into_raw();
         assert_eq!(png, s.masks[&source_uids[i]], "the PNG is the mask given");
-        for p in 0..rows * cols {
+        assert_eq!(png.len(), rows * cols);
+        for (p, &label) in png.iter().enumerate() {
             let bit = f * rows * cols + p;
             let on = bits[bit / 8] >> (bit % 8) & 1 == 1;
-            assert_eq!(on, png[p] == segment as u8, "frame {f} pixel {p}");
+            assert_eq!(on, label == segment as u8, "frame {f} pixel {p}");
             lesion_pixels += usize::from(on);
         }
     }
     assert!(lesion_pixels > 500, "{lesion_pixels}");
-    let referenced = items(&items(&seg, tags::REFERENCED_SERIES_SEQUENCE)[0], tags::REFERENCED_INSTANCE_SEQUENCE);
+    let referenced = items(
+        &items(&seg, tags::REFERENCED_SERIES_SEQUENCE)[0],
+        tags::REFERENCED_INSTANCE_SEQUENCE,
+    );
     assert_eq!(referenced.len(), n);
 
     // SR: volumes and involvement as in series.json, exactly.
@@ -233,8 +292,15 @@ fn seg_sr_and_sc_pass_dciodvfy_and_match_the_reports() {
     assert_eq!(text(&sr, tags::MODALITY), "SR");
     let mut numbers = BTreeMap::new();
     let mut findings = Vec::new();
-    fn walk(o: &InMemDicomObject, path: String, numbers: &mut BTreeMap<String, f64>, findings: &mut Vec<String>) {
-        let Some(content) = o.get(tags::CONTENT_SEQUENCE).and_then(|e| e.items()) else { return };
+    fn walk(
+        o: &InMemDicomObject,
+        path: String,
+        numbers: &mut BTreeMap<String, f64>,
+        findings: &mut Vec<String>,
+    ) {
+        let Some(content) = o.get(tags::CONTENT_SEQUENCE).and_then(|e| e.items()) else {
+            return;
+        };
         let mut tracking = String::new();
         for item in content {
             let vt = text(item, tags::VALUE_TYPE);
@@ -244,13 +310,20 @@ fn seg_sr_and_sc_pass_dciodvfy_and_match_the_reports() {
             }
             if vt == "NUM" {
                 let mv = &items(item, tags::MEASURED_VALUE_SEQUENCE)[0];
-                let v = mv.element(tags::FLOATING_POINT_VALUE).unwrap().to_float64().unwrap();
+                let v = mv
+                    .element(tags::FLOATING_POINT_VALUE)
+                    .unwrap()
+                    .to_float64()
+                    .unwrap();
                 let shown: f64 = text(mv, tags::NUMERIC_VALUE).parse().unwrap();
                 assert!((shown - v).abs() <= 1e-9 * v.abs().max(1.0));
                 numbers.insert(format!("{tracking}/{name}"), v);
             }
             if vt == "CODE" && name == "121071" && path.ends_with("C0034375") {
-                findings.push(text(&items(item, tags::CONCEPT_CODE_SEQUENCE)[0], tags::CODE_VALUE));
+                findings.push(text(
+                    &items(item, tags::CONCEPT_CODE_SEQUENCE)[0],
+                    tags::CODE_VALUE,
+                ));
             }
             walk(item, format!("{path}/{name}"), numbers, findings);
         }
@@ -259,8 +332,14 @@ fn seg_sr_and_sc_pass_dciodvfy_and_match_the_reports() {
     // bit for bit against the report written; serde_json's parser may be one ulp off the file
     let b = &s.report.burden;
     assert_eq!(numbers["GGO volume/118565006"], b.ggo_ml.unwrap());
-    assert_eq!(numbers["Consolidation volume/118565006"], b.consolidation_ml.unwrap());
-    assert_eq!(numbers["Lung involvement/LUNGINV"], b.involvement_percent.unwrap());
+    assert_eq!(
+        numbers["Consolidation volume/118565006"],
+        b.consolidation_ml.unwrap()
+    );
+    assert_eq!(
+        numbers["Lung involvement/LUNGINV"],
+        b.involvement_percent.unwrap()
+    );
     let burden = &json["burden"];
     for (key, v) in [
         ("ggo_ml", b.ggo_ml),
@@ -270,12 +349,19 @@ fn seg_sr_and_sc_pass_dciodvfy_and_match_the_reports() {
         let j = burden[key].as_f64().unwrap();
         assert!((j - v.unwrap()).abs() <= 1e-12 * j.abs(), "{key}: {j} vs {v:?}");
     }
-    assert_eq!(numbers["Slice classification/SLICESCOVID"], json["counts"]["covid"].as_f64().unwrap());
+    assert_eq!(
+        numbers["Slice classification/SLICESCOVID"],
+        json["counts"]["covid"].as_f64().unwrap()
+    );
     assert_eq!(numbers["Slice classification/SLICESCONTROL"], 1.0);
     assert_eq!(numbers["GGO volume/LESIONSLICES"], 4.0);
     assert!(burden["ggo_ml"].as_f64().unwrap() > 0.0);
     assert_eq!(json["verdict"]["label"], "covid");
-    assert_eq!(findings, vec!["840539006".to_string()], "COVID-19 as the coded verdict");
+    assert_eq!(
+        findings,
+        vec!["840539006".to_string()],
+        "COVID-19 as the coded verdict"
+    );
 
     // SC: one per slice, the notice burned in, referencing its source.
     for (w, uid) in written[2..].iter().zip(&source_uids) {
@@ -284,7 +370,11 @@ fn seg_sr_and_sc_pass_dciodvfy_and_match_the_reports() {
         let src = &items(&sc, tags::SOURCE_IMAGE_SEQUENCE)[0];
         assert_eq!(&text(src, tags::REFERENCED_SOP_INSTANCE_UID), uid);
         let px = sc.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().to_vec();
-        let yellow = px.chunks(3).take(cols * 24).filter(|p| *p == [255, 255, 0]).count();
+        let yellow = px
+            .chunks(3)
+            .take(cols * 24)
+            .filter(|p| *p == [255, 255, 0])
+            .count();
         assert!(yellow > 50, "{yellow} notice pixels");
     }
     assert_eq!(
@@ -302,7 +392,10 @@ fn a_re_report_reissues_new_instances_in_the_same_series() {
     s.report.reported_ms += 1000;
     let second = write_all(&s);
     for (a, b) in first.iter().zip(&second) {
-        assert_eq!(a.path, b.path, "same file names: the newest revision replaces the file");
+        assert_eq!(
+            a.path, b.path,
+            "same file names: the newest revision replaces the file"
+        );
         assert_ne!(a.sop_instance_uid, b.sop_instance_uid);
         let series = |w: &Written| text(&open_file(&w.path).unwrap(), tags::SERIES_INSTANCE_UID);
         // first's file is replaced: compare with the UID the writer derives, read from the second
