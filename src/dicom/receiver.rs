@@ -421,8 +421,15 @@ fn store(
             "no SOP instance UID or not a CT storage class".into(),
         ));
     }
-    let bytes =
-        file_bytes(&req.class, &req.instance, ts, dataset).map_err(|e| (STATUS_CANNOT_UNDERSTAND, e))?;
+    // The file meta's instance UID is the command's, unless that is no UID at all (some
+    // de-identification tools write hashes): then a UID derived from it, so that the file stays
+    // readable; the data set keeps its own value untouched.
+    let meta_uid = if is_uid(&req.instance) {
+        req.instance.clone()
+    } else {
+        super::uids::derived_uid(&["received-invalid-uid", &req.instance])
+    };
+    let bytes = file_bytes(&req.class, &meta_uid, ts, dataset).map_err(|e| (STATUS_CANNOT_UNDERSTAND, e))?;
     let sha256 = sha256_hex(&bytes);
     let path = incoming_path(&settings.incoming, &req.instance, &sha256);
     let io = |e: String| (STATUS_OUT_OF_RESOURCES, e);
@@ -470,6 +477,11 @@ fn store(
         }
     }
     Ok(())
+}
+
+/// Digits and dots, at most 64 characters (what the file meta group must hold).
+pub fn is_uid(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c == '.' || c.is_ascii_digit())
 }
 
 /// `<incoming>/<SOP instance UID>-<first 16 hex digits of the file's SHA-256>.dcm`.

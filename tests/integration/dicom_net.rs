@@ -405,3 +405,69 @@ fn the_network_drop_in_keeps_the_exposure_at_most_two() {
     assert!(scores[1] <= 2.0, "with the network drop-in: {scores:?}");
     assert!(merged.contains("PrivateNetwork=no") && merged.contains("AF_INET6"));
 }
+
+/// Transfer syntax UID of a file's meta group.
+fn transfer_syntax(path: &Path) -> String {
+    let o = dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .unwrap();
+    o.meta().transfer_syntax().trim_end_matches('\0').to_string()
+}
+
+#[test]
+fn compressed_images_are_stored_as_sent_and_screened() {
+    if !(have("storescu") && have("echoscu")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let cfg = config(d, port, None);
+    let data = super::common::shared().join("data/dicom");
+    let files = [
+        data.join("head_ct_693_j2k_lossy.dcm"),
+        data.join("ct_siemens_unsigned12_jpeg_lossless_badseq.dcm"),
+    ];
+    let daemon = start(&cfg);
+    wait_ready(port);
+    // storescu proposes JPEG 2000 (-xw) or JPEG lossless (-xs) for each file's own encoding
+    for (file, propose) in files.iter().zip(["-xw", "-xs"]) {
+        let o = Command::new("storescu")
+            .args([
+                propose,
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "CTMASK",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "storescu: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let stored = super::common::walk_files(&d.join("incoming"), "dcm");
+    assert_eq!(stored.len(), 2);
+    for f in &files {
+        let uid = sop_uid(f);
+        let s = stored.iter().find(|p| sop_uid(p) == uid).expect("stored");
+        // the data set as sent: no transcoding on the way in
+        assert_eq!(transfer_syntax(s), transfer_syntax(f), "{}", f.display());
+    }
+    let uid = sop_uid(&files[0]);
+    let out = d.join("out");
+    wait_for("the JPEG 2000 slice's report", Duration::from_secs(120), || {
+        std::fs::read_dir(&out)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|s| s.path().join(format!("{uid}.json")).is_file())
+    });
+    stop(daemon);
+}
