@@ -282,11 +282,11 @@ fn sigkill_during_receive_loses_no_acknowledged_image() {
     let d = dir.path();
     let port = free_port();
     let cfg = config(d, port, None);
-    let files = series(d, 16, 5);
+    let files = series(d, 12, 5);
     let uids: Vec<String> = files.iter().map(|f| sop_uid(f)).collect();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut acked = std::collections::BTreeSet::new();
-    for round in 0..4 {
+    for round in 0..3 {
         let daemon = start(&cfg);
         wait_ready(port);
         let sender = Command::new("storescu")
