@@ -44,8 +44,9 @@ fmt:
 	$(CARGO) fmt
 
 # tmux drives the dashboard's end-to-end test, dciodvfy (dicom3tools) checks the synthetic
-# DICOM; installed from Debian's packages when missing and this runs as root (as CI does),
-# otherwise those tests say they were skipped.
+# DICOM and ctmask's SEG/SR/SC, and DCMTK (storescu, echoscu, storescp) is the network peer of the
+# DICOM receiver and forwarding tests; installed from Debian's packages when missing and this runs
+# as root (as CI does), otherwise those tests say they were skipped.
 TEST_TOOLS := tmux:tmux dciodvfy:dicom3tools storescu:dcmtk
 test-tools:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
