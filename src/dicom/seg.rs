@@ -299,6 +299,8 @@ pub fn build(src: &SeriesSource, report: &SeriesReport) -> Result<(String, Vec<u
                 tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
                 SOURCE_FOR_PROCESSING,
             );
+            // the masks are on the source's pixel grid (readers index frames by source with this)
+            put_str(&mut source, tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES");
             let mut derivation = InMemDicomObject::new_empty();
             put_seq(&mut derivation, tags::SOURCE_IMAGE_SEQUENCE, vec![source]);
             put_seq(

@@ -172,9 +172,12 @@ fn seg_sr_and_sc_pass_dciodvfy_and_match_the_reports() {
     let s = screened_series(4242);
     let written = write_all(&s);
     assert_eq!(written.len(), 2 + 5, "{written:?}");
+    // CTMASK_KEEP_DICOM_OUT=DIR keeps the series folder (for scripts/check_dicom_outputs.py)
     if let Ok(keep) = std::env::var("CTMASK_KEEP_DICOM_OUT") {
-        for w in &written {
-            std::fs::copy(&w.path, Path::new(&keep).join(w.path.file_name().unwrap())).unwrap();
+        let folder = s.output.join(&s.report.series_key);
+        for e in std::fs::read_dir(&folder).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, Path::new(&keep).join(p.file_name().unwrap())).unwrap();
         }
     }
     if dciodvfy_errors(&written[0].path).is_some() {
