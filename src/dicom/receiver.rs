@@ -253,6 +253,7 @@ fn association(
     let calling = assoc.peer_ae_title().trim().to_string();
     tracing::info!(peer = %peer, calling_ae = %calling, "DICOM association accepted");
     let mut queue = Queue::open(&shared.state_dir, models_hash).map_err(|e| e.to_string())?;
+    let max_bytes = shared.settings().max_file_bytes;
     let mut command_buf = Vec::new();
     let mut data_buf = Vec::new();
     let mut pending: Option<Pending> = None;
@@ -314,6 +315,17 @@ fn association(
                         }
                         PDataValueType::Data => {
                             data_buf.extend_from_slice(&data);
+                            // a data set far over max_file_bytes is not buffered to the end
+                            if data_buf.len() as u64 > max_bytes.saturating_add(1 << 20) {
+                                shared.publish(
+                                    EventKind::Warning,
+                                    format!("DICOM association from {calling} aborted: data set over max_file_bytes"),
+                                    None,
+                                    None,
+                                );
+                                let _ = assoc.abort();
+                                return Ok(());
+                            }
                             if !is_last {
                                 continue;
                             }
