@@ -55,10 +55,11 @@ fmt:
 	$(CARGO) fmt
 
 # tmux drives the dashboard's end-to-end test, dciodvfy (dicom3tools) checks the synthetic
-# DICOM, dcmdjpeg (dcmtk) gives DCMTK's pixels of the JPEG DICOM fixtures and /usr/bin/time
-# measures the hostile-file tests' peak memory; installed from Debian's packages when missing
-# and this runs as root (as CI does), otherwise those tests say they were skipped.
-TEST_TOOLS := tmux:tmux dciodvfy:dicom3tools dcmdjpeg:dcmtk /usr/bin/time:time
+# DICOM and ctmask's SEG/SR/SC, DCMTK (dcmdjpeg, storescu, echoscu, storescp) gives DCMTK's pixels
+# of the JPEG DICOM fixtures and is the network peer of the DICOM receiver and forwarding tests,
+# and /usr/bin/time measures the hostile-file tests' peak memory; installed from Debian's packages
+# when missing and this runs as root (as CI does), otherwise those tests say they were skipped.
+TEST_TOOLS := tmux:tmux dciodvfy:dicom3tools dcmdjpeg:dcmtk storescu:dcmtk /usr/bin/time:time
 test-tools:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \

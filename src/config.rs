@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::settings::DaemonSettings;
+use crate::dicom::DicomSettings;
 use crate::slice::SliceOptions;
 use crate::{Error, Result};
 
@@ -176,6 +177,8 @@ pub struct Config {
     pub slice: SliceSettings,
     #[serde(default)]
     pub daemon: DaemonSettings,
+    #[serde(default)]
+    pub dicom: DicomSettings,
 }
 
 impl Config {
@@ -243,6 +246,14 @@ impl Config {
         if let Err(e) = c.daemon.validate() {
             return Err(Error::Config(format!("{}: {e}", path.display())));
         }
+        let d = &c.daemon;
+        if let Some(p) = c.dicom.problems(&d.watch, &d.output, &d.state).first() {
+            let (key, reason) = p.split_once(": ").unwrap_or((p.as_str(), ""));
+            return Err(Error::Config(format!(
+                "{}: key '{key}': {reason}",
+                path.display()
+            )));
+        }
         // relative paths are relative to the folder holding the config's folder (the repo root
         // for config/ctmask.yaml) when they do not exist from the working directory
         let base = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
@@ -252,6 +263,7 @@ impl Config {
             }
         }
         c.daemon.slice_options = c.slice.options();
+        c.daemon.dicom = c.dicom.clone();
         Ok(c)
     }
 
@@ -332,6 +344,37 @@ mod tests {
         std::fs::write(&bad, text).unwrap();
         let e = Config::load(&bad).unwrap_err().to_string();
         assert!(e.contains("bad.yaml") && e.contains("min_free_percent"), "{e}");
+    }
+
+    #[test]
+    fn dicom_settings_are_checked_with_file_line_and_key() {
+        let e = parse("models:\n  segmentation: a\ndicom:\n  receiver:\n    port: 70000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 5") && e.contains("dicom.receiver.port") && e.contains("[1, 65535]"),
+            "{e}"
+        );
+        let e = parse("models:\n  segmentation: a\ndicom:\n  forward:\n    objects: [seg, pdf]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 5") && e.contains("dicom.forward.objects"), "{e}");
+        // across keys: forwarding an object that is not written
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            "models:\n  segmentation: a\ndicom:\n  outputs: [seg]\n  forward:\n    destinations: [{ae_title: PACS, host: pacs, port: 104}]\n",
+        )
+        .unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("c.yaml: key 'dicom.forward.objects': sr is forwarded"),
+            "{e}"
+        );
+        std::fs::write(&p, "models:\n  segmentation: a\ndicom:\n  outputs: [seg, sr]\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.daemon.dicom.outputs, c.dicom.outputs, "copied for the daemon");
     }
 
     #[test]

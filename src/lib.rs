@@ -11,6 +11,7 @@
 //! | [`stage_clock`] | wall time per forward stage for `bench` and reports, outside the model |
 //! | [`slice`] | one slice file (PNG, JPEG, DICOM) -> windowed 8-bit RGB, HU and metadata, or a reason |
 //! | [`data`] | CNCB and COVIDx data sets, synthetic chest CT phantoms |
+//! | [`dicom`] | DICOM out (SEG, TID 1500 SR, secondary capture) and in (C-STORE receiver), forwarding |
 //! | [`daemon`] | the screening daemon: watcher, durable queue, worker, outputs, series, socket server |
 //! | [`protocol`] | the daemon <-> dashboard messages (line-delimited JSON) |
 //! | [`structures`] | plain-data findings shared by screening, reports and the protocol |
@@ -28,6 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod data;
 pub mod device;
+pub mod dicom;
 pub mod error;
 pub mod eval;
 pub mod fsutil;

@@ -61,6 +61,11 @@ pub enum Request {
     Series {
         key: String,
     },
+    /// Sends failed DICOM forwards again: one outbox row, or every failed one (`id` absent).
+    RetryForward {
+        #[serde(default)]
+        id: Option<i64>,
+    },
     /// A request type this build does not know (from a newer client).
     #[serde(other)]
     Unknown,
@@ -150,6 +155,36 @@ pub struct Snapshot {
     pub throughput: Throughput,
     #[serde(default)]
     pub disk: Option<DiskInfo>,
+    /// DICOM forwarding (None when no destination is configured).
+    #[serde(default)]
+    pub outbox: Option<OutboxStatus>,
+}
+
+/// The DICOM forwarding outbox: counts, and the rows not yet sent (newest first, capped).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    pub pending: u64,
+    pub sent: u64,
+    /// Gave up after the configured retries; `retry_forward` sends them again.
+    pub failed: u64,
+    pub items: Vec<OutboxItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    pub id: i64,
+    /// `AE@host:port`.
+    pub destination: String,
+    pub series: String,
+    /// `seg`, `sr` or `sc`.
+    pub kind: String,
+    /// `pending` or `failed`.
+    pub state: String,
+    pub attempts: u32,
+    pub reason: Option<String>,
+    /// Seconds until the next try of a pending row that already failed once.
+    #[serde(default)]
+    pub next_retry_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -477,6 +512,8 @@ mod tests {
             Request::Pause,
             Request::Resume,
             Request::Retry { job_id: 42 },
+            Request::RetryForward { id: Some(3) },
+            Request::RetryForward { id: None },
             Request::Recent { limit: 5 },
             Request::Series { key: "1.2.3".into() },
         ] {
@@ -525,6 +562,21 @@ mod tests {
                 free_bytes: 1,
                 total_bytes: 2,
                 free_percent: 50.0,
+            }),
+            outbox: Some(OutboxStatus {
+                pending: 1,
+                sent: 2,
+                failed: 1,
+                items: vec![OutboxItem {
+                    id: 5,
+                    destination: "PACS@pacs:104".into(),
+                    series: "1.2.3".into(),
+                    kind: "seg".into(),
+                    state: "failed".into(),
+                    attempts: 11,
+                    reason: Some("cannot associate".into()),
+                    next_retry_s: None,
+                }],
             }),
             ..Snapshot::default()
         };

@@ -81,6 +81,9 @@ pub struct StatusArgs {
     /// Print the snapshot as JSON for scripts.
     #[arg(long)]
     pub json: bool,
+    /// Send failed DICOM forwards again: every one, or the outbox entry ID.
+    #[arg(long, value_name = "ID", num_args = 0..=1, default_missing_value = "all")]
+    pub retry_forward: Option<String>,
 }
 
 /// The socket a command should talk to.
@@ -93,6 +96,23 @@ pub fn socket_path(socket: Option<&Path>, config: Option<&Path>) -> anyhow::Resu
 
 pub fn run_status(a: &StatusArgs) -> anyhow::Result<()> {
     let socket = socket_path(a.socket.as_deref(), a.config.as_deref())?;
+    if let Some(which) = &a.retry_forward {
+        let id = match which.as_str() {
+            "all" => None,
+            n => Some(
+                n.parse::<i64>()
+                    .map_err(|_| anyhow::anyhow!("--retry-forward: `{n}` is not an outbox entry id"))?,
+            ),
+        };
+        let mut client = crate::daemon::Client::connect(&socket, Some(std::time::Duration::from_secs(10)))
+            .map_err(|e| anyhow::anyhow!("{}: cannot reach the daemon: {e}", socket.display()))?;
+        match client.request(&crate::protocol::Request::RetryForward { id })? {
+            crate::protocol::Message::Ack { message, .. } => println!("{message}"),
+            crate::protocol::Message::Error { message, .. } => anyhow::bail!("{message}"),
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        }
+        return Ok(());
+    }
     let s = crate::daemon::status_client(&socket)
         .map_err(|e| anyhow::anyhow!("{}: cannot reach the daemon: {e}", socket.display()))?;
     if a.json {
@@ -120,6 +140,36 @@ pub fn run_status(a: &StatusArgs) -> anyhow::Result<()> {
         "jobs: {} pending, {} running, {} done, {} failed, {} quarantined",
         c.pending, c.running, c.done, c.failed, c.quarantined
     );
+    if let Some(o) = &s.outbox {
+        println!(
+            "DICOM forwarding: {} pending, {} sent, {} failed{}",
+            o.pending,
+            o.sent,
+            o.failed,
+            if o.failed > 0 {
+                " (ctmask status --retry-forward)"
+            } else {
+                ""
+            }
+        );
+        for i in o
+            .items
+            .iter()
+            .filter(|i| i.state == "failed" || i.attempts > 0)
+            .take(10)
+        {
+            println!(
+                "  #{} {} of series {} to {}: {} after {} tries{}",
+                i.id,
+                i.kind,
+                i.series,
+                i.destination,
+                i.state,
+                i.attempts,
+                i.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+            );
+        }
+    }
     println!("{}", crate::DISCLAIMER);
     Ok(())
 }

@@ -51,6 +51,8 @@ pub enum DaemonError {
     Output { path: PathBuf, source: std::io::Error },
     #[error("the screener could not be built: {0}")]
     Screener(String),
+    #[error("cannot listen for DICOM on {addr}: {source}")]
+    DicomListen { addr: String, source: std::io::Error },
     #[error("cannot start thread {name}: {source}")]
     Thread {
         name: &'static str,
@@ -139,6 +141,7 @@ pub fn run(
         tracing::info!(files = swept, "removed temporary files left by a crash");
     }
     let server = server::Server::bind(&settings)?;
+    let dicom_rx = crate::dicom::receiver::listen(&settings)?;
     let (identity, start_worker_tx, worker_handle) = start_worker(make_screener)?;
     let models_hash = models_hash(&identity.models);
     let mut queue = Queue::open(&settings.state, &models_hash)?;
@@ -192,7 +195,7 @@ pub fn run(
         let shared = shared.clone();
         move || intake::intake_loop(shared, intake_queue, taken_rx)
     })?;
-    let watch = watcher::Watcher::new(settings.clone(), known, taken_tx);
+    let watch = watcher::Watcher::new(crate::dicom::receiver::watched(&settings), known, taken_tx);
     if !watch.polled_dirs().is_empty() {
         tracing::info!(
             folders = watch.polled_dirs().len(),
@@ -209,6 +212,16 @@ pub fn run(
         let shared = shared.clone();
         move || server.serve(shared)
     })?;
+    let mut threads = vec![watcher, intake, reader, serve];
+    if let Some(listener) = dicom_rx {
+        let (shared, models_hash) = (shared.clone(), models_hash.clone());
+        threads.push(spawn("dicom-rx", move || {
+            crate::dicom::receiver::serve(listener, shared, models_hash)
+        })?);
+    }
+    if let Some(forwarder) = crate::dicom::forward::Forwarder::new(&shared)? {
+        threads.push(spawn("forward", move || forwarder.run())?);
+    }
 
     shared.publish(
         EventKind::DaemonStarted,
@@ -229,7 +242,7 @@ pub fn run(
     watch_stop.store(true, Ordering::SeqCst);
     shared.wake();
     let deadline = Instant::now() + Duration::from_secs_f64(shared.settings().drain_timeout_s);
-    for h in [watcher, intake, reader, serve] {
+    for h in threads {
         let _ = h.join();
     }
     while !worker_handle.is_finished() && Instant::now() < deadline {

@@ -149,11 +149,21 @@ impl Queue {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        conn.execute_batch(crate::dicom::forward::SCHEMA).map_err(db)?;
         Ok(Queue {
             conn,
             path,
             models: models.to_string(),
         })
+    }
+
+    /// The connection itself (the DICOM outbox lives in the same database).
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn into_connection(self) -> Connection {
+        self.conn
     }
 
     fn db(&self) -> impl Fn(rusqlite::Error) -> QueueError + '_ {

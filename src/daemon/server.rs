@@ -448,6 +448,7 @@ fn answer(request: &Request, shared: &Arc<Shared>, queue: &mut Queue) -> Message
                 (Err(e), _) | (_, Err(e)) => error("internal", e.to_string()),
             }
         }
+        Request::RetryForward { id } => crate::dicom::forward::answer_retry(shared, queue, *id),
         Request::Unknown => error("unknown_request", "request type not supported by this daemon"),
         Request::Hello { .. } | Request::Subscribe => error("internal", "handled elsewhere"),
     }

@@ -98,6 +98,9 @@ pub struct DaemonSettings {
     /// How slices are decoded; not a YAML key here: the caller copies it from the top-level config.
     #[serde(skip)]
     pub slice_options: SliceOptions,
+    /// The top-level `dicom:` block, copied here by the config loader (not a key of `daemon:`).
+    #[serde(skip)]
+    pub dicom: crate::dicom::DicomSettings,
 }
 
 impl Default for DaemonSettings {
@@ -129,6 +132,7 @@ impl Default for DaemonSettings {
             drain_timeout_s: 20.0,
             series: SeriesSettings::default(),
             slice_options: SliceOptions::default(),
+            dicom: crate::dicom::DicomSettings::default(),
         }
     }
 }

@@ -195,6 +195,7 @@ impl Shared {
             jobs: queue.open_jobs(200)?,
             throughput: self.throughput(),
             disk: self.disk.lock().ok().and_then(|d| d.clone()),
+            outbox: crate::dicom::forward::snapshot(queue, &settings),
         })
     }
 }

@@ -91,6 +91,11 @@ impl Supervisor {
             ),
             ("poll", old.poll != new.poll),
             ("device", old.device != new.device),
+            ("dicom.receiver", old.dicom.receiver != new.dicom.receiver),
+            (
+                "dicom.forward.destinations",
+                old.dicom.forward.destinations.is_empty() != new.dicom.forward.destinations.is_empty(),
+            ),
         ]
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))
@@ -102,6 +107,7 @@ impl Supervisor {
         (applied.socket, applied.socket_group, applied.socket_mode) =
             (old.socket, old.socket_group, old.socket_mode);
         (applied.poll, applied.device, applied.slice_options) = (old.poll, old.device, old.slice_options);
+        applied.dicom.receiver = old.dicom.receiver;
         if let Ok(mut s) = self.shared.settings.write() {
             *s = applied;
         }
@@ -191,6 +197,7 @@ impl Supervisor {
         let revision = self.queue.series_revision(key).map_err(|e| e.to_string())?;
         let report = series::build(key, slices, &settings.series, revision, &self.shared.models);
         report.write(&settings.output).map_err(|e| e.to_string())?;
+        crate::dicom::after_series_report(&self.shared, &self.queue, &report, settings);
         let summary = serde_json::to_string(&report.summary()).map_err(|e| e.to_string())?;
         self.queue
             .series_reported(key, last_done, &summary)

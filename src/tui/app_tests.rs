@@ -454,6 +454,11 @@ fn r_retries_a_failed_job_after_confirmation() {
     press(&mut app, "r");
     assert!(matches!(app.mode, Mode::Confirm { job_id: 61, .. }));
     assert_eq!(sends(&press(&mut app, "Y")), vec![Request::Retry { job_id: 61 }]);
+    // F resends every failed DICOM forward.
+    assert_eq!(
+        sends(&press(&mut app, "F")),
+        vec![Request::RetryForward { id: None }]
+    );
     // Elsewhere r explains where it works.
     press(&mut app, "2r");
     assert_eq!(app.mode, Mode::Normal);

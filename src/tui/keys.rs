@@ -77,6 +77,10 @@ impl App {
             }
             Key::Char('p') => return self.pause_or_resume(),
             Key::Char('r') => self.ask_retry(),
+            Key::Char('F') => {
+                return self
+                    .send_or_explain(Request::RetryForward { id: None }, "resend failed DICOM forwards");
+            }
             Key::Char('f') => self.toggle_freeze(),
             _ => {}
         }

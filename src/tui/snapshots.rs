@@ -101,6 +101,7 @@ pub(crate) fn snapshot() -> Snapshot {
             total_bytes: 200 << 30,
             free_percent: 60.0,
         }),
+        outbox: None,
     }
 }
 

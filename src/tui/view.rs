@@ -28,6 +28,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("p", "pause or resume intake in the daemon"),
     ("r", "retry the selected failed job (y/n)"),
     ("f", "freeze / unfreeze the display"),
+    ("F", "resend failed DICOM forwards"),
 ];
 
 pub fn render(app: &App, frame: &mut Frame) {

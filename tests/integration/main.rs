@@ -4,6 +4,8 @@ mod cli_inputs;
 mod common;
 mod daemon_e2e;
 mod demo_weights;
+mod dicom_net;
+mod dicom_out;
 mod hostile_files;
 mod import;
 mod keys;

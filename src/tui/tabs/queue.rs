@@ -19,8 +19,10 @@ pub fn render(app: &App, frame: &mut Frame, area: Rect) {
         frame.render_widget(text, area);
         return;
     };
-    let [summary, jobs] = Layout::vertical([Constraint::Length(3), Constraint::Min(3)]).areas(area);
-    frame.render_widget(Paragraph::new(summary_lines(snapshot)), summary);
+    let lines = summary_lines(snapshot);
+    let [summary, jobs] =
+        Layout::vertical([Constraint::Length(lines.len() as u16), Constraint::Min(3)]).areas(area);
+    frame.render_widget(Paragraph::new(lines), summary);
 
     let visible = app.visible_jobs();
     let title = format!(" jobs: {} of {} ", visible.len(), snapshot.jobs.len());
@@ -69,7 +71,7 @@ fn summary_lines(s: &Snapshot) -> Vec<Line<'static>> {
         ),
         None => "unknown".into(),
     };
-    vec![
+    let mut lines = vec![
         Line::from(vec![Span::raw(" intake  "), intake, Span::raw(watch)]),
         Line::from(format!(
             " queue   {} pending · {} running · {} failed · {} quarantined · {} done",
@@ -79,7 +81,30 @@ fn summary_lines(s: &Snapshot) -> Vec<Line<'static>> {
             " disk    {disk} · {:.2} slices/s",
             s.throughput.slices_per_s
         )),
-    ]
+    ];
+    // DICOM forwarding, when configured: failed sends stand out (`ctmask status --retry-forward`).
+    if let Some(o) = &s.outbox {
+        let failed = Span::styled(
+            format!("{} failed", o.failed),
+            if o.failed > 0 {
+                Style::new().fg(Color::Red).bold()
+            } else {
+                Style::new()
+            },
+        );
+        let reason = o
+            .items
+            .iter()
+            .find_map(|i| i.reason.clone())
+            .map(|r| format!(" · last error: {r}"))
+            .unwrap_or_default();
+        lines.push(Line::from(vec![
+            Span::raw(format!(" forward {} pending · ", o.pending)),
+            failed,
+            Span::raw(format!(" · {} sent{reason}", o.sent)),
+        ]));
+    }
+    lines
 }
 
 fn state_style(state: JobState) -> Style {
