@@ -21,6 +21,8 @@
 //! | [`tui`] | the ratatui dashboard; talks only to the daemon's socket |
 //! | [`fsutil`] | files that appear whole (temporary name, fsync, rename) |
 //! | [`checkpoint`] | a safe reader of PyTorch `torch.save` files (zip and legacy) |
+//! | [`training`] | training loops, Adam with resumable state, curves, metrics (mask AP, confusion matrix) |
+//! | [`error`] | the library's error enum and `Result` |
 //! | [`cli`] | the command implementations behind `main.rs` |
 
 pub mod checkpoint;
@@ -31,19 +33,16 @@ pub mod data;
 pub mod device;
 pub mod dicom;
 pub mod error;
-pub mod eval;
 pub mod fsutil;
 pub mod lung;
 pub mod model;
 pub mod ops;
-pub mod optim;
-pub mod plot;
 pub mod protocol;
 pub mod screening;
 pub mod slice;
 pub mod stage_clock;
 pub mod structures;
-pub mod train;
+pub mod training;
 pub mod tui;
 
 pub use error::{Error, Result};

@@ -300,7 +300,8 @@ fn train_step(model: &MaskRcnn, s: &Slice, json: bool) -> anyhow::Result<()> {
         labels: Tensor::from_slice(&[1i64, 2, 1]).to_device(device),
         masks,
     };
-    let mut adam = crate::optim::Adam::new(crate::train::segmentation_parameters(model), 1e-5, 1e-3);
+    let mut adam =
+        crate::training::optim::Adam::new(crate::training::segmentation_parameters(model), 1e-5, 1e-3);
     let mut times = Vec::new();
     let mut rng = crate::ops::sampler::sampling_rng(0, 0);
     for _ in 0..3 {

@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use crate::data::covidx::CovidxDataset;
 use crate::device::DeviceChoice;
-use crate::eval::{CLASSIFIER_CLASSES, classification_metrics};
 use crate::model::MaskRcnn;
-use crate::train::{
+use crate::training::eval::{CLASSIFIER_CLASSES, classification_metrics};
+use crate::training::{
     ClsTrainOptions, PilResize, UpdateType, classifier_image, copy_matching, train_classifier,
 };
 

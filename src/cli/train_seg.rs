@@ -6,9 +6,9 @@ use anyhow::Context;
 
 use crate::data::cncb::{CncbDataset, CncbOptions, Labelling, MaskType, TargetOptions};
 use crate::device::DeviceChoice;
-use crate::eval::{MaskInstance, SegmentationEvaluator};
 use crate::model::{MaskRcnn, ModelConfig};
-use crate::train::{SegTrainOptions, train_segmentation};
+use crate::training::eval::{MaskInstance, SegmentationEvaluator};
+use crate::training::{SegTrainOptions, train_segmentation};
 
 /// Mask types of the CNCB masks.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -286,7 +286,7 @@ pub fn evaluate(
     data: &CncbDataset,
     confidence: f64,
     mask_threshold: f64,
-) -> anyhow::Result<crate::eval::SegmentationMetrics> {
+) -> anyhow::Result<crate::training::eval::SegmentationMetrics> {
     let mut cfg = model.cfg.clone();
     cfg.box_score_thresh = confidence;
     model.set_config(cfg)?;
@@ -343,7 +343,7 @@ fn log_image(path: &Path, preds: &[MaskInstance], gts: &[MaskInstance]) {
             let best = gts
                 .iter()
                 .filter(|g| g.label == p.label)
-                .map(|g| crate::eval::mask_iou(&p.mask, &g.mask))
+                .map(|g| crate::training::eval::mask_iou(&p.mask, &g.mask))
                 .fold(0.0f64, f64::max);
             format!("{}:{:.3}/iou{:.2}", p.label, p.score, best)
         })
@@ -354,7 +354,7 @@ fn log_image(path: &Path, preds: &[MaskInstance], gts: &[MaskInstance]) {
         .collect();
     tracing::debug!(
         image = %path.display(),
-        ap_50 = crate::eval::image_ap(preds, gts, 0.5),
+        ap_50 = crate::training::eval::image_ap(preds, gts, 0.5),
         ground_truth = %ground_truth.join(" "),
         predictions = %predictions.join(" "),
         "evaluated"

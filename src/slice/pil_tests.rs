@@ -111,7 +111,7 @@ fn bilinear_resizes_equal_pils() {
 
 #[test]
 fn classifier_images_are_resized_as_pil_does() {
-    use crate::train::{PilResize, classifier_image};
+    use crate::training::{PilResize, classifier_image};
     let dir = corpus();
     // training's Resize((64, 64)) and evaluation's Resize(23) (shorter side) of a 37x23 slice
     for (resize, expected) in [

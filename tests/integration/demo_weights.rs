@@ -88,7 +88,7 @@ fn demo_classifier_scores_on_a_test_subset() {
     let cm = demo_classifier_confusion(4343);
     assert_eq!(cm, [[5, 0, 0], [0, 5, 0], [0, 0, 5]]);
     let cm = demo_classifier_confusion(4242);
-    let m = ctmask::eval::classification_metrics(cm);
+    let m = ctmask::training::eval::classification_metrics(cm);
     assert!(m.accuracy >= 13.0 / 15.0 - 1e-9, "{cm:?}");
     assert_eq!(cm[0], [5, 0, 0], "no Control slice called otherwise: {cm:?}");
     assert!(cm[2][2] >= 3, "{cm:?}");

@@ -1,5 +1,6 @@
 //! ctmask's one integration-test binary (every extra test binary would link libtorch again).
 
+mod checkpoint_keys;
 mod cli_inputs;
 mod common;
 mod daemon_e2e;
@@ -8,7 +9,6 @@ mod dicom_net;
 mod dicom_out;
 mod hostile_files;
 mod import;
-mod keys;
 mod model_smoke;
 mod parity;
 mod synth_dicom;

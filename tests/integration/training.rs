@@ -4,7 +4,7 @@
 use ctmask::data::cncb::{CncbDataset, CncbOptions};
 use ctmask::data::synth::{ClassChoice, Layout, SynthOptions, run_synth};
 use ctmask::model::MaskRcnn;
-use ctmask::train::{SegTrainOptions, optimizer_path, train_segmentation};
+use ctmask::training::{SegTrainOptions, optimizer_path, train_segmentation};
 
 #[test]
 fn resume_continues_from_the_saved_epoch_and_optimizer_state() {

@@ -3,6 +3,13 @@
 //! counted in the epoch average, checkpoints every N epochs (model file + optimizer state +
 //! epoch), a validation pass each epoch (eval mode by default; the original's train-mode pass is
 //! an option), a CSV log and a PNG plot of the curves next to the checkpoints.
+//!
+//! Beside the loops: [`optim`] (Adam with resumable state), [`plot`] (the curves' PNG) and
+//! [`eval`] (the original's per-image mask AP, COCO AP and the confusion matrix).
+
+pub mod eval;
+pub mod optim;
+pub mod plot;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -16,8 +23,8 @@ use tch::{Device, Tensor};
 use crate::data::cncb::{CncbDataset, Instance};
 use crate::model::{MaskRcnn, Target};
 use crate::ops::sampler::{SamplingRng, sampling_rng};
-use crate::optim::Adam;
 use crate::slice::Slice;
+use crate::training::optim::Adam;
 use crate::{Error, Result};
 
 /// Options of `ctmask train-segmentation`.
@@ -315,7 +322,7 @@ pub fn plot_log(csv: &str, png: &Path) -> Result<()> {
             }
         }
     }
-    crate::plot::line_plot(png, &cols, 640, 360)
+    crate::training::plot::line_plot(png, &cols, 640, 360)
 }
 
 /// What the classifier trains (§4.5).

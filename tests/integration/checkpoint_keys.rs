@@ -117,7 +117,7 @@ fn varstore_paths_are_the_original_keys_for_every_variant() {
 
 #[test]
 fn trainable_parameters_of_heads_bn_match_spec_4_5() {
-    use ctmask::train::{UpdateType, classifier_parameters};
+    use ctmask::training::{UpdateType, classifier_parameters};
     let count = |cfg: &ModelConfig, u| -> usize {
         let m = MaskRcnn::new(cfg, tch::Device::Cpu).unwrap();
         classifier_parameters(&m, u).iter().map(|(_, t)| t.numel()).sum()
