@@ -25,6 +25,24 @@ mod vr_un;
 
 use std::path::Path;
 
+/// Transfer syntaxes the reader decodes (implicit/explicit little, explicit big, deflate, RLE,
+/// JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000); every one has a fixture.
+pub const DECODED_TRANSFER_SYNTAXES: [&str; 13] = [
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+];
+
 /// How DICOM pixels become the 8-bit model input, and what the reader refuses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SliceOptions {

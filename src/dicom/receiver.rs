@@ -45,23 +45,8 @@ pub const CT_STORAGE_CLASSES: [&str; 3] = [
     "1.2.840.10008.5.1.4.1.1.2.2",
 ];
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
-/// Transfer syntaxes the slice reader decodes (implicit/explicit little, explicit big, deflate,
-/// RLE, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000).
-pub const TRANSFER_SYNTAXES: [&str; 13] = [
-    "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.2",
-    "1.2.840.10008.1.2.1.99",
-    "1.2.840.10008.1.2.5",
-    "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.51",
-    "1.2.840.10008.1.2.4.57",
-    "1.2.840.10008.1.2.4.70",
-    "1.2.840.10008.1.2.4.80",
-    "1.2.840.10008.1.2.4.81",
-    "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.91",
-];
+/// Transfer syntaxes accepted: every one the slice reader decodes.
+pub const TRANSFER_SYNTAXES: [&str; 13] = crate::slice::DECODED_TRANSFER_SYNTAXES;
 
 pub const STATUS_SUCCESS: u16 = 0x0000;
 pub const STATUS_OUT_OF_RESOURCES: u16 = 0xA700;

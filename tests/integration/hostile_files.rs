@@ -18,16 +18,8 @@ fn chest_path() -> PathBuf {
     super::common::shared().join("data/dicom/chest_ct1_128_crop_explicit_le.dcm")
 }
 
-/// The chest CT with `rows` x `cols`, `frames` frames and the given pixel data, written with
-/// transfer syntax `ts`.
-fn dicom_bomb(
-    path: &Path,
-    ts: &str,
-    rows: u16,
-    cols: u16,
-    frames: u32,
-    pixels: DataElement<dicom_object::mem::InMemDicomObject>,
-) {
+/// The chest CT's data set under a file meta of transfer syntax `ts`.
+fn chest_with_syntax(ts: &str) -> DefaultDicomObject {
     let chest = OpenFileOptions::new().open_file(chest_path()).unwrap();
     let meta = FileMetaTableBuilder::new()
         .transfer_syntax(ts)
@@ -39,6 +31,20 @@ fn dicom_bomb(
     for e in chest.iter() {
         obj.put(e.clone());
     }
+    obj
+}
+
+/// The chest CT with `rows` x `cols`, `frames` frames and the given pixel data, written with
+/// transfer syntax `ts`.
+fn dicom_bomb(
+    path: &Path,
+    ts: &str,
+    rows: u16,
+    cols: u16,
+    frames: u32,
+    pixels: DataElement<dicom_object::mem::InMemDicomObject>,
+) {
+    let mut obj = chest_with_syntax(ts);
     obj.put(DataElement::new(
         tags::ROWS,
         VR::US,
@@ -120,17 +126,7 @@ fn corpus(dir: &Path) -> Vec<(PathBuf, &'static str)> {
         "corrupt: deflated data set inflates to more than",
     );
     {
-        let chest = OpenFileOptions::new().open_file(chest_path()).unwrap();
-        let meta = FileMetaTableBuilder::new()
-            .transfer_syntax("1.2.840.10008.1.2.1.99")
-            .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.2")
-            .media_storage_sop_instance_uid("2.25.1235")
-            .build()
-            .unwrap();
-        let mut obj = DefaultDicomObject::new_empty_with_meta(meta);
-        for e in chest.iter() {
-            obj.put(e.clone());
-        }
+        let mut obj = chest_with_syntax("1.2.840.10008.1.2.1.99");
         obj.put(DataElement::new(
             dicom_core::Tag(0x0009, 0x1001),
             VR::OB,
