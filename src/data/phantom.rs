@@ -9,6 +9,7 @@
 //! 3 consolidation.
 
 use super::anatomy::Anatomy;
+#[cfg(test)]
 pub(crate) use super::anatomy::Tissue;
 use super::canvas::{blur121, soft_disc, soft_stroke};
 use super::lesions::{LesionVariant, add_lesions};
