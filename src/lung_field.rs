@@ -75,11 +75,17 @@ impl LungField {
         let fraction = |field: &[bool], m: &[bool]| {
             let area = m.iter().filter(|&&v| v).count();
             let inside = m.iter().zip(field).filter(|&(&v, &f)| v && f).count();
-            if area == 0 { 0.0 } else { inside as f64 / area as f64 }
+            if area == 0 {
+                0.0
+            } else {
+                inside as f64 / area as f64
+            }
         };
         let mut grows = vec![false; w * h];
         let near: Vec<bool> = self.mask.iter().zip(&self.hull).map(|(&m, &h)| m || h).collect();
-        let seed = |m: &Vec<bool>| fraction(&near, m) >= SEED_FRACTION || contact(&self.mask, m, w, h) >= SEED_CONTACT;
+        let seed = |m: &Vec<bool>| {
+            fraction(&near, m) >= SEED_FRACTION || contact(&self.mask, m, w, h) >= SEED_CONTACT
+        };
         for m in lesions.iter().filter(|m| seed(m)) {
             for (g, &v) in grows.iter_mut().zip(m.iter()) {
                 *g |= v;
@@ -131,7 +137,11 @@ fn contact(field: &[bool], m: &[bool], w: usize, h: usize) -> f64 {
             touching += usize::from(outside.iter().any(|&j| field[j]));
         }
     }
-    if border == 0 { 0.0 } else { touching as f64 / border as f64 }
+    if border == 0 {
+        0.0
+    } else {
+        touching as f64 / border as f64
+    }
 }
 
 /// The lung field of a slice (HU when it has them, else the windowed grey level).
@@ -258,7 +268,10 @@ fn close_and_fill(comp: &[usize], w: usize, h: usize, radius: f64, mask: &mut [b
             if !filled[ly * lw + lx] {
                 continue;
             }
-            let (x, y) = (lx as isize + x0 as isize - pad as isize, ly as isize + y0 as isize - pad as isize);
+            let (x, y) = (
+                lx as isize + x0 as isize - pad as isize,
+                ly as isize + y0 as isize - pad as isize,
+            );
             if x >= 0 && y >= 0 && (x as usize) < w && (y as usize) < h {
                 mask[y as usize * w + x as usize] = true;
             }
@@ -271,7 +284,8 @@ fn fill_hull(comp: &[usize], w: usize, out: &mut [bool]) {
     let mut pts: Vec<(i64, i64)> = comp.iter().map(|&i| ((i % w) as i64, (i / w) as i64)).collect();
     pts.sort_unstable();
     pts.dedup();
-    let cross = |o: (i64, i64), a: (i64, i64), b: (i64, i64)| (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0);
+    let cross =
+        |o: (i64, i64), a: (i64, i64), b: (i64, i64)| (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0);
     let mut hull: Vec<(i64, i64)> = Vec::new();
     for pass in 0..2 {
         let start = hull.len();
@@ -293,7 +307,10 @@ fn fill_hull(comp: &[usize], w: usize, out: &mut [bool]) {
     }
     let span = |f: fn(&(i64, i64)) -> i64| {
         let v: Vec<i64> = hull.iter().map(f).collect();
-        (v.iter().copied().min().unwrap_or(0), v.iter().copied().max().unwrap_or(-1))
+        (
+            v.iter().copied().min().unwrap_or(0),
+            v.iter().copied().max().unwrap_or(-1),
+        )
     };
     let ((x0, x1), (y0, y1)) = (span(|p| p.0), span(|p| p.1));
     for y in y0..=y1 {

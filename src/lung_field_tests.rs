@@ -33,7 +33,12 @@ fn lesion_components(mask: &[u8], n: usize) -> Vec<Vec<bool>> {
         while let Some(i) = stack.pop() {
             m[i] = true;
             let (x, y) = (i % n, i / n);
-            for (ok, j) in [(x > 0, i.wrapping_sub(1)), (x + 1 < n, i + 1), (y > 0, i.wrapping_sub(n)), (y + 1 < n, i + n)] {
+            for (ok, j) in [
+                (x > 0, i.wrapping_sub(1)),
+                (x + 1 < n, i + 1),
+                (y > 0, i.wrapping_sub(n)),
+                (y + 1 < n, i + n),
+            ] {
                 if ok && mask[j] >= 2 && !seen[j] {
                     seen[j] = true;
                     stack.push(j);

@@ -208,7 +208,10 @@ impl ModelScreener {
                         .to_device(Device::Cpu),
                 )
                 .map_err(torch)?;
-                bytes.chunks_exact(w * h).map(|c| c.iter().map(|&v| v != 0).collect()).collect()
+                bytes
+                    .chunks_exact(w * h)
+                    .map(|c| c.iter().map(|&v| v != 0).collect())
+                    .collect()
             }
             _ => vec![vec![false; w * h]; keep.len()],
         };
@@ -220,7 +223,11 @@ impl ModelScreener {
             if gate.flagged[k] {
                 continue;
             }
-            for (i, _) in m.iter().enumerate().filter(|&(i, &on)| on && gate.counts_pixel(i)) {
+            for (i, _) in m
+                .iter()
+                .enumerate()
+                .filter(|&(i, &on)| on && gate.counts_pixel(i))
+            {
                 label_mask[i] = values[k];
             }
         }

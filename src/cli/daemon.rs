@@ -112,7 +112,11 @@ pub fn run_status(a: &StatusArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(|t| format!(" (trained on {t})"))
             .unwrap_or_default();
-        println!("  model {} {}{trained}", m.name, &m.sha256[..m.sha256.len().min(12)]);
+        println!(
+            "  model {} {}{trained}",
+            m.name,
+            &m.sha256[..m.sha256.len().min(12)]
+        );
     }
     println!(
         "intake {}{}",

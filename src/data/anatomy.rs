@@ -42,7 +42,11 @@ enum Fill {
     /// `hu + tex * smooth texture`.
     Plain(f32, f32, Tissue),
     /// Cortex outside `inner` (fraction of the radius), marrow inside.
-    Bone { cortex: f32, marrow: f32, inner: f64 },
+    Bone {
+        cortex: f32,
+        marrow: f32,
+        inner: f64,
+    },
     Air,
 }
 
@@ -86,7 +90,11 @@ impl Canvas {
         let (tex, fine) = (self.tex[i], self.fine[i]);
         match fill {
             Fill::Plain(hu, amp, t) => (hu + amp * tex + 0.5 * amp * fine, t),
-            Fill::Bone { cortex, marrow, inner } => {
+            Fill::Bone {
+                cortex,
+                marrow,
+                inner,
+            } => {
                 let k = ((r - inner) / (1.0 - inner).max(1e-3) * 2.0).clamp(0.0, 1.0) as f32;
                 let m = marrow + 35.0 * tex + 25.0 * fine;
                 (m + (cortex + 60.0 * fine - m) * k, Tissue::Bone)
@@ -427,13 +435,7 @@ impl Anatomy {
                 let wall = self.wall(alpha);
                 let (x, y) = self.at_depth(alpha, (wall[3] + wall[4]) / 2.0);
                 let tangent = alpha; // the long axis follows the body outline
-                let rib = Ellipse::new(
-                    x,
-                    y,
-                    rng.range(7.0, 15.0) * s,
-                    rng.range(4.0, 5.2) * s,
-                    tangent,
-                );
+                let rib = Ellipse::new(x, y, rng.range(7.0, 15.0) * s, rng.range(4.0, 5.2) * s, tangent);
                 let fill = Fill::Bone {
                     cortex: rng.range(750.0, 950.0) as f32,
                     marrow: rng.range(230.0, 330.0) as f32,
@@ -476,9 +478,18 @@ impl Anatomy {
         let (s, (vx, vy)) = (self.s, self.spine);
         let k = if self.neck { 0.6 } else { 1.0 };
         let soft = Fill::Plain(40.0, 5.0, Tissue::Soft);
-        c.ellipse(&Ellipse::new(vx, vy + 6.0 * s, 38.0 * s * k, 32.0 * s * k, 0.0), soft);
+        c.ellipse(
+            &Ellipse::new(vx, vy + 6.0 * s, 38.0 * s * k, 32.0 * s * k, 0.0),
+            soft,
+        );
         for side in [-1.0, 1.0] {
-            let m = Ellipse::new(vx + side * 29.0 * s * k, vy + 42.0 * s * k, 21.0 * s * k, 20.0 * s * k, side * 0.2);
+            let m = Ellipse::new(
+                vx + side * 29.0 * s * k,
+                vy + 42.0 * s * k,
+                21.0 * s * k,
+                20.0 * s * k,
+                side * 0.2,
+            );
             c.ellipse(&m, Fill::Plain(44.0, 5.0, Tissue::Soft));
         }
         let r = 24.0 * s * k;
@@ -489,13 +500,28 @@ impl Anatomy {
             inner,
         };
         for side in [-1.0, 1.0] {
-            let process = Ellipse::new(vx + side * 20.0 * s * k, canal.1 - 2.0 * s * k, 17.0 * s * k, 5.0 * s * k, side * 0.45);
+            let process = Ellipse::new(
+                vx + side * 20.0 * s * k,
+                canal.1 - 2.0 * s * k,
+                17.0 * s * k,
+                5.0 * s * k,
+                side * 0.45,
+            );
             c.ellipse(&process, bone(0.4));
         }
-        c.ellipse(&Ellipse::new(canal.0, canal.1 + 20.0 * s * k, 5.0 * s * k, 15.0 * s * k, 0.0), bone(0.4));
+        c.ellipse(
+            &Ellipse::new(canal.0, canal.1 + 20.0 * s * k, 5.0 * s * k, 15.0 * s * k, 0.0),
+            bone(0.4),
+        );
         c.ellipse(&Ellipse::circle(canal.0, canal.1, 15.0 * s * k), bone(0.5));
-        c.ellipse(&Ellipse::circle(canal.0, canal.1, 9.0 * s * k), Fill::Plain(12.0, 2.0, Tissue::Soft));
-        c.ellipse(&Ellipse::circle(canal.0, canal.1, 5.0 * s * k), Fill::Plain(34.0, 2.0, Tissue::Soft));
+        c.ellipse(
+            &Ellipse::circle(canal.0, canal.1, 9.0 * s * k),
+            Fill::Plain(12.0, 2.0, Tissue::Soft),
+        );
+        c.ellipse(
+            &Ellipse::circle(canal.0, canal.1, 5.0 * s * k),
+            Fill::Plain(34.0, 2.0, Tissue::Soft),
+        );
         c.ellipse(&Ellipse::new(vx, vy, r, r * 0.92, 0.0), bone(0.85));
     }
 
@@ -503,8 +529,14 @@ impl Anatomy {
         let s = self.s;
         let (vx, vy) = self.spine;
         let y = vy - 45.0 * s;
-        c.ellipse(&Ellipse::new(vx, y, 30.0 * s, 16.0 * s, 0.0), Fill::Plain(60.0, 6.0, Tissue::Soft)); // thyroid
-        c.ellipse(&Ellipse::circle(vx, y + 2.0 * s, 9.0 * s), Fill::Plain(40.0, 2.0, Tissue::Soft));
+        c.ellipse(
+            &Ellipse::new(vx, y, 30.0 * s, 16.0 * s, 0.0),
+            Fill::Plain(60.0, 6.0, Tissue::Soft),
+        ); // thyroid
+        c.ellipse(
+            &Ellipse::circle(vx, y + 2.0 * s, 9.0 * s),
+            Fill::Plain(40.0, 2.0, Tissue::Soft),
+        );
         c.ellipse(&Ellipse::circle(vx, y + 2.0 * s, 7.0 * s), Fill::Air);
     }
 
@@ -526,7 +558,10 @@ impl Anatomy {
         let blood = self.blood(true);
         // the mediastinal envelope: narrow in front, wide above the heart
         let width = if z < 0.45 { 40.0 } else { 26.0 } * s * rng.range(0.9, 1.1);
-        c.ellipse(&Ellipse::new(cx + 4.0 * s, top + depth * 0.5, width, depth * 0.56, 0.0), fat);
+        c.ellipse(
+            &Ellipse::new(cx + 4.0 * s, top + depth * 0.5, width, depth * 0.56, 0.0),
+            fat,
+        );
         // descending aorta beside the spine (in front of it in the abdomen)
         let r_ao = rng.range(11.0, 14.0) * s;
         let desc = (vx + 24.0 * s, vy - 24.0 * s);
@@ -561,7 +596,10 @@ impl Anatomy {
             c.tube((cx - 6.0 * s, front), desc, 12.0 * s, r_ao, blood); // aortic arch
         }
         if (0.27..0.52).contains(&z) {
-            c.ellipse(&Ellipse::circle(cx + 4.0 * s, front, rng.range(13.0, 16.0) * s), blood);
+            c.ellipse(
+                &Ellipse::circle(cx + 4.0 * s, front, rng.range(13.0, 16.0) * s),
+                blood,
+            );
         }
         if (0.15..0.5).contains(&z) {
             c.ellipse(&Ellipse::circle(cx - 26.0 * s, front + 2.0 * s, 9.0 * s), blood); // SVC
@@ -582,7 +620,10 @@ impl Anatomy {
             }
         }
         if (0.3..0.65).contains(&z) {
-            c.ellipse(&Ellipse::circle(vx - 15.0 * s, vy - 22.0 * s, 4.5 * s), self.blood(false)); // azygos
+            c.ellipse(
+                &Ellipse::circle(vx - 15.0 * s, vy - 22.0 * s, 4.5 * s),
+                self.blood(false),
+            ); // azygos
         }
         // airways: trachea, then the two main bronchi moving out to the hila
         let ty = vy - 50.0 * s;
@@ -593,12 +634,18 @@ impl Anatomy {
             let off = (10.0 + 240.0 * (z - 0.4)) * s;
             for side in [-1.0, 1.0] {
                 c.ellipse(&Ellipse::circle(cx + side * off, ty + 4.0 * s, 7.5 * s), soft);
-                c.ellipse(&Ellipse::circle(cx + side * off, ty + 4.0 * s, 5.8 * s), Fill::Air);
+                c.ellipse(
+                    &Ellipse::circle(cx + side * off, ty + 4.0 * s, 5.8 * s),
+                    Fill::Air,
+                );
             }
         }
         // oesophagus, sometimes with air
         let (ox, oy) = (vx - 5.0 * s, vy - 31.0 * s);
-        c.ellipse(&Ellipse::circle(ox, oy, 7.0 * s), Fill::Plain(38.0, 4.0, Tissue::Soft));
+        c.ellipse(
+            &Ellipse::circle(ox, oy, 7.0 * s),
+            Fill::Plain(38.0, 4.0, Tissue::Soft),
+        );
         if rng.chance(0.4) {
             c.ellipse(&Ellipse::circle(ox, oy, 2.0 * s), Fill::Air);
         }
@@ -623,7 +670,13 @@ impl Anatomy {
         if q2 > 0.0 {
             let stomach = Ellipse::new(vx + 72.0 * s, vy - 60.0 * s, 85.0 * s * q2, 70.0 * s * q2, -0.3);
             c.ellipse_in(&stomach, Fill::Plain(35.0, 5.0, Tissue::Soft), &cavity);
-            let bubble = Ellipse::new(stomach.cx + 10.0 * s, stomach.cy - 30.0 * s * q2, 30.0 * s * q2, 16.0 * s * q2, 0.0);
+            let bubble = Ellipse::new(
+                stomach.cx + 10.0 * s,
+                stomach.cy - 30.0 * s * q2,
+                30.0 * s * q2,
+                16.0 * s * q2,
+                0.0,
+            );
             c.ellipse_in(&bubble, Fill::Air, &cavity);
         }
     }

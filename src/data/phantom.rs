@@ -190,7 +190,14 @@ fn add_fissures(rng: &mut Rng, anatomy: &Anatomy, hu: &mut [f32], mask: &[u8], n
     }
     if (0.4..0.55).contains(&anatomy.z) {
         let y = anatomy.hila[0].1 - 10.0 * s;
-        soft_stroke(&mut w, n, (vx - 60.0 * s, y), (vx - 150.0 * s, y - 25.0 * s), 0.45, 0.45);
+        soft_stroke(
+            &mut w,
+            n,
+            (vx - 60.0 * s, y),
+            (vx - 150.0 * s, y - 25.0 * s),
+            0.45,
+            0.45,
+        );
     }
     for i in 0..n * n {
         if mask[i] == 1 && w[i] > 0.0 {
@@ -231,7 +238,11 @@ fn branch(
     let r_end = r * rng.range(0.7, 0.85);
     soft_stroke(w, n, from, to, r, r_end);
     let inside = |p: (f64, f64)| {
-        p.0 >= 0.0 && p.1 >= 0.0 && (p.0 as usize) < n && (p.1 as usize) < n && mask[p.1 as usize * n + p.0 as usize] == 1
+        p.0 >= 0.0
+            && p.1 >= 0.0
+            && (p.0 as usize) < n
+            && (p.1 as usize) < n
+            && mask[p.1 as usize * n + p.0 as usize] == 1
     };
     if depth >= 3 || r_end < 0.6 || (depth > 0 && !inside(to)) {
         return;

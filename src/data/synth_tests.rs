@@ -237,7 +237,15 @@ fn tissue_stats(ph: &Phantom, tissues: &[u8], tissue: Tissue) -> (f64, f64, f64,
     v.sort_by(f64::total_cmp);
     if !v.is_empty() {
         let q = |f: f64| v[((v.len() - 1) as f64 * f) as usize];
-        eprintln!("  {tissue:?} p1 {} p5 {} p25 {} p75 {} p95 {} p99 {}", q(0.01), q(0.05), q(0.25), q(0.75), q(0.95), q(0.99));
+        eprintln!(
+            "  {tissue:?} p1 {} p5 {} p25 {} p75 {} p95 {} p99 {}",
+            q(0.01),
+            q(0.05),
+            q(0.25),
+            q(0.75),
+            q(0.95),
+            q(0.99)
+        );
     }
     let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
     let sd = (v.iter().map(|h| (h - mean).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt();
@@ -262,13 +270,22 @@ fn tissue_hu_and_noise_correlation_match_the_real_figures() {
             assert!((55.0..=130.0).contains(&sd), "lung sd {sd}");
             let (mean, sd, _, count) = tissue_stats(&ph, &tissues, Tissue::Fat);
             eprintln!("  fat mean {mean:.0} sd {sd:.0} ({count} px)");
-            assert!((-120.0..=-80.0).contains(&mean) && (15.0..=32.0).contains(&sd), "fat {mean} {sd}");
+            assert!(
+                (-120.0..=-80.0).contains(&mean) && (15.0..=32.0).contains(&sd),
+                "fat {mean} {sd}"
+            );
             let (mean, sd, _, count) = tissue_stats(&ph, &tissues, Tissue::Soft);
             eprintln!("  soft mean {mean:.0} sd {sd:.0} ({count} px)");
-            assert!((20.0..=60.0).contains(&mean) && (15.0..=32.0).contains(&sd), "soft {mean} {sd}");
+            assert!(
+                (20.0..=60.0).contains(&mean) && (15.0..=32.0).contains(&sd),
+                "soft {mean} {sd}"
+            );
             let (mean, _, _, count) = tissue_stats(&ph, &tissues, Tissue::Bone);
             eprintln!("  bone mean {mean:.0} ({count} px)");
-            assert!(count > 50 && (200.0..=900.0).contains(&mean), "bone {mean} ({count} px)");
+            assert!(
+                count > 50 && (200.0..=900.0).contains(&mean),
+                "bone {mean} ({count} px)"
+            );
         }
     }
     // noise: spatial autocorrelation of the HU residual in soft tissue and fat cores
@@ -307,7 +324,10 @@ fn tissue_hu_and_noise_correlation_match_the_real_figures() {
     };
     let sd = (idx.iter().map(|&i| r(i).powi(2)).sum::<f64>() / idx.len() as f64).sqrt();
     let (c1, c2, c4) = (corr(1), corr(2), corr(4));
-    eprintln!("noise: sd {sd:.1} over {} px, correlation lag 1 {c1:.2}, lag 2 {c2:.2}, lag 4 {c4:.2}", idx.len());
+    eprintln!(
+        "noise: sd {sd:.1} over {} px, correlation lag 1 {c1:.2}, lag 2 {c2:.2}, lag 4 {c4:.2}",
+        idx.len()
+    );
     assert!(idx.len() > 5000);
     assert!((18.0..=27.0).contains(&sd), "local noise sd {sd}");
     assert!((0.35..=0.8).contains(&c1), "lag-1 correlation {c1}");
