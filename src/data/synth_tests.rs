@@ -235,18 +235,6 @@ fn tissue_stats(ph: &Phantom, tissues: &[u8], tissue: Tissue) -> (f64, f64, f64,
         }
     }
     v.sort_by(f64::total_cmp);
-    if !v.is_empty() {
-        let q = |f: f64| v[((v.len() - 1) as f64 * f) as usize];
-        eprintln!(
-            "  {tissue:?} p1 {} p5 {} p25 {} p75 {} p95 {} p99 {}",
-            q(0.01),
-            q(0.05),
-            q(0.25),
-            q(0.75),
-            q(0.95),
-            q(0.99)
-        );
-    }
     let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
     let sd = (v.iter().map(|h| (h - mean).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt();
     (mean, sd, v.get(v.len() / 2).copied().unwrap_or(f64::NAN), v.len())
