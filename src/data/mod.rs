@@ -6,6 +6,7 @@ mod canvas;
 pub mod cncb;
 pub mod covidx;
 mod lesions;
+mod mediastinum;
 mod phantom;
 mod rng;
 pub mod synth;
