@@ -85,12 +85,12 @@ fn demo_classifier_confusion(seed: u64) -> [[u64; 3]; 3] {
 
 #[test]
 fn demo_classifier_scores_on_a_test_subset() {
-    // the card's unseen seed-6262 set, first 15 of its 90 slices: [[4,1,0],[0,5,0],[1,1,3]]
-    // (12 of 15) when the card was written; accuracy 0.844 on all 90, under the 0.95 target
+    // the card's unseen seed-6262 set, first 15 of its 90 slices: [[4,1,0],[0,5,0],[1,0,4]]
+    // (13 of 15) when the card was written; accuracy 0.911 on all 90, under the 0.95 target
     // (see the card). At most one borderline slice may differ on another CPU.
     let cm = demo_classifier_confusion(6262);
     let right: u64 = (0..3).map(|k| cm[k][k]).sum();
-    assert!(right >= 12 - 1, "{cm:?}");
+    assert!(right >= 13 - 1, "{cm:?}");
     assert!(cm[1][1] >= 4, "pneumonia slices: {cm:?}");
 }
 
