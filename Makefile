@@ -73,7 +73,7 @@ test: $(STAMP) lint test-tools
 	$(CARGO_ENV) $(CARGO) test --release
 
 demo: build
-	./target/release/ctmask demo
+	./target/release/ctmask demo --log warn
 
 clean-venv:
 	rm -rf $(VENV)

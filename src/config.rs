@@ -96,6 +96,11 @@ pub struct ScreeningSettings {
     /// On the CPU, lay convolution weights out channels-last (faster oneDNN convolutions; the
     /// same results to float rounding). false keeps libtorch's default NCHW layout.
     pub cpu_channels_last: bool,
+    /// The lung gate: a lesion with less than this fraction of its mask inside the lung field is
+    /// flagged `outside_lung` and left out of the lesion counts, the involvement and the burden
+    /// (it stays listed in the slice report). 0 turns the gate off. The classifier's input is
+    /// never changed by it.
+    pub min_lung_fraction: Probability,
 }
 
 impl Default for ScreeningSettings {
@@ -105,6 +110,7 @@ impl Default for ScreeningSettings {
             score_threshold: Probability(0.05),
             precision: Precision::Fp32,
             cpu_channels_last: true,
+            min_lung_fraction: Probability(0.5),
         }
     }
 }

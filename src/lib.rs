@@ -17,7 +17,8 @@
 //! | [`structures`] | plain-data findings shared by screening, reports and the protocol |
 //! | [`ops`] | box maths, matcher, sampler, NMS, RoIAlign written on tensor ops |
 //! | [`screening`] | one slice through segmentation and classification to a finding (daemon and CLI) |
-//! | [`lung`] | lung-field estimate and the original's overlay rendering |
+//! | [`lung`] | the original's overlay rendering |
+//! | [`lung_field`] | the lung field (lungs with their dense lesions) and the gate on lesions outside it |
 //! | [`tui`] | the ratatui dashboard; talks only to the daemon's socket |
 //! | [`fsutil`] | files that appear whole (temporary name, fsync, rename) |
 //! | [`checkpoint`] | a safe reader of PyTorch `torch.save` files (zip and legacy) |
@@ -35,6 +36,7 @@ pub mod dicom;
 pub mod error;
 pub mod fsutil;
 pub mod lung;
+pub mod lung_field;
 pub mod model;
 pub mod ops;
 pub mod protocol;

@@ -1,57 +1,7 @@
-//! The lung field of a slice, estimated from HU (or from the windowed grey level when the input
-//! had no HU): air-like pixels (below -300 HU) that are not connected to the image border (the
-//! air outside the body), plus the lesion pixels (consolidation is dense). Used for the fraction
-//! of lung involved; an estimate, documented as such in reports.
+//! The original's overlay rendering (§2.8) of a slice's label mask and detection boxes. The lung
+//! field itself is in [`crate::lung_field`].
 
 use crate::slice::Slice;
-
-/// HU below which a pixel counts as air-like (lung parenchyma and GGO are -900..-300).
-pub const AIR_HU: f32 = -300.0;
-
-/// `H*W` booleans: inside the lung field.
-pub fn lung_field(s: &Slice, label_mask: &[u8]) -> Vec<bool> {
-    let (w, h) = (s.width as usize, s.height as usize);
-    let air: Vec<bool> = match &s.hu {
-        Some(hu) => hu.iter().map(|&v| v < AIR_HU).collect(),
-        None => {
-            // grey g = 255 * (HU + 1350) / 1500 under the lung window
-            let g_max = 255.0 * (AIR_HU + 1350.0) / 1500.0;
-            s.rgb.chunks_exact(3).map(|p| (p[0] as f32) < g_max).collect()
-        }
-    };
-    let mut outside = vec![false; w * h];
-    let mut stack: Vec<usize> = Vec::new();
-    for x in 0..w {
-        stack.push(x);
-        stack.push((h - 1) * w + x);
-    }
-    for y in 0..h {
-        stack.push(y * w);
-        stack.push(y * w + w - 1);
-    }
-    while let Some(i) = stack.pop() {
-        if outside[i] || !air[i] {
-            continue;
-        }
-        outside[i] = true;
-        let (x, y) = (i % w, i / w);
-        if x > 0 {
-            stack.push(i - 1);
-        }
-        if x + 1 < w {
-            stack.push(i + 1);
-        }
-        if y > 0 {
-            stack.push(i - w);
-        }
-        if y + 1 < h {
-            stack.push(i + w);
-        }
-    }
-    (0..w * h)
-        .map(|i| (air[i] && !outside[i]) || label_mask.get(i).is_some_and(|&m| m != 0))
-        .collect()
-}
 
 /// The original's overlay (§2.8): `addWeighted(slice, 0.5, mask, 0.75)` saturating, GGO red,
 /// consolidation blue (merged lesions red), with dashed boxes in the class colour.
@@ -107,7 +57,7 @@ mod tests {
     use crate::slice::{SliceFormat, SliceMeta};
 
     #[test]
-    fn lung_is_enclosed_air_plus_lesions() {
+    fn overlay_blends_lesion_colours() {
         // 8x8: outside air ring, body wall, a 2x2 air pocket inside, one dense lesion pixel
         let (w, h) = (8usize, 8usize);
         let mut hu = vec![-1000.0f32; w * h];
@@ -129,9 +79,6 @@ mod tests {
         };
         let mut lm = vec![0u8; 64];
         lm[5 * 8 + 5] = 2;
-        let lung = lung_field(&s, &lm);
-        assert_eq!(lung.iter().filter(|&&v| v).count(), 5);
-        assert!(!lung[0] && lung[3 * 8 + 3] && lung[5 * 8 + 5]);
         let o = overlay(&s, &lm, &[], &["ggo".into(), "consolidation".into()]);
         assert_eq!(&o[(5 * 8 + 5) * 3..(5 * 8 + 5) * 3 + 3], &[0, 0, 191]);
     }

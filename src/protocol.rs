@@ -191,6 +191,30 @@ pub struct OutboxItem {
 pub struct ModelInfo {
     pub name: String,
     pub sha256: String,
+    /// What the model was trained on (the model file's `training_data` metadata), e.g.
+    /// `synthetic phantoms`; None when the file does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_data: Option<String>,
+}
+
+impl ModelInfo {
+    /// Trained on synthetic phantoms (a demo model).
+    pub fn is_phantom_trained(&self) -> bool {
+        self.training_data
+            .as_deref()
+            .is_some_and(|t| t.to_ascii_lowercase().contains("synthetic"))
+    }
+}
+
+/// The banner shown while a phantom-trained model is loaded.
+pub const DEMO_MODEL_BANNER: &str = "demo model: not for real scans (trained on synthetic phantoms)";
+
+/// [`DEMO_MODEL_BANNER`] when any of `models` was trained on phantoms.
+pub fn demo_banner(models: &[ModelInfo]) -> Option<&'static str> {
+    models
+        .iter()
+        .any(ModelInfo::is_phantom_trained)
+        .then_some(DEMO_MODEL_BANNER)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -325,7 +349,15 @@ pub struct SliceSummary {
     pub report: String,
     pub label: Option<String>,
     pub probabilities: Option<[f32; 3]>,
+    /// Counted lesions per class (lesions flagged outside the lung are not counted).
     pub lesion_counts: BTreeMap<String, u32>,
+    /// Lesions flagged outside the lung field by the lung gate (listed in the slice report only).
+    #[serde(default)]
+    pub lesions_outside_lung: u32,
+    /// The lung gate's setting when the slice was screened (None: not gated).
+    #[serde(default)]
+    pub lung_gate_min_fraction: Option<f64>,
+    /// GGO and consolidation pixels counted (inside the lung field when the gate is on).
     pub ggo_px: u64,
     pub consolidation_px: u64,
     pub lung_px: Option<u64>,
@@ -535,6 +567,7 @@ mod tests {
             models: vec![ModelInfo {
                 name: "segmenter".into(),
                 sha256: "ab".into(),
+                training_data: None,
             }],
             intake: Intake {
                 paused: true,

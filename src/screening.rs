@@ -2,7 +2,8 @@
 //! the CLI. The worker thread that owns the models calls [`ModelScreener::screen_batch`]: the
 //! segmentation model runs on the whole batch (one padded tensor), the classifier on each slice
 //! (the original's one-at-a-time path, §4.6), and everything after the model (label mask,
-//! overlay, lung field, involvement) is plain Rust on the CPU.
+//! overlay, lung field, the lung gate, involvement) is plain Rust on the CPU. The lung gate
+//! acts on what is reported, never on the classifier's input.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,7 +15,9 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{ModelPaths, Precision, ScreeningSettings};
 use crate::model::{Detections, MaskRcnn, StageClock};
 use crate::slice::Slice;
-use crate::structures::{CLASS_NAMES, Classification, Finding, Lesion, MASK_CONSOLIDATION, MASK_GGO};
+use crate::structures::{
+    CLASS_NAMES, Classification, Finding, Lesion, LungGate, MASK_CONSOLIDATION, MASK_GGO,
+};
 use crate::{Error, Result};
 
 /// sha256 of a file, hex.
@@ -29,6 +32,8 @@ pub struct ModelScreener {
     pub classifier: Option<MaskRcnn>,
     pub settings: ScreeningSettings,
     identity: Vec<(String, String)>,
+    /// Per model in `identity`, its file's `training_data` metadata.
+    training_data: Vec<Option<String>>,
     device: Device,
 }
 
@@ -36,12 +41,14 @@ impl ModelScreener {
     /// Load the models once.
     pub fn new(paths: &ModelPaths, device: Device, settings: ScreeningSettings) -> Result<Self> {
         let mut identity = Vec::new();
+        let mut training_data = Vec::new();
         let mut load = |p: &Path| -> Result<MaskRcnn> {
             let name = p
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             identity.push((name, sha256_file(p)?));
+            training_data.push(training_data_of(p)?);
             MaskRcnn::load(p, device)
         };
         let segmentation = load(&paths.segmentation)?;
@@ -62,6 +69,7 @@ impl ModelScreener {
         }
         let mut s = Self::from_models(segmentation, classifier, settings, device);
         s.identity = identity;
+        s.training_data = training_data;
         Ok(s)
     }
 
@@ -77,6 +85,7 @@ impl ModelScreener {
             classifier,
             settings,
             identity: vec![("in-memory".into(), String::new())],
+            training_data: vec![None],
             device,
         };
         apply_precision(&mut s.segmentation, s.settings.precision, device);
@@ -90,6 +99,11 @@ impl ModelScreener {
             }
         }
         s
+    }
+
+    /// What each model was trained on (the files' `training_data` metadata), as `identity`.
+    pub fn training_data(&self) -> Vec<Option<String>> {
+        self.training_data.clone()
     }
 
     /// (file name, sha256) of the models, segmentation first.
@@ -181,81 +195,91 @@ impl ModelScreener {
                 }
             })
             .collect();
-        // On the model's device: areas, and the label of the last (lowest-scored) detection
-        // covering each pixel, as the original's figures paint them; only H*W bytes come back.
-        let (label_mask, areas): (Vec<u8>, Vec<i64>) = match d.binary_masks(self.settings.mask_threshold.0) {
+        // Each kept detection's binary mask comes back to the CPU ([K, H, W] bytes, K small
+        // after the score threshold): the lung gate needs each lesion's pixels.
+        let masks: Vec<Vec<bool>> = match d.binary_masks(self.settings.mask_threshold.0) {
             Some(m) if !keep.is_empty() => {
-                let dev = m.device();
-                let idx =
-                    Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
-                let m = m.index_select(0, &idx); // [K, H, W] bool
-                let areas = Vec::try_from(
-                    m.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Int64)
+                let idx = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                    .to_device(m.device());
+                let bytes: Vec<u8> = Vec::try_from(
+                    m.index_select(0, &idx)
+                        .to_kind(Kind::Uint8)
+                        .flatten(0, -1)
                         .to_device(Device::Cpu),
                 )
                 .map_err(torch)?;
-                let k = keep.len() as i64;
-                // the narrowest integer that holds k: [K, H, W] of it is the largest temporary here
-                let kind = if k <= i16::MAX as i64 {
-                    Kind::Int16
-                } else {
-                    Kind::Int64
-                };
-                let order = Tensor::arange_start(1, k + 1, (kind, dev)).view([k, 1, 1]);
-                let last = (m.to_kind(kind) * order)
-                    .amax([0i64].as_slice(), false)
-                    .to_kind(Kind::Int64); // [H, W], 0 = none
-                let mut lut = vec![0u8];
-                lut.extend(&values);
-                let lut = Tensor::from_slice(&lut).to_device(dev);
-                let lm = lut.index_select(0, &last.flatten(0, -1)).to_device(Device::Cpu);
-                (Vec::try_from(lm).map_err(torch)?, areas)
+                bytes
+                    .chunks_exact(w * h)
+                    .map(|c| c.iter().map(|&v| v != 0).collect())
+                    .collect()
             }
-            _ => (vec![0u8; w * h], vec![0; keep.len()]),
+            _ => vec![vec![false; w * h]; keep.len()],
         };
+        let gate = LungGateOutcome::compute(s, &masks, self.settings.min_lung_fraction.0);
+        // the label of the last (lowest-scored) counted detection covering each pixel, as the
+        // original's figures paint them; with the gate on, inside the lung field only
+        let mut label_mask = vec![0u8; w * h];
+        for (k, m) in masks.iter().enumerate() {
+            if gate.flagged[k] {
+                continue;
+            }
+            for (i, _) in m
+                .iter()
+                .enumerate()
+                .filter(|&(i, &on)| on && gate.counts_pixel(i))
+            {
+                label_mask[i] = values[k];
+            }
+        }
         let mut lesions = Vec::new();
         for (k, &i) in keep.iter().enumerate() {
-            let name = names[k].clone();
-            let area = areas[k].max(0) as u64;
             let b = &boxes[i];
             lesions.push(Lesion {
-                class: name,
+                class: names[k].clone(),
                 label: labels[i],
                 score: scores[i],
                 bbox: [b[0], b[1], b[2], b[3]],
-                area_px: area,
+                area_px: masks[k].iter().filter(|&&v| v).count() as u64,
                 area_mm2: None,
+                lung_fraction: Some(gate.fractions[k]),
+                outside_lung: gate.flagged[k],
             });
         }
-        let lung = crate::lung::lung_field(s, &label_mask);
-        let lung_px = lung.iter().filter(|&&v| v).count() as u64;
+        let lung_px = gate.field.iter().filter(|&&v| v).count() as u64;
         let mut involvement = BTreeMap::new();
         if lung_px > 0 {
             for (name, value) in [("ggo", MASK_GGO), ("consolidation", MASK_CONSOLIDATION)] {
                 let n = label_mask
                     .iter()
-                    .zip(&lung)
+                    .zip(&gate.field)
                     .filter(|&(&m, &l)| l && m == value)
                     .count();
                 involvement.insert(name.to_string(), n as f64 / lung_px as f64);
             }
         }
+        let all_px: u64 = masks.iter().flatten().filter(|&&v| v).count() as u64;
+        let counted_px = label_mask.iter().filter(|&&v| v != 0).count() as u64;
+        let lung_gate = LungGate {
+            min_lung_fraction: self.settings.min_lung_fraction.0,
+            flagged: gate.flagged.iter().filter(|&&f| f).count() as u32,
+            excluded_px: all_px.saturating_sub(counted_px),
+            description: gate.description(),
+        };
+        let reported: Vec<(Vec<f32>, i64)> = keep
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| !gate.flagged[k])
+            .map(|(_, &i)| (boxes[i].clone(), labels[i]))
+            .collect();
         let mut f = Finding {
             classification: None,
             lesions,
             lung_field_px: Some(lung_px),
             involvement,
+            lung_gate: Some(lung_gate),
             width: s.width,
             height: s.height,
-            overlay_rgb: crate::lung::overlay(
-                s,
-                &label_mask,
-                &keep
-                    .iter()
-                    .map(|&i| (boxes[i].clone(), labels[i]))
-                    .collect::<Vec<_>>(),
-                &cfg.class_names,
-            ),
+            overlay_rgb: crate::lung::overlay(s, &label_mask, &reported, &cfg.class_names),
             label_mask,
             timings_ms: BTreeMap::new(),
             device: crate::device::device_name(self.device),
@@ -264,6 +288,46 @@ impl ModelScreener {
             f.set_lesion_areas_mm2(sp);
         }
         Ok(f)
+    }
+}
+
+/// The lung field of one slice with its lesions, and the gate's decision on each lesion.
+struct LungGateOutcome {
+    /// `H*W`: the lung field with the lesions of the lung ([`crate::lung_field`]).
+    field: Vec<bool>,
+    fractions: Vec<f64>,
+    flagged: Vec<bool>,
+    min_fraction: f64,
+}
+
+impl LungGateOutcome {
+    fn compute(s: &Slice, masks: &[Vec<bool>], min_fraction: f64) -> Self {
+        let lf = crate::lung_field::lung_field(s);
+        let (field, fractions) = lf.with_lesions(masks);
+        let flagged = fractions.iter().map(|&f| f < min_fraction).collect();
+        Self {
+            field,
+            fractions,
+            flagged,
+            min_fraction,
+        }
+    }
+
+    /// Whether lesion pixel `i` counts (in the lung field, or the gate is off).
+    fn counts_pixel(&self, i: usize) -> bool {
+        self.min_fraction <= 0.0 || self.field[i]
+    }
+
+    fn description(&self) -> String {
+        if self.min_fraction <= 0.0 {
+            return "off: every lesion counted; involvement counts lesion pixels in the lung field".into();
+        }
+        format!(
+            "lesions with less than {:.0}% of their mask in the lung field are flagged outside_lung and \
+             left out of the lesion counts, involvement and burden; only lesion pixels in the lung \
+             field are counted; the classifier's input is unchanged",
+            100.0 * self.min_fraction
+        )
     }
 }
 
@@ -331,4 +395,18 @@ impl crate::daemon::worker::Screener for ModelScreener {
     fn device(&self) -> String {
         crate::device::device_name(self.device)
     }
+
+    fn training_data(&self) -> Vec<Option<String>> {
+        ModelScreener::training_data(self)
+    }
 }
+
+/// A model file's `training_data` metadata (what it was trained on), if it says.
+pub fn training_data_of(path: &Path) -> Result<Option<String>> {
+    let (_, meta) = crate::model::weights::read_config(path)?;
+    Ok(meta.get(TRAINING_DATA_KEY).cloned())
+}
+
+/// The model-file metadata key naming the training data (`synthetic phantoms` for the demo
+/// weights).
+pub const TRAINING_DATA_KEY: &str = "training_data";

@@ -49,6 +49,24 @@ pub struct Lesion {
     /// Area in mm² when the pixel spacing is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub area_mm2: Option<f64>,
+    /// Fraction of the lesion's mask inside the lung field (None when not computed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lung_fraction: Option<f64>,
+    /// Flagged by the lung gate: essentially outside the lung field, so not counted.
+    #[serde(default)]
+    pub outside_lung: bool,
+}
+
+/// The lung gate's setting and what it did on one slice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LungGate {
+    /// Lesions with less than this fraction of their mask in the lung field are flagged.
+    pub min_lung_fraction: f64,
+    /// Lesions flagged `outside_lung` (listed, not counted).
+    pub flagged: u32,
+    /// Lesion pixels left out: outside the lung field or of flagged lesions.
+    pub excluded_px: u64,
+    pub description: String,
 }
 
 /// Everything screening found on one slice.
@@ -59,11 +77,16 @@ pub struct Finding {
     pub lesions: Vec<Lesion>,
     /// Lung field in pixels, estimated from the HU image (None without HU).
     pub lung_field_px: Option<u64>,
-    /// Fraction of the lung field covered, per class (`ggo`, `consolidation`).
+    /// Fraction of the lung field covered, per class (`ggo`, `consolidation`): lesion pixels
+    /// inside the lung field only.
     pub involvement: BTreeMap<String, f64>,
+    /// The lung gate's setting and effect (None when no lesion was gated, e.g. unsegmented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lung_gate: Option<LungGate>,
     pub width: u32,
     pub height: u32,
-    /// `height * width` labels: 0 background, 1 GGO, 2 consolidation (empty when not segmented).
+    /// `height * width` labels: 0 background, 1 GGO, 2 consolidation (empty when not segmented);
+    /// with the lung gate on, only counted lesions' pixels inside the lung field.
     #[serde(skip)]
     pub label_mask: Vec<u8>,
     /// `height * width * 3` RGB overlay (empty when not rendered).
@@ -75,10 +98,10 @@ pub struct Finding {
 }
 
 impl Finding {
-    /// Number of lesions per class name.
+    /// Number of counted lesions (not flagged outside the lung) per class name.
     pub fn lesion_counts(&self) -> BTreeMap<String, u32> {
         let mut counts = BTreeMap::new();
-        for lesion in &self.lesions {
+        for lesion in self.lesions.iter().filter(|l| !l.outside_lung) {
             *counts.entry(lesion.class.clone()).or_insert(0) += 1;
         }
         counts
@@ -125,6 +148,8 @@ mod tests {
                     bbox: [1.0, 2.0, 3.0, 4.0],
                     area_px: 10,
                     area_mm2: None,
+                    lung_fraction: Some(1.0),
+                    outside_lung: false,
                 },
                 Lesion {
                     class: "ggo".into(),
@@ -133,6 +158,8 @@ mod tests {
                     bbox: [0.0; 4],
                     area_px: 4,
                     area_mm2: None,
+                    lung_fraction: Some(0.0),
+                    outside_lung: true,
                 },
             ],
             width: 2,
@@ -157,7 +184,8 @@ mod tests {
     #[test]
     fn counts_pixels_and_areas() {
         let mut f = finding();
-        assert_eq!(f.lesion_counts().get("ggo"), Some(&2));
+        // the second lesion is flagged outside the lung: listed, not counted
+        assert_eq!(f.lesion_counts().get("ggo"), Some(&1));
         assert_eq!(f.mask_pixels(MASK_GGO), 2);
         assert_eq!(f.mask_pixels(MASK_CONSOLIDATION), 1);
         f.set_lesion_areas_mm2([0.5, 0.5]);

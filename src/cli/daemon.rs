@@ -123,8 +123,20 @@ pub fn run_status(a: &StatusArgs) -> anyhow::Result<()> {
         "ctmask daemon {} (pid {}), up {:.0} s, device {}",
         s.daemon_version, s.pid, s.uptime_s, s.device
     );
+    if let Some(banner) = crate::protocol::demo_banner(&s.models) {
+        println!("*** {} ***", banner.to_uppercase());
+    }
     for m in &s.models {
-        println!("  model {} {}", m.name, &m.sha256[..m.sha256.len().min(12)]);
+        let trained = m
+            .training_data
+            .as_deref()
+            .map(|t| format!(" (trained on {t})"))
+            .unwrap_or_default();
+        println!(
+            "  model {} {}{trained}",
+            m.name,
+            &m.sha256[..m.sha256.len().min(12)]
+        );
     }
     println!(
         "intake {}{}",

@@ -1,6 +1,7 @@
-//! `ctmask demo` (what `make demo` runs): a temporary watch folder, the daemon screening it with
-//! the demo weights, a synthetic DICOM series dropped in slice by slice, and a headless summary
-//! of what the dashboard would show, read from the daemon's socket.
+//! `ctmask demo` (what `make demo` runs): a watch folder, the daemon screening it with the demo
+//! weights, three synthetic DICOM series dropped in (a control, a common-pneumonia and a COVID-19
+//! patient), a one-line progress, then a table of the three verdicts read from the daemon's
+//! socket. The folder with the reports, masks and overlays is kept and named at the end.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,26 +11,36 @@ use anyhow::Context;
 use crate::config::{Config, ModelPaths};
 use crate::daemon::ops::ShutdownSignal;
 use crate::data::synth::{ClassChoice, Layout, SynthOptions, run_synth};
-use crate::protocol::{Message, Request};
+use crate::protocol::{Message, Request, SeriesSummary, SliceSummary};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Folder of the demo weights (demo_segmentation.safetensors, demo_classifier.safetensors).
     #[arg(long, default_value = "pretrained_models")]
     pub models: PathBuf,
-    /// Slices in the synthetic series.
-    #[arg(long, default_value_t = 10)]
+    /// Slices in each of the three synthetic series (control, common pneumonia, COVID-19).
+    #[arg(long, default_value_t = 5)]
     pub slices: usize,
-    /// Seed of the synthetic series.
+    /// Seed of the synthetic series (the three use this seed and the next two).
     #[arg(long, default_value_t = 2026)]
     pub seed: u64,
-    /// Keep the demo folder (printed at the end) instead of deleting it.
+    /// Width and height of the synthetic slices (512, like real CT and the models' input size).
+    #[arg(long, default_value_t = 512)]
+    pub size: u32,
+    /// Delete the demo folder at the end (it is kept, and named, by default).
     #[arg(long)]
-    pub keep: bool,
-    /// Seconds to wait for the series report before giving up.
-    #[arg(long, default_value_t = 600)]
+    pub discard: bool,
+    /// Seconds to wait for the series reports before giving up.
+    #[arg(long, default_value_t = 900)]
     pub timeout: u64,
 }
+
+/// The three series of the demo: what each synthetic patient has, and the verdict it should get.
+const SERIES: [(ClassChoice, &str); 3] = [
+    (ClassChoice::Control, "control"),
+    (ClassChoice::Cp, "pneumonia"),
+    (ClassChoice::Covid, "covid"),
+];
 
 pub(crate) fn find_models(dir: &Path) -> anyhow::Result<ModelPaths> {
     let candidates = [
@@ -162,90 +173,134 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let (dir, watch) = (daemon.dir.clone(), daemon.watch.clone());
     println!("{}", crate::DISCLAIMER);
     println!("demo folder {}", dir.display());
-    // a synthetic COVID series, dropped in slice by slice (written under a temporary name, renamed)
+    println!("(the daemon logs warnings and errors only here; `--log info` shows everything)");
+    // three synthetic patients, one DICOM series each, dropped in slice by slice (written under
+    // a temporary name, renamed); the file names say which patient a slice belongs to
     let staging = dir.join("staging");
-    let size = 256;
-    run_synth(&SynthOptions {
-        out: staging.clone(),
-        layout: Layout::Dicom,
-        count: a.slices,
-        seed: a.seed,
-        class: ClassChoice::Covid,
-        size,
-        preview: false,
-    })?;
-    let mut files: Vec<PathBuf> = walk(&staging);
-    files.sort();
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
+    for (k, (class, name)) in SERIES.iter().enumerate() {
+        let out = staging.join(name);
+        run_synth(&SynthOptions {
+            out: out.clone(),
+            layout: Layout::Dicom,
+            count: a.slices,
+            seed: a.seed + k as u64,
+            class: *class,
+            size: a.size,
+            preview: false,
+        })?;
+        let mut series = walk(&out);
+        series.sort();
+        files.extend(
+            series
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| (p, format!("{name}_{i:03}.dcm"))),
+        );
+    }
     let socket = daemon.socket().to_path_buf();
     let started = Instant::now();
     daemon.wait_ready(Duration::from_secs(60))?;
-    for (i, f) in files.iter().enumerate() {
+    if let Some(banner) = crate::daemon::status_client(&socket)
+        .ok()
+        .and_then(|s| crate::protocol::demo_banner(&s.models))
+    {
+        println!("{}", banner.to_uppercase());
+    }
+    for (i, (f, name)) in files.iter().enumerate() {
         let tmp = watch.join(format!(".slice{i}.part"));
         std::fs::copy(f, &tmp)?;
-        std::fs::rename(&tmp, watch.join(format!("slice{i:03}.dcm")))?;
-        std::thread::sleep(Duration::from_millis(200));
+        std::fs::rename(&tmp, watch.join(name))?;
     }
-    println!(
-        "dropped {} DICOM slices into the watch folder; screening...",
-        files.len()
-    );
-    let summary = loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let mut client = crate::daemon::Client::connect(&socket, Some(Duration::from_secs(10)))
-            .context("connecting to the demo daemon")?;
-        // synthetic patients are series of five slices: wait until every slice is reported
-        if let Message::Results(r) = client.request(&Request::Recent { limit: 100 })?
-            && r.series.iter().map(|s| s.slice_count as usize).sum::<usize>() == files.len()
-        {
-            break (r.series, r.slices);
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(a.timeout),
-            "no series report after {} s",
-            a.timeout
-        );
-    };
-    let (series, mut slices) = summary;
-    slices.sort_by(|x, y| {
-        (x.series_key.as_str(), x.position_z.unwrap_or(0.0))
-            .partial_cmp(&(y.series_key.as_str(), y.position_z.unwrap_or(0.0)))
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
-    println!(
-        "\n{:<6} {:>8} {:<10} {:>8} {:>8} {:>8} {:>6} {:>9}",
-        "inst", "z (mm)", "label", "control", "pneum.", "covid", "GGO", "time ms"
-    );
-    for s in &slices {
-        let p = s.probabilities.unwrap_or([f32::NAN; 3]);
-        println!(
-            "{:<6} {:>8.1} {:<10} {:>8.3} {:>8.3} {:>8.3} {:>6} {:>9.0}",
-            s.instance_number.unwrap_or(0),
-            s.position_z.unwrap_or(f64::NAN),
-            s.label.clone().unwrap_or_default(),
-            p[0],
-            p[1],
-            p[2],
-            s.lesion_counts.values().sum::<u32>(),
-            s.time_ms
-        );
-    }
-    for series in &series {
-        println!(
-            "\nseries {}: {} slices, verdict {} ({})\nGGO {:.1} mL, consolidation {:.1} mL, lung involved {:.1} %",
-            series.key,
-            series.slice_count,
-            series.verdict,
-            series.rule,
-            series.ggo_ml.unwrap_or(0.0),
-            series.consolidation_ml.unwrap_or(0.0),
-            series.involvement_percent.unwrap_or(0.0)
-        );
-    }
-    println!("reports, masks and overlays: {}", dir.join("results").display());
-    if a.keep {
-        println!("kept {}", daemon.keep().display());
+    let (series, slices) = wait_for_reports(&socket, files.len(), started, a.timeout)?;
+    print_table(&series, &slices);
+    println!("\nreports, masks and overlays: {}", dir.join("results").display());
+    if a.discard {
+        daemon.stop();
+    } else {
+        println!("demo folder kept: {}", daemon.keep().display());
     }
     Ok(())
+}
+
+/// Polls the daemon until every dropped slice is in a series report, printing one progress
+/// line (rewritten in place).
+fn wait_for_reports(
+    socket: &Path,
+    total: usize,
+    started: Instant,
+    timeout: u64,
+) -> anyhow::Result<(Vec<SeriesSummary>, Vec<SliceSummary>)> {
+    use std::io::Write;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut client = crate::daemon::Client::connect(socket, Some(Duration::from_secs(10)))
+            .context("connecting to the demo daemon")?;
+        if let Message::Results(r) = client.request(&Request::Recent { limit: 1000 })? {
+            let reported: usize = r.series.iter().map(|s| s.slice_count as usize).sum();
+            print!(
+                "\rscreening: {}/{total} slices screened, {} of {} series reported, {:.0} s   ",
+                r.slices.len().min(total),
+                r.series.len(),
+                SERIES.len(),
+                started.elapsed().as_secs_f64()
+            );
+            std::io::stdout().flush()?;
+            if reported == total && r.series.len() == SERIES.len() {
+                println!();
+                return Ok((r.series, r.slices));
+            }
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(timeout),
+            "not every series was reported after {timeout} s"
+        );
+    }
+}
+
+/// One row per series: the patient dropped in, the verdict, the slices' labels and the burden.
+fn print_table(series: &[SeriesSummary], slices: &[SliceSummary]) {
+    println!(
+        "\n{:<10} {:>6} {:<10} {:<5} {:>18} {:>8} {:>8} {:>8} {:>9}",
+        "patient", "slices", "verdict", "", "labels c/p/v", "GGO mL", "cons mL", "lung %", "outside"
+    );
+    let mut right = 0;
+    for (_, expected) in SERIES {
+        let Some(s) = series.iter().find(|s| {
+            slices
+                .iter()
+                .any(|x| x.series_key == s.key && x.file_name.starts_with(expected))
+        }) else {
+            println!("{expected:<10} (no report)");
+            continue;
+        };
+        let outside: u32 = slices
+            .iter()
+            .filter(|x| x.series_key == s.key)
+            .map(|x| x.lesions_outside_lung)
+            .sum();
+        let n = |label: &str| s.counts.get(label).copied().unwrap_or(0);
+        let ok = s.verdict == expected;
+        right += usize::from(ok);
+        println!(
+            "{:<10} {:>6} {:<10} {:<5} {:>18} {:>8.1} {:>8.1} {:>8.1} {:>9}",
+            expected,
+            s.slice_count,
+            s.verdict,
+            if ok { "right" } else { "WRONG" },
+            format!("{}/{}/{}", n("control"), n("pneumonia"), n("covid")),
+            s.ggo_ml.unwrap_or(0.0),
+            s.consolidation_ml.unwrap_or(0.0),
+            s.involvement_percent.unwrap_or(0.0),
+            outside
+        );
+    }
+    println!(
+        "{right} of {} verdicts right (rule: {}); lesions outside the lung field are listed in \
+         the slice reports and not counted",
+        SERIES.len(),
+        series.first().map_or("", |s| s.rule.as_str())
+    );
 }
 
 pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -120,8 +120,13 @@ pub struct TrainSegArgs {
     #[arg(long, default_value_t = 10)]
     pub save_every: usize,
     /// Continue from a checkpoint written by this command (its optimizer state beside it).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "init")]
     pub resume: Option<PathBuf>,
+    /// Start a new run (epoch 1, a fresh optimizer) from the weights of a model file, e.g. a
+    /// shipped model fine-tuned on new data; --model-config changes its run-time settings only,
+    /// as with --resume.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// Seed of torch's generator (sampling, shuffling).
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
@@ -207,7 +212,7 @@ pub fn run_train(a: &TrainSegArgs) -> anyhow::Result<()> {
     crate::device::set_threads(None);
     let train = a.data.open(&a.data.data)?;
     let val = a.val.as_deref().map(|v| a.data.open(v)).transpose()?;
-    let model = match &a.resume {
+    let model = match a.resume.as_ref().or(a.init.as_ref()) {
         // the checkpoint's own config; --model-config may change its run-time settings
         // (input size, sampling, thresholds) but not its architecture
         Some(ckpt) => match &a.model_config {

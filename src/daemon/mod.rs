@@ -103,6 +103,7 @@ fn start_worker(
         let _ = ready_tx.send(Ok(Identity {
             models: screener.model_identity(),
             device: screener.device(),
+            training_data: screener.training_data(),
         }));
         if let Ok((shared, queue, rx)) = start_rx.recv() {
             worker::worker_loop(shared, queue, screener.as_mut(), rx);
@@ -154,9 +155,11 @@ pub fn run(
         models: identity
             .models
             .iter()
-            .map(|(name, sha256)| ModelInfo {
+            .enumerate()
+            .map(|(k, (name, sha256))| ModelInfo {
                 name: name.clone(),
                 sha256: sha256.clone(),
+                training_data: identity.training_data.get(k).cloned().flatten(),
             })
             .collect(),
         models_hash: models_hash.clone(),

@@ -265,6 +265,9 @@ struct SliceReport<'a> {
     job_id: i64,
     classification: Option<&'a Classification>,
     lesions: &'a [Lesion],
+    /// The lung gate's setting and effect on this slice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lung_gate: Option<&'a crate::structures::LungGate>,
     lung_field_px: Option<u64>,
     involvement: &'a std::collections::BTreeMap<String, f64>,
     timings_ms: &'a std::collections::BTreeMap<String, f64>,
@@ -363,6 +366,7 @@ pub fn write_slice(
         job_id: ctx.job_id,
         classification: finding.classification.as_ref(),
         lesions: &finding.lesions,
+        lung_gate: finding.lung_gate.as_ref(),
         lung_field_px: finding.lung_field_px,
         involvement: &finding.involvement,
         timings_ms: &finding.timings_ms,
@@ -402,6 +406,8 @@ pub fn write_slice(
         label: finding.classification.as_ref().map(|c| c.label.clone()),
         probabilities: finding.classification.as_ref().map(|c| c.probabilities),
         lesion_counts: finding.lesion_counts(),
+        lesions_outside_lung: finding.lesions.iter().filter(|l| l.outside_lung).count() as u32,
+        lung_gate_min_fraction: finding.lung_gate.as_ref().map(|g| g.min_lung_fraction),
         ggo_px: finding.mask_pixels(MASK_GGO),
         consolidation_px: finding.mask_pixels(MASK_CONSOLIDATION),
         lung_px: finding.lung_field_px,
@@ -495,6 +501,8 @@ mod tests {
                 bbox: [0.0; 4],
                 area_px: 8,
                 area_mm2: None,
+                lung_fraction: None,
+                outside_lung: false,
             }],
             width: 2,
             height: 2,
@@ -506,6 +514,7 @@ mod tests {
         let models = [ModelInfo {
             name: "seg".into(),
             sha256: "00".into(),
+            training_data: None,
         }];
         let ctx = SliceContext {
             job_id: 3,

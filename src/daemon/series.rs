@@ -6,6 +6,8 @@
 //! sums each slice's GGO and consolidation areas (pixels x row spacing x column spacing) times the
 //! slice thickness (SliceThickness, else the median spacing of successive z positions), in mL; the
 //! involvement is lesion pixels over lung-field pixels over the slices whose lung field is known.
+//! Both count only lesion pixels the lung gate kept (in the lung field, of lesions not flagged
+//! `outside_lung`); `lung_gate` names the setting and how many lesions it flagged.
 //! The verdict follows the configured rule (`SeriesSettings`), named and spelled out in the report.
 
 use std::collections::BTreeMap;
@@ -34,6 +36,17 @@ pub struct Burden {
     pub method: &'static str,
 }
 
+/// The lung gate over the series: its setting and how many lesions it flagged.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesLungGate {
+    /// The setting the slices were screened with (None: no slice was gated).
+    pub min_lung_fraction: Option<f64>,
+    /// Lesions flagged outside the lung field over all slices: listed in the slice reports,
+    /// left out of `lesion_counts`, the burden and the involvement.
+    pub lesions_outside_lung: u32,
+    pub description: &'static str,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
     pub label: String,
@@ -59,7 +72,9 @@ pub struct SeriesReport {
     pub slices: Vec<SliceSummary>,
     /// Slices per classifier label (`unclassified` for slices without a label).
     pub counts: BTreeMap<String, u32>,
+    /// Counted lesions per class (not those flagged outside the lung).
     pub lesion_counts: BTreeMap<String, u32>,
+    pub lung_gate: SeriesLungGate,
     pub burden: Burden,
     pub verdict: Verdict,
     pub models: Vec<ModelInfo>,
@@ -245,6 +260,13 @@ pub fn build(
         verdict: verdict(&slices, cfg),
         counts,
         lesion_counts,
+        lung_gate: SeriesLungGate {
+            min_lung_fraction: slices.iter().find_map(|s| s.lung_gate_min_fraction),
+            lesions_outside_lung: slices.iter().map(|s| s.lesions_outside_lung).sum(),
+            description: "a lesion with less than min_lung_fraction of its mask in the lung field is \
+                          flagged outside_lung; the burden and involvement count lesion pixels in \
+                          the lung field only",
+        },
         slices,
         models: models.to_vec(),
         reported_ms: super::queue::now_ms(),

@@ -63,6 +63,8 @@ fn pixel_finding(s: &Slice) -> Result<Finding, String> {
                 bbox: [0.0, 0.0, 4.0, 4.0],
                 area_px: ggo,
                 area_mm2: None,
+                lung_fraction: None,
+                outside_lung: false,
             })
             .into_iter()
             .collect(),

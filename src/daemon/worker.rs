@@ -30,6 +30,10 @@ pub trait Screener {
     fn model_identity(&self) -> Vec<(String, String)>;
     /// Where the models run (`cpu`, `cuda:0`).
     fn device(&self) -> String;
+    /// What each model of [`Screener::model_identity`] was trained on, in the same order.
+    fn training_data(&self) -> Vec<Option<String>> {
+        Vec::new()
+    }
 }
 
 /// Builds the screener on the worker thread.
@@ -41,6 +45,8 @@ pub type MakeScreener =
 pub struct Identity {
     pub models: Vec<(String, String)>,
     pub device: String,
+    /// Per model, what it was trained on (may be shorter than `models`).
+    pub training_data: Vec<Option<String>>,
 }
 
 /// A claimed job with its decoded slices.

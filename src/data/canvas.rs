@@ -1,5 +1,6 @@
 //! Drawing primitives for the synthetic phantoms: tilted ellipses, smooth value-noise
-//! texture, separable [1 2 1] blur, soft tapered strokes and Gaussian blob fields.
+//! texture, separable [1 2 1] blur, soft tapered strokes and Gaussian blob fields, with
+//! partial-volume (fractional) coverage at edges.
 
 use super::rng::Rng;
 
@@ -37,6 +38,23 @@ impl Ellipse {
         let u = (dx * self.cos + dy * self.sin) / self.a;
         let v = (-dx * self.sin + dy * self.cos) / self.b;
         u * u + v * v
+    }
+
+    /// Fraction of the pixel at (x, y) covered (partial volume): 1 inside, 0 outside, a ramp
+    /// one pixel wide across the border (distance measured along the ray from the centre).
+    pub fn coverage(&self, x: f64, y: f64) -> f32 {
+        let r2 = self.r2(x, y);
+        if r2 < 0.25 {
+            return 1.0;
+        }
+        let rho = ((x - self.cx).powi(2) + (y - self.cy).powi(2)).sqrt();
+        let d = rho * (1.0 - 1.0 / r2.sqrt());
+        (0.5 - d).clamp(0.0, 1.0) as f32
+    }
+
+    /// Pixel bounds of the ellipse plus a margin (a square of its larger semi-axis).
+    pub fn bounds(&self, n: usize) -> (usize, usize, usize, usize) {
+        bbox(self.cx, self.cy, self.a.max(self.b) + 1.5, n)
     }
 
     pub fn scaled(&self, k: f64) -> Self {

