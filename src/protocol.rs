@@ -178,6 +178,8 @@ pub struct QueueCounts {
 pub struct JobInfo {
     pub id: i64,
     pub state: JobState,
+    /// Empty unless the daemon's `show_input_paths` is on; then the input's path relative to
+    /// its watch folder.
     pub path: String,
     pub series: Option<String>,
     pub age_s: f64,
@@ -284,7 +286,8 @@ pub struct SliceSummary {
     pub position_z: Option<f64>,
     pub pixel_spacing: Option<[f64; 2]>,
     pub slice_thickness: Option<f64>,
-    /// The input's file name (no folders).
+    /// The slice's name: its outputs' stem (SOP instance UID, or the content hash's first 16 hex
+    /// digits; `_f<frame>` for a frame). Never the input's file name (it may hold a patient name).
     pub file_name: String,
     /// The per-slice report's file name inside the series folder.
     pub report: String,

@@ -48,6 +48,23 @@ pub fn make_screener(cfg: &Config) -> MakeScreener {
     })
 }
 
+/// The daemon block of a reloaded config, naming the keys outside it that changed since the
+/// daemon started and need a restart (the screener is built once, with the models, the
+/// screening settings and the thread count).
+pub fn reloaded_daemon_settings(first: &Config, new: Config) -> crate::daemon::DaemonSettings {
+    let mut daemon = new.daemon;
+    for (key, changed) in [
+        ("models", first.models != new.models),
+        ("screening", first.screening != new.screening),
+        ("threads", first.threads != new.threads),
+    ] {
+        if changed {
+            daemon.restart_keys.push(key.to_string());
+        }
+    }
+    daemon
+}
+
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<(PathBuf, Config)> {
     let path = path.map(Path::to_path_buf).unwrap_or_else(Config::default_path);
     let cfg = Config::load(&path)?;
@@ -60,10 +77,10 @@ pub fn run_daemon(a: &DaemonArgs) -> anyhow::Result<()> {
     let shutdown = ShutdownSignal::new();
     shutdown.install_os_handlers()?;
     let reload_path = path.clone();
+    let first = cfg.clone();
     shutdown.set_reloader(Box::new(move || {
-        Config::load(&reload_path)
-            .map(|c| c.daemon)
-            .map_err(|e| e.to_string())
+        let c = Config::load(&reload_path).map_err(|e| e.to_string())?;
+        Ok(reloaded_daemon_settings(&first, c))
     }));
     let screener = make_screener(&cfg);
     crate::daemon::run(cfg.daemon, screener, shutdown)?;

@@ -7,18 +7,28 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
+use super::input;
 use super::outputs;
 use super::queue::{self, Enqueued, FileSeen, Queue};
+use super::settings::DaemonSettings;
 use super::shared::Shared;
 use super::watcher::TakenFile;
 use super::worker;
 use crate::protocol::{EventKind, JobState};
 
-/// SHA-256 of a file, streamed.
+/// SHA-256 of a file, streamed (a regular file, not through a final symlink, never blocking on
+/// a FIFO).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     use sha2::Digest;
     use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -57,16 +67,17 @@ pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<Ta
             );
             outputs::sha256_hex(key.as_bytes())
         } else {
-            match sha256_file(&taken.path) {
+            match input::hash_input(&taken.path, &settings.watch, settings.max_file_bytes) {
                 Ok(h) => h,
                 Err(e) => {
-                    tracing::debug!(error = %e, "a taken file vanished before hashing");
+                    // Vanished, or replaced by a link, FIFO or device since the watcher saw it.
+                    tracing::debug!(error = %e, "a taken file could not be hashed; skipped");
                     continue;
                 }
             }
         };
         let seen = FileSeen {
-            series_key: loose_image_key(&taken.path),
+            series_key: loose_image_key(&taken.path, &settings),
             path: taken.path.clone(),
             sha256,
             size: taken.size,
@@ -96,6 +107,7 @@ pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<Ta
                         series_key: None,
                         created_ms: 0,
                         next_attempt_ms: 0,
+                        crashes: 0,
                     };
                     let reason = format!(
                         "file too large: {} bytes > max_file_bytes {}",
@@ -114,12 +126,11 @@ pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<Ta
 }
 
 /// Series key of PNG/JPEG files (their folder); DICOM series are known after reading.
-fn loose_image_key(path: &Path) -> Option<String> {
+fn loose_image_key(path: &Path, settings: &DaemonSettings) -> Option<String> {
     use std::io::Read;
     let mut head = [0u8; 8];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .ok()?;
+    let (mut file, _) = input::open_input(path, &settings.watch, settings.max_file_bytes).ok()?;
+    let n = file.read(&mut head).ok()?;
     let raster = head[..n].starts_with(b"\x89PNG") || head[..n].starts_with(&[0xFF, 0xD8, 0xFF]);
     raster.then(|| outputs::folder_key(path))
 }

@@ -6,6 +6,8 @@
 //! (owns the screener; screens, writes outputs, records) ; the server answers the socket; the
 //! calling thread supervises: signals, reloads, disk space, series reports, systemd notify.
 
+mod faults;
+mod input;
 mod intake;
 pub mod ops;
 pub mod outputs;
@@ -128,6 +130,7 @@ pub fn run(
     make_screener: MakeScreener,
     shutdown: ShutdownSignal,
 ) -> Result<(), DaemonError> {
+    let settings = settings.canonicalized();
     settings.validate()?;
     let _lock = StateLock::acquire(&settings.state)?;
     std::fs::create_dir_all(&settings.output).map_err(|source| DaemonError::Output {
@@ -142,11 +145,11 @@ pub fn run(
     let (identity, start_worker_tx, worker_handle) = start_worker(make_screener)?;
     let models_hash = models_hash(&identity.models);
     let mut queue = Queue::open(&settings.state, &models_hash)?;
-    let requeued = queue.requeue_running()?;
+    // Jobs left running died with the process: a crash each, quarantined once their tries are spent.
+    let (requeued, crashed) = queue.recover_running(settings.retries)?;
     let known = queue.known_files()?;
     let rescan = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
-        slice_options: settings.slice_options.clone(),
         state_dir: settings.state.clone(),
         models: identity
             .models
@@ -170,6 +173,7 @@ pub fn run(
         metrics: Mutex::new(VecDeque::new()),
         slices_total: Default::default(),
         started: Instant::now(),
+        in_flight: Default::default(),
         settings: RwLock::new(settings.clone()),
     });
     let mut sup = Supervisor::new(shared.clone(), Queue::open(&settings.state, &models_hash)?);
@@ -219,6 +223,14 @@ pub fn run(
         None,
         None,
     );
+    for (id, reason) in crashed {
+        shared.publish(
+            EventKind::Quarantined,
+            format!("job {id} quarantined: {reason}"),
+            Some(id),
+            None,
+        );
+    }
     ops::sd_notify("READY=1");
     sup.run(&shutdown, &mut queue);
 

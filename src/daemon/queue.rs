@@ -2,7 +2,11 @@
 //! (content sha256, models hash), so a copy or a rename of a screened file is never screened again
 //! by the same models; every path seen for a hash is recorded. States: pending -> running -> done,
 //! or -> failed (retried after an exponential backoff) -> quarantined after too many tries. Every
-//! transition is one transaction; jobs left running by a crash go back to pending at start-up.
+//! transition is one transaction. A try is counted when a job is claimed, before anything is read,
+//! so a slice that kills the process still spends its tries: at start-up, jobs left running by a
+//! crash count one more crash and go back to pending (claimed alone, so an innocent neighbour of
+//! a poison slice is not charged again), or are quarantined ("stopped the daemon N times") once
+//! their tries are spent. A clean stop (drain, disk full) gives the try back.
 //! `StateLock` (flock on `<state>/ctmask.lock`) keeps a second daemon off the same state folder.
 
 use std::collections::HashMap;
@@ -58,6 +62,8 @@ pub struct Job {
     pub series_key: Option<String>,
     pub created_ms: i64,
     pub next_attempt_ms: i64,
+    /// Times the daemon died while this job was claimed; such a job is claimed alone.
+    pub crashes: u32,
 }
 
 /// What `enqueue` did.
@@ -83,6 +89,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   created_ms INTEGER NOT NULL,
   updated_ms INTEGER NOT NULL,
   summary TEXT,
+  crashes INTEGER NOT NULL DEFAULT 0,
   UNIQUE (sha256, models)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (models, state, next_attempt_ms);
@@ -113,7 +120,7 @@ PRAGMA user_version = 1;
 ";
 
 const JOB_COLUMNS: &str =
-    "id, sha256, path, state, attempts, reason, series_key, created_ms, next_attempt_ms";
+    "id, sha256, path, state, attempts, reason, series_key, created_ms, next_attempt_ms, crashes";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -149,6 +156,15 @@ impl Queue {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        // Databases made before crashes were counted get the column (existing rows: 0).
+        let has_crashes = conn
+            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'crashes'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(db)?;
+        if !has_crashes {
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
+                .map_err(db)?;
+        }
         Ok(Queue {
             conn,
             path,
@@ -179,17 +195,54 @@ impl Queue {
         Ok(out)
     }
 
-    /// At start-up: jobs left running by a crash go back to pending. Returns how many.
+    /// After a clean stop: jobs still running go back to pending with their try given back.
+    /// Returns how many.
     pub fn requeue_running(&mut self) -> Result<usize> {
         let now = now_ms();
         let n = self
             .conn
             .execute(
-                "UPDATE jobs SET state = 'pending', updated_ms = ?1 WHERE state = 'running'",
+                "UPDATE jobs SET state = 'pending', attempts = MAX(attempts - 1, 0), updated_ms = ?1
+                 WHERE state = 'running'",
                 params![now],
             )
             .map_err(self.db())?;
         Ok(n)
+    }
+
+    /// At start-up: jobs left running died with the process. Each counts a crash (its try was
+    /// counted when claimed); those whose tries are spent (`attempts > retries`) are quarantined,
+    /// the others go back to pending. Returns (requeued, quarantined (id, reason)).
+    pub fn recover_running(&mut self, retries: u32) -> Result<(usize, Vec<(i64, String)>)> {
+        let now = now_ms();
+        self.in_tx(|tx| {
+            let running: Vec<(i64, u32, u32)> = tx
+                .prepare("SELECT id, attempts, crashes FROM jobs WHERE state = 'running'")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let (mut requeued, mut quarantined) = (0, Vec::new());
+            for (id, attempts, crashes) in running {
+                let crashes = crashes + 1;
+                if attempts > retries {
+                    let reason = format!(
+                        "stopped the daemon {crashes} time{} (the process died while this file was being read or screened)",
+                        if crashes == 1 { "" } else { "s" }
+                    );
+                    tx.execute(
+                        "UPDATE jobs SET state = 'quarantined', crashes = ?2, reason = ?3, updated_ms = ?4 WHERE id = ?1",
+                        params![id, crashes, reason, now],
+                    )?;
+                    quarantined.push((id, reason));
+                } else {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'pending', crashes = ?2, next_attempt_ms = 0, updated_ms = ?3 WHERE id = ?1",
+                        params![id, crashes, now],
+                    )?;
+                    requeued += 1;
+                }
+            }
+            Ok((requeued, quarantined))
+        })
     }
 
     /// Records the path and creates the job unless this content already has one for these models.
@@ -228,21 +281,32 @@ impl Queue {
         })
     }
 
-    /// Claims up to `limit` due jobs (pending, or failed whose backoff has passed): -> running.
+    /// Claims up to `limit` due jobs (pending, or failed whose backoff has passed): -> running,
+    /// counting a try each (committed before anything is read). A job that was in hand when the
+    /// daemon died is claimed alone, so that only a slice that kills again is charged again.
     pub fn claim(&mut self, limit: usize) -> Result<Vec<Job>> {
         let now = now_ms();
         let models = self.models.clone();
         let mut jobs = self.in_tx(|tx| {
-            let mut stmt = tx.prepare(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE models = ?1 AND state IN ('pending', 'failed')
-                 AND next_attempt_ms <= ?2 ORDER BY next_attempt_ms, id LIMIT ?3"
-            ))?;
-            let jobs: Vec<Job> = stmt
-                .query_map(params![models, now, limit as i64], job_row)?
+            let due = "models = ?1 AND state IN ('pending', 'failed') AND next_attempt_ms <= ?2";
+            let suspect: Vec<Job> = tx
+                .prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE {due} AND crashes > 0 ORDER BY next_attempt_ms, id LIMIT 1"
+                ))?
+                .query_map(params![models, now], job_row)?
                 .collect::<rusqlite::Result<_>>()?;
+            let jobs: Vec<Job> = if suspect.is_empty() {
+                tx.prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE {due} ORDER BY next_attempt_ms, id LIMIT ?3"
+                ))?
+                .query_map(params![models, now, limit as i64], job_row)?
+                .collect::<rusqlite::Result<_>>()?
+            } else {
+                suspect
+            };
             for job in &jobs {
                 tx.execute(
-                    "UPDATE jobs SET state = 'running', updated_ms = ?2 WHERE id = ?1",
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_ms = ?2 WHERE id = ?1",
                     params![job.id, now],
                 )?;
             }
@@ -250,6 +314,7 @@ impl Queue {
         })?;
         for job in &mut jobs {
             job.state = JobState::Running;
+            job.attempts += 1;
         }
         Ok(jobs)
     }
@@ -309,9 +374,16 @@ impl Queue {
     ) -> Result<JobState> {
         let now = now_ms();
         let state = self.in_tx(|tx| {
-            let attempts: Option<u32> =
-                tx.query_row("SELECT attempts FROM jobs WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
-            let Some(attempts) = attempts.map(|a| a + 1) else { return Ok(None) };
+            let row: Option<(u32, String)> = tx
+                .query_row("SELECT attempts, state FROM jobs WHERE id = ?1", params![id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            // A claimed job's try was counted by the claim; one failed before any claim (an
+            // oversize file at intake) counts its try now.
+            let Some(attempts) = row.map(|(a, st)| if st == "running" { a } else { a + 1 }) else {
+                return Ok(None);
+            };
             let (state, next) = if permanent || attempts > retries {
                 (JobState::Quarantined, 0)
             } else {
@@ -326,12 +398,13 @@ impl Queue {
         state.ok_or(QueueError::NoSuchJob(id))
     }
 
-    /// running -> pending without counting a try (shutdown, disk full), due after `delay`.
+    /// running -> pending, the claim's try given back (shutdown, disk full), due after `delay`.
     pub fn requeue(&mut self, id: i64, delay: Duration) -> Result<()> {
         let now = now_ms();
         self.conn
             .execute(
-                "UPDATE jobs SET state = 'pending', next_attempt_ms = ?2, updated_ms = ?3 WHERE id = ?1 AND state = 'running'",
+                "UPDATE jobs SET state = 'pending', attempts = MAX(attempts - 1, 0), next_attempt_ms = ?2, updated_ms = ?3
+                 WHERE id = ?1 AND state = 'running'",
                 params![id, now + delay.as_millis() as i64, now],
             )
             .map_err(self.db())?;
@@ -347,7 +420,7 @@ impl Queue {
             let Some(state) = state.map(|s| JobState::parse(&s)) else { return Ok(None) };
             if matches!(state, JobState::Failed | JobState::Quarantined) {
                 tx.execute(
-                    "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_ms = 0, updated_ms = ?2 WHERE id = ?1",
+                    "UPDATE jobs SET state = 'pending', attempts = 0, crashes = 0, next_attempt_ms = 0, updated_ms = ?2 WHERE id = ?1",
                     params![id, now],
                 )?;
             }
@@ -584,6 +657,7 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         series_key: r.get(6)?,
         created_ms: r.get(7)?,
         next_attempt_ms: r.get(8)?,
+        crashes: r.get(9)?,
     })
 }
 
@@ -716,8 +790,24 @@ mod tests {
         } // "crash": dropped while running
         let mut q = Queue::open(dir.path(), "m").expect("reopen");
         assert_eq!(q.counts().expect("counts").running, 2);
-        assert_eq!(q.requeue_running().expect("requeue"), 2);
-        assert_eq!(q.claim(5).expect("claim").len(), 2);
+        assert_eq!(q.recover_running(1).expect("recover"), (2, vec![]));
+        // Each crashed job is claimed alone, its try counted at the claim.
+        let one = q.claim(5).expect("claim");
+        assert_eq!((one.len(), one[0].attempts, one[0].crashes), (1, 2, 1));
+        q.complete(one[0].id, &[]).expect("done");
+        let other = q.claim(5).expect("claim");
+        assert_eq!(other.len(), 1);
+        // It dies again: two tries spent with retries 1, so it is quarantined.
+        let (requeued, quarantined) = q.recover_running(1).expect("recover");
+        assert_eq!(requeued, 0);
+        assert_eq!(quarantined.len(), 1);
+        assert!(quarantined[0].1.starts_with("stopped the daemon 2 times"), "{quarantined:?}");
+        assert_eq!(q.job(other[0].id).expect("job").state, JobState::Quarantined);
+        // A clean stop gives the claim's try back.
+        q.enqueue(&seen("/c", "3")).expect("enqueue");
+        let c = q.claim(5).expect("claim");
+        assert_eq!(q.requeue_running().expect("requeue"), 1);
+        assert_eq!(q.job(c[0].id).expect("job").attempts, 0);
     }
 
     #[test]
@@ -754,7 +844,7 @@ mod tests {
         let open = q.open_jobs(10).expect("open jobs");
         assert_eq!((open[0].state, open[0].attempts), (JobState::Quarantined, 3));
         q.retry(id).expect("retry");
-        assert_eq!(q.claim(1).expect("retried")[0].attempts, 0);
+        assert_eq!(q.claim(1).expect("retried")[0].attempts, 1, "tries reset, this claim counted");
         assert!(matches!(q.retry(id), Err(QueueError::NotRetryable { .. })));
         assert!(matches!(q.retry(999), Err(QueueError::NoSuchJob(999))));
         assert_eq!(

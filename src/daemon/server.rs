@@ -35,6 +35,10 @@ pub enum ServerError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("socket {path} is in use by another process")]
     InUse { path: PathBuf },
+    #[error(
+        "socket {path}: something that is not a socket is in the way (daemon.socket); it is left alone, move it or choose another path"
+    )]
+    NotASocket { path: PathBuf },
     #[error("group {0} does not exist (daemon.socket_group)")]
     NoSuchGroup(String),
     #[error("daemon at {path}: {source}")]
@@ -181,7 +185,12 @@ impl Server {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                // Never delete what is not ours: a file, a folder or a link at the socket path.
+                return Err(ServerError::NotASocket { path });
+            }
             if UnixStream::connect(&path).is_ok() {
                 return Err(ServerError::InUse { path });
             }
@@ -567,6 +576,22 @@ mod tests {
         let line = rx.recv_timeout(Duration::from_secs(1)).expect("event");
         let m: Message = protocol::decode(&line).expect("decode");
         assert_eq!(m, Message::Event(e));
+    }
+
+    #[test]
+    fn a_non_socket_at_the_socket_path_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ctmask.sock");
+        std::fs::write(&path, b"precious").expect("file");
+        let s = DaemonSettings {
+            socket: path.clone(),
+            ..DaemonSettings::default()
+        };
+        let Err(err) = Server::bind(&s) else {
+            panic!("bound over a regular file")
+        };
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).expect("still there"), b"precious");
     }
 
     #[test]

@@ -94,10 +94,17 @@ pub struct DaemonSettings {
     pub quarantine_dir: Option<PathBuf>,
     /// On SIGTERM, the slice in hand gets this long (s) before it is requeued.
     pub drain_timeout_s: f64,
+    /// Whether `status` (API and dashboard) names the input of an open job, relative to its
+    /// watch folder. Off by default: no API answer, report or output name carries an input path.
+    pub show_input_paths: bool,
     pub series: SeriesSettings,
     /// How slices are decoded; not a YAML key here: the caller copies it from the top-level config.
     #[serde(skip)]
     pub slice_options: SliceOptions,
+    /// Set by a reload: keys outside the daemon block that changed and wait for a restart
+    /// (`models`, `screening`, `threads`: the screener is built once). Not a YAML key.
+    #[serde(skip)]
+    pub restart_keys: Vec<String>,
 }
 
 impl Default for DaemonSettings {
@@ -127,11 +134,18 @@ impl Default for DaemonSettings {
             disk_check_interval_s: 5.0,
             quarantine_dir: None,
             drain_timeout_s: 20.0,
+            show_input_paths: false,
             series: SeriesSettings::default(),
             slice_options: SliceOptions::default(),
+            restart_keys: Vec::new(),
         }
     }
 }
+
+/// Shortest poll, rescan and disk-check interval (s): shorter ones busy-loop the daemon.
+pub const MIN_INTERVAL_S: f64 = 0.05;
+/// Longest accepted duration setting (s): one day.
+pub const MAX_SECONDS: f64 = 86_400.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -156,40 +170,55 @@ impl DaemonSettings {
                 bad(key, "must not be empty".into());
             }
         }
-        if self
+        // Compared as the folders they are (symlinks and `..` resolved), not as spelt.
+        let canon = self.clone().canonicalized();
+        let overlap = |a: &std::path::Path, b: &std::path::Path| a.starts_with(b) || b.starts_with(a);
+        if canon
             .watch
             .iter()
-            .any(|w| self.output.starts_with(w) || self.state.starts_with(w))
+            .any(|w| overlap(&canon.output, w) || overlap(&canon.state, w))
         {
             bad(
                 "output",
-                "output and state folders must not lie inside a watch folder".into(),
+                "output and state folders must not lie inside a watch folder or contain one".into(),
             );
         }
-        if self.socket_mode().is_none() {
-            bad(
+        match self.socket_mode() {
+            None => bad(
                 "socket_mode",
                 format!("`{}` is not an octal mode such as 0660", self.socket_mode),
-            );
+            ),
+            Some(m) if m & 0o007 != 0 => bad(
+                "socket_mode",
+                format!(
+                    "`{}` opens the socket to every user; use group permissions (0660, socket_group)",
+                    self.socket_mode
+                ),
+            ),
+            Some(_) => {}
         }
-        for (key, v) in [
-            ("poll_interval_s", self.poll_interval_s),
-            ("rescan_interval_s", self.rescan_interval_s),
-            ("backoff_s", self.backoff_s),
-            ("backoff_max_s", self.backoff_max_s),
-            ("disk_check_interval_s", self.disk_check_interval_s),
+        // Intervals: a tiny one busy-loops the daemon, a huge one overflows a Duration.
+        for (key, v, min) in [
+            ("poll_interval_s", self.poll_interval_s, MIN_INTERVAL_S),
+            ("rescan_interval_s", self.rescan_interval_s, MIN_INTERVAL_S),
+            ("backoff_s", self.backoff_s, 0.01),
+            ("backoff_max_s", self.backoff_max_s, 0.01),
+            ("disk_check_interval_s", self.disk_check_interval_s, MIN_INTERVAL_S),
+            ("quiet_period_s", self.quiet_period_s, 0.0),
+            ("drain_timeout_s", self.drain_timeout_s, 0.0),
         ] {
-            if !(v.is_finite() && v > 0.0) {
-                bad(key, format!("must be a positive number of seconds, got {v}"));
+            if !(v.is_finite() && (min..=MAX_SECONDS).contains(&v)) {
+                bad(key, format!("must be within [{min}, {MAX_SECONDS}] seconds, got {v}"));
             }
         }
-        for (key, v) in [
-            ("quiet_period_s", self.quiet_period_s),
-            ("drain_timeout_s", self.drain_timeout_s),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                bad(key, format!("must be zero or more seconds, got {v}"));
-            }
+        if self.settle_ms > (MAX_SECONDS as u64) * 1000 {
+            bad("settle_ms", format!("must be at most {MAX_SECONDS} s, got {} ms", self.settle_ms));
+        }
+        if self.batch_size > 256 {
+            bad("batch_size", format!("must be at most 256, got {}", self.batch_size));
+        }
+        if self.retries > 100 {
+            bad("retries", format!("must be at most 100, got {}", self.retries));
         }
         if self.stability_polls == 0 {
             bad("stability_polls", "must be at least 1".into());
@@ -200,7 +229,7 @@ impl DaemonSettings {
         if self.max_file_bytes == 0 {
             bad("max_file_bytes", "must be at least 1".into());
         }
-        if !(0.0..100.0).contains(&self.min_free_percent) {
+        if !(self.min_free_percent.is_finite() && (0.0..100.0).contains(&self.min_free_percent)) {
             bad(
                 "min_free_percent",
                 format!("must be in [0, 100), got {}", self.min_free_percent),
@@ -226,6 +255,15 @@ impl DaemonSettings {
             );
         }
         out
+    }
+
+    /// The watch, output and state folders made absolute and canonical (symlinks resolved), so
+    /// that they and the paths found under them compare by what they are, not how they are spelt.
+    pub fn canonicalized(mut self) -> DaemonSettings {
+        self.watch = self.watch.iter().map(|w| super::input::canonical(w)).collect();
+        self.output = super::input::canonical(&self.output);
+        self.state = super::input::canonical(&self.state);
+        self
     }
 
     /// The first problem, if any (see `problems` for all of them).
@@ -300,6 +338,9 @@ pub const YAML_TEMPLATE: &str = r#"daemon:
   quarantine_dir: null
   # On SIGTERM, seconds the slice in hand may take before it is requeued.
   drain_timeout_s: 20.0
+  # true: `status` and the dashboard show the path of a pending, failed or quarantined input,
+  # relative to its watch folder (file names often carry patient names). Off: jobs by id only.
+  show_input_paths: false
   series:
     # covid_fraction: covid if >= min_covid_slices slices or >= min_covid_percent % of slices are
     # covid (else pneumonia by the same thresholds, else control); mean_probability: the class with

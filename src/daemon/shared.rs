@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,6 @@ use crate::slice::SliceOptions;
 /// State every daemon thread sees.
 pub(crate) struct Shared {
     pub(crate) settings: RwLock<DaemonSettings>,
-    pub(crate) slice_options: SliceOptions,
     pub(crate) state_dir: PathBuf,
     pub(crate) models: Vec<ModelInfo>,
     pub(crate) models_hash: String,
@@ -37,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Mutex<VecDeque<(Instant, f64, f64)>>,
     pub(crate) slices_total: AtomicU64,
     pub(crate) started: Instant,
+    /// Jobs handed to the worker and not finished yet (a crashed job is read only when it is 0).
+    pub(crate) in_flight: AtomicUsize,
 }
 
 impl Shared {
@@ -47,8 +48,12 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// The reader's options (the `slice:` block; a reload applies to the next file read).
     pub(crate) fn slice_options(&self) -> SliceOptions {
-        self.slice_options.clone()
+        self.settings
+            .read()
+            .map(|s| s.slice_options.clone())
+            .unwrap_or_else(|p| p.into_inner().slice_options.clone())
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -134,6 +139,13 @@ impl Shared {
         }
     }
 
+    /// Waits until the worker holds no job (or the daemon stops).
+    pub(crate) fn wait_idle(&self) {
+        while self.in_flight.load(Ordering::SeqCst) > 0 && !self.stopping() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub(crate) fn record_slices(&self, n: usize, model_ms: f64, overhead_ms: f64) {
         self.slices_total.fetch_add(n as u64, Ordering::Relaxed);
         if let Ok(mut m) = self.metrics.lock() {
@@ -192,9 +204,31 @@ impl Shared {
                 .collect(),
             intake: self.intake(),
             counts: queue.counts()?,
-            jobs: queue.open_jobs(200)?,
+            jobs: queue
+                .open_jobs(200)?
+                .into_iter()
+                .map(|mut j| {
+                    j.path = shown_path(&j.path, &settings);
+                    j
+                })
+                .collect(),
             throughput: self.throughput(),
             disk: self.disk.lock().ok().and_then(|d| d.clone()),
         })
     }
+}
+
+/// What the API shows of an input's path: nothing, unless `show_input_paths` is on; then the
+/// path relative to the watch folder holding it (never an absolute path).
+pub(crate) fn shown_path(path: &str, settings: &DaemonSettings) -> String {
+    if !settings.show_input_paths {
+        return String::new();
+    }
+    let path = std::path::Path::new(path);
+    settings
+        .watch
+        .iter()
+        .find_map(|w| path.strip_prefix(w).ok())
+        .map(|rel| rel.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

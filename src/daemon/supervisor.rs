@@ -66,7 +66,10 @@ impl Supervisor {
     }
 
     fn reload(&mut self, reload: Result<DaemonSettings, String>) {
-        let new = match reload.and_then(|s| s.validate().map(|()| s).map_err(|e| e.to_string())) {
+        let new = match reload.and_then(|s| {
+            let s = s.canonicalized();
+            s.validate().map(|()| s).map_err(|e| e.to_string())
+        }) {
             Ok(s) => s,
             Err(e) => {
                 self.shared.publish(
@@ -79,29 +82,39 @@ impl Supervisor {
             }
         };
         let old = self.shared.settings();
-        let fixed: Vec<&str> = [
+        // Read once by threads that run for the daemon's life: these wait for a restart.
+        let mut fixed: Vec<String> = [
             ("watch", old.watch != new.watch),
             ("output", old.output != new.output),
             ("state", old.state != new.state),
-            (
-                "socket",
-                old.socket != new.socket
-                    || old.socket_group != new.socket_group
-                    || old.socket_mode != new.socket_mode,
-            ),
+            ("socket", old.socket != new.socket),
+            ("socket_group", old.socket_group != new.socket_group),
+            ("socket_mode", old.socket_mode != new.socket_mode),
             ("poll", old.poll != new.poll),
+            ("poll_interval_s", old.poll_interval_s != new.poll_interval_s),
+            ("rescan_interval_s", old.rescan_interval_s != new.rescan_interval_s),
+            ("settle_ms", old.settle_ms != new.settle_ms),
+            ("stability_polls", old.stability_polls != new.stability_polls),
+            ("ignore_suffixes", old.ignore_suffixes != new.ignore_suffixes),
             ("device", old.device != new.device),
         ]
         .into_iter()
-        .filter_map(|(k, changed)| changed.then_some(k))
+        .filter_map(|(k, changed)| changed.then(|| format!("daemon.{k}")))
         .collect();
+        // Settings outside the daemon block the screener was built with (models, screening).
+        fixed.extend(new.restart_keys.iter().cloned());
         let mut applied = new.clone();
-        // Keys the running threads cannot change keep their values until a restart.
         (applied.watch, applied.output, applied.state) =
             (old.watch.clone(), old.output.clone(), old.state.clone());
         (applied.socket, applied.socket_group, applied.socket_mode) =
-            (old.socket, old.socket_group, old.socket_mode);
-        (applied.poll, applied.device, applied.slice_options) = (old.poll, old.device, old.slice_options);
+            (old.socket.clone(), old.socket_group.clone(), old.socket_mode.clone());
+        (applied.poll, applied.poll_interval_s, applied.rescan_interval_s) =
+            (old.poll, old.poll_interval_s, old.rescan_interval_s);
+        (applied.settle_ms, applied.stability_polls, applied.ignore_suffixes) =
+            (old.settle_ms, old.stability_polls, old.ignore_suffixes.clone());
+        applied.device = old.device.clone();
+        applied.restart_keys.clear();
+        // `slice:` (windowing, limits) applies to the next file read.
         if let Ok(mut s) = self.shared.settings.write() {
             *s = applied;
         }

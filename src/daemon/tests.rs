@@ -331,6 +331,7 @@ fn bad_files_are_quarantined_while_good_ones_are_screened() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let s = DaemonSettings {
         max_file_bytes: 100_000,
+        show_input_paths: true, // jobs found by name below (relative to the watch folder)
         ..settings(tmp.path())
     };
     let (watch, out) = (s.watch[0].clone(), s.output.clone());

@@ -8,7 +8,9 @@
 //! - found by a scan: once size and mtime held across `stability_polls` polls, and (with inotify)
 //!   no write is in progress on it.
 //!
-//! Names starting with `.` or ending with an ignored suffix (`.part`, `.tmp`) are never taken.
+//! Names starting with `.` or ending with an ignored suffix (`.part`, `.tmp`) are never taken;
+//! neither are symlinks, FIFOs or devices (`lstat`: links are never followed into or out of a
+//! watch folder, and `input.rs` checks again when the file is opened).
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -297,7 +299,7 @@ impl Watcher {
     }
 
     fn track(&mut self, path: &Path, fast: bool, now: Instant) {
-        let Ok(meta) = std::fs::metadata(path) else {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
             return;
         };
         if !meta.is_file() {
@@ -341,7 +343,7 @@ impl Watcher {
             .collect();
         let needed = self.settings.stability_polls.max(1);
         for path in due {
-            let Ok(meta) = std::fs::metadata(&path) else {
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 self.tracking.remove(&path);
                 continue;
             };
@@ -368,7 +370,7 @@ impl Watcher {
     }
 
     fn take_now(&mut self, path: &Path) {
-        let Ok(meta) = std::fs::metadata(path) else {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
             return;
         };
         if !meta.is_file() {

@@ -233,7 +233,10 @@ impl App {
             return;
         };
         if matches!(job.state, JobState::Failed | JobState::Quarantined) {
-            let name = job.path.rsplit('/').next().unwrap_or(&job.path).to_string();
+            let name = match job.path.rsplit('/').next() {
+                Some(n) if !n.is_empty() => n.to_string(),
+                _ => format!("job {}", job.id),
+            };
             self.mode = Mode::Confirm {
                 job_id: job.id,
                 label: name,

@@ -3,6 +3,7 @@
 mod common;
 mod daemon_e2e;
 mod demo_weights;
+mod hostile;
 mod import;
 mod keys;
 mod model_smoke;
