@@ -31,7 +31,7 @@ pub enum ProtocolError {
     },
     #[error("malformed message: {source}")]
     Decode { source: serde_json::Error },
-    #[error("message longer than {MAX_LINE_BYTES} bytes")]
+    #[error("message longer than the line limit")]
     TooLong,
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
@@ -53,13 +53,31 @@ pub enum Request {
     Retry {
         job_id: i64,
     },
+    /// Every failed and quarantined job back to pending, and intake resumed after a run of
+    /// screening failures (a broken device) paused it.
+    RetryAll,
+    /// The newest results, a page of at most `RECENT_MAX` slices after skipping `offset`.
     Recent {
         #[serde(default = "default_recent_limit")]
         limit: usize,
+        #[serde(default)]
+        offset: usize,
     },
-    /// One series in detail: `results` with its summary and all its slices in anatomical order.
+    /// One series in detail: `results` with its summary and its slices in anatomical order, from
+    /// `offset`, at most `limit` (all when absent) and `total` set; thumbnails ride along for at
+    /// most `SERIES_THUMBNAILS` slices of the page, the others are fetched with `thumbnail`.
     Series {
         key: String,
+        #[serde(default)]
+        offset: usize,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// One slice's thumbnail (on demand, for the slice shown).
+    Thumbnail {
+        job_id: i64,
+        #[serde(default)]
+        frame: Option<u32>,
     },
     /// A request type this build does not know (from a newer client).
     #[serde(other)]
@@ -69,6 +87,11 @@ pub enum Request {
 fn default_recent_limit() -> usize {
     50
 }
+
+/// Most slices one `recent` reply carries (page with `offset` for more).
+pub const RECENT_MAX: usize = 200;
+/// Most slices of one `series` page that carry their thumbnail.
+pub const SERIES_THUMBNAILS: usize = 64;
 
 /// What the daemon sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +104,12 @@ pub enum Message {
     Snapshot(Box<Snapshot>),
     Event(Event),
     Results(Results),
+    /// The reply to `thumbnail` (`None`: that slice has none).
+    Thumbnail {
+        job_id: i64,
+        frame: Option<u32>,
+        thumbnail: Option<Thumbnail>,
+    },
     /// A request was carried out (`pause`, `resume`, `retry`).
     Ack {
         request: String,
@@ -249,6 +278,9 @@ pub struct Results {
     pub series: Vec<SeriesSummary>,
     /// Newest first.
     pub slices: Vec<SliceSummary>,
+    /// For `series`: how many slices the series has (pages with `offset` and `limit`).
+    #[serde(default)]
+    pub total: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -410,17 +442,22 @@ pub fn decode<T: DeserializeOwned>(line: &str) -> Result<T, ProtocolError> {
 
 /// Reads the next non-empty line and decodes it; `Ok(None)` at the end of the stream.
 pub fn read_message<T: DeserializeOwned, R: BufRead>(reader: &mut R) -> Result<Option<T>, ProtocolError> {
+    read_message_limited(reader, MAX_LINE_BYTES)
+}
+
+/// [`read_message`] with a smaller line limit (the daemon reads requests, which are short).
+pub fn read_message_limited<T: DeserializeOwned, R: BufRead>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<T>, ProtocolError> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = reader
-            .by_ref()
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut buf)?;
+        let n = reader.by_ref().take(max as u64 + 1).read_until(b'\n', &mut buf)?;
         if n == 0 {
             return Ok(None);
         }
-        if buf.len() > MAX_LINE_BYTES {
+        if buf.len() > max {
             return Err(ProtocolError::TooLong);
         }
         let line = String::from_utf8_lossy(&buf);
@@ -480,8 +517,17 @@ mod tests {
             Request::Pause,
             Request::Resume,
             Request::Retry { job_id: 42 },
-            Request::Recent { limit: 5 },
-            Request::Series { key: "1.2.3".into() },
+            Request::RetryAll,
+            Request::Recent { limit: 5, offset: 0 },
+            Request::Series {
+                key: "1.2.3".into(),
+                offset: 10,
+                limit: Some(5),
+            },
+            Request::Thumbnail {
+                job_id: 3,
+                frame: None,
+            },
         ] {
             round_trip(r);
         }
@@ -546,8 +592,14 @@ mod tests {
                 ..SeriesSummary::default()
             }],
             slices: vec![slice_summary()],
+            total: Some(1),
         };
         for m in [
+            Message::Thumbnail {
+                job_id: 7,
+                frame: Some(2),
+                thumbnail: slice_summary().thumbnail,
+            },
             Message::Hello {
                 version: 1,
                 server: "ctmask 0.1.0".into(),
@@ -592,7 +644,7 @@ mod tests {
         assert_eq!(e.kind, EventKind::Other);
         assert_eq!(
             decode::<Request>(r#"{"type":"recent"}"#).expect("default limit"),
-            Request::Recent { limit: 50 }
+            Request::Recent { limit: 50, offset: 0 }
         );
         assert!(
             decode::<Request>(r#"{"type":"retry"}"#).is_err(),

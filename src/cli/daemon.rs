@@ -140,3 +140,49 @@ pub fn run_status(a: &StatusArgs) -> anyhow::Result<()> {
     println!("{}", crate::DISCLAIMER);
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// Config file naming the socket (default: config/ctmask.yaml, then /etc/ctmask/ctmask.yaml).
+    #[arg(long, conflicts_with = "socket")]
+    pub config: Option<PathBuf>,
+    /// The daemon's socket.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: ControlAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ControlAction {
+    /// Stop taking new jobs (files keep being queued).
+    Pause,
+    /// Take jobs again (also after a run of screening failures paused intake).
+    Resume,
+    /// Queue one failed or quarantined job again.
+    Retry { job_id: i64 },
+    /// Queue every failed and quarantined job again and resume after screening failures.
+    RetryAll,
+}
+
+/// `ctmask control`: one control request; the daemon's answer is printed.
+pub fn run_control(a: &ControlArgs) -> anyhow::Result<()> {
+    use crate::protocol::{Message, Request};
+    let socket = socket_path(a.socket.as_deref(), a.config.as_deref())?;
+    let request = match a.action {
+        ControlAction::Pause => Request::Pause,
+        ControlAction::Resume => Request::Resume,
+        ControlAction::Retry { job_id } => Request::Retry { job_id },
+        ControlAction::RetryAll => Request::RetryAll,
+    };
+    let mut client = crate::daemon::Client::connect(&socket, Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| anyhow::anyhow!("{}: cannot reach the daemon: {e}", socket.display()))?;
+    match client.request(&request) {
+        Ok(Message::Ack { message, .. }) => {
+            println!("{message}");
+            Ok(())
+        }
+        Ok(other) => anyhow::bail!("unexpected answer: {other:?}"),
+        Err(e) => anyhow::bail!("{e}"),
+    }
+}

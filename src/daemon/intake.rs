@@ -44,12 +44,14 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// The intake thread: hashes taken files and enqueues them (holding while the disk is low).
 pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<TakenFile>) {
     loop {
+        shared.beats.intake.beat();
         let taken = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(t) => t,
             Err(RecvTimeoutError::Timeout) if !shared.stopping() => continue,
             Err(_) => return,
         };
         while shared.disk_is_low() && !shared.stopping() {
+            shared.beats.intake.beat();
             std::thread::sleep(Duration::from_millis(200));
         }
         if shared.stopping() {

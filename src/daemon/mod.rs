@@ -6,11 +6,15 @@
 //! (owns the screener; screens, writes outputs, records) ; the server answers the socket; the
 //! calling thread supervises: signals, reloads, disk space, series reports, systemd notify.
 
+mod connection;
 mod faults;
+mod hub;
 mod input;
 mod intake;
+mod liveness;
 pub mod ops;
 pub mod outputs;
+pub mod peers;
 pub mod queue;
 pub mod series;
 pub mod server;
@@ -53,6 +57,8 @@ pub enum DaemonError {
     Output { path: PathBuf, source: std::io::Error },
     #[error("the screener could not be built: {0}")]
     Screener(String),
+    #[error("{0}")]
+    Unhealthy(String),
     #[error("cannot start thread {name}: {source}")]
     Thread {
         name: &'static str,
@@ -161,7 +167,7 @@ pub fn run(
             .collect(),
         models_hash: models_hash.clone(),
         device: identity.device.clone(),
-        hub: server::Hub::default(),
+        hub: hub::Hub::default(),
         stop: AtomicBool::new(false),
         operator_paused: AtomicBool::new(false),
         disk_low: Mutex::new(None),
@@ -174,6 +180,8 @@ pub fn run(
         slices_total: Default::default(),
         started: Instant::now(),
         in_flight: Default::default(),
+        beats: Default::default(),
+        failure_streak: Mutex::new((0, None)),
         settings: RwLock::new(settings.clone()),
     });
     let mut sup = Supervisor::new(shared.clone(), Queue::open(&settings.state, &models_hash)?);
@@ -196,7 +204,7 @@ pub fn run(
         let shared = shared.clone();
         move || intake::intake_loop(shared, intake_queue, taken_rx)
     })?;
-    let watch = watcher::Watcher::new(settings.clone(), known, taken_tx);
+    let watch = watcher::Watcher::new(settings.clone(), known, taken_tx).with_beat(shared.beats.watcher.clone());
     if !watch.polled_dirs().is_empty() {
         tracing::info!(
             folders = watch.polled_dirs().len(),
@@ -232,7 +240,27 @@ pub fn run(
         );
     }
     ops::sd_notify("READY=1");
-    sup.run(&shutdown, &mut queue);
+    let beats = &shared.beats;
+    let threads = vec![
+        liveness::Watched { name: "watch", handle: watcher, beat: beats.watcher.clone() },
+        liveness::Watched { name: "intake", handle: intake, beat: beats.intake.clone() },
+        liveness::Watched { name: "reader", handle: reader, beat: beats.reader.clone() },
+        liveness::Watched { name: "worker", handle: worker_handle, beat: beats.worker.clone() },
+        liveness::Watched { name: "server", handle: serve, beat: beats.server.clone() },
+    ];
+    if let Err(reason) = sup.run(&shutdown, &mut queue, &threads) {
+        // No drain: a hung thread would never join, and the slice in hand must count as a crash.
+        shared.publish(
+            EventKind::Warning,
+            format!("daemon unhealthy, exiting for a restart: {reason}"),
+            None,
+            None,
+        );
+        ops::sd_notify(&format!("STATUS=unhealthy: {reason}"));
+        shared.stop.store(true, Ordering::SeqCst);
+        watch_stop.store(true, Ordering::SeqCst);
+        return Err(DaemonError::Unhealthy(reason));
+    }
 
     // Drain: stop intake and reading at once; the worker finishes or requeues what it holds.
     shared.publish(EventKind::DaemonStopping, "daemon stopping".into(), None, None);
@@ -241,9 +269,17 @@ pub fn run(
     watch_stop.store(true, Ordering::SeqCst);
     shared.wake();
     let deadline = Instant::now() + Duration::from_secs_f64(shared.settings().drain_timeout_s);
-    for h in [watcher, intake, reader, serve] {
-        let _ = h.join();
+    let mut worker_handle = None;
+    for t in threads {
+        if t.name == "worker" {
+            worker_handle = Some(t.handle);
+        } else {
+            let _ = t.handle.join();
+        }
     }
+    let Some(worker_handle) = worker_handle else {
+        return Ok(());
+    };
     while !worker_handle.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -110,6 +110,13 @@ CREATE TABLE IF NOT EXISTS series (
   revision INTEGER NOT NULL DEFAULT 0,
   summary TEXT
 );
+CREATE TABLE IF NOT EXISTS instances (
+  models TEXT NOT NULL,
+  series_key TEXT NOT NULL,
+  stem TEXT NOT NULL,
+  job_id INTEGER NOT NULL,
+  PRIMARY KEY (models, series_key, stem)
+);
 CREATE TABLE IF NOT EXISTS thumbnails (
   job_id INTEGER NOT NULL,
   frame INTEGER NOT NULL,
@@ -319,9 +326,23 @@ impl Queue {
         Ok(jobs)
     }
 
-    /// running -> done, with the slices' summaries (also marks the series active).
+    /// The job whose result stands for this SOP instance (series key and output stem), if any.
+    pub fn instance_owner(&self, series_key: &str, stem: &str) -> Result<Option<i64>> {
+        self.conn
+            .query_row(
+                "SELECT job_id FROM instances WHERE models = ?1 AND series_key = ?2 AND stem = ?3",
+                params![self.models, series_key, stem],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.db())
+    }
+
+    /// running -> done, with the slices' summaries (also marks the series active and records
+    /// each slice as the result of its SOP instance).
     pub fn complete(&mut self, id: i64, slices: &[SliceSummary]) -> Result<()> {
         let now = now_ms();
+        let models = self.models.clone();
         // Thumbnails live in their own table: the summaries stay small for series reports.
         let bare: Vec<SliceSummary> = slices
             .iter()
@@ -349,6 +370,12 @@ impl Queue {
                 tx.execute(
                     "INSERT OR REPLACE INTO thumbnails (job_id, frame, thumbnail) VALUES (?1, ?2, ?3)",
                     params![id, frame, thumb],
+                )?;
+            }
+            for s in slices {
+                tx.execute(
+                    "INSERT OR IGNORE INTO instances (models, series_key, stem, job_id) VALUES (?1, ?2, ?3, ?4)",
+                    params![models, s.series_key, s.file_name, id],
                 )?;
             }
             if let Some(key) = &series_key {
@@ -434,6 +461,19 @@ impl Queue {
                 state: state.as_str(),
             }),
         }
+    }
+
+    /// An operator's retry of everything failed or quarantined (after a broken device, say):
+    /// -> pending, tries reset. Returns how many.
+    pub fn retry_all(&mut self) -> Result<usize> {
+        let now = now_ms();
+        self.conn
+            .execute(
+                "UPDATE jobs SET state = 'pending', attempts = 0, crashes = 0, next_attempt_ms = 0, updated_ms = ?2
+                 WHERE models = ?1 AND state IN ('failed', 'quarantined')",
+                params![self.models, now],
+            )
+            .map_err(self.db())
     }
 
     pub fn job(&self, id: i64) -> Result<Job> {
@@ -534,10 +574,10 @@ impl Queue {
     }
 
     /// Summaries of the most recently finished slices, newest first (with thumbnails when asked).
-    pub fn recent_slices(&self, limit: usize, thumbnails: bool) -> Result<Vec<SliceSummary>> {
+    pub fn recent_slices(&self, limit: usize, offset: usize, thumbnails: bool) -> Result<Vec<SliceSummary>> {
         let sql = "SELECT summary FROM jobs WHERE models = ?1 AND state = 'done' AND summary IS NOT NULL
-                   ORDER BY updated_ms DESC, id DESC LIMIT ?2";
-        let mut out = self.summaries(sql, params![self.models, limit as i64])?;
+                   ORDER BY updated_ms DESC, id DESC LIMIT ?2 OFFSET ?3";
+        let mut out = self.summaries(sql, params![self.models, limit as i64, offset as i64])?;
         out.truncate(limit);
         if thumbnails {
             self.attach_thumbnails(&mut out)?;
@@ -565,6 +605,20 @@ impl Queue {
             }
         }
         Ok(out)
+    }
+
+    /// One slice's thumbnail (`frame` None: a single-frame file).
+    pub fn thumbnail(&self, job_id: i64, frame: Option<u32>) -> Result<Option<crate::protocol::Thumbnail>> {
+        let json: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT thumbnail FROM thumbnails WHERE job_id = ?1 AND frame = ?2",
+                params![job_id, i64::from(frame.unwrap_or(0))],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.db())?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
     pub fn attach_thumbnails(&self, slices: &mut [SliceSummary]) -> Result<()> {
@@ -874,7 +928,7 @@ mod tests {
         assert_eq!(q.series_due(Duration::ZERO).expect("due again").len(), 1);
         assert_eq!(q.series_revision("S").expect("rev"), 2);
         assert_eq!(q.series_slices("S").expect("slices").len(), 2);
-        assert_eq!(q.recent_slices(1, true).expect("recent")[0].job_id, id2);
+        assert_eq!(q.recent_slices(1, 0, true).expect("recent")[0].job_id, id2);
     }
 
     #[test]

@@ -59,8 +59,13 @@ pub struct DaemonSettings {
     pub socket: PathBuf,
     /// Group owning the socket (None: the daemon's own group).
     pub socket_group: Option<String>,
-    /// Octal permission bits of the socket.
+    /// Octal permission bits of the socket (no bits for others).
     pub socket_mode: String,
+    /// Group whose members may also pause, resume and retry (None: only root and the daemon's
+    /// user); `socket_group` members may only read.
+    pub control_group: Option<String>,
+    /// Connections served at once; more are refused with `busy`.
+    pub max_clients: usize,
     pub poll: PollMode,
     /// Seconds between polls (stability checks; full scans in poll mode).
     pub poll_interval_s: f64,
@@ -94,6 +99,12 @@ pub struct DaemonSettings {
     pub quarantine_dir: Option<PathBuf>,
     /// On SIGTERM, the slice in hand gets this long (s) before it is requeued.
     pub drain_timeout_s: f64,
+    /// This many files in a row whose screening failed (not their reading) pause intake with an
+    /// alert: the device or the models are broken, not the files. 0: never.
+    pub device_failure_limit: u32,
+    /// A thread that makes no progress for this long (s) makes the daemon stop pinging the
+    /// watchdog and exit non-zero (the worker's model call included).
+    pub stall_timeout_s: f64,
     /// Whether `status` (API and dashboard) names the input of an open job, relative to its
     /// watch folder. Off by default: no API answer, report or output name carries an input path.
     pub show_input_paths: bool,
@@ -116,6 +127,8 @@ impl Default for DaemonSettings {
             socket: PathBuf::from("/run/ctmask/ctmask.sock"),
             socket_group: None,
             socket_mode: "0660".into(),
+            control_group: None,
+            max_clients: 256,
             poll: PollMode::Auto,
             poll_interval_s: 2.0,
             rescan_interval_s: 300.0,
@@ -134,6 +147,8 @@ impl Default for DaemonSettings {
             disk_check_interval_s: 5.0,
             quarantine_dir: None,
             drain_timeout_s: 20.0,
+            device_failure_limit: 5,
+            stall_timeout_s: 600.0,
             show_input_paths: false,
             series: SeriesSettings::default(),
             slice_options: SliceOptions::default(),
@@ -206,6 +221,7 @@ impl DaemonSettings {
             ("disk_check_interval_s", self.disk_check_interval_s, MIN_INTERVAL_S),
             ("quiet_period_s", self.quiet_period_s, 0.0),
             ("drain_timeout_s", self.drain_timeout_s, 0.0),
+            ("stall_timeout_s", self.stall_timeout_s, 1.0),
         ] {
             if !(v.is_finite() && (min..=MAX_SECONDS).contains(&v)) {
                 bad(key, format!("must be within [{min}, {MAX_SECONDS}] seconds, got {v}"));
@@ -214,8 +230,17 @@ impl DaemonSettings {
         if self.settle_ms > (MAX_SECONDS as u64) * 1000 {
             bad("settle_ms", format!("must be at most {MAX_SECONDS} s, got {} ms", self.settle_ms));
         }
+        if !(1..=4096).contains(&self.max_clients) {
+            bad("max_clients", format!("must be within [1, 4096], got {}", self.max_clients));
+        }
         if self.batch_size > 256 {
             bad("batch_size", format!("must be at most 256, got {}", self.batch_size));
+        }
+        if self.device_failure_limit > 10_000 {
+            bad(
+                "device_failure_limit",
+                format!("must be at most 10000, got {}", self.device_failure_limit),
+            );
         }
         if self.retries > 100 {
             bad("retries", format!("must be at most 100, got {}", self.retries));
@@ -306,6 +331,11 @@ pub const YAML_TEMPLATE: &str = r#"daemon:
   # Group owning the socket; null = the daemon's own group. Its members may connect.
   socket_group: null
   socket_mode: "0660"
+  # Group whose members may also pause, resume and retry; null = only root and the daemon's user.
+  # Members of socket_group (or the daemon's group) may only read (status, events, results).
+  control_group: null
+  # Connections served at once (each costs two small threads); more are refused with "busy".
+  max_clients: 256
   # auto: inotify, but polling on network filesystems (NFS, SMB/CIFS, 9p, Ceph, FUSE); inotify; poll.
   poll: auto
   # Seconds between polls: stability checks, and full scans in poll mode.
@@ -338,6 +368,12 @@ pub const YAML_TEMPLATE: &str = r#"daemon:
   quarantine_dir: null
   # On SIGTERM, seconds the slice in hand may take before it is requeued.
   drain_timeout_s: 20.0
+  # After this many files in a row failed in the model (a broken GPU, say), intake pauses with an
+  # alert until `retry_all` or resume, instead of failing and quarantining every file. 0: never.
+  device_failure_limit: 5
+  # A daemon thread (watcher, intake, reader, worker, server) that makes no progress for this
+  # long (s) stops the watchdog pings and makes the daemon exit non-zero, so systemd restarts it.
+  stall_timeout_s: 600.0
   # true: `status` and the dashboard show the path of a pending, failed or quarantined input,
   # relative to its watch folder (file names often carry patient names). Off: jobs by id only.
   show_input_paths: false

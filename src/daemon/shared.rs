@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use super::ops;
 use super::queue::{self, Queue, QueueError};
-use super::server;
 use super::settings::DaemonSettings;
 use crate::protocol::{DiskInfo, EventKind, Intake, ModelInfo, PROTOCOL_VERSION, Snapshot, Throughput};
 use crate::slice::SliceOptions;
@@ -21,7 +20,7 @@ pub(crate) struct Shared {
     pub(crate) models: Vec<ModelInfo>,
     pub(crate) models_hash: String,
     pub(crate) device: String,
-    pub(crate) hub: server::Hub,
+    pub(crate) hub: super::hub::Hub,
     pub(crate) stop: AtomicBool,
     pub(crate) operator_paused: AtomicBool,
     pub(crate) disk_low: Mutex<Option<String>>,
@@ -38,6 +37,9 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     /// Jobs handed to the worker and not finished yet (a crashed job is read only when it is 0).
     pub(crate) in_flight: AtomicUsize,
+    pub(crate) beats: super::liveness::Beats,
+    /// Files in a row whose screening failed, and the alert once `device_failure_limit` is hit.
+    pub(crate) failure_streak: Mutex<(u32, Option<String>)>,
 }
 
 impl Shared {
@@ -75,7 +77,60 @@ impl Shared {
     }
 
     pub(crate) fn intake_paused(&self) -> bool {
-        self.operator_paused.load(Ordering::SeqCst) || self.disk_is_low()
+        self.operator_paused.load(Ordering::SeqCst) || self.disk_is_low() || self.device_alert().is_some()
+    }
+
+    fn device_alert(&self) -> Option<String> {
+        self.failure_streak.lock().ok().and_then(|s| s.1.clone())
+    }
+
+    /// A file whose screening failed (the model, not the file's reading): after
+    /// `device_failure_limit` in a row, intake pauses with an alert.
+    pub(crate) fn note_screening_failure(&self, reason: &str) {
+        let limit = self.settings().device_failure_limit;
+        let tripped = self.failure_streak.lock().ok().and_then(|mut s| {
+            s.0 += 1;
+            (limit > 0 && s.0 >= limit && s.1.is_none()).then(|| {
+                let alert = format!(
+                    "screening failed for {} files in a row (last: {reason}); the device or the models may be broken: fix them, then retry all failed jobs or resume",
+                    s.0
+                );
+                s.1 = Some(alert.clone());
+                alert
+            })
+        });
+        if let Some(alert) = tripped {
+            self.publish(EventKind::IntakePaused, format!("intake paused: {alert}"), None, None);
+            ops::sd_notify(&format!("STATUS=paused: {alert}"));
+        }
+    }
+
+    pub(crate) fn note_screening_success(&self) {
+        if let Ok(mut s) = self.failure_streak.lock() {
+            s.0 = 0;
+        }
+    }
+
+    /// Clears a device-failure pause (an operator's resume or retry-all); whether there was one.
+    pub(crate) fn clear_device_alert(&self) -> bool {
+        let was = self
+            .failure_streak
+            .lock()
+            .map(|mut s| {
+                s.0 = 0;
+                s.1.take().is_some()
+            })
+            .unwrap_or(false);
+        if was {
+            self.publish(
+                EventKind::IntakeResumed,
+                "intake resumed by operator after screening failures".into(),
+                None,
+                None,
+            );
+            self.wake();
+        }
+        was
     }
 
     pub(crate) fn intake(&self) -> Intake {
@@ -85,6 +140,9 @@ impl Shared {
         }
         if let Ok(Some(r)) = self.disk_low.lock().map(|d| d.clone()) {
             reasons.push(r);
+        }
+        if let Some(alert) = self.device_alert() {
+            reasons.push(alert);
         }
         Intake {
             paused: !reasons.is_empty(),
@@ -142,6 +200,7 @@ impl Shared {
     /// Waits until the worker holds no job (or the daemon stops).
     pub(crate) fn wait_idle(&self) {
         while self.in_flight.load(Ordering::SeqCst) > 0 && !self.stopping() {
+            self.beats.reader.beat();
             std::thread::sleep(Duration::from_millis(10));
         }
     }

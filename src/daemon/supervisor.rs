@@ -1,6 +1,6 @@
 //! The calling thread's duties while the daemon runs: reloads (SIGHUP), the output disk's free
 //! space (pausing and resuming intake), series reports after the quiet period, systemd STATUS and
-//! WATCHDOG messages.
+//! WATCHDOG messages (sent only while every watched thread is alive and within its deadline).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,6 +10,7 @@ use super::ops::{self, ShutdownSignal};
 use super::queue::Queue;
 use super::series;
 use super::settings::DaemonSettings;
+use super::liveness::{Watched, unhealthy};
 use super::shared::Shared;
 use crate::protocol::EventKind;
 
@@ -38,9 +39,19 @@ impl Supervisor {
         }
     }
 
-    pub(crate) fn run(&mut self, shutdown: &ShutdownSignal, status_queue: &mut Queue) {
+    /// Runs until `shutdown`; `Err(reason)` as soon as a watched thread died or stalled.
+    pub(crate) fn run(
+        &mut self,
+        shutdown: &ShutdownSignal,
+        status_queue: &mut Queue,
+        threads: &[Watched],
+    ) -> Result<(), String> {
         while !shutdown.is_triggered() {
             let now = Instant::now();
+            let stall = Duration::from_secs_f64(self.shared.settings().stall_timeout_s);
+            if let Some(reason) = unhealthy(threads, stall) {
+                return Err(reason);
+            }
             if let Some(reload) = shutdown.take_reload() {
                 self.reload(reload);
             }
@@ -63,6 +74,7 @@ impl Supervisor {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     fn reload(&mut self, reload: Result<DaemonSettings, String>) {
@@ -89,6 +101,8 @@ impl Supervisor {
             ("state", old.state != new.state),
             ("socket", old.socket != new.socket),
             ("socket_group", old.socket_group != new.socket_group),
+            ("control_group", old.control_group != new.control_group),
+            ("max_clients", old.max_clients != new.max_clients),
             ("socket_mode", old.socket_mode != new.socket_mode),
             ("poll", old.poll != new.poll),
             ("poll_interval_s", old.poll_interval_s != new.poll_interval_s),
@@ -113,6 +127,7 @@ impl Supervisor {
         (applied.settle_ms, applied.stability_polls, applied.ignore_suffixes) =
             (old.settle_ms, old.stability_polls, old.ignore_suffixes.clone());
         applied.device = old.device.clone();
+        (applied.control_group, applied.max_clients) = (old.control_group.clone(), old.max_clients);
         applied.restart_keys.clear();
         // `slice:` (windowing, limits) applies to the next file read.
         if let Ok(mut s) = self.shared.settings.write() {
@@ -147,6 +162,13 @@ impl Supervisor {
                 return None;
             }
             Some(ops::disk_full_reason(&info, at_failure))
+        });
+        // The state disk (queue database, thumbnails) is watched like the output disk.
+        let reason = reason.or_else(|| {
+            ops::disk_info(&settings.state)
+                .ok()
+                .and_then(|state| ops::disk_low_reason(&state, &settings))
+                .map(|r| format!("state folder: {r}"))
         });
         if let Ok(mut d) = self.shared.disk.lock() {
             *d = Some(info);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,8 @@ use crate::structures::{Classification, Finding, Lesion};
 struct PixelScreener {
     calls: Arc<AtomicUsize>,
     delay: Duration,
+    /// A "broken device": every slice fails while set.
+    broken: Arc<AtomicBool>,
 }
 
 impl Screener for PixelScreener {
@@ -27,6 +29,9 @@ impl Screener for PixelScreener {
         std::thread::sleep(self.delay);
         if slices.iter().any(|s| s.rgb.first() == Some(&13)) {
             panic!("test double told to panic");
+        }
+        if self.broken.load(Ordering::SeqCst) {
+            return slices.iter().map(|_| Err("CUDA error: device lost (test double)".into())).collect();
         }
         slices.iter().map(pixel_finding).collect()
     }
@@ -122,6 +127,7 @@ struct Running {
     signal: ShutdownSignal,
     handle: JoinHandle<Result<(), DaemonError>>,
     calls: Arc<AtomicUsize>,
+    broken: Arc<AtomicBool>,
     socket: PathBuf,
 }
 
@@ -139,11 +145,12 @@ impl Running {
 
 fn start(settings: DaemonSettings, delay: Duration) -> Running {
     let calls = Arc::new(AtomicUsize::new(0));
+    let broken = Arc::new(AtomicBool::new(false));
     let signal = ShutdownSignal::new();
     let socket = settings.socket.clone();
     let make: MakeScreener = {
-        let calls = calls.clone();
-        Box::new(move || Ok(Box::new(PixelScreener { calls, delay }) as Box<dyn Screener>))
+        let (calls, broken) = (calls.clone(), broken.clone());
+        Box::new(move || Ok(Box::new(PixelScreener { calls, delay, broken }) as Box<dyn Screener>))
     };
     let handle = {
         let signal = signal.clone();
@@ -157,6 +164,7 @@ fn start(settings: DaemonSettings, delay: Duration) -> Running {
         signal,
         handle,
         calls,
+        broken,
         socket,
     }
 }
@@ -294,7 +302,7 @@ fn screens_slices_reports_series_and_never_rescreens_copies() {
     assert_eq!(snapshot.models[0].name, "pixel-test-double");
     let Message::Results(results) = d
         .client()
-        .request(&Request::Recent { limit: 10 })
+        .request(&Request::Recent { limit: 10, offset: 0 })
         .expect("recent")
     else {
         panic!("not results")
@@ -305,7 +313,11 @@ fn screens_slices_reports_series_and_never_rescreens_copies() {
     let key = loose["series_key"].as_str().expect("key").to_string();
     let Message::Results(one) = d
         .client()
-        .request(&Request::Series { key: key.clone() })
+        .request(&Request::Series {
+            key: key.clone(),
+            offset: 0,
+            limit: None,
+        })
         .expect("series")
     else {
         panic!("not results")
@@ -314,7 +326,11 @@ fn screens_slices_reports_series_and_never_rescreens_copies() {
     assert_eq!(one.series[0].key, key);
     assert!(
         d.client()
-            .request(&Request::Series { key: "nope".into() })
+            .request(&Request::Series {
+                key: "nope".into(),
+                offset: 0,
+                limit: None,
+            })
             .is_err()
     );
     assert_eq!(d.stop(), 5, "screened exactly once each");
@@ -559,6 +575,87 @@ fn second_instance_is_refused_and_drain_requeues_the_slice_in_hand() {
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 3, "exactly one report per slice: {names:?}");
+}
+
+#[test]
+fn a_run_of_screening_failures_pauses_intake_instead_of_quarantining_everything() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = DaemonSettings {
+        device_failure_limit: 3,
+        retries: 0, // without the pause, every failure would quarantine its file
+        batch_size: 1,
+        ..settings(tmp.path())
+    };
+    let (watch, out) = (s.watch[0].clone(), s.output.clone());
+    let d = start(s, Duration::ZERO);
+    d.broken.store(true, Ordering::SeqCst);
+    for i in 0..6 {
+        drop_file(&watch, &format!("{i}.png"), &png(100 + i));
+    }
+    let snap = || status_client(&d.socket).expect("status");
+    assert!(
+        wait_until(Duration::from_secs(10), || snap()
+            .intake
+            .reasons
+            .iter()
+            .any(|r| r.starts_with("screening failed for 3 files in a row (last: CUDA error"))),
+        "{:?}",
+        snap().intake
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let paused = snap();
+    assert!(paused.intake.paused);
+    assert!(
+        paused.counts.quarantined <= 5, // 3, plus at most the reader's read-ahead
+        "the pause stops the run: {:?}",
+        paused.counts
+    );
+    assert!(paused.counts.pending >= 1, "files wait while paused: {:?}", paused.counts);
+    // The device is fixed; the operator retries everything.
+    d.broken.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        d.client().request(&Request::RetryAll),
+        Ok(Message::Ack { .. })
+    ));
+    assert!(
+        wait_until(Duration::from_secs(10), || slice_reports(&out).len() == 6),
+        "{:?}",
+        snap().counts
+    );
+    let after = snap();
+    assert!(!after.intake.paused, "{:?}", after.intake);
+    assert_eq!((after.counts.done, after.counts.quarantined), (6, 0));
+    d.stop();
+}
+
+#[test]
+fn a_second_file_with_the_same_sop_instance_is_a_conflict_not_a_second_result() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = settings(tmp.path());
+    let (watch, out) = (s.watch[0].clone(), s.output.clone());
+    let d = start(s, Duration::ZERO);
+    let original = std::fs::read(shared_dicom("chest_ct1_128_crop_explicit_le.dcm")).expect("dicom");
+    drop_file(&watch, "a.dcm", &original);
+    assert!(wait_until(Duration::from_secs(10), || series_reports(&out).len() == 1));
+    // Same SOP instance UID, other pixels (the last pixel byte changed).
+    let mut other = original.clone();
+    let last = other.len() - 1;
+    other[last] ^= 0x01;
+    drop_file(&watch, "b.dcm", &other);
+    let snap = || status_client(&d.socket).expect("status");
+    assert!(
+        wait_until(Duration::from_secs(10), || snap().counts.quarantined == 1),
+        "{:?}",
+        snap().jobs
+    );
+    let reason = snap().jobs[0].reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("conflict: SOP instance"), "{reason}");
+    std::thread::sleep(Duration::from_millis(600)); // a quiet period: no second report
+    assert_eq!(slice_reports(&out).len(), 1);
+    let report = json(&series_reports(&out)[0]);
+    assert_eq!(report["slice_count"], 1, "counted once");
+    assert_eq!(snap().counts.done, 1);
+    d.stop();
 }
 
 /// A small tmpfs mounted on a folder for one test, unmounted (lazily) on drop. `None` where this

@@ -95,6 +95,7 @@ pub struct Watcher {
     writing: HashMap<PathBuf, Instant>,
     inotify_dirs: Vec<PathBuf>,
     poll_dirs: Vec<PathBuf>,
+    beat: Option<super::liveness::Beat>,
 }
 
 impl Watcher {
@@ -124,7 +125,14 @@ impl Watcher {
             writing: HashMap::new(),
             inotify_dirs,
             poll_dirs,
+            beat: None,
         }
+    }
+
+    /// Reports progress on `beat` once per loop turn (the daemon's liveness check).
+    pub(crate) fn with_beat(mut self, beat: super::liveness::Beat) -> Watcher {
+        self.beat = Some(beat);
+        self
     }
 
     /// Folders watched by polling (network filesystems, or `poll: poll`).
@@ -163,6 +171,9 @@ impl Watcher {
         let mut next_full = Instant::now();
         let mut next_poll = Instant::now();
         while !stop.load(Ordering::SeqCst) {
+            if let Some(b) = &self.beat {
+                b.beat();
+            }
             let now = Instant::now();
             if rescan.swap(false, Ordering::SeqCst) || now >= next_full {
                 let dirs = self.inotify_dirs.clone();

@@ -154,6 +154,7 @@ fn move_to_quarantine(job: &Job, dir: &Path, settings: &super::DaemonSettings) {
 /// The reader thread: claims due jobs while intake runs, reads them, feeds the worker.
 pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<ReadJob>) {
     while !shared.stopping() {
+        shared.beats.reader.beat();
         if shared.intake_paused() {
             shared.wait_for_work(Duration::from_millis(250));
             continue;
@@ -179,6 +180,7 @@ pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<
         }
         let mut pending = jobs.into_iter();
         while let Some(job) = pending.next() {
+            shared.beats.reader.beat();
             let t0 = Instant::now();
             let item = match read_job(&queue, &job, &shared) {
                 Ok((path, slices)) => ReadJob {
@@ -218,6 +220,7 @@ fn send_until_stopped(tx: &SyncSender<ReadJob>, mut item: ReadJob, shared: &Shar
             Ok(()) => return Ok(()),
             Err(TrySendError::Disconnected(i)) => return Err(i.job.id),
             Err(TrySendError::Full(i)) => {
+                shared.beats.reader.beat(); // waiting on the worker, whose own beat is watched
                 if shared.stopping() {
                     return Err(i.job.id);
                 }
@@ -269,6 +272,7 @@ pub(crate) fn worker_loop(
     // A job that was in hand when the daemon died is screened alone: held back from a batch.
     let mut held: Option<ReadJob> = None;
     loop {
+        shared.beats.worker.beat();
         let first = match held.take().map(Ok).unwrap_or_else(|| rx.recv_timeout(Duration::from_millis(200))) {
             Ok(j) => j,
             Err(RecvTimeoutError::Timeout) if !shared.stopping() => continue,
@@ -277,6 +281,7 @@ pub(crate) fn worker_loop(
         let batch_size = shared.settings().batch_size;
         let alone = first.job.crashes > 0;
         let mut jobs = vec![first];
+        shared.beats.worker.beat();
         while !alone && jobs.iter().map(|j| j.slices.len()).sum::<usize>() < batch_size {
             match rx.try_recv() {
                 Ok(j) if j.job.crashes > 0 => {
@@ -319,6 +324,7 @@ fn screen_jobs(
     let t0 = Instant::now();
     let mut results = Vec::with_capacity(all.len());
     for chunk in all.chunks(batch_size.max(1)) {
+        shared.beats.worker.beat();
         results.extend(screen_guarded(screener, chunk));
     }
     let model_ms = t0.elapsed().as_secs_f64() * 1e3 / all.len().max(1) as f64;
@@ -356,7 +362,31 @@ fn finish_job(
             &format!("screening failed: {reason}"),
             false,
         );
+        shared.note_screening_failure(&reason);
         return false;
+    }
+    shared.note_screening_success();
+    // One result per SOP instance: a different file (other content) with the UID of a slice
+    // already screened is a conflict, reported and never counted twice.
+    for slice in &job.slices {
+        let (key, stem) = (
+            outputs::series_key(&slice.meta, &job.path),
+            outputs::slice_stem(&slice.meta, &job.job.sha256),
+        );
+        match queue.instance_owner(&key, &stem) {
+            Ok(Some(owner)) if owner != job.job.id => {
+                let reason = format!(
+                    "conflict: SOP instance {stem} of series {key} was already screened from other content (job {owner}); not counted twice"
+                );
+                record_failure(queue, shared, &job.job, &reason, true);
+                return false;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                record_failure(queue, shared, &job.job, &format!("cannot check the SOP instance: {e}"), false);
+                return false;
+            }
+        }
     }
     let output = shared.settings().output.clone();
     let models = shared.models.clone();

@@ -114,6 +114,7 @@ impl App {
         if tab == Tab::Results && self.results_stale() && self.connected() {
             return vec![self.request(Request::Recent {
                 limit: super::sync::RECENT_LIMIT,
+                offset: 0,
             })];
         }
         Vec::new()
@@ -193,7 +194,11 @@ impl App {
             selected: 0,
         });
         if self.connected() {
-            vec![self.request(Request::Series { key })]
+            vec![self.request(Request::Series {
+                key,
+                offset: 0,
+                limit: None,
+            })]
         } else {
             Vec::new()
         }

@@ -125,14 +125,18 @@ fn patient_names_in_folders_and_file_names_never_leave_the_daemon() {
     assert!(status_text.contains("\"quarantined\": 1"), "{status_text}");
     assert_private("status --json", &status_text);
     let mut client = ctmask::daemon::Client::connect(&socket, Some(Duration::from_secs(10))).unwrap();
-    let Message::Results(recent) = client.request(&Request::Recent { limit: 50 }).unwrap() else {
+    let Message::Results(recent) = client.request(&Request::Recent { limit: 50, offset: 0 }).unwrap() else {
         panic!("no results")
     };
     assert_eq!(recent.slices.len(), 3);
     assert_private("recent", &serde_json::to_string(&recent).unwrap());
     for s in &recent.series {
         let answer = client
-            .request(&Request::Series { key: s.key.clone() })
+            .request(&Request::Series {
+                key: s.key.clone(),
+                offset: 0,
+                limit: None,
+            })
             .unwrap();
         assert_private("series", &serde_json::to_string(&answer).unwrap());
     }
@@ -240,4 +244,163 @@ fn a_file_that_kills_the_daemon_is_quarantined_after_the_retries() {
     assert!(reason.starts_with("stopped the daemon 2 times"), "{reason}");
     // The innocent slices claimed with the poison were screened once each.
     assert_eq!(slice_reports(&out), 3);
+}
+
+#[test]
+fn a_dead_thread_stops_the_watchdog_and_the_daemon_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (seg, cls) = tiny_models(d);
+    let cfg = config(d, &seg, &cls);
+    let notify_path = d.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let log = d.join("daemon.log");
+    let notify_env = notify_path.to_string_lossy().into_owned();
+    let mut child = daemon_no_core(
+        &cfg,
+        &log,
+        &[
+            ("NOTIFY_SOCKET", notify_env.as_str()),
+            ("WATCHDOG_USEC", "200000"), // a ping every 100 ms
+            ("CTMASK_TEST_PANIC_MARKER", "KILL-THE-READER"),
+        ],
+    );
+    let mut messages: Vec<String> = Vec::new();
+    let mut buf = [0u8; 512];
+    let mut recv = |messages: &mut Vec<String>| {
+        if let Ok(n) = notify.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    };
+    let t = Instant::now();
+    while messages.iter().filter(|m| *m == "WATCHDOG=1").count() < 3 {
+        assert!(t.elapsed() < Duration::from_secs(60), "no watchdog pings: {messages:?}");
+        recv(&mut messages);
+    }
+    assert!(messages.contains(&"READY=1".to_string()), "{messages:?}");
+    std::fs::write(d.join("in/poison.dcm"), b"KILL-THE-READER").unwrap();
+    let status = loop {
+        assert!(t.elapsed() < Duration::from_secs(90), "the daemon kept running: {messages:?}");
+        recv(&mut messages);
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+    };
+    while let Ok(n) = notify.recv(&mut buf) {
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(status.code(), Some(1), "exit status {status:?}");
+    let unhealthy = messages
+        .iter()
+        .position(|m| m.starts_with("STATUS=unhealthy: the reader thread ended unexpectedly"))
+        .unwrap_or_else(|| panic!("no unhealthy status: {messages:?}"));
+    assert!(
+        !messages[unhealthy..].iter().any(|m| m == "WATCHDOG=1"),
+        "pinged after a thread died: {messages:?}"
+    );
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains("daemon unhealthy, exiting for a restart"), "{log_text}");
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb << 10)
+}
+
+#[test]
+fn idle_clients_a_reader_that_never_reads_and_a_flood_do_not_starve_status() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Other users must reach the socket for the role check below.
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (seg, cls) = tiny_models(d);
+    let cfg = config(d, &seg, &cls);
+    append_line(&cfg, "  socket_group: users");
+    for (i, f) in series(d, 3, 21).iter().enumerate() {
+        std::fs::copy(f, d.join(format!("in/s{i}.dcm"))).unwrap();
+    }
+    let (out, socket, log) = (d.join("out"), d.join("d.sock"), d.join("daemon.log"));
+    let child = daemon(&cfg, &log, &[]);
+    wait_for("3 reports", Duration::from_secs(120), || slice_reports(&out) == 3);
+    wait_for("the socket", Duration::from_secs(30), || {
+        ctmask::daemon::status_client(&socket).is_ok()
+    });
+    let pid = child.id();
+
+    // 200 idle clients (connected, never a word).
+    let idle: Vec<UnixStream> = (0..200).map(|_| UnixStream::connect(&socket).unwrap()).collect();
+    // A client that requests without ever reading the replies.
+    let mut deaf = UnixStream::connect(&socket).unwrap();
+    deaf.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    let deaf_writer = std::thread::spawn(move || {
+        let _ = deaf.write_all(b"{\"type\":\"hello\",\"version\":1}\n");
+        let line = b"{\"type\":\"recent\",\"limit\":1000}\n";
+        let mut sent = 0usize;
+        while sent < 20_000 && deaf.write_all(line).is_ok() {
+            sent += 1;
+        }
+        sent
+    });
+    // A flood of `recent` from a client that reads.
+    let mut flood = ctmask::daemon::Client::connect(&socket, Some(Duration::from_secs(10))).unwrap();
+    for _ in 0..300 {
+        let Message::Results(r) = flood.request(&Request::Recent { limit: 1000, offset: 0 }).unwrap() else {
+            panic!("no results")
+        };
+        assert_eq!(r.slices.len(), 3);
+    }
+    let sent = deaf_writer.join().unwrap();
+    assert!(sent < 20_000, "the daemon kept reading a client that never reads ({sent} requests)");
+    // A well-behaved `ctmask status` still answers.
+    let t = Instant::now();
+    let status_out = Command::new(env!("CARGO_BIN_EXE_ctmask"))
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    assert!(status_out.status.success(), "{status_out:?}");
+    eprintln!("ctmask status answered in {took:?} with 200 idle clients");
+    let rss = rss_bytes(pid);
+    eprintln!("daemon resident memory {} MB", rss >> 20);
+    assert!(rss > 0 && rss < 2 << 30, "daemon at {} MB", rss >> 20);
+    drop(idle);
+
+    // A socket_group member without the control role may read but not pause (needs root to
+    // act as another user).
+    if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::process::CommandExt;
+        let as_member = |args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_ctmask"))
+                .arg(args[0])
+                .arg("--socket")
+                .arg(&socket)
+                .args(&args[1..])
+                .uid(65534) // nobody
+                .gid(100) // users: the socket's group
+                .output()
+                .unwrap()
+        };
+        let read = as_member(&["status"]);
+        assert!(read.status.success(), "{read:?}");
+        let pause = as_member(&["control", "pause"]);
+        assert!(!pause.status.success());
+        let err = String::from_utf8_lossy(&pause.stderr);
+        assert!(err.contains("forbidden") && err.contains("control role"), "{err}");
+        assert!(!status(&socket).intake.paused);
+    } else {
+        eprintln!("skipped the role check: not root");
+    }
+    stop(child);
 }
