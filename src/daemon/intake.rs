@@ -122,7 +122,11 @@ pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<Ta
             Ok(Enqueued::Known(id, state)) => {
                 tracing::debug!(job = id, state = state.as_str(), "content already known");
             }
-            Err(e) => tracing::error!(error = %e, "cannot enqueue a file"),
+            Err(e) => {
+                if let Some(held) = shared.log_limit.allow("enqueue") {
+                    tracing::error!(error = %e, held_back = held, "cannot enqueue a file");
+                }
+            }
         }
     }
 }

@@ -182,6 +182,7 @@ pub fn run(
         in_flight: Default::default(),
         beats: Default::default(),
         failure_streak: Mutex::new((0, None)),
+        log_limit: Default::default(),
         settings: RwLock::new(settings.clone()),
     });
     let mut sup = Supervisor::new(shared.clone(), Queue::open(&settings.state, &models_hash)?);

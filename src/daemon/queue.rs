@@ -463,6 +463,41 @@ impl Queue {
         }
     }
 
+    /// Retention: deletes jobs done before `cutoff_ms` with their thumbnails and SOP instance
+    /// records, and the paths last seen before it whose files are gone (a file still in a watch
+    /// folder keeps its path, so it is not screened again). Returns (jobs, paths) deleted.
+    pub fn prune(&mut self, cutoff_ms: i64) -> Result<(usize, usize)> {
+        let models = self.models.clone();
+        let old_paths: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT path FROM paths WHERE last_seen_ms < ?1")
+                .map_err(self.db())?;
+            let rows = stmt
+                .query_map(params![cutoff_ms], |r| r.get::<_, String>(0))
+                .map_err(self.db())?;
+            rows.collect::<rusqlite::Result<_>>().map_err(self.db())?
+        };
+        let gone: Vec<String> = old_paths
+            .into_iter()
+            .filter(|p| std::fs::symlink_metadata(p).is_err())
+            .collect();
+        self.in_tx(|tx| {
+            let old = "SELECT id FROM jobs WHERE models = ?1 AND state = 'done' AND updated_ms < ?2";
+            tx.execute(&format!("DELETE FROM thumbnails WHERE job_id IN ({old})"), params![models, cutoff_ms])?;
+            tx.execute(&format!("DELETE FROM instances WHERE job_id IN ({old})"), params![models, cutoff_ms])?;
+            let jobs = tx.execute(
+                "DELETE FROM jobs WHERE models = ?1 AND state = 'done' AND updated_ms < ?2",
+                params![models, cutoff_ms],
+            )?;
+            let mut paths = 0;
+            for p in &gone {
+                paths += tx.execute("DELETE FROM paths WHERE path = ?1 AND last_seen_ms < ?2", params![p, cutoff_ms])?;
+            }
+            Ok((jobs, paths))
+        })
+    }
+
     /// An operator's retry of everything failed or quarantined (after a broken device, say):
     /// -> pending, tries reset. Returns how many.
     pub fn retry_all(&mut self) -> Result<usize> {
@@ -929,6 +964,29 @@ mod tests {
         assert_eq!(q.series_revision("S").expect("rev"), 2);
         assert_eq!(q.series_slices("S").expect("slices").len(), 2);
         assert_eq!(q.recent_slices(1, 0, true).expect("recent")[0].job_id, id2);
+    }
+
+    #[test]
+    fn retention_deletes_old_done_jobs_and_paths_of_files_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let present = dir.path().join("present.dcm");
+        std::fs::write(&present, b"x").expect("file");
+        let mut q = Queue::open(dir.path(), "m").expect("open");
+        q.enqueue(&seen(&present.to_string_lossy(), "1")).expect("enqueue");
+        q.enqueue(&seen("/gone/a.dcm", "2")).expect("enqueue");
+        q.enqueue(&seen("/gone/b.dcm", "3")).expect("enqueue");
+        let jobs = q.claim(2).expect("claim");
+        for j in &jobs {
+            q.complete(j.id, &[summary(j.id, "S")]).expect("complete");
+        }
+        assert_eq!(q.prune(0).expect("nothing old"), (0, 0));
+        let later = now_ms() + 1000;
+        // Two done jobs go; the pending one stays; only the path of a file that exists stays.
+        assert_eq!(q.prune(later).expect("prune"), (2, 2));
+        assert_eq!(q.counts().expect("counts").pending, 1);
+        assert_eq!(q.counts().expect("counts").done, 0);
+        assert!(q.known_files().expect("known").contains_key(&present));
+        assert_eq!(q.known_files().expect("known").len(), 1);
     }
 
     #[test]

@@ -167,7 +167,9 @@ impl Server {
                     std::thread::sleep(Duration::from_millis(50))
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if let Some(held) = shared.log_limit.allow("accept") {
+                        tracing::warn!(error = %e, held_back = held, "accept failed");
+                    }
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }

@@ -102,6 +102,9 @@ pub struct DaemonSettings {
     /// This many files in a row whose screening failed (not their reading) pause intake with an
     /// alert: the device or the models are broken, not the files. 0: never.
     pub device_failure_limit: u32,
+    /// Done jobs, their thumbnails and the paths of files gone are deleted from the state after
+    /// this many days (reports and outputs stay). 0: kept forever.
+    pub retention_days: f64,
     /// A thread that makes no progress for this long (s) makes the daemon stop pinging the
     /// watchdog and exit non-zero (the worker's model call included).
     pub stall_timeout_s: f64,
@@ -148,6 +151,7 @@ impl Default for DaemonSettings {
             quarantine_dir: None,
             drain_timeout_s: 20.0,
             device_failure_limit: 5,
+            retention_days: 30.0,
             stall_timeout_s: 600.0,
             show_input_paths: false,
             series: SeriesSettings::default(),
@@ -235,6 +239,12 @@ impl DaemonSettings {
         }
         if self.batch_size > 256 {
             bad("batch_size", format!("must be at most 256, got {}", self.batch_size));
+        }
+        if !(self.retention_days.is_finite() && (0.0..=36_500.0).contains(&self.retention_days)) {
+            bad(
+                "retention_days",
+                format!("must be within [0, 36500] days, got {}", self.retention_days),
+            );
         }
         if self.device_failure_limit > 10_000 {
             bad(
@@ -371,6 +381,9 @@ pub const YAML_TEMPLATE: &str = r#"daemon:
   # After this many files in a row failed in the model (a broken GPU, say), intake pauses with an
   # alert until `retry_all` or resume, instead of failing and quarantining every file. 0: never.
   device_failure_limit: 5
+  # Done jobs, their thumbnails and the paths of inputs no longer present leave the state database
+  # after this many days (reports and outputs stay); 0 keeps them forever.
+  retention_days: 30.0
   # A daemon thread (watcher, intake, reader, worker, server) that makes no progress for this
   # long (s) stops the watchdog pings and makes the daemon exit non-zero, so systemd restarts it.
   stall_timeout_s: 600.0

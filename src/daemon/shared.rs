@@ -40,6 +40,38 @@ pub(crate) struct Shared {
     pub(crate) beats: super::liveness::Beats,
     /// Files in a row whose screening failed, and the alert once `device_failure_limit` is hit.
     pub(crate) failure_streak: Mutex<(u32, Option<String>)>,
+    pub(crate) log_limit: LogLimiter,
+}
+
+/// Repeated errors of one kind are logged at most once per `LOG_EVERY`, with how many were held
+/// back, so a broken disk or database does not flood the journal.
+#[derive(Default)]
+pub(crate) struct LogLimiter(Mutex<std::collections::HashMap<&'static str, (Instant, u64)>>);
+
+/// Shortest time between two log lines of one kind of repeated error.
+pub(crate) const LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl LogLimiter {
+    /// Whether an error of this kind may be logged now: `Some(held back since the last line)`.
+    pub(crate) fn allow(&self, kind: &'static str) -> Option<u64> {
+        let mut m = self.0.lock().ok()?;
+        let now = Instant::now();
+        match m.get_mut(kind) {
+            Some((last, held)) if now.duration_since(*last) < LOG_EVERY => {
+                *held += 1;
+                None
+            }
+            Some((last, held)) => {
+                let n = std::mem::take(held);
+                *last = now;
+                Some(n)
+            }
+            None => {
+                m.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -290,4 +322,41 @@ pub(crate) fn shown_path(path: &str, settings: &DaemonSettings) -> String {
         .find_map(|w| path.strip_prefix(w).ok())
         .map(|rel| rel.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_errors_are_held_back_and_counted() {
+        let limit = LogLimiter::default();
+        assert_eq!(limit.allow("claim"), Some(0));
+        assert_eq!(limit.allow("claim"), None);
+        assert_eq!(limit.allow("claim"), None);
+        assert_eq!(limit.allow("disk"), Some(0), "kinds are limited apart");
+        // A minute later the next line says how many were held back.
+        if let Ok(mut m) = limit.0.lock()
+            && let Some((last, _)) = m.get_mut("claim")
+            && let Some(earlier) = last.checked_sub(LOG_EVERY)
+        {
+            *last = earlier;
+        }
+        assert_eq!(limit.allow("claim"), Some(2));
+    }
+
+    #[test]
+    fn paths_are_shown_only_when_asked_and_relative_to_the_watch_folder() {
+        let s = DaemonSettings {
+            watch: vec![PathBuf::from("/srv/in")],
+            ..DaemonSettings::default()
+        };
+        assert_eq!(shown_path("/srv/in/DOE_JOHN/IM1.dcm", &s), "");
+        let on = DaemonSettings {
+            show_input_paths: true,
+            ..s
+        };
+        assert_eq!(shown_path("/srv/in/DOE_JOHN/IM1.dcm", &on), "DOE_JOHN/IM1.dcm");
+        assert_eq!(shown_path("/elsewhere/x.dcm", &on), "", "never an absolute path");
+    }
 }

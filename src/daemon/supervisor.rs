@@ -22,6 +22,7 @@ pub(crate) struct Supervisor {
     next_series: Instant,
     next_status: Instant,
     next_watchdog: Instant,
+    next_prune: Instant,
     watchdog: Option<Duration>,
 }
 
@@ -35,6 +36,7 @@ impl Supervisor {
             next_series: now,
             next_status: now,
             next_watchdog: now,
+            next_prune: now,
             watchdog: ops::watchdog_interval(),
         }
     }
@@ -61,6 +63,10 @@ impl Supervisor {
             if now >= self.next_series {
                 self.report_series();
                 self.next_series = now + Duration::from_millis(500);
+            }
+            if now >= self.next_prune {
+                self.prune();
+                self.next_prune = now + Duration::from_secs(3600);
             }
             if now >= self.next_status {
                 self.status(status_queue);
@@ -150,7 +156,9 @@ impl Supervisor {
         let info = match ops::disk_info(&settings.output) {
             Ok(i) => i,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the output disk's free space");
+                if let Some(held) = self.shared.log_limit.allow("disk") {
+                    tracing::warn!(error = %e, held_back = held, "cannot read the output disk's free space");
+                }
                 return;
             }
         };
@@ -207,7 +215,9 @@ impl Supervisor {
         {
             Ok(d) => d,
             Err(e) => {
-                tracing::error!(error = %e, "cannot list series");
+                if let Some(held) = self.shared.log_limit.allow("series") {
+                    tracing::error!(error = %e, held_back = held, "cannot list series");
+                }
                 return;
             }
         };
@@ -216,7 +226,9 @@ impl Supervisor {
                 return;
             }
             if let Err(e) = self.report_one(&key, last_done, &settings) {
-                tracing::warn!(series = %key, error = %e, "cannot write a series report");
+                if let Some(held) = self.shared.log_limit.allow("series report") {
+                    tracing::warn!(series = %key, error = %e, held_back = held, "cannot write a series report");
+                }
             }
         }
     }
@@ -237,6 +249,20 @@ impl Supervisor {
         self.shared
             .publish(EventKind::SeriesReported, msg, None, Some(key.to_string()));
         Ok(())
+    }
+
+    /// Retention: done jobs and their thumbnails older than `retention_days` leave the state.
+    fn prune(&mut self) {
+        let days = self.shared.settings().retention_days;
+        if days <= 0.0 {
+            return;
+        }
+        let cutoff = super::queue::now_ms() - (days * 86_400_000.0) as i64;
+        match self.queue.prune(cutoff) {
+            Ok((0, 0)) => {}
+            Ok((jobs, paths)) => tracing::info!(jobs, paths, "retention: old done jobs and paths removed"),
+            Err(e) => tracing::warn!(error = %e, "retention: cannot prune the state"),
+        }
     }
 
     fn status(&mut self, queue: &Queue) {

@@ -223,7 +223,8 @@ impl Watcher {
         let ev = match ev {
             Ok(ev) => ev,
             Err(e) => {
-                tracing::warn!(error = %e, "watch error; rescanning");
+                // The kind only: notify's message names the paths involved (patient names).
+                tracing::warn!(error = ?e.kind, "watch error; rescanning");
                 self.rescan_all();
                 return;
             }

@@ -163,7 +163,9 @@ pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<
         let jobs = match queue.claim(batch) {
             Ok(j) => j,
             Err(e) => {
-                tracing::error!(error = %e, "cannot claim jobs");
+                if let Some(held) = shared.log_limit.allow("claim") {
+                    tracing::error!(error = %e, held_back = held, "cannot claim jobs");
+                }
                 shared.wait_for_work(Duration::from_secs(1));
                 continue;
             }
