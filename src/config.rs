@@ -260,7 +260,10 @@ impl Config {
             ("slice.axial_tolerance", sl.axial_tolerance.0),
         ] {
             if v >= 1.0 {
-                out.push((key.to_string(), format!("must be below 1 (1 lets nothing or everything through), got {v}")));
+                out.push((
+                    key.to_string(),
+                    format!("must be below 1 (1 lets nothing or everything through), got {v}"),
+                ));
             }
         }
         if self.screening.mask_threshold.0 <= 0.0 {
@@ -387,14 +390,30 @@ mod tests {
         let base = "models:\n  segmentation: a\n";
         for (extra, key, line) in [
             ("slice:\n  hu_min: .nan\n", "slice.hu_min", 4),
-            ("slice:\n  window_width: 300\n  window_level: .inf\n", "slice.window_level", 5),
+            (
+                "slice:\n  window_width: 300\n  window_level: .inf\n",
+                "slice.window_level",
+                5,
+            ),
             ("slice:\n  hu_min: 100\n  hu_max: 100\n", "slice.hu_min", 4),
-            ("screening:\n  mask_threshold: 1.0\n", "screening.mask_threshold", 4),
-            ("screening:\n  score_threshold: 1\n", "screening.score_threshold", 4),
+            (
+                "screening:\n  mask_threshold: 1.0\n",
+                "screening.mask_threshold",
+                4,
+            ),
+            (
+                "screening:\n  score_threshold: 1\n",
+                "screening.score_threshold",
+                4,
+            ),
             ("slice:\n  axial_tolerance: 1.0\n", "slice.axial_tolerance", 4),
             ("daemon:\n  socket_mode: \"0666\"\n", "daemon.socket_mode", 4),
             ("daemon:\n  socket_mode: \"0777\"\n", "daemon.socket_mode", 4),
-            ("daemon:\n  batch_size: 2\n  poll_interval_s: 1e-9\n", "daemon.poll_interval_s", 5),
+            (
+                "daemon:\n  batch_size: 2\n  poll_interval_s: 1e-9\n",
+                "daemon.poll_interval_s",
+                5,
+            ),
             ("daemon:\n  quiet_period_s: 1e300\n", "daemon.quiet_period_s", 4),
             ("daemon:\n  backoff_s: .nan\n", "daemon.backoff_s", 4),
             (

@@ -194,8 +194,10 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         let mut client = crate::daemon::Client::connect(&socket, Some(Duration::from_secs(10)))
             .context("connecting to the demo daemon")?;
         // synthetic patients are series of five slices: wait until every slice is reported
-        if let Message::Results(r) = client.request(&Request::Recent { limit: 100, offset: 0 })?
-            && r.series.iter().map(|s| s.slice_count as usize).sum::<usize>() == files.len()
+        if let Message::Results(r) = client.request(&Request::Recent {
+            limit: 100,
+            offset: 0,
+        })? && r.series.iter().map(|s| s.slice_count as usize).sum::<usize>() == files.len()
         {
             break (r.series, r.slices);
         }

@@ -124,13 +124,19 @@ pub(crate) fn error(code: &str, message: impl Into<String>) -> Message {
 /// Serves one accepted connection until it closes.
 pub(crate) fn serve_client(stream: UnixStream, shared: Arc<Shared>, policy: PeerPolicy) {
     let _ = stream.set_nonblocking(false);
-    let Ok(out) = stream.try_clone().and_then(|w| Outbox::start(w, MAX_QUEUED_BYTES)) else {
+    let Ok(out) = stream
+        .try_clone()
+        .and_then(|w| Outbox::start(w, MAX_QUEUED_BYTES))
+    else {
         return;
     };
     match policy.role_of(&stream) {
         Ok(Role::None) => {
             tracing::warn!("refused a client that is neither root, the daemon's user nor in its groups");
-            out.send(&error("forbidden", "not allowed: ask to be added to the daemon's group"));
+            out.send(&error(
+                "forbidden",
+                "not allowed: ask to be added to the daemon's group",
+            ));
         }
         Ok(role) => handle_requests(&stream, &shared, &out, role),
         Err(e) => {
@@ -167,7 +173,10 @@ fn handle_requests(stream: &UnixStream, shared: &Arc<Shared>, out: &Outbox, role
             Err(e) if is_timeout(&e) => {
                 if !subscribed && last_request.elapsed() >= timeout {
                     let what = if greeted { "idle" } else { "no hello" };
-                    out.send(&error("timeout", format!("{what} for {} s: closing", timeout.as_secs())));
+                    out.send(&error(
+                        "timeout",
+                        format!("{what} for {} s: closing", timeout.as_secs()),
+                    ));
                     return;
                 }
                 continue;

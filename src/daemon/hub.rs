@@ -22,7 +22,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn publish(&self, kind: EventKind, message: String, job_id: Option<i64>, series: Option<String>) -> Event {
+    pub fn publish(
+        &self,
+        kind: EventKind,
+        message: String,
+        job_id: Option<i64>,
+        series: Option<String>,
+    ) -> Event {
         let event = Event {
             seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
             time_ms: now_ms().max(0) as u64,
@@ -79,7 +85,10 @@ mod tests {
         assert_eq!(e.seq, 2);
         let mut lines = std::io::BufReader::new(b).lines();
         let first: Message = protocol::decode(&lines.next().expect("line").expect("read")).expect("decode");
-        assert!(matches!(first, Message::Event(ref ev) if ev.seq == 1), "{first:?}");
+        assert!(
+            matches!(first, Message::Event(ref ev) if ev.seq == 1),
+            "{first:?}"
+        );
         let second: Message = protocol::decode(&lines.next().expect("line").expect("read")).expect("decode");
         assert_eq!(second, Message::Event(e));
     }

@@ -147,7 +147,10 @@ pub fn open_input(path: &Path, roots: &[PathBuf], max: u64) -> Result<(File, u64
         return Err(InputError::NotRegular(kind));
     }
     if meta.len() > max {
-        return Err(InputError::TooLarge { size: meta.len(), max });
+        return Err(InputError::TooLarge {
+            size: meta.len(),
+            max,
+        });
     }
     Ok((file, meta.len()))
 }
@@ -220,10 +223,16 @@ mod tests {
         symlink("/dev/zero", root.join("zero.dcm")).expect("symlink");
         symlink(dir.path(), root.join("up")).expect("dir symlink");
         for p in ["link.dcm", "zero.dcm", "up/secret"] {
-            assert_eq!(err(&root.join(p), 1 << 20), "a symbolic link (links are never followed)");
+            assert_eq!(
+                err(&root.join(p), 1 << 20),
+                "a symbolic link (links are never followed)"
+            );
         }
         assert_eq!(err(&outside, 1 << 20), "not inside a watch folder");
-        assert_eq!(err(&root.join("sub/../../secret"), 1 << 20), "not inside a watch folder");
+        assert_eq!(
+            err(&root.join("sub/../../secret"), 1 << 20),
+            "not inside a watch folder"
+        );
         // A FIFO is refused at once, not waited on.
         let fifo = root.join("fifo.dcm");
         let c = cstr(&fifo).expect("cstr");
@@ -231,7 +240,11 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert_eq!(err(&fifo, 1 << 20), "not a regular file (a FIFO)");
         assert!(read_input(&fifo, &roots, 1).expect_err("fifo").is_permanent());
-        assert!(!read_input(&root.join("gone"), &roots, 1).expect_err("missing").is_permanent());
+        assert!(
+            !read_input(&root.join("gone"), &roots, 1)
+                .expect_err("missing")
+                .is_permanent()
+        );
         assert_eq!(err(&root.join("sub"), 1 << 20), "not a regular file (a folder)");
     }
 

@@ -27,7 +27,10 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
     if !f.metadata()?.is_file() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
     }
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 16];

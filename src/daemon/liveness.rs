@@ -86,10 +86,16 @@ mod tests {
             }),
             beat: beat.clone(),
         };
-        assert_eq!(unhealthy(std::slice::from_ref(&alive), Duration::from_secs(60)), None);
+        assert_eq!(
+            unhealthy(std::slice::from_ref(&alive), Duration::from_secs(60)),
+            None
+        );
         std::thread::sleep(Duration::from_millis(30));
         let stalled = unhealthy(std::slice::from_ref(&alive), Duration::from_millis(10)).expect("stalled");
-        assert!(stalled.starts_with("the alive thread made no progress"), "{stalled}");
+        assert!(
+            stalled.starts_with("the alive thread made no progress"),
+            "{stalled}"
+        );
         beat.beat();
         let dead = Watched {
             name: "reader",

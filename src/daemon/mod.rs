@@ -205,7 +205,8 @@ pub fn run(
         let shared = shared.clone();
         move || intake::intake_loop(shared, intake_queue, taken_rx)
     })?;
-    let watch = watcher::Watcher::new(settings.clone(), known, taken_tx).with_beat(shared.beats.watcher.clone());
+    let watch =
+        watcher::Watcher::new(settings.clone(), known, taken_tx).with_beat(shared.beats.watcher.clone());
     if !watch.polled_dirs().is_empty() {
         tracing::info!(
             folders = watch.polled_dirs().len(),
@@ -243,11 +244,31 @@ pub fn run(
     ops::sd_notify("READY=1");
     let beats = &shared.beats;
     let threads = vec![
-        liveness::Watched { name: "watch", handle: watcher, beat: beats.watcher.clone() },
-        liveness::Watched { name: "intake", handle: intake, beat: beats.intake.clone() },
-        liveness::Watched { name: "reader", handle: reader, beat: beats.reader.clone() },
-        liveness::Watched { name: "worker", handle: worker_handle, beat: beats.worker.clone() },
-        liveness::Watched { name: "server", handle: serve, beat: beats.server.clone() },
+        liveness::Watched {
+            name: "watch",
+            handle: watcher,
+            beat: beats.watcher.clone(),
+        },
+        liveness::Watched {
+            name: "intake",
+            handle: intake,
+            beat: beats.intake.clone(),
+        },
+        liveness::Watched {
+            name: "reader",
+            handle: reader,
+            beat: beats.reader.clone(),
+        },
+        liveness::Watched {
+            name: "worker",
+            handle: worker_handle,
+            beat: beats.worker.clone(),
+        },
+        liveness::Watched {
+            name: "server",
+            handle: serve,
+            beat: beats.server.clone(),
+        },
     ];
     if let Err(reason) = sup.run(&shutdown, &mut queue, &threads) {
         // No drain: a hung thread would never join, and the slice in hand must count as a crash.

@@ -520,7 +520,10 @@ mod tests {
             ("1.2.3", "1.2.3.4.json", 2, 1)
         );
         assert_eq!(s.position_z, Some(-50.0));
-        assert_eq!(s.file_name, "1.2.3.4", "named by its SOP UID, not by the input file");
+        assert_eq!(
+            s.file_name, "1.2.3.4",
+            "named by its SOP UID, not by the input file"
+        );
         let series = dir.path().join("1.2.3");
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(series.join("1.2.3.4.json")).expect("report"))

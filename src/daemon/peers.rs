@@ -128,7 +128,11 @@ mod tests {
         assert_eq!(p.role(0, &[99]), Role::Control, "root");
         assert_eq!(p.role(1000, &[99]), Role::Control, "the daemon's user");
         assert_eq!(p.role(7, &[99, 70]), Role::Control, "a control_group member");
-        assert_eq!(p.role(7, &[99, 60]), Role::Read, "a socket_group member cannot control");
+        assert_eq!(
+            p.role(7, &[99, 60]),
+            Role::Read,
+            "a socket_group member cannot control"
+        );
         assert_eq!(p.role(7, &[99]), Role::None);
         let no_control = PeerPolicy {
             control_gid: None,

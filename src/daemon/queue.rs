@@ -484,15 +484,24 @@ impl Queue {
             .collect();
         self.in_tx(|tx| {
             let old = "SELECT id FROM jobs WHERE models = ?1 AND state = 'done' AND updated_ms < ?2";
-            tx.execute(&format!("DELETE FROM thumbnails WHERE job_id IN ({old})"), params![models, cutoff_ms])?;
-            tx.execute(&format!("DELETE FROM instances WHERE job_id IN ({old})"), params![models, cutoff_ms])?;
+            tx.execute(
+                &format!("DELETE FROM thumbnails WHERE job_id IN ({old})"),
+                params![models, cutoff_ms],
+            )?;
+            tx.execute(
+                &format!("DELETE FROM instances WHERE job_id IN ({old})"),
+                params![models, cutoff_ms],
+            )?;
             let jobs = tx.execute(
                 "DELETE FROM jobs WHERE models = ?1 AND state = 'done' AND updated_ms < ?2",
                 params![models, cutoff_ms],
             )?;
             let mut paths = 0;
             for p in &gone {
-                paths += tx.execute("DELETE FROM paths WHERE path = ?1 AND last_seen_ms < ?2", params![p, cutoff_ms])?;
+                paths += tx.execute(
+                    "DELETE FROM paths WHERE path = ?1 AND last_seen_ms < ?2",
+                    params![p, cutoff_ms],
+                )?;
             }
             Ok((jobs, paths))
         })
@@ -890,7 +899,10 @@ mod tests {
         let (requeued, quarantined) = q.recover_running(1).expect("recover");
         assert_eq!(requeued, 0);
         assert_eq!(quarantined.len(), 1);
-        assert!(quarantined[0].1.starts_with("stopped the daemon 2 times"), "{quarantined:?}");
+        assert!(
+            quarantined[0].1.starts_with("stopped the daemon 2 times"),
+            "{quarantined:?}"
+        );
         assert_eq!(q.job(other[0].id).expect("job").state, JobState::Quarantined);
         // A clean stop gives the claim's try back.
         q.enqueue(&seen("/c", "3")).expect("enqueue");
@@ -933,7 +945,11 @@ mod tests {
         let open = q.open_jobs(10).expect("open jobs");
         assert_eq!((open[0].state, open[0].attempts), (JobState::Quarantined, 3));
         q.retry(id).expect("retry");
-        assert_eq!(q.claim(1).expect("retried")[0].attempts, 1, "tries reset, this claim counted");
+        assert_eq!(
+            q.claim(1).expect("retried")[0].attempts,
+            1,
+            "tries reset, this claim counted"
+        );
         assert!(matches!(q.retry(id), Err(QueueError::NotRetryable { .. })));
         assert!(matches!(q.retry(999), Err(QueueError::NoSuchJob(999))));
         assert_eq!(
@@ -972,7 +988,8 @@ mod tests {
         let present = dir.path().join("present.dcm");
         std::fs::write(&present, b"x").expect("file");
         let mut q = Queue::open(dir.path(), "m").expect("open");
-        q.enqueue(&seen(&present.to_string_lossy(), "1")).expect("enqueue");
+        q.enqueue(&seen(&present.to_string_lossy(), "1"))
+            .expect("enqueue");
         q.enqueue(&seen("/gone/a.dcm", "2")).expect("enqueue");
         q.enqueue(&seen("/gone/b.dcm", "3")).expect("enqueue");
         let jobs = q.claim(2).expect("claim");

@@ -137,7 +137,10 @@ impl Server {
     fn admit(&self, stream: UnixStream, shared: &Arc<Shared>) {
         if self.clients.load(Ordering::SeqCst) >= self.max_clients {
             let _ = stream.set_nonblocking(true);
-            if let Ok(line) = protocol::encode(&error("busy", "too many clients (daemon.max_clients); try again later")) {
+            if let Ok(line) = protocol::encode(&error(
+                "busy",
+                "too many clients (daemon.max_clients); try again later",
+            )) {
                 let _ = (&stream).write_all(line.as_bytes());
             }
             return;

@@ -222,23 +222,39 @@ impl DaemonSettings {
             ("rescan_interval_s", self.rescan_interval_s, MIN_INTERVAL_S),
             ("backoff_s", self.backoff_s, 0.01),
             ("backoff_max_s", self.backoff_max_s, 0.01),
-            ("disk_check_interval_s", self.disk_check_interval_s, MIN_INTERVAL_S),
+            (
+                "disk_check_interval_s",
+                self.disk_check_interval_s,
+                MIN_INTERVAL_S,
+            ),
             ("quiet_period_s", self.quiet_period_s, 0.0),
             ("drain_timeout_s", self.drain_timeout_s, 0.0),
             ("stall_timeout_s", self.stall_timeout_s, 1.0),
         ] {
             if !(v.is_finite() && (min..=MAX_SECONDS).contains(&v)) {
-                bad(key, format!("must be within [{min}, {MAX_SECONDS}] seconds, got {v}"));
+                bad(
+                    key,
+                    format!("must be within [{min}, {MAX_SECONDS}] seconds, got {v}"),
+                );
             }
         }
         if self.settle_ms > (MAX_SECONDS as u64) * 1000 {
-            bad("settle_ms", format!("must be at most {MAX_SECONDS} s, got {} ms", self.settle_ms));
+            bad(
+                "settle_ms",
+                format!("must be at most {MAX_SECONDS} s, got {} ms", self.settle_ms),
+            );
         }
         if !(1..=4096).contains(&self.max_clients) {
-            bad("max_clients", format!("must be within [1, 4096], got {}", self.max_clients));
+            bad(
+                "max_clients",
+                format!("must be within [1, 4096], got {}", self.max_clients),
+            );
         }
         if self.batch_size > 256 {
-            bad("batch_size", format!("must be at most 256, got {}", self.batch_size));
+            bad(
+                "batch_size",
+                format!("must be at most 256, got {}", self.batch_size),
+            );
         }
         if !(self.retention_days.is_finite() && (0.0..=36_500.0).contains(&self.retention_days)) {
             bad(

@@ -132,7 +132,12 @@ impl Shared {
             })
         });
         if let Some(alert) = tripped {
-            self.publish(EventKind::IntakePaused, format!("intake paused: {alert}"), None, None);
+            self.publish(
+                EventKind::IntakePaused,
+                format!("intake paused: {alert}"),
+                None,
+                None,
+            );
             ops::sd_notify(&format!("STATUS=paused: {alert}"));
         }
     }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::liveness::{Watched, unhealthy};
 use super::ops::{self, ShutdownSignal};
 use super::queue::Queue;
 use super::series;
 use super::settings::DaemonSettings;
-use super::liveness::{Watched, unhealthy};
 use super::shared::Shared;
 use crate::protocol::EventKind;
 
@@ -112,26 +112,36 @@ impl Supervisor {
             ("socket_mode", old.socket_mode != new.socket_mode),
             ("poll", old.poll != new.poll),
             ("poll_interval_s", old.poll_interval_s != new.poll_interval_s),
-            ("rescan_interval_s", old.rescan_interval_s != new.rescan_interval_s),
+            (
+                "rescan_interval_s",
+                old.rescan_interval_s != new.rescan_interval_s,
+            ),
             ("settle_ms", old.settle_ms != new.settle_ms),
             ("stability_polls", old.stability_polls != new.stability_polls),
             ("ignore_suffixes", old.ignore_suffixes != new.ignore_suffixes),
             ("device", old.device != new.device),
         ]
         .into_iter()
-        .filter_map(|(k, changed)| changed.then(|| format!("daemon.{k}")))
+        .filter(|(_, changed)| *changed)
+        .map(|(k, _)| format!("daemon.{k}"))
         .collect();
         // Settings outside the daemon block the screener was built with (models, screening).
         fixed.extend(new.restart_keys.iter().cloned());
         let mut applied = new.clone();
         (applied.watch, applied.output, applied.state) =
             (old.watch.clone(), old.output.clone(), old.state.clone());
-        (applied.socket, applied.socket_group, applied.socket_mode) =
-            (old.socket.clone(), old.socket_group.clone(), old.socket_mode.clone());
+        (applied.socket, applied.socket_group, applied.socket_mode) = (
+            old.socket.clone(),
+            old.socket_group.clone(),
+            old.socket_mode.clone(),
+        );
         (applied.poll, applied.poll_interval_s, applied.rescan_interval_s) =
             (old.poll, old.poll_interval_s, old.rescan_interval_s);
-        (applied.settle_ms, applied.stability_polls, applied.ignore_suffixes) =
-            (old.settle_ms, old.stability_polls, old.ignore_suffixes.clone());
+        (
+            applied.settle_ms,
+            applied.stability_polls,
+            applied.ignore_suffixes,
+        ) = (old.settle_ms, old.stability_polls, old.ignore_suffixes.clone());
         applied.device = old.device.clone();
         (applied.control_group, applied.max_clients) = (old.control_group.clone(), old.max_clients);
         applied.restart_keys.clear();
@@ -225,10 +235,10 @@ impl Supervisor {
             if self.shared.disk_is_low() {
                 return;
             }
-            if let Err(e) = self.report_one(&key, last_done, &settings) {
-                if let Some(held) = self.shared.log_limit.allow("series report") {
-                    tracing::warn!(series = %key, error = %e, held_back = held, "cannot write a series report");
-                }
+            if let Err(e) = self.report_one(&key, last_done, &settings)
+                && let Some(held) = self.shared.log_limit.allow("series report")
+            {
+                tracing::warn!(series = %key, error = %e, held_back = held, "cannot write a series report");
             }
         }
     }

@@ -31,7 +31,10 @@ impl Screener for PixelScreener {
             panic!("test double told to panic");
         }
         if self.broken.load(Ordering::SeqCst) {
-            return slices.iter().map(|_| Err("CUDA error: device lost (test double)".into())).collect();
+            return slices
+                .iter()
+                .map(|_| Err("CUDA error: device lost (test double)".into()))
+                .collect();
         }
         slices.iter().map(pixel_finding).collect()
     }
@@ -594,11 +597,9 @@ fn a_run_of_screening_failures_pauses_intake_instead_of_quarantining_everything(
     }
     let snap = || status_client(&d.socket).expect("status");
     assert!(
-        wait_until(Duration::from_secs(10), || snap()
-            .intake
-            .reasons
-            .iter()
-            .any(|r| r.starts_with("screening failed for 3 files in a row (last: CUDA error"))),
+        wait_until(Duration::from_secs(10), || snap().intake.reasons.iter().any(
+            |r| r.starts_with("screening failed for 3 files in a row (last: CUDA error")
+        )),
         "{:?}",
         snap().intake
     );
@@ -610,7 +611,11 @@ fn a_run_of_screening_failures_pauses_intake_instead_of_quarantining_everything(
         "the pause stops the run: {:?}",
         paused.counts
     );
-    assert!(paused.counts.pending >= 1, "files wait while paused: {:?}", paused.counts);
+    assert!(
+        paused.counts.pending >= 1,
+        "files wait while paused: {:?}",
+        paused.counts
+    );
     // The device is fixed; the operator retries everything.
     d.broken.store(false, Ordering::SeqCst);
     assert!(matches!(

@@ -142,7 +142,10 @@ pub(crate) fn record_failure(queue: &mut Queue, shared: &Shared, job: &Job, reas
 fn move_to_quarantine(job: &Job, dir: &Path, settings: &super::DaemonSettings) {
     let hash = input::hash_input(&job.path, &settings.watch, settings.max_file_bytes);
     if !hash.as_ref().is_ok_and(|h| *h == job.sha256) {
-        tracing::warn!(job = job.id, "a quarantined input is no longer the queued content or cannot be read; not moved");
+        tracing::warn!(
+            job = job.id,
+            "a quarantined input is no longer the queued content or cannot be read; not moved"
+        );
         return;
     }
     let target = dir.join(format!("{}-{}", job.id, &job.sha256[..job.sha256.len().min(16)]));
@@ -275,7 +278,11 @@ pub(crate) fn worker_loop(
     let mut held: Option<ReadJob> = None;
     loop {
         shared.beats.worker.beat();
-        let first = match held.take().map(Ok).unwrap_or_else(|| rx.recv_timeout(Duration::from_millis(200))) {
+        let first = match held
+            .take()
+            .map(Ok)
+            .unwrap_or_else(|| rx.recv_timeout(Duration::from_millis(200)))
+        {
             Ok(j) => j,
             Err(RecvTimeoutError::Timeout) if !shared.stopping() => continue,
             Err(_) => break,
@@ -385,7 +392,13 @@ fn finish_job(
             }
             Ok(_) => {}
             Err(e) => {
-                record_failure(queue, shared, &job.job, &format!("cannot check the SOP instance: {e}"), false);
+                record_failure(
+                    queue,
+                    shared,
+                    &job.job,
+                    &format!("cannot check the SOP instance: {e}"),
+                    false,
+                );
                 return false;
             }
         }

@@ -12,14 +12,30 @@ use super::Rejection;
 /// Secondary Capture Image Storage and the four multi-frame SC classes (PS3.4 B.5).
 const SECONDARY_CAPTURE: [(&str, &str); 5] = [
     ("1.2.840.10008.5.1.4.1.1.7", "Secondary Capture Image Storage"),
-    ("1.2.840.10008.5.1.4.1.1.7.1", "Multi-frame Single Bit Secondary Capture"),
-    ("1.2.840.10008.5.1.4.1.1.7.2", "Multi-frame Grayscale Byte Secondary Capture"),
-    ("1.2.840.10008.5.1.4.1.1.7.3", "Multi-frame Grayscale Word Secondary Capture"),
-    ("1.2.840.10008.5.1.4.1.1.7.4", "Multi-frame True Color Secondary Capture"),
+    (
+        "1.2.840.10008.5.1.4.1.1.7.1",
+        "Multi-frame Single Bit Secondary Capture",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.7.2",
+        "Multi-frame Grayscale Byte Secondary Capture",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.7.3",
+        "Multi-frame Grayscale Word Secondary Capture",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.7.4",
+        "Multi-frame True Color Secondary Capture",
+    ),
 ];
 
 /// Why an object with these attributes is a screen capture or carries burned-in text, if it is.
-pub(super) fn capture_reason(sop_class: &str, image_type: &[String], burned_in: Option<&str>) -> Option<String> {
+pub(super) fn capture_reason(
+    sop_class: &str,
+    image_type: &[String],
+    burned_in: Option<&str>,
+) -> Option<String> {
     let sop_class = sop_class.trim_matches(|c: char| c == '\0' || c.is_whitespace());
     if let Some((_, name)) = SECONDARY_CAPTURE.iter().find(|(uid, _)| *uid == sop_class) {
         return Some(format!("screen capture: {name}"));
@@ -28,7 +44,9 @@ pub(super) fn capture_reason(sop_class: &str, image_type: &[String], burned_in: 
     if values.iter().any(|v| v == "SCREEN SAVE") {
         return Some("screen capture: ImageType SCREEN SAVE".into());
     }
-    if values.first().map(String::as_str) == Some("DERIVED") && values.get(1).map(String::as_str) == Some("SECONDARY") {
+    if values.first().map(String::as_str) == Some("DERIVED")
+        && values.get(1).map(String::as_str) == Some("SECONDARY")
+    {
         return Some(format!("screen capture: ImageType {}", values.join("\\")));
     }
     if burned_in.is_some_and(|b| b.trim().eq_ignore_ascii_case("YES")) {
@@ -64,13 +82,25 @@ mod tests {
 
     fn obj(sop_class: &str, image_type: &[&str], burned_in: Option<&str>) -> InMemDicomObject {
         let mut o = InMemDicomObject::new_empty();
-        o.put(DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(sop_class)));
+        o.put(DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(sop_class),
+        ));
         if !image_type.is_empty() {
             let values: Vec<String> = image_type.iter().map(|s| s.to_string()).collect();
-            o.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(values.into())));
+            o.put(DataElement::new(
+                tags::IMAGE_TYPE,
+                VR::CS,
+                PrimitiveValue::Strs(values.into()),
+            ));
         }
         if let Some(b) = burned_in {
-            o.put(DataElement::new(tags::BURNED_IN_ANNOTATION, VR::CS, PrimitiveValue::from(b)));
+            o.put(DataElement::new(
+                tags::BURNED_IN_ANNOTATION,
+                VR::CS,
+                PrimitiveValue::from(b),
+            ));
         }
         o
     }
@@ -81,7 +111,10 @@ mod tests {
 
     #[test]
     fn acquired_ct_passes() {
-        assert_eq!(reason(&obj(CT, &["ORIGINAL", "PRIMARY", "AXIAL"], Some("NO"))), None);
+        assert_eq!(
+            reason(&obj(CT, &["ORIGINAL", "PRIMARY", "AXIAL"], Some("NO"))),
+            None
+        );
         assert_eq!(reason(&obj(CT, &["DERIVED", "PRIMARY", "AXIAL"], None)), None);
         assert_eq!(reason(&obj(&format!("{CT}\0"), &[], None)), None);
     }
@@ -89,7 +122,12 @@ mod tests {
     #[test]
     fn screen_captures_and_burned_in_text_are_refused_with_their_reason() {
         assert_eq!(
-            reason(&obj("1.2.840.10008.5.1.4.1.1.7\0", &["ORIGINAL", "PRIMARY"], None)).as_deref(),
+            reason(&obj(
+                "1.2.840.10008.5.1.4.1.1.7\0",
+                &["ORIGINAL", "PRIMARY"],
+                None
+            ))
+            .as_deref(),
             Some("not an image: screen capture: Secondary Capture Image Storage")
         );
         assert_eq!(

@@ -205,7 +205,9 @@ fn a_file_that_kills_the_daemon_is_quarantined_after_the_retries() {
     let d = dir.path();
     let (seg, cls) = tiny_models(d);
     let cfg = config(d, &seg, &cls);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("retries: 0", "retries: 1");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("retries: 0", "retries: 1");
     std::fs::write(&cfg, text).unwrap();
     let inbox = d.join("in");
     // The poison comes first (the lowest job id), so it is in the first claimed batch.
@@ -239,7 +241,12 @@ fn a_file_that_kills_the_daemon_is_quarantined_after_the_retries() {
     let snap = status(&socket);
     stop(child);
     assert_eq!(starts, 2, "the poison killed the daemon once per try (retries 1)");
-    assert_eq!((snap.counts.done, snap.counts.quarantined), (3, 1), "{:?}", snap.jobs);
+    assert_eq!(
+        (snap.counts.done, snap.counts.quarantined),
+        (3, 1),
+        "{:?}",
+        snap.jobs
+    );
     let reason = snap.jobs[0].reason.clone().unwrap_or_default();
     assert!(reason.starts_with("stopped the daemon 2 times"), "{reason}");
     // The innocent slices claimed with the poison were screened once each.
@@ -254,9 +261,7 @@ fn a_dead_thread_stops_the_watchdog_and_the_daemon_exits_non_zero() {
     let cfg = config(d, &seg, &cls);
     let notify_path = d.join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let log = d.join("daemon.log");
     let notify_env = notify_path.to_string_lossy().into_owned();
     let mut child = daemon_no_core(
@@ -277,13 +282,19 @@ fn a_dead_thread_stops_the_watchdog_and_the_daemon_exits_non_zero() {
     };
     let t = Instant::now();
     while messages.iter().filter(|m| *m == "WATCHDOG=1").count() < 3 {
-        assert!(t.elapsed() < Duration::from_secs(60), "no watchdog pings: {messages:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no watchdog pings: {messages:?}"
+        );
         recv(&mut messages);
     }
     assert!(messages.contains(&"READY=1".to_string()), "{messages:?}");
     std::fs::write(d.join("in/poison.dcm"), b"KILL-THE-READER").unwrap();
     let status = loop {
-        assert!(t.elapsed() < Duration::from_secs(90), "the daemon kept running: {messages:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "the daemon kept running: {messages:?}"
+        );
         recv(&mut messages);
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -302,7 +313,10 @@ fn a_dead_thread_stops_the_watchdog_and_the_daemon_exits_non_zero() {
         "pinged after a thread died: {messages:?}"
     );
     let log_text = std::fs::read_to_string(&log).unwrap();
-    assert!(log_text.contains("daemon unhealthy, exiting for a restart"), "{log_text}");
+    assert!(
+        log_text.contains("daemon unhealthy, exiting for a restart"),
+        "{log_text}"
+    );
 }
 
 /// Resident memory of a process, from /proc.
@@ -355,13 +369,22 @@ fn idle_clients_a_reader_that_never_reads_and_a_flood_do_not_starve_status() {
     // A flood of `recent` from a client that reads.
     let mut flood = ctmask::daemon::Client::connect(&socket, Some(Duration::from_secs(10))).unwrap();
     for _ in 0..300 {
-        let Message::Results(r) = flood.request(&Request::Recent { limit: 1000, offset: 0 }).unwrap() else {
+        let Message::Results(r) = flood
+            .request(&Request::Recent {
+                limit: 1000,
+                offset: 0,
+            })
+            .unwrap()
+        else {
             panic!("no results")
         };
         assert_eq!(r.slices.len(), 3);
     }
     let sent = deaf_writer.join().unwrap();
-    assert!(sent < 20_000, "the daemon kept reading a client that never reads ({sent} requests)");
+    assert!(
+        sent < 20_000,
+        "the daemon kept reading a client that never reads ({sent} requests)"
+    );
     // A well-behaved `ctmask status` still answers.
     let t = Instant::now();
     let status_out = Command::new(env!("CARGO_BIN_EXE_ctmask"))
