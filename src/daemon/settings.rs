@@ -299,6 +299,26 @@ impl DaemonSettings {
                 format!("must be in [0, 100], got {}", self.series.min_covid_percent),
             );
         }
+        // Set by the caller from the `slice:` block (checked there with its lines); a library
+        // caller's NaN would otherwise reach `f32::clamp` in the reader.
+        let o = &self.slice_options;
+        let finite = [
+            o.window_level,
+            o.window_width,
+            o.hu_clamp.0,
+            o.hu_clamp.1,
+            o.axial_tolerance,
+        ]
+        .iter()
+        .all(|v| v.is_finite());
+        if !finite || o.hu_clamp.0 >= o.hu_clamp.1 || o.window_width <= 0.0 {
+            bad(
+                "slice_options",
+                format!(
+                    "HU and window values must be finite, hu_min below hu_max and the width positive: {o:?}"
+                ),
+            );
+        }
         if self.ignore_suffixes.iter().any(String::is_empty) {
             bad(
                 "ignore_suffixes",
@@ -453,6 +473,12 @@ mod tests {
             assert!(msgs.iter().any(|m| m.contains(key)), "{key} missing in {msgs:?}");
         }
         assert!(s.validate().is_err());
+        let mut nan = DaemonSettings::default();
+        nan.slice_options.hu_clamp.0 = f32::NAN;
+        assert!(
+            nan.validate()
+                .is_err_and(|e| e.to_string().contains("daemon.slice_options"))
+        );
     }
 
     #[test]

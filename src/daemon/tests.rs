@@ -580,89 +580,6 @@ fn second_instance_is_refused_and_drain_requeues_the_slice_in_hand() {
     assert_eq!(names.len(), 3, "exactly one report per slice: {names:?}");
 }
 
-#[test]
-fn a_run_of_screening_failures_pauses_intake_instead_of_quarantining_everything() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let s = DaemonSettings {
-        device_failure_limit: 3,
-        retries: 0, // without the pause, every failure would quarantine its file
-        batch_size: 1,
-        ..settings(tmp.path())
-    };
-    let (watch, out) = (s.watch[0].clone(), s.output.clone());
-    let d = start(s, Duration::ZERO);
-    d.broken.store(true, Ordering::SeqCst);
-    for i in 0..6 {
-        drop_file(&watch, &format!("{i}.png"), &png(100 + i));
-    }
-    let snap = || status_client(&d.socket).expect("status");
-    assert!(
-        wait_until(Duration::from_secs(10), || snap().intake.reasons.iter().any(
-            |r| r.starts_with("screening failed for 3 files in a row (last: CUDA error")
-        )),
-        "{:?}",
-        snap().intake
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let paused = snap();
-    assert!(paused.intake.paused);
-    assert!(
-        paused.counts.quarantined <= 5, // 3, plus at most the reader's read-ahead
-        "the pause stops the run: {:?}",
-        paused.counts
-    );
-    assert!(
-        paused.counts.pending >= 1,
-        "files wait while paused: {:?}",
-        paused.counts
-    );
-    // The device is fixed; the operator retries everything.
-    d.broken.store(false, Ordering::SeqCst);
-    assert!(matches!(
-        d.client().request(&Request::RetryAll),
-        Ok(Message::Ack { .. })
-    ));
-    assert!(
-        wait_until(Duration::from_secs(10), || slice_reports(&out).len() == 6),
-        "{:?}",
-        snap().counts
-    );
-    let after = snap();
-    assert!(!after.intake.paused, "{:?}", after.intake);
-    assert_eq!((after.counts.done, after.counts.quarantined), (6, 0));
-    d.stop();
-}
-
-#[test]
-fn a_second_file_with_the_same_sop_instance_is_a_conflict_not_a_second_result() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let s = settings(tmp.path());
-    let (watch, out) = (s.watch[0].clone(), s.output.clone());
-    let d = start(s, Duration::ZERO);
-    let original = std::fs::read(shared_dicom("chest_ct1_128_crop_explicit_le.dcm")).expect("dicom");
-    drop_file(&watch, "a.dcm", &original);
-    assert!(wait_until(Duration::from_secs(10), || series_reports(&out).len() == 1));
-    // Same SOP instance UID, other pixels (the last pixel byte changed).
-    let mut other = original.clone();
-    let last = other.len() - 1;
-    other[last] ^= 0x01;
-    drop_file(&watch, "b.dcm", &other);
-    let snap = || status_client(&d.socket).expect("status");
-    assert!(
-        wait_until(Duration::from_secs(10), || snap().counts.quarantined == 1),
-        "{:?}",
-        snap().jobs
-    );
-    let reason = snap().jobs[0].reason.clone().unwrap_or_default();
-    assert!(reason.starts_with("conflict: SOP instance"), "{reason}");
-    std::thread::sleep(Duration::from_millis(600)); // a quiet period: no second report
-    assert_eq!(slice_reports(&out).len(), 1);
-    let report = json(&series_reports(&out)[0]);
-    assert_eq!(report["slice_count"], 1, "counted once");
-    assert_eq!(snap().counts.done, 1);
-    d.stop();
-}
-
 /// A small tmpfs mounted on a folder for one test, unmounted (lazily) on drop. `None` where this
 /// process may not mount (not root, no CAP_SYS_ADMIN).
 struct Tmpfs(PathBuf);
@@ -820,3 +737,6 @@ fn real_full_disk_pauses_leaves_nothing_partial_and_resumes() {
     }
     d.stop();
 }
+
+#[path = "tests_hostile.rs"]
+mod hostile;
