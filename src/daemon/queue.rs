@@ -117,6 +117,15 @@ CREATE TABLE IF NOT EXISTS instances (
   job_id INTEGER NOT NULL,
   PRIMARY KEY (models, series_key, stem)
 );
+CREATE TABLE IF NOT EXISTS thumbnail_blobs (
+  job_id INTEGER NOT NULL,
+  frame INTEGER NOT NULL,
+  width INTEGER NOT NULL,
+  height INTEGER NOT NULL,
+  channels INTEGER NOT NULL,
+  data BLOB NOT NULL,
+  PRIMARY KEY (job_id, frame)
+);
 CREATE TABLE IF NOT EXISTS thumbnails (
   job_id INTEGER NOT NULL,
   frame INTEGER NOT NULL,
@@ -353,12 +362,10 @@ impl Queue {
             .collect();
         let summary = serde_json::to_string(&bare).map_err(|source| QueueError::Summary { id, source })?;
         let series_key = slices.first().map(|s| s.series_key.clone());
-        let thumbs: Vec<(i64, String)> = slices
+        // Raw pixels (a BLOB, half the size of the hex the protocol sends).
+        let thumbs: Vec<(i64, &crate::protocol::Thumbnail)> = slices
             .iter()
-            .filter_map(|s| {
-                let t = s.thumbnail.as_ref()?;
-                Some((i64::from(s.frame.unwrap_or(0)), serde_json::to_string(t).ok()?))
-            })
+            .filter_map(|s| Some((i64::from(s.frame.unwrap_or(0)), s.thumbnail.as_ref()?)))
             .collect();
         self.in_tx(|tx| {
             tx.execute(
@@ -366,10 +373,11 @@ impl Queue {
                  updated_ms = ?4 WHERE id = ?1",
                 params![id, summary, series_key, now],
             )?;
-            for (frame, thumb) in &thumbs {
+            for (frame, t) in &thumbs {
                 tx.execute(
-                    "INSERT OR REPLACE INTO thumbnails (job_id, frame, thumbnail) VALUES (?1, ?2, ?3)",
-                    params![id, frame, thumb],
+                    "INSERT OR REPLACE INTO thumbnail_blobs (job_id, frame, width, height, channels, data)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, frame, t.width, t.height, t.channels, t.data],
                 )?;
             }
             for s in slices {
@@ -484,6 +492,10 @@ impl Queue {
             .collect();
         self.in_tx(|tx| {
             let old = "SELECT id FROM jobs WHERE models = ?1 AND state = 'done' AND updated_ms < ?2";
+            tx.execute(
+                &format!("DELETE FROM thumbnail_blobs WHERE job_id IN ({old})"),
+                params![models, cutoff_ms],
+            )?;
             tx.execute(
                 &format!("DELETE FROM thumbnails WHERE job_id IN ({old})"),
                 params![models, cutoff_ms],
@@ -651,31 +663,41 @@ impl Queue {
         Ok(out)
     }
 
-    /// One slice's thumbnail (`frame` None: a single-frame file).
+    /// One slice's thumbnail (`frame` None: a single-frame file): the BLOB, or the hex JSON of
+    /// databases written before thumbnails were BLOBs.
     pub fn thumbnail(&self, job_id: i64, frame: Option<u32>) -> Result<Option<crate::protocol::Thumbnail>> {
+        let key = params![job_id, i64::from(frame.unwrap_or(0))];
+        let blob = self
+            .conn
+            .prepare_cached(
+                "SELECT width, height, channels, data FROM thumbnail_blobs WHERE job_id = ?1 AND frame = ?2",
+            )
+            .and_then(|mut st| {
+                st.query_row(key, |r| {
+                    Ok(crate::protocol::Thumbnail {
+                        width: r.get(0)?,
+                        height: r.get(1)?,
+                        channels: r.get(2)?,
+                        data: r.get(3)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(self.db())?;
+        if blob.is_some() {
+            return Ok(blob);
+        }
         let json: Option<String> = self
             .conn
-            .query_row(
-                "SELECT thumbnail FROM thumbnails WHERE job_id = ?1 AND frame = ?2",
-                params![job_id, i64::from(frame.unwrap_or(0))],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT thumbnail FROM thumbnails WHERE job_id = ?1 AND frame = ?2")
+            .and_then(|mut st| st.query_row(key, |r| r.get(0)).optional())
             .map_err(self.db())?;
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
     pub fn attach_thumbnails(&self, slices: &mut [SliceSummary]) -> Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT thumbnail FROM thumbnails WHERE job_id = ?1 AND frame = ?2")
-            .map_err(self.db())?;
         for s in slices {
-            let json: Option<String> = stmt
-                .query_row(params![s.job_id, i64::from(s.frame.unwrap_or(0))], |r| r.get(0))
-                .optional()
-                .map_err(self.db())?;
-            s.thumbnail = json.and_then(|j| serde_json::from_str(&j).ok());
+            s.thumbnail = self.thumbnail(s.job_id, s.frame)?;
         }
         Ok(())
     }
@@ -1004,6 +1026,43 @@ mod tests {
         assert_eq!(q.counts().expect("counts").done, 0);
         assert!(q.known_files().expect("known").contains_key(&present));
         assert_eq!(q.known_files().expect("known").len(), 1);
+    }
+
+    #[test]
+    fn thumbnails_are_blobs_and_older_hex_ones_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut q = Queue::open(dir.path(), "m").expect("open");
+        q.enqueue(&seen("/a", "1")).expect("enqueue");
+        let id = q.claim(1).expect("claim")[0].id;
+        let thumb = crate::protocol::Thumbnail {
+            width: 2,
+            height: 1,
+            channels: 3,
+            data: vec![1, 2, 3, 250, 251, 252],
+        };
+        let slice = SliceSummary {
+            thumbnail: Some(thumb.clone()),
+            ..summary(id, "S")
+        };
+        q.complete(id, &[slice]).expect("complete");
+        assert_eq!(q.thumbnail(id, None).expect("read"), Some(thumb.clone()));
+        let stored: Vec<u8> = q
+            .conn
+            .query_row(
+                "SELECT data FROM thumbnail_blobs WHERE job_id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .expect("blob");
+        assert_eq!(stored, thumb.data, "raw bytes, not hex");
+        q.conn
+            .execute(
+                "INSERT INTO thumbnails (job_id, frame, thumbnail) VALUES (99, 0, ?1)",
+                params![serde_json::to_string(&thumb).expect("json")],
+            )
+            .expect("old row");
+        assert_eq!(q.thumbnail(99, None).expect("old"), Some(thumb));
+        assert_eq!(q.thumbnail(98, None).expect("none"), None);
     }
 
     #[test]
