@@ -1,9 +1,12 @@
 //! The daemon <-> client protocol (dashboard, `ctmask status`): one JSON object per line over the
 //! daemon's Unix socket, each tagged by `"type"`. The client opens with `hello` (its protocol
 //! version); the daemon answers `hello` with its own and then serves requests: `status` ->
-//! `snapshot`, `subscribe` -> a backlog of recent `event`s then every new one, `pause`/`resume`
-//! intake and `retry` a failed job -> `ack`, `recent` -> `results` (newest first), `series` ->
-//! `results` of one series (slices in anatomical order); any failure -> `error`.
+//! `snapshot`, `subscribe` (once per connection) -> a backlog of recent `event`s then every new
+//! one, `pause`/`resume` intake, `retry` a failed job and `retry_all` -> `ack` (control role),
+//! `recent` -> `results` (newest first, pages of at most `RECENT_MAX`), `series` -> `results` of
+//! one series (slices in anatomical order, paged, thumbnails for the first `SERIES_THUMBNAILS`),
+//! `thumbnail` -> one slice's `thumbnail`; any failure -> `error`. No message carries an input's
+//! path or file name (`JobInfo::path` only with the daemon's `show_input_paths`).
 //!
 //! Compatibility: fields may be added in a version (`#[serde(default)]` on new ones), never renamed
 //! or removed; unknown fields are ignored and unknown message types decode to `Unknown`, so an older
