@@ -46,11 +46,13 @@ fn a_run_of_screening_failures_pauses_intake_instead_of_quarantining_everything(
         d.client().request(&Request::RetryAll),
         Ok(Message::Ack { .. })
     ));
+    // Reports appear before the queue records the job done: wait for the queue.
     assert!(
-        wait_until(Duration::from_secs(10), || slice_reports(&out).len() == 6),
+        wait_until(Duration::from_secs(10), || snap().counts.done == 6),
         "{:?}",
         snap().counts
     );
+    assert_eq!(slice_reports(&out).len(), 6);
     let after = snap();
     assert!(!after.intake.paused, "{:?}", after.intake);
     assert_eq!((after.counts.done, after.counts.quarantined), (6, 0));

@@ -108,7 +108,9 @@ fn patient_names_in_folders_and_file_names_never_leave_the_daemon() {
     let (out, socket) = (d.join("out"), d.join("d.sock"));
     wait_for("3 reports", Duration::from_secs(120), || slice_reports(&out) == 3);
     wait_for("the quarantine", Duration::from_secs(30), || {
-        socket.exists() && status(&socket).counts.quarantined == 1
+        socket.exists()
+            && ctmask::daemon::status_client(&socket)
+                .is_ok_and(|s| s.counts.quarantined == 1 && s.counts.done == 3)
     });
     wait_for("2 series reports", Duration::from_secs(30), || {
         walk(&out).iter().filter(|p| p.ends_with("series.json")).count() == 2
@@ -230,9 +232,11 @@ fn a_file_that_kills_the_daemon_is_quarantined_after_the_retries() {
             child = daemon_no_core(&cfg, &log, &envs);
             continue;
         }
+        // The queue records a job done just after its report appears: ask the queue.
         if slice_reports(&out) == 3
             && socket.exists()
-            && ctmask::daemon::status_client(&socket).is_ok_and(|s| s.counts.quarantined == 1)
+            && ctmask::daemon::status_client(&socket)
+                .is_ok_and(|s| s.counts.quarantined == 1 && s.counts.done == 3)
         {
             break;
         }
@@ -347,8 +351,8 @@ fn idle_clients_a_reader_that_never_reads_and_a_flood_do_not_starve_status() {
     let (out, socket, log) = (d.join("out"), d.join("d.sock"), d.join("daemon.log"));
     let child = daemon(&cfg, &log, &[]);
     wait_for("3 reports", Duration::from_secs(120), || slice_reports(&out) == 3);
-    wait_for("the socket", Duration::from_secs(30), || {
-        ctmask::daemon::status_client(&socket).is_ok()
+    wait_for("3 jobs done", Duration::from_secs(30), || {
+        ctmask::daemon::status_client(&socket).is_ok_and(|s| s.counts.done == 3)
     });
     let pid = child.id();
 
