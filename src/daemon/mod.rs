@@ -181,7 +181,7 @@ pub fn run(
         started: Instant::now(),
         in_flight: Default::default(),
         beats: Default::default(),
-        failure_streak: Mutex::new((0, None)),
+        failure_streak: Mutex::new((Vec::new(), None)),
         log_limit: Default::default(),
         settings: RwLock::new(settings.clone()),
     });

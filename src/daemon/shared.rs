@@ -38,8 +38,9 @@ pub(crate) struct Shared {
     /// Jobs handed to the worker and not finished yet (a crashed job is read only when it is 0).
     pub(crate) in_flight: AtomicUsize,
     pub(crate) beats: super::liveness::Beats,
-    /// Files in a row whose screening failed, and the alert once `device_failure_limit` is hit.
-    pub(crate) failure_streak: Mutex<(u32, Option<String>)>,
+    /// Distinct jobs in a row whose screening failed (a retry of the same file counts once), and
+    /// the alert once `device_failure_limit` is hit.
+    pub(crate) failure_streak: Mutex<(Vec<i64>, Option<String>)>,
     pub(crate) log_limit: LogLimiter,
 }
 
@@ -118,14 +119,19 @@ impl Shared {
 
     /// A file whose screening failed (the model, not the file's reading): after
     /// `device_failure_limit` in a row, intake pauses with an alert.
-    pub(crate) fn note_screening_failure(&self, reason: &str) {
-        let limit = self.settings().device_failure_limit;
+    pub(crate) fn note_screening_failure(&self, job_id: i64, reason: &str) {
+        let limit = self.settings().device_failure_limit as usize;
+        if limit == 0 {
+            return;
+        }
         let tripped = self.failure_streak.lock().ok().and_then(|mut s| {
-            s.0 += 1;
-            (limit > 0 && s.0 >= limit && s.1.is_none()).then(|| {
+            if !s.0.contains(&job_id) && s.0.len() < limit {
+                s.0.push(job_id);
+            }
+            (s.0.len() >= limit && s.1.is_none()).then(|| {
                 let alert = format!(
                     "screening failed for {} files in a row (last: {reason}); the device or the models may be broken: fix them, then retry all failed jobs or resume",
-                    s.0
+                    s.0.len()
                 );
                 s.1 = Some(alert.clone());
                 alert
@@ -144,7 +150,7 @@ impl Shared {
 
     pub(crate) fn note_screening_success(&self) {
         if let Ok(mut s) = self.failure_streak.lock() {
-            s.0 = 0;
+            s.0.clear();
         }
     }
 
@@ -154,7 +160,7 @@ impl Shared {
             .failure_streak
             .lock()
             .map(|mut s| {
-                s.0 = 0;
+                s.0.clear();
                 s.1.take().is_some()
             })
             .unwrap_or(false);

@@ -371,7 +371,7 @@ fn finish_job(
             &format!("screening failed: {reason}"),
             false,
         );
-        shared.note_screening_failure(&reason);
+        shared.note_screening_failure(job.job.id, &reason);
         return false;
     }
     shared.note_screening_success();
