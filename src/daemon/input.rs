@@ -83,17 +83,27 @@ fn open_beneath(dir: &OwnedFd, rel: &Path) -> Result<OwnedFd, InputError> {
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = flags as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: openat2 reads the path and the open_how struct we own, of the size we pass.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            c_rel.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
+    // openat2 answers EAGAIN when a rename elsewhere raced with a scoped lookup: try again.
+    let mut tries = 0;
+    let opened = loop {
+        // SAFETY: openat2 reads the path and the open_how struct we own, of the size we pass.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                c_rel.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        let r = last_os_error(rc);
+        tries += 1;
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && tries < 20 => continue,
+            r => break r,
+        }
     };
-    let fd = match last_os_error(rc) {
+    let fd = match opened {
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) => {
             // SAFETY: openat on a descriptor we own and a valid C string.
             let rc = unsafe { libc::openat(dir.as_raw_fd(), c_rel.as_ptr(), flags) };
