@@ -221,42 +221,12 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: cannot read config: {e}", path.display())))?;
         let mut c = Self::from_yaml(&text, path)?;
-        if c.slice.hu_min >= c.slice.hu_max || c.slice.window_width <= 0.0 {
+        if let Some((key, reason)) = c.problems().into_iter().next() {
+            let line = line_of(&text, &key)
+                .map(|l| format!(" line {l}:"))
+                .unwrap_or_default();
             return Err(Error::Config(format!(
-                "{}: key 'slice': hu_min must be below hu_max and window_width positive",
-                path.display()
-            )));
-        }
-        let s = &c.slice;
-        for (key, v) in [
-            ("window_level", s.window_level),
-            ("window_width", s.window_width),
-            ("hu_min", s.hu_min),
-            ("hu_max", s.hu_max),
-            ("max_gantry_tilt", s.max_gantry_tilt),
-        ] {
-            if !v.is_finite() {
-                return Err(Error::Config(format!(
-                    "{}: key 'slice.{key}': must be a finite number, got {v}",
-                    path.display()
-                )));
-            }
-        }
-        if !(0.0..=45.0).contains(&s.max_gantry_tilt) {
-            return Err(Error::Config(format!(
-                "{}: key 'slice.max_gantry_tilt': must be within [0, 45] degrees, got {}",
-                path.display(),
-                s.max_gantry_tilt
-            )));
-        }
-        if let Err(e) = c.daemon.validate() {
-            return Err(Error::Config(format!("{}: {e}", path.display())));
-        }
-        let d = &c.daemon;
-        if let Some(p) = c.dicom.problems(&d.watch, &d.output, &d.state).first() {
-            let (key, reason) = p.split_once(": ").unwrap_or((p.as_str(), ""));
-            return Err(Error::Config(format!(
-                "{}: key '{key}': {reason}",
+                "{}:{line} key '{key}': {reason}",
                 path.display()
             )));
         }
@@ -273,6 +243,71 @@ impl Config {
         Ok(c)
     }
 
+    /// Values that parse but would make the screener fail open or panic, as (dotted key,
+    /// reason): non-finite HU and window numbers, an empty HU range, thresholds of 1 (nothing is
+    /// ever found), an axial tolerance of 1 (every orientation passes), and every problem of the
+    /// daemon block.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let sl = &self.slice;
+        for (key, v) in [
+            ("slice.window_level", sl.window_level),
+            ("slice.window_width", sl.window_width),
+            ("slice.hu_min", sl.hu_min),
+            ("slice.hu_max", sl.hu_max),
+        ] {
+            if !v.is_finite() {
+                out.push((key.to_string(), format!("must be a finite number, got {v}")));
+            }
+        }
+        if sl.hu_min.is_finite() && sl.hu_max.is_finite() && sl.hu_min >= sl.hu_max {
+            out.push((
+                "slice.hu_min".into(),
+                format!("must be below hu_max ({}), got {}", sl.hu_max, sl.hu_min),
+            ));
+        }
+        if sl.window_width.is_finite() && sl.window_width <= 0.0 {
+            out.push((
+                "slice.window_width".into(),
+                format!("must be positive, got {}", sl.window_width),
+            ));
+        }
+        for (key, v) in [
+            ("screening.mask_threshold", self.screening.mask_threshold.0),
+            ("screening.score_threshold", self.screening.score_threshold.0),
+            ("slice.axial_tolerance", sl.axial_tolerance.0),
+        ] {
+            if v >= 1.0 {
+                out.push((
+                    key.to_string(),
+                    format!("must be below 1 (1 lets nothing or everything through), got {v}"),
+                ));
+            }
+        }
+        if self.screening.mask_threshold.0 <= 0.0 {
+            out.push((
+                "screening.mask_threshold".into(),
+                "must be above 0 (0 marks every pixel as lesion)".into(),
+            ));
+        }
+        if !(0.0..=45.0).contains(&sl.max_gantry_tilt) {
+            out.push((
+                "slice.max_gantry_tilt".into(),
+                format!("must be within [0, 45] degrees, got {}", sl.max_gantry_tilt),
+            ));
+        }
+        for e in self.daemon.problems() {
+            let crate::daemon::settings::SettingsError::Invalid { key, reason } = e;
+            out.push((format!("daemon.{key}"), reason));
+        }
+        let d = &self.daemon;
+        for p in self.dicom.problems(&d.watch, &d.output, &d.state) {
+            let (key, reason) = p.split_once(": ").unwrap_or((p.as_str(), ""));
+            out.push((key.to_string(), reason.to_string()));
+        }
+        out
+    }
+
     /// The default config file: `config/ctmask.yaml`, then `/etc/ctmask/ctmask.yaml`.
     pub fn default_path() -> PathBuf {
         let local = PathBuf::from("config/ctmask.yaml");
@@ -282,6 +317,31 @@ impl Config {
             PathBuf::from("/etc/ctmask/ctmask.yaml")
         }
     }
+}
+
+/// The 1-based line of a dotted key (`daemon.poll_interval_s`) in block-style YAML, for errors
+/// found after parsing (the parser no longer knows lines then).
+pub fn line_of(text: &str, key: &str) -> Option<usize> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut path: Vec<(usize, &str)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let body = line.trim_start();
+        if body.is_empty() || body.starts_with('#') || body.starts_with('-') {
+            continue;
+        }
+        let Some((name, _)) = body.split_once(':') else {
+            continue;
+        };
+        let indent = line.len() - body.len();
+        while path.last().is_some_and(|(ind, _)| *ind >= indent) {
+            path.pop();
+        }
+        path.push((indent, name.trim().trim_matches(['"', '\''])));
+        if path.len() == parts.len() && path.iter().zip(&parts).all(|((_, a), b)| a == b) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -381,6 +441,56 @@ mod tests {
         std::fs::write(&p, "models:\n  segmentation: a\ndicom:\n  outputs: [seg, sr]\n").unwrap();
         let c = Config::load(&p).unwrap();
         assert_eq!(c.daemon.dicom.outputs, c.dicom.outputs, "copied for the daemon");
+    }
+
+    #[test]
+    fn values_that_fail_open_are_refused_with_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        let base = "models:\n  segmentation: a\n";
+        for (extra, key, line) in [
+            ("slice:\n  hu_min: .nan\n", "slice.hu_min", 4),
+            (
+                "slice:\n  window_width: 300\n  window_level: .inf\n",
+                "slice.window_level",
+                5,
+            ),
+            ("slice:\n  hu_min: 100\n  hu_max: 100\n", "slice.hu_min", 4),
+            (
+                "screening:\n  mask_threshold: 1.0\n",
+                "screening.mask_threshold",
+                4,
+            ),
+            (
+                "screening:\n  score_threshold: 1\n",
+                "screening.score_threshold",
+                4,
+            ),
+            ("slice:\n  axial_tolerance: 1.0\n", "slice.axial_tolerance", 4),
+            ("daemon:\n  socket_mode: \"0666\"\n", "daemon.socket_mode", 4),
+            ("daemon:\n  socket_mode: \"0777\"\n", "daemon.socket_mode", 4),
+            (
+                "daemon:\n  batch_size: 2\n  poll_interval_s: 1e-9\n",
+                "daemon.poll_interval_s",
+                5,
+            ),
+            ("daemon:\n  quiet_period_s: 1e300\n", "daemon.quiet_period_s", 4),
+            ("daemon:\n  backoff_s: .nan\n", "daemon.backoff_s", 4),
+            (
+                "daemon:\n  series:\n    rule: covid_fraction\n    min_covid_percent: .nan\n",
+                "daemon.series.min_covid_percent",
+                6,
+            ),
+        ] {
+            std::fs::write(&p, format!("{base}{extra}")).unwrap();
+            let e = Config::load(&p).unwrap_err().to_string();
+            let want = format!("{}: line {line}: key '{key}':", p.display());
+            assert!(e.starts_with(&want), "{extra:?}: {e}");
+        }
+        std::fs::write(&p, format!("{base}daemon:\n  socket_mode: \"0660\"\n")).unwrap();
+        Config::load(&p).expect("group-only mode is fine");
+        assert_eq!(line_of("a:\n  b: 1\nc:\n  b: 2\n", "c.b"), Some(4));
+        assert_eq!(line_of("a:\n  b: 1\n", "a.x"), None);
     }
 
     #[test]

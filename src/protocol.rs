@@ -1,9 +1,12 @@
 //! The daemon <-> client protocol (dashboard, `ctmask status`): one JSON object per line over the
 //! daemon's Unix socket, each tagged by `"type"`. The client opens with `hello` (its protocol
 //! version); the daemon answers `hello` with its own and then serves requests: `status` ->
-//! `snapshot`, `subscribe` -> a backlog of recent `event`s then every new one, `pause`/`resume`
-//! intake and `retry` a failed job -> `ack`, `recent` -> `results` (newest first), `series` ->
-//! `results` of one series (slices in anatomical order); any failure -> `error`.
+//! `snapshot`, `subscribe` (once per connection) -> a backlog of recent `event`s then every new
+//! one, `pause`/`resume` intake, `retry` a failed job and `retry_all` -> `ack` (control role),
+//! `recent` -> `results` (newest first, pages of at most `RECENT_MAX`), `series` -> `results` of
+//! one series (slices in anatomical order, paged, thumbnails for the first `SERIES_THUMBNAILS`),
+//! `thumbnail` -> one slice's `thumbnail`; any failure -> `error`. No message carries an input's
+//! path or file name (`JobInfo::path` only with the daemon's `show_input_paths`).
 //!
 //! Compatibility: fields may be added in a version (`#[serde(default)]` on new ones), never renamed
 //! or removed; unknown fields are ignored and unknown message types decode to `Unknown`, so an older
@@ -31,7 +34,7 @@ pub enum ProtocolError {
     },
     #[error("malformed message: {source}")]
     Decode { source: serde_json::Error },
-    #[error("message longer than {MAX_LINE_BYTES} bytes")]
+    #[error("message longer than the line limit")]
     TooLong,
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
@@ -53,13 +56,31 @@ pub enum Request {
     Retry {
         job_id: i64,
     },
+    /// Every failed and quarantined job back to pending, and intake resumed after a run of
+    /// screening failures (a broken device) paused it.
+    RetryAll,
+    /// The newest results, a page of at most `RECENT_MAX` slices after skipping `offset`.
     Recent {
         #[serde(default = "default_recent_limit")]
         limit: usize,
+        #[serde(default)]
+        offset: usize,
     },
-    /// One series in detail: `results` with its summary and all its slices in anatomical order.
+    /// One series in detail: `results` with its summary and its slices in anatomical order, from
+    /// `offset`, at most `limit` (all when absent) and `total` set; thumbnails ride along for at
+    /// most `SERIES_THUMBNAILS` slices of the page, the others are fetched with `thumbnail`.
     Series {
         key: String,
+        #[serde(default)]
+        offset: usize,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// One slice's thumbnail (on demand, for the slice shown).
+    Thumbnail {
+        job_id: i64,
+        #[serde(default)]
+        frame: Option<u32>,
     },
     /// Sends failed DICOM forwards again: one outbox row, or every failed one (`id` absent).
     RetryForward {
@@ -75,6 +96,11 @@ fn default_recent_limit() -> usize {
     50
 }
 
+/// Most slices one `recent` reply carries (page with `offset` for more).
+pub const RECENT_MAX: usize = 200;
+/// Most slices of one `series` page that carry their thumbnail.
+pub const SERIES_THUMBNAILS: usize = 64;
+
 /// What the daemon sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -86,6 +112,12 @@ pub enum Message {
     Snapshot(Box<Snapshot>),
     Event(Event),
     Results(Results),
+    /// The reply to `thumbnail` (`None`: that slice has none).
+    Thumbnail {
+        job_id: i64,
+        frame: Option<u32>,
+        thumbnail: Option<Thumbnail>,
+    },
     /// A request was carried out (`pause`, `resume`, `retry`).
     Ack {
         request: String,
@@ -237,6 +269,8 @@ pub struct QueueCounts {
 pub struct JobInfo {
     pub id: i64,
     pub state: JobState,
+    /// Empty unless the daemon's `show_input_paths` is on; then the input's path relative to
+    /// its watch folder.
     pub path: String,
     pub series: Option<String>,
     pub age_s: f64,
@@ -306,6 +340,9 @@ pub struct Results {
     pub series: Vec<SeriesSummary>,
     /// Newest first.
     pub slices: Vec<SliceSummary>,
+    /// For `series`: how many slices the series has (pages with `offset` and `limit`).
+    #[serde(default)]
+    pub total: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -343,7 +380,8 @@ pub struct SliceSummary {
     pub position_z: Option<f64>,
     pub pixel_spacing: Option<[f64; 2]>,
     pub slice_thickness: Option<f64>,
-    /// The input's file name (no folders).
+    /// The slice's name: its outputs' stem (SOP instance UID, or the content hash's first 16 hex
+    /// digits; `_f<frame>` for a frame). Never the input's file name (it may hold a patient name).
     pub file_name: String,
     /// The per-slice report's file name inside the series folder.
     pub report: String,
@@ -474,17 +512,22 @@ pub fn decode<T: DeserializeOwned>(line: &str) -> Result<T, ProtocolError> {
 
 /// Reads the next non-empty line and decodes it; `Ok(None)` at the end of the stream.
 pub fn read_message<T: DeserializeOwned, R: BufRead>(reader: &mut R) -> Result<Option<T>, ProtocolError> {
+    read_message_limited(reader, MAX_LINE_BYTES)
+}
+
+/// [`read_message`] with a smaller line limit (the daemon reads requests, which are short).
+pub fn read_message_limited<T: DeserializeOwned, R: BufRead>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<T>, ProtocolError> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = reader
-            .by_ref()
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut buf)?;
+        let n = reader.by_ref().take(max as u64 + 1).read_until(b'\n', &mut buf)?;
         if n == 0 {
             return Ok(None);
         }
-        if buf.len() > MAX_LINE_BYTES {
+        if buf.len() > max {
             return Err(ProtocolError::TooLong);
         }
         let line = String::from_utf8_lossy(&buf);
@@ -546,8 +589,17 @@ mod tests {
             Request::Retry { job_id: 42 },
             Request::RetryForward { id: Some(3) },
             Request::RetryForward { id: None },
-            Request::Recent { limit: 5 },
-            Request::Series { key: "1.2.3".into() },
+            Request::RetryAll,
+            Request::Recent { limit: 5, offset: 0 },
+            Request::Series {
+                key: "1.2.3".into(),
+                offset: 10,
+                limit: Some(5),
+            },
+            Request::Thumbnail {
+                job_id: 3,
+                frame: None,
+            },
         ] {
             round_trip(r);
         }
@@ -628,8 +680,14 @@ mod tests {
                 ..SeriesSummary::default()
             }],
             slices: vec![slice_summary()],
+            total: Some(1),
         };
         for m in [
+            Message::Thumbnail {
+                job_id: 7,
+                frame: Some(2),
+                thumbnail: slice_summary().thumbnail,
+            },
             Message::Hello {
                 version: 1,
                 server: "ctmask 0.1.0".into(),
@@ -674,7 +732,7 @@ mod tests {
         assert_eq!(e.kind, EventKind::Other);
         assert_eq!(
             decode::<Request>(r#"{"type":"recent"}"#).expect("default limit"),
-            Request::Recent { limit: 50 }
+            Request::Recent { limit: 50, offset: 0 }
         );
         assert!(
             decode::<Request>(r#"{"type":"retry"}"#).is_err(),

@@ -8,6 +8,7 @@
 //! into HU, clamped and lung-windowed (see [`dicom`]). Every command and the daemon read slices
 //! through [`read_slices`], so a refused file always carries the same short reason.
 
+mod capture;
 mod dicom;
 mod frame;
 #[cfg(test)]

@@ -180,9 +180,22 @@ fn synth_series(dir: &Path, count: usize, seed: u64, size: u32) -> anyhow::Resul
 /// The model time per slice the daemon reported, by job id.
 fn model_times(socket: &Path) -> anyhow::Result<std::collections::HashMap<i64, f64>> {
     let mut client = crate::daemon::Client::connect(socket, Some(Duration::from_secs(10)))?;
-    match client.request(&Request::Recent { limit: 10_000 })? {
-        Message::Results(r) => Ok(r.slices.iter().map(|s| (s.job_id, s.time_ms)).collect()),
-        other => anyhow::bail!("unexpected reply to recent: {other:?}"),
+    let mut times = std::collections::HashMap::new();
+    loop {
+        let page = Request::Recent {
+            limit: crate::protocol::RECENT_MAX,
+            offset: times.len(),
+        };
+        match client.request(&page)? {
+            Message::Results(r) => {
+                let before = times.len();
+                times.extend(r.slices.iter().map(|s| (s.job_id, s.time_ms)));
+                if times.len() == before {
+                    return Ok(times); // past the last page
+                }
+            }
+            other => anyhow::bail!("unexpected reply to recent: {other:?}"),
+        }
     }
 }
 

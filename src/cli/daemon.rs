@@ -48,6 +48,23 @@ pub fn make_screener(cfg: &Config) -> MakeScreener {
     })
 }
 
+/// The daemon block of a reloaded config, naming the keys outside it that changed since the
+/// daemon started and need a restart (the screener is built once, with the models, the
+/// screening settings and the thread count).
+pub fn reloaded_daemon_settings(first: &Config, new: Config) -> crate::daemon::DaemonSettings {
+    let mut daemon = new.daemon;
+    for (key, changed) in [
+        ("models", first.models != new.models),
+        ("screening", first.screening != new.screening),
+        ("threads", first.threads != new.threads),
+    ] {
+        if changed {
+            daemon.restart_keys.push(key.to_string());
+        }
+    }
+    daemon
+}
+
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<(PathBuf, Config)> {
     let path = path.map(Path::to_path_buf).unwrap_or_else(Config::default_path);
     let cfg = Config::load(&path)?;
@@ -60,10 +77,10 @@ pub fn run_daemon(a: &DaemonArgs) -> anyhow::Result<()> {
     let shutdown = ShutdownSignal::new();
     shutdown.install_os_handlers()?;
     let reload_path = path.clone();
+    let first = cfg.clone();
     shutdown.set_reloader(Box::new(move || {
-        Config::load(&reload_path)
-            .map(|c| c.daemon)
-            .map_err(|e| e.to_string())
+        let c = Config::load(&reload_path).map_err(|e| e.to_string())?;
+        Ok(reloaded_daemon_settings(&first, c))
     }));
     let screener = make_screener(&cfg);
     crate::daemon::run(cfg.daemon, screener, shutdown)?;
@@ -184,4 +201,50 @@ pub fn run_status(a: &StatusArgs) -> anyhow::Result<()> {
     }
     println!("{}", crate::DISCLAIMER);
     Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// Config file naming the socket (default: config/ctmask.yaml, then /etc/ctmask/ctmask.yaml).
+    #[arg(long, conflicts_with = "socket")]
+    pub config: Option<PathBuf>,
+    /// The daemon's socket.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: ControlAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ControlAction {
+    /// Stop taking new jobs (files keep being queued).
+    Pause,
+    /// Take jobs again (also after a run of screening failures paused intake).
+    Resume,
+    /// Queue one failed or quarantined job again.
+    Retry { job_id: i64 },
+    /// Queue every failed and quarantined job again and resume after screening failures.
+    RetryAll,
+}
+
+/// `ctmask control`: one control request; the daemon's answer is printed.
+pub fn run_control(a: &ControlArgs) -> anyhow::Result<()> {
+    use crate::protocol::{Message, Request};
+    let socket = socket_path(a.socket.as_deref(), a.config.as_deref())?;
+    let request = match a.action {
+        ControlAction::Pause => Request::Pause,
+        ControlAction::Resume => Request::Resume,
+        ControlAction::Retry { job_id } => Request::Retry { job_id },
+        ControlAction::RetryAll => Request::RetryAll,
+    };
+    let mut client = crate::daemon::Client::connect(&socket, Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| anyhow::anyhow!("{}: cannot reach the daemon: {e}", socket.display()))?;
+    match client.request(&request) {
+        Ok(Message::Ack { message, .. }) => {
+            println!("{message}");
+            Ok(())
+        }
+        Ok(other) => anyhow::bail!("unexpected answer: {other:?}"),
+        Err(e) => anyhow::bail!("{e}"),
+    }
 }

@@ -236,7 +236,10 @@ fn wait_for_reports(
         std::thread::sleep(Duration::from_millis(500));
         let mut client = crate::daemon::Client::connect(socket, Some(Duration::from_secs(10)))
             .context("connecting to the demo daemon")?;
-        if let Message::Results(r) = client.request(&Request::Recent { limit: 1000 })? {
+        if let Message::Results(r) = client.request(&Request::Recent {
+            limit: 200,
+            offset: 0,
+        })? {
             let reported: usize = r.series.iter().map(|s| s.slice_count as usize).sum();
             print!(
                 "\rscreening: {}/{total} slices screened, {} of {} series reported, {:.0} s   ",

@@ -81,6 +81,8 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     /// Print the running daemon's status (queue, intake, device).
     Status(daemon::StatusArgs),
+    /// Pause or resume intake, retry a job or every failed one (needs the control role).
+    Control(daemon::ControlArgs),
     /// The dashboard: queue, results, GPU load and log of the running daemon (over SSH too).
     Tui(TuiArgs),
     /// Throughput, latency, time per stage and peak memory of screening (or a training step).
@@ -115,6 +117,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::EvaluateClassifier(a) => classify::run_eval(&a),
         Command::Daemon(a) => daemon::run_daemon(&a),
         Command::Status(a) => daemon::run_status(&a),
+        Command::Control(a) => daemon::run_control(&a),
         Command::Demo(a) => demo::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::BenchDaemon(a) => bench_daemon::run(&a),

@@ -7,18 +7,31 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
+use super::input;
 use super::outputs;
 use super::queue::{self, Enqueued, FileSeen, Queue};
+use super::settings::DaemonSettings;
 use super::shared::Shared;
 use super::watcher::TakenFile;
 use super::worker;
 use crate::protocol::{EventKind, JobState};
 
-/// SHA-256 of a file, streamed.
+/// SHA-256 of a file, streamed (a regular file, not through a final symlink, never blocking on
+/// a FIFO).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     use sha2::Digest;
     use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -34,12 +47,14 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// The intake thread: hashes taken files and enqueues them (holding while the disk is low).
 pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<TakenFile>) {
     loop {
+        shared.beats.intake.beat();
         let taken = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(t) => t,
             Err(RecvTimeoutError::Timeout) if !shared.stopping() => continue,
             Err(_) => return,
         };
         while shared.disk_is_low() && !shared.stopping() {
+            shared.beats.intake.beat();
             std::thread::sleep(Duration::from_millis(200));
         }
         if shared.stopping() {
@@ -57,16 +72,17 @@ pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<Ta
             );
             outputs::sha256_hex(key.as_bytes())
         } else {
-            match sha256_file(&taken.path) {
+            match input::hash_input(&taken.path, &settings.watch, settings.max_file_bytes) {
                 Ok(h) => h,
                 Err(e) => {
-                    tracing::debug!(error = %e, "a taken file vanished before hashing");
+                    // Vanished, or replaced by a link, FIFO or device since the watcher saw it.
+                    tracing::debug!(error = %e, "a taken file could not be hashed; skipped");
                     continue;
                 }
             }
         };
         let seen = FileSeen {
-            series_key: loose_image_key(&taken.path),
+            series_key: loose_image_key(&taken.path, &settings),
             path: taken.path.clone(),
             sha256,
             size: taken.size,
@@ -96,6 +112,7 @@ pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<Ta
                         series_key: None,
                         created_ms: 0,
                         next_attempt_ms: 0,
+                        crashes: 0,
                     };
                     let reason = format!(
                         "file too large: {} bytes > max_file_bytes {}",
@@ -108,18 +125,21 @@ pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<Ta
             Ok(Enqueued::Known(id, state)) => {
                 tracing::debug!(job = id, state = state.as_str(), "content already known");
             }
-            Err(e) => tracing::error!(error = %e, "cannot enqueue a file"),
+            Err(e) => {
+                if let Some(held) = shared.log_limit.allow("enqueue") {
+                    tracing::error!(error = %e, held_back = held, "cannot enqueue a file");
+                }
+            }
         }
     }
 }
 
 /// Series key of PNG/JPEG files (their folder); DICOM series are known after reading.
-fn loose_image_key(path: &Path) -> Option<String> {
+fn loose_image_key(path: &Path, settings: &DaemonSettings) -> Option<String> {
     use std::io::Read;
     let mut head = [0u8; 8];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .ok()?;
+    let (mut file, _) = input::open_input(path, &settings.watch, settings.max_file_bytes).ok()?;
+    let n = file.read(&mut head).ok()?;
     let raster = head[..n].starts_with(b"\x89PNG") || head[..n].starts_with(&[0xFF, 0xD8, 0xFF]);
     raster.then(|| outputs::folder_key(path))
 }

@@ -6,9 +6,15 @@
 //! (owns the screener; screens, writes outputs, records) ; the server answers the socket; the
 //! calling thread supervises: signals, reloads, disk space, series reports, systemd notify.
 
+mod connection;
+mod faults;
+mod hub;
+mod input;
 mod intake;
+mod liveness;
 pub mod ops;
 pub mod outputs;
+pub mod peers;
 pub mod queue;
 pub mod series;
 pub mod server;
@@ -53,6 +59,8 @@ pub enum DaemonError {
     Screener(String),
     #[error("cannot listen for DICOM on {addr}: {source}")]
     DicomListen { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Unhealthy(String),
     #[error("cannot start thread {name}: {source}")]
     Thread {
         name: &'static str,
@@ -131,6 +139,7 @@ pub fn run(
     make_screener: MakeScreener,
     shutdown: ShutdownSignal,
 ) -> Result<(), DaemonError> {
+    let settings = settings.canonicalized();
     settings.validate()?;
     let _lock = StateLock::acquire(&settings.state)?;
     std::fs::create_dir_all(&settings.output).map_err(|source| DaemonError::Output {
@@ -146,11 +155,11 @@ pub fn run(
     let (identity, start_worker_tx, worker_handle) = start_worker(make_screener)?;
     let models_hash = models_hash(&identity.models);
     let mut queue = Queue::open(&settings.state, &models_hash)?;
-    let requeued = queue.requeue_running()?;
+    // Jobs left running died with the process: a crash each, quarantined once their tries are spent.
+    let (requeued, crashed) = queue.recover_running(settings.retries)?;
     let known = queue.known_files()?;
     let rescan = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
-        slice_options: settings.slice_options.clone(),
         state_dir: settings.state.clone(),
         models: identity
             .models
@@ -164,7 +173,7 @@ pub fn run(
             .collect(),
         models_hash: models_hash.clone(),
         device: identity.device.clone(),
-        hub: server::Hub::default(),
+        hub: hub::Hub::default(),
         stop: AtomicBool::new(false),
         operator_paused: AtomicBool::new(false),
         disk_low: Mutex::new(None),
@@ -176,6 +185,10 @@ pub fn run(
         metrics: Mutex::new(VecDeque::new()),
         slices_total: Default::default(),
         started: Instant::now(),
+        in_flight: Default::default(),
+        beats: Default::default(),
+        failure_streak: Mutex::new((Vec::new(), None)),
+        log_limit: Default::default(),
         settings: RwLock::new(settings.clone()),
     });
     let mut sup = Supervisor::new(shared.clone(), Queue::open(&settings.state, &models_hash)?);
@@ -198,7 +211,8 @@ pub fn run(
         let shared = shared.clone();
         move || intake::intake_loop(shared, intake_queue, taken_rx)
     })?;
-    let watch = watcher::Watcher::new(crate::dicom::receiver::watched(&settings), known, taken_tx);
+    let watch = watcher::Watcher::new(crate::dicom::receiver::watched(&settings), known, taken_tx)
+        .with_beat(shared.beats.watcher.clone());
     if !watch.polled_dirs().is_empty() {
         tracing::info!(
             folders = watch.polled_dirs().len(),
@@ -215,15 +229,17 @@ pub fn run(
         let shared = shared.clone();
         move || server.serve(shared)
     })?;
-    let mut threads = vec![watcher, intake, reader, serve];
+    // the DICOM receiver and forwarder (when configured) stop with the others; they report no
+    // beats, so the liveness check does not watch them
+    let mut dicom_threads = Vec::new();
     if let Some(listener) = dicom_rx {
         let (shared, models_hash) = (shared.clone(), models_hash.clone());
-        threads.push(spawn("dicom-rx", move || {
+        dicom_threads.push(spawn("dicom-rx", move || {
             crate::dicom::receiver::serve(listener, shared, models_hash)
         })?);
     }
     if let Some(forwarder) = crate::dicom::forward::Forwarder::new(&shared)? {
-        threads.push(spawn("forward", move || forwarder.run())?);
+        dicom_threads.push(spawn("forward", move || forwarder.run())?);
     }
 
     shared.publish(
@@ -235,8 +251,56 @@ pub fn run(
         None,
         None,
     );
+    for (id, reason) in crashed {
+        shared.publish(
+            EventKind::Quarantined,
+            format!("job {id} quarantined: {reason}"),
+            Some(id),
+            None,
+        );
+    }
     ops::sd_notify("READY=1");
-    sup.run(&shutdown, &mut queue);
+    let beats = &shared.beats;
+    let threads = vec![
+        liveness::Watched {
+            name: "watch",
+            handle: watcher,
+            beat: beats.watcher.clone(),
+        },
+        liveness::Watched {
+            name: "intake",
+            handle: intake,
+            beat: beats.intake.clone(),
+        },
+        liveness::Watched {
+            name: "reader",
+            handle: reader,
+            beat: beats.reader.clone(),
+        },
+        liveness::Watched {
+            name: "worker",
+            handle: worker_handle,
+            beat: beats.worker.clone(),
+        },
+        liveness::Watched {
+            name: "server",
+            handle: serve,
+            beat: beats.server.clone(),
+        },
+    ];
+    if let Err(reason) = sup.run(&shutdown, &mut queue, &threads) {
+        // No drain: a hung thread would never join, and the slice in hand must count as a crash.
+        shared.publish(
+            EventKind::Warning,
+            format!("daemon unhealthy, exiting for a restart: {reason}"),
+            None,
+            None,
+        );
+        ops::sd_notify(&format!("STATUS=unhealthy: {reason}"));
+        shared.stop.store(true, Ordering::SeqCst);
+        watch_stop.store(true, Ordering::SeqCst);
+        return Err(DaemonError::Unhealthy(reason));
+    }
 
     // Drain: stop intake and reading at once; the worker finishes or requeues what it holds.
     shared.publish(EventKind::DaemonStopping, "daemon stopping".into(), None, None);
@@ -245,9 +309,20 @@ pub fn run(
     watch_stop.store(true, Ordering::SeqCst);
     shared.wake();
     let deadline = Instant::now() + Duration::from_secs_f64(shared.settings().drain_timeout_s);
-    for h in threads {
+    let mut worker_handle = None;
+    for t in threads {
+        if t.name == "worker" {
+            worker_handle = Some(t.handle);
+        } else {
+            let _ = t.handle.join();
+        }
+    }
+    for h in dicom_threads {
         let _ = h.join();
     }
+    let Some(worker_handle) = worker_handle else {
+        return Ok(());
+    };
     while !worker_handle.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -2,7 +2,9 @@
 //! (label mask: 0 background, 1 GGO, 2 consolidation) and `<stem>_overlay.png`. The series key is
 //! the series UID, or `dir-<hash of the folder>` for loose images; the stem is the SOP instance
 //! UID, or the first 16 hex digits of the content hash (plus `_f<frame>` for multi-frame files).
-//! Names come from UIDs and hashes only, never from patient data.
+//! Names come from UIDs and hashes only, never from patient data; neither the reports nor the
+//! summaries carry the input's path or file name (folders and file names often hold patient
+//! names): a slice is named by its series and SOP UIDs, instance number and content hash.
 //!
 //! Every file appears whole: written under a temporary name (`.ctmask-tmp-*`) in the same folder,
 //! fsynced, renamed, and the folder fsynced once per batch of files.
@@ -22,7 +24,8 @@ use crate::slice::{Slice, SliceFormat, SliceMeta};
 use crate::structures::{Classification, Finding, Lesion, MASK_CONSOLIDATION, MASK_GGO};
 
 /// Schema of the per-slice JSON report.
-pub const SLICE_SCHEMA: &str = "ctmask.slice/1";
+/// Version 2: `input.path` removed (privacy).
+pub const SLICE_SCHEMA: &str = "ctmask.slice/2";
 /// Prefix of temporary files; leftovers of a crash are swept at start-up.
 pub const TEMP_PREFIX: &str = ".ctmask-tmp-";
 
@@ -224,6 +227,7 @@ fn format_name(f: &SliceFormat) -> (&'static str, Option<&str>) {
 /// What the daemon knows about a slice besides the slice itself.
 pub struct SliceContext<'a> {
     pub job_id: i64,
+    /// Only for the series key of loose images (a hash of its folder); never written out.
     pub path: &'a Path,
     pub sha256: &'a str,
     pub models: &'a [ModelInfo],
@@ -231,7 +235,6 @@ pub struct SliceContext<'a> {
 
 #[derive(Serialize)]
 struct InputInfo<'a> {
-    path: String,
     sha256: &'a str,
     format: &'static str,
     transfer_syntax: Option<&'a str>,
@@ -345,7 +348,6 @@ pub fn write_slice(
         research_use_only: true,
         disclaimer: crate::DISCLAIMER,
         input: InputInfo {
-            path: ctx.path.to_string_lossy().into_owned(),
             sha256: ctx.sha256,
             format,
             transfer_syntax,
@@ -397,11 +399,7 @@ pub fn write_slice(
         position_z: meta.image_position.map(|p| p[2]),
         pixel_spacing: meta.pixel_spacing,
         slice_thickness: meta.slice_thickness,
-        file_name: ctx
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        file_name: stem,
         report: report_name,
         label: finding.classification.as_ref().map(|c| c.label.clone()),
         probabilities: finding.classification.as_ref().map(|c| c.probabilities),
@@ -533,6 +531,10 @@ mod tests {
             ("1.2.3", "1.2.3.4.json", 2, 1)
         );
         assert_eq!(s.position_z, Some(-50.0));
+        assert_eq!(
+            s.file_name, "1.2.3.4",
+            "named by its SOP UID, not by the input file"
+        );
         let series = dir.path().join("1.2.3");
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(series.join("1.2.3.4.json")).expect("report"))
@@ -540,6 +542,8 @@ mod tests {
         assert_eq!(json["schema"], SLICE_SCHEMA);
         assert_eq!(json["research_use_only"], true);
         assert_eq!(json["input"]["format"], "dicom");
+        assert!(json["input"].get("path").is_none(), "no input path in reports");
+        assert!(!json.to_string().contains("IM1"), "no input file name in reports");
         assert_eq!(json["lesions"][0]["area_mm2"], 2.0);
         assert_eq!(json["outputs"]["mask"], "1.2.3.4_mask.png");
         let mask = image::open(series.join("1.2.3.4_mask.png"))

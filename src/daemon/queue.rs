@@ -2,7 +2,11 @@
 //! (content sha256, models hash), so a copy or a rename of a screened file is never screened again
 //! by the same models; every path seen for a hash is recorded. States: pending -> running -> done,
 //! or -> failed (retried after an exponential backoff) -> quarantined after too many tries. Every
-//! transition is one transaction; jobs left running by a crash go back to pending at start-up.
+//! transition is one transaction. A try is counted when a job is claimed, before anything is read,
+//! so a slice that kills the process still spends its tries: at start-up, jobs left running by a
+//! crash count one more crash and go back to pending (claimed alone, so an innocent neighbour of
+//! a poison slice is not charged again), or are quarantined ("stopped the daemon N times") once
+//! their tries are spent. A clean stop (drain, disk full) gives the try back.
 //! `StateLock` (flock on `<state>/ctmask.lock`) keeps a second daemon off the same state folder.
 
 use std::collections::HashMap;
@@ -58,6 +62,8 @@ pub struct Job {
     pub series_key: Option<String>,
     pub created_ms: i64,
     pub next_attempt_ms: i64,
+    /// Times the daemon died while this job was claimed; such a job is claimed alone.
+    pub crashes: u32,
 }
 
 /// What `enqueue` did.
@@ -83,6 +89,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   created_ms INTEGER NOT NULL,
   updated_ms INTEGER NOT NULL,
   summary TEXT,
+  crashes INTEGER NOT NULL DEFAULT 0,
   UNIQUE (sha256, models)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (models, state, next_attempt_ms);
@@ -103,6 +110,22 @@ CREATE TABLE IF NOT EXISTS series (
   revision INTEGER NOT NULL DEFAULT 0,
   summary TEXT
 );
+CREATE TABLE IF NOT EXISTS instances (
+  models TEXT NOT NULL,
+  series_key TEXT NOT NULL,
+  stem TEXT NOT NULL,
+  job_id INTEGER NOT NULL,
+  PRIMARY KEY (models, series_key, stem)
+);
+CREATE TABLE IF NOT EXISTS thumbnail_blobs (
+  job_id INTEGER NOT NULL,
+  frame INTEGER NOT NULL,
+  width INTEGER NOT NULL,
+  height INTEGER NOT NULL,
+  channels INTEGER NOT NULL,
+  data BLOB NOT NULL,
+  PRIMARY KEY (job_id, frame)
+);
 CREATE TABLE IF NOT EXISTS thumbnails (
   job_id INTEGER NOT NULL,
   frame INTEGER NOT NULL,
@@ -113,7 +136,7 @@ PRAGMA user_version = 1;
 ";
 
 const JOB_COLUMNS: &str =
-    "id, sha256, path, state, attempts, reason, series_key, created_ms, next_attempt_ms";
+    "id, sha256, path, state, attempts, reason, series_key, created_ms, next_attempt_ms, crashes";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -150,6 +173,15 @@ impl Queue {
         conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         conn.execute_batch(crate::dicom::forward::SCHEMA).map_err(db)?;
+        // Databases made before crashes were counted get the column (existing rows: 0).
+        let has_crashes = conn
+            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'crashes'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(db)?;
+        if !has_crashes {
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
+                .map_err(db)?;
+        }
         Ok(Queue {
             conn,
             path,
@@ -189,17 +221,54 @@ impl Queue {
         Ok(out)
     }
 
-    /// At start-up: jobs left running by a crash go back to pending. Returns how many.
+    /// After a clean stop: jobs still running go back to pending with their try given back.
+    /// Returns how many.
     pub fn requeue_running(&mut self) -> Result<usize> {
         let now = now_ms();
         let n = self
             .conn
             .execute(
-                "UPDATE jobs SET state = 'pending', updated_ms = ?1 WHERE state = 'running'",
+                "UPDATE jobs SET state = 'pending', attempts = MAX(attempts - 1, 0), updated_ms = ?1
+                 WHERE state = 'running'",
                 params![now],
             )
             .map_err(self.db())?;
         Ok(n)
+    }
+
+    /// At start-up: jobs left running died with the process. Each counts a crash (its try was
+    /// counted when claimed); those whose tries are spent (`attempts > retries`) are quarantined,
+    /// the others go back to pending. Returns (requeued, quarantined (id, reason)).
+    pub fn recover_running(&mut self, retries: u32) -> Result<(usize, Vec<(i64, String)>)> {
+        let now = now_ms();
+        self.in_tx(|tx| {
+            let running: Vec<(i64, u32, u32)> = tx
+                .prepare("SELECT id, attempts, crashes FROM jobs WHERE state = 'running'")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let (mut requeued, mut quarantined) = (0, Vec::new());
+            for (id, attempts, crashes) in running {
+                let crashes = crashes + 1;
+                if attempts > retries {
+                    let reason = format!(
+                        "stopped the daemon {crashes} time{} (the process died while this file was being read or screened)",
+                        if crashes == 1 { "" } else { "s" }
+                    );
+                    tx.execute(
+                        "UPDATE jobs SET state = 'quarantined', crashes = ?2, reason = ?3, updated_ms = ?4 WHERE id = ?1",
+                        params![id, crashes, reason, now],
+                    )?;
+                    quarantined.push((id, reason));
+                } else {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'pending', crashes = ?2, next_attempt_ms = 0, updated_ms = ?3 WHERE id = ?1",
+                        params![id, crashes, now],
+                    )?;
+                    requeued += 1;
+                }
+            }
+            Ok((requeued, quarantined))
+        })
     }
 
     /// Records the path and creates the job unless this content already has one for these models.
@@ -238,21 +307,32 @@ impl Queue {
         })
     }
 
-    /// Claims up to `limit` due jobs (pending, or failed whose backoff has passed): -> running.
+    /// Claims up to `limit` due jobs (pending, or failed whose backoff has passed): -> running,
+    /// counting a try each (committed before anything is read). A job that was in hand when the
+    /// daemon died is claimed alone, so that only a slice that kills again is charged again.
     pub fn claim(&mut self, limit: usize) -> Result<Vec<Job>> {
         let now = now_ms();
         let models = self.models.clone();
         let mut jobs = self.in_tx(|tx| {
-            let mut stmt = tx.prepare(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE models = ?1 AND state IN ('pending', 'failed')
-                 AND next_attempt_ms <= ?2 ORDER BY next_attempt_ms, id LIMIT ?3"
-            ))?;
-            let jobs: Vec<Job> = stmt
-                .query_map(params![models, now, limit as i64], job_row)?
+            let due = "models = ?1 AND state IN ('pending', 'failed') AND next_attempt_ms <= ?2";
+            let suspect: Vec<Job> = tx
+                .prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE {due} AND crashes > 0 ORDER BY next_attempt_ms, id LIMIT 1"
+                ))?
+                .query_map(params![models, now], job_row)?
                 .collect::<rusqlite::Result<_>>()?;
+            let jobs: Vec<Job> = if suspect.is_empty() {
+                tx.prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE {due} ORDER BY next_attempt_ms, id LIMIT ?3"
+                ))?
+                .query_map(params![models, now, limit as i64], job_row)?
+                .collect::<rusqlite::Result<_>>()?
+            } else {
+                suspect
+            };
             for job in &jobs {
                 tx.execute(
-                    "UPDATE jobs SET state = 'running', updated_ms = ?2 WHERE id = ?1",
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_ms = ?2 WHERE id = ?1",
                     params![job.id, now],
                 )?;
             }
@@ -260,13 +340,28 @@ impl Queue {
         })?;
         for job in &mut jobs {
             job.state = JobState::Running;
+            job.attempts += 1;
         }
         Ok(jobs)
     }
 
-    /// running -> done, with the slices' summaries (also marks the series active).
+    /// The job whose result stands for this SOP instance (series key and output stem), if any.
+    pub fn instance_owner(&self, series_key: &str, stem: &str) -> Result<Option<i64>> {
+        self.conn
+            .query_row(
+                "SELECT job_id FROM instances WHERE models = ?1 AND series_key = ?2 AND stem = ?3",
+                params![self.models, series_key, stem],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.db())
+    }
+
+    /// running -> done, with the slices' summaries (also marks the series active and records
+    /// each slice as the result of its SOP instance).
     pub fn complete(&mut self, id: i64, slices: &[SliceSummary]) -> Result<()> {
         let now = now_ms();
+        let models = self.models.clone();
         // Thumbnails live in their own table: the summaries stay small for series reports.
         let bare: Vec<SliceSummary> = slices
             .iter()
@@ -277,12 +372,10 @@ impl Queue {
             .collect();
         let summary = serde_json::to_string(&bare).map_err(|source| QueueError::Summary { id, source })?;
         let series_key = slices.first().map(|s| s.series_key.clone());
-        let thumbs: Vec<(i64, String)> = slices
+        // Raw pixels (a BLOB, half the size of the hex the protocol sends).
+        let thumbs: Vec<(i64, &crate::protocol::Thumbnail)> = slices
             .iter()
-            .filter_map(|s| {
-                let t = s.thumbnail.as_ref()?;
-                Some((i64::from(s.frame.unwrap_or(0)), serde_json::to_string(t).ok()?))
-            })
+            .filter_map(|s| Some((i64::from(s.frame.unwrap_or(0)), s.thumbnail.as_ref()?)))
             .collect();
         self.in_tx(|tx| {
             tx.execute(
@@ -290,10 +383,17 @@ impl Queue {
                  updated_ms = ?4 WHERE id = ?1",
                 params![id, summary, series_key, now],
             )?;
-            for (frame, thumb) in &thumbs {
+            for (frame, t) in &thumbs {
                 tx.execute(
-                    "INSERT OR REPLACE INTO thumbnails (job_id, frame, thumbnail) VALUES (?1, ?2, ?3)",
-                    params![id, frame, thumb],
+                    "INSERT OR REPLACE INTO thumbnail_blobs (job_id, frame, width, height, channels, data)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, frame, t.width, t.height, t.channels, t.data],
+                )?;
+            }
+            for s in slices {
+                tx.execute(
+                    "INSERT OR IGNORE INTO instances (models, series_key, stem, job_id) VALUES (?1, ?2, ?3, ?4)",
+                    params![models, s.series_key, s.file_name, id],
                 )?;
             }
             if let Some(key) = &series_key {
@@ -319,9 +419,16 @@ impl Queue {
     ) -> Result<JobState> {
         let now = now_ms();
         let state = self.in_tx(|tx| {
-            let attempts: Option<u32> =
-                tx.query_row("SELECT attempts FROM jobs WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
-            let Some(attempts) = attempts.map(|a| a + 1) else { return Ok(None) };
+            let row: Option<(u32, String)> = tx
+                .query_row("SELECT attempts, state FROM jobs WHERE id = ?1", params![id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            // A claimed job's try was counted by the claim; one failed before any claim (an
+            // oversize file at intake) counts its try now.
+            let Some(attempts) = row.map(|(a, st)| if st == "running" { a } else { a + 1 }) else {
+                return Ok(None);
+            };
             let (state, next) = if permanent || attempts > retries {
                 (JobState::Quarantined, 0)
             } else {
@@ -336,12 +443,13 @@ impl Queue {
         state.ok_or(QueueError::NoSuchJob(id))
     }
 
-    /// running -> pending without counting a try (shutdown, disk full), due after `delay`.
+    /// running -> pending, the claim's try given back (shutdown, disk full), due after `delay`.
     pub fn requeue(&mut self, id: i64, delay: Duration) -> Result<()> {
         let now = now_ms();
         self.conn
             .execute(
-                "UPDATE jobs SET state = 'pending', next_attempt_ms = ?2, updated_ms = ?3 WHERE id = ?1 AND state = 'running'",
+                "UPDATE jobs SET state = 'pending', attempts = MAX(attempts - 1, 0), next_attempt_ms = ?2, updated_ms = ?3
+                 WHERE id = ?1 AND state = 'running'",
                 params![id, now + delay.as_millis() as i64, now],
             )
             .map_err(self.db())?;
@@ -357,7 +465,7 @@ impl Queue {
             let Some(state) = state.map(|s| JobState::parse(&s)) else { return Ok(None) };
             if matches!(state, JobState::Failed | JobState::Quarantined) {
                 tx.execute(
-                    "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_ms = 0, updated_ms = ?2 WHERE id = ?1",
+                    "UPDATE jobs SET state = 'pending', attempts = 0, crashes = 0, next_attempt_ms = 0, updated_ms = ?2 WHERE id = ?1",
                     params![id, now],
                 )?;
             }
@@ -371,6 +479,67 @@ impl Queue {
                 state: state.as_str(),
             }),
         }
+    }
+
+    /// Retention: deletes jobs done before `cutoff_ms` with their thumbnails and SOP instance
+    /// records, and the paths last seen before it whose files are gone (a file still in a watch
+    /// folder keeps its path, so it is not screened again). Returns (jobs, paths) deleted.
+    pub fn prune(&mut self, cutoff_ms: i64) -> Result<(usize, usize)> {
+        let models = self.models.clone();
+        let old_paths: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT path FROM paths WHERE last_seen_ms < ?1")
+                .map_err(self.db())?;
+            let rows = stmt
+                .query_map(params![cutoff_ms], |r| r.get::<_, String>(0))
+                .map_err(self.db())?;
+            rows.collect::<rusqlite::Result<_>>().map_err(self.db())?
+        };
+        let gone: Vec<String> = old_paths
+            .into_iter()
+            .filter(|p| std::fs::symlink_metadata(p).is_err())
+            .collect();
+        self.in_tx(|tx| {
+            let old = "SELECT id FROM jobs WHERE models = ?1 AND state = 'done' AND updated_ms < ?2";
+            tx.execute(
+                &format!("DELETE FROM thumbnail_blobs WHERE job_id IN ({old})"),
+                params![models, cutoff_ms],
+            )?;
+            tx.execute(
+                &format!("DELETE FROM thumbnails WHERE job_id IN ({old})"),
+                params![models, cutoff_ms],
+            )?;
+            tx.execute(
+                &format!("DELETE FROM instances WHERE job_id IN ({old})"),
+                params![models, cutoff_ms],
+            )?;
+            let jobs = tx.execute(
+                "DELETE FROM jobs WHERE models = ?1 AND state = 'done' AND updated_ms < ?2",
+                params![models, cutoff_ms],
+            )?;
+            let mut paths = 0;
+            for p in &gone {
+                paths += tx.execute(
+                    "DELETE FROM paths WHERE path = ?1 AND last_seen_ms < ?2",
+                    params![p, cutoff_ms],
+                )?;
+            }
+            Ok((jobs, paths))
+        })
+    }
+
+    /// An operator's retry of everything failed or quarantined (after a broken device, say):
+    /// -> pending, tries reset. Returns how many.
+    pub fn retry_all(&mut self) -> Result<usize> {
+        let now = now_ms();
+        self.conn
+            .execute(
+                "UPDATE jobs SET state = 'pending', attempts = 0, crashes = 0, next_attempt_ms = 0, updated_ms = ?2
+                 WHERE models = ?1 AND state IN ('failed', 'quarantined')",
+                params![self.models, now],
+            )
+            .map_err(self.db())
     }
 
     pub fn job(&self, id: i64) -> Result<Job> {
@@ -471,10 +640,10 @@ impl Queue {
     }
 
     /// Summaries of the most recently finished slices, newest first (with thumbnails when asked).
-    pub fn recent_slices(&self, limit: usize, thumbnails: bool) -> Result<Vec<SliceSummary>> {
+    pub fn recent_slices(&self, limit: usize, offset: usize, thumbnails: bool) -> Result<Vec<SliceSummary>> {
         let sql = "SELECT summary FROM jobs WHERE models = ?1 AND state = 'done' AND summary IS NOT NULL
-                   ORDER BY updated_ms DESC, id DESC LIMIT ?2";
-        let mut out = self.summaries(sql, params![self.models, limit as i64])?;
+                   ORDER BY updated_ms DESC, id DESC LIMIT ?2 OFFSET ?3";
+        let mut out = self.summaries(sql, params![self.models, limit as i64, offset as i64])?;
         out.truncate(limit);
         if thumbnails {
             self.attach_thumbnails(&mut out)?;
@@ -504,17 +673,41 @@ impl Queue {
         Ok(out)
     }
 
-    pub fn attach_thumbnails(&self, slices: &mut [SliceSummary]) -> Result<()> {
-        let mut stmt = self
+    /// One slice's thumbnail (`frame` None: a single-frame file): the BLOB, or the hex JSON of
+    /// databases written before thumbnails were BLOBs.
+    pub fn thumbnail(&self, job_id: i64, frame: Option<u32>) -> Result<Option<crate::protocol::Thumbnail>> {
+        let key = params![job_id, i64::from(frame.unwrap_or(0))];
+        let blob = self
             .conn
-            .prepare("SELECT thumbnail FROM thumbnails WHERE job_id = ?1 AND frame = ?2")
-            .map_err(self.db())?;
-        for s in slices {
-            let json: Option<String> = stmt
-                .query_row(params![s.job_id, i64::from(s.frame.unwrap_or(0))], |r| r.get(0))
+            .prepare_cached(
+                "SELECT width, height, channels, data FROM thumbnail_blobs WHERE job_id = ?1 AND frame = ?2",
+            )
+            .and_then(|mut st| {
+                st.query_row(key, |r| {
+                    Ok(crate::protocol::Thumbnail {
+                        width: r.get(0)?,
+                        height: r.get(1)?,
+                        channels: r.get(2)?,
+                        data: r.get(3)?,
+                    })
+                })
                 .optional()
-                .map_err(self.db())?;
-            s.thumbnail = json.and_then(|j| serde_json::from_str(&j).ok());
+            })
+            .map_err(self.db())?;
+        if blob.is_some() {
+            return Ok(blob);
+        }
+        let json: Option<String> = self
+            .conn
+            .prepare_cached("SELECT thumbnail FROM thumbnails WHERE job_id = ?1 AND frame = ?2")
+            .and_then(|mut st| st.query_row(key, |r| r.get(0)).optional())
+            .map_err(self.db())?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    pub fn attach_thumbnails(&self, slices: &mut [SliceSummary]) -> Result<()> {
+        for s in slices {
+            s.thumbnail = self.thumbnail(s.job_id, s.frame)?;
         }
         Ok(())
     }
@@ -594,6 +787,7 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         series_key: r.get(6)?,
         created_ms: r.get(7)?,
         next_attempt_ms: r.get(8)?,
+        crashes: r.get(9)?,
     })
 }
 
@@ -726,8 +920,27 @@ mod tests {
         } // "crash": dropped while running
         let mut q = Queue::open(dir.path(), "m").expect("reopen");
         assert_eq!(q.counts().expect("counts").running, 2);
-        assert_eq!(q.requeue_running().expect("requeue"), 2);
-        assert_eq!(q.claim(5).expect("claim").len(), 2);
+        assert_eq!(q.recover_running(1).expect("recover"), (2, vec![]));
+        // Each crashed job is claimed alone, its try counted at the claim.
+        let one = q.claim(5).expect("claim");
+        assert_eq!((one.len(), one[0].attempts, one[0].crashes), (1, 2, 1));
+        q.complete(one[0].id, &[]).expect("done");
+        let other = q.claim(5).expect("claim");
+        assert_eq!(other.len(), 1);
+        // It dies again: two tries spent with retries 1, so it is quarantined.
+        let (requeued, quarantined) = q.recover_running(1).expect("recover");
+        assert_eq!(requeued, 0);
+        assert_eq!(quarantined.len(), 1);
+        assert!(
+            quarantined[0].1.starts_with("stopped the daemon 2 times"),
+            "{quarantined:?}"
+        );
+        assert_eq!(q.job(other[0].id).expect("job").state, JobState::Quarantined);
+        // A clean stop gives the claim's try back.
+        q.enqueue(&seen("/c", "3")).expect("enqueue");
+        let c = q.claim(5).expect("claim");
+        assert_eq!(q.requeue_running().expect("requeue"), 1);
+        assert_eq!(q.job(c[0].id).expect("job").attempts, 0);
     }
 
     #[test]
@@ -764,7 +977,11 @@ mod tests {
         let open = q.open_jobs(10).expect("open jobs");
         assert_eq!((open[0].state, open[0].attempts), (JobState::Quarantined, 3));
         q.retry(id).expect("retry");
-        assert_eq!(q.claim(1).expect("retried")[0].attempts, 0);
+        assert_eq!(
+            q.claim(1).expect("retried")[0].attempts,
+            1,
+            "tries reset, this claim counted"
+        );
         assert!(matches!(q.retry(id), Err(QueueError::NotRetryable { .. })));
         assert!(matches!(q.retry(999), Err(QueueError::NoSuchJob(999))));
         assert_eq!(
@@ -794,7 +1011,68 @@ mod tests {
         assert_eq!(q.series_due(Duration::ZERO).expect("due again").len(), 1);
         assert_eq!(q.series_revision("S").expect("rev"), 2);
         assert_eq!(q.series_slices("S").expect("slices").len(), 2);
-        assert_eq!(q.recent_slices(1, true).expect("recent")[0].job_id, id2);
+        assert_eq!(q.recent_slices(1, 0, true).expect("recent")[0].job_id, id2);
+    }
+
+    #[test]
+    fn retention_deletes_old_done_jobs_and_paths_of_files_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let present = dir.path().join("present.dcm");
+        std::fs::write(&present, b"x").expect("file");
+        let mut q = Queue::open(dir.path(), "m").expect("open");
+        q.enqueue(&seen(&present.to_string_lossy(), "1"))
+            .expect("enqueue");
+        q.enqueue(&seen("/gone/a.dcm", "2")).expect("enqueue");
+        q.enqueue(&seen("/gone/b.dcm", "3")).expect("enqueue");
+        let jobs = q.claim(2).expect("claim");
+        for j in &jobs {
+            q.complete(j.id, &[summary(j.id, "S")]).expect("complete");
+        }
+        assert_eq!(q.prune(0).expect("nothing old"), (0, 0));
+        let later = now_ms() + 1000;
+        // Two done jobs go; the pending one stays; only the path of a file that exists stays.
+        assert_eq!(q.prune(later).expect("prune"), (2, 2));
+        assert_eq!(q.counts().expect("counts").pending, 1);
+        assert_eq!(q.counts().expect("counts").done, 0);
+        assert!(q.known_files().expect("known").contains_key(&present));
+        assert_eq!(q.known_files().expect("known").len(), 1);
+    }
+
+    #[test]
+    fn thumbnails_are_blobs_and_older_hex_ones_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut q = Queue::open(dir.path(), "m").expect("open");
+        q.enqueue(&seen("/a", "1")).expect("enqueue");
+        let id = q.claim(1).expect("claim")[0].id;
+        let thumb = crate::protocol::Thumbnail {
+            width: 2,
+            height: 1,
+            channels: 3,
+            data: vec![1, 2, 3, 250, 251, 252],
+        };
+        let slice = SliceSummary {
+            thumbnail: Some(thumb.clone()),
+            ..summary(id, "S")
+        };
+        q.complete(id, &[slice]).expect("complete");
+        assert_eq!(q.thumbnail(id, None).expect("read"), Some(thumb.clone()));
+        let stored: Vec<u8> = q
+            .conn
+            .query_row(
+                "SELECT data FROM thumbnail_blobs WHERE job_id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .expect("blob");
+        assert_eq!(stored, thumb.data, "raw bytes, not hex");
+        q.conn
+            .execute(
+                "INSERT INTO thumbnails (job_id, frame, thumbnail) VALUES (99, 0, ?1)",
+                params![serde_json::to_string(&thumb).expect("json")],
+            )
+            .expect("old row");
+        assert_eq!(q.thumbnail(99, None).expect("old"), Some(thumb));
+        assert_eq!(q.thumbnail(98, None).expect("none"), None);
     }
 
     #[test]

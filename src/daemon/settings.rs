@@ -59,8 +59,13 @@ pub struct DaemonSettings {
     pub socket: PathBuf,
     /// Group owning the socket (None: the daemon's own group).
     pub socket_group: Option<String>,
-    /// Octal permission bits of the socket.
+    /// Octal permission bits of the socket (no bits for others).
     pub socket_mode: String,
+    /// Group whose members may also pause, resume and retry (None: only root and the daemon's
+    /// user); `socket_group` members may only read.
+    pub control_group: Option<String>,
+    /// Connections served at once; more are refused with `busy`.
+    pub max_clients: usize,
     pub poll: PollMode,
     /// Seconds between polls (stability checks; full scans in poll mode).
     pub poll_interval_s: f64,
@@ -94,6 +99,18 @@ pub struct DaemonSettings {
     pub quarantine_dir: Option<PathBuf>,
     /// On SIGTERM, the slice in hand gets this long (s) before it is requeued.
     pub drain_timeout_s: f64,
+    /// This many files in a row whose screening failed (not their reading) pause intake with an
+    /// alert: the device or the models are broken, not the files. 0: never.
+    pub device_failure_limit: u32,
+    /// Done jobs, their thumbnails and the paths of files gone are deleted from the state after
+    /// this many days (reports and outputs stay). 0: kept forever.
+    pub retention_days: f64,
+    /// A thread that makes no progress for this long (s) makes the daemon stop pinging the
+    /// watchdog and exit non-zero (the worker's model call included).
+    pub stall_timeout_s: f64,
+    /// Whether `status` (API and dashboard) names the input of an open job, relative to its
+    /// watch folder. Off by default: no API answer, report or output name carries an input path.
+    pub show_input_paths: bool,
     pub series: SeriesSettings,
     /// How slices are decoded; not a YAML key here: the caller copies it from the top-level config.
     #[serde(skip)]
@@ -101,6 +118,10 @@ pub struct DaemonSettings {
     /// The top-level `dicom:` block, copied here by the config loader (not a key of `daemon:`).
     #[serde(skip)]
     pub dicom: crate::dicom::DicomSettings,
+    /// Set by a reload: keys outside the daemon block that changed and wait for a restart
+    /// (`models`, `screening`, `threads`: the screener is built once). Not a YAML key.
+    #[serde(skip)]
+    pub restart_keys: Vec<String>,
 }
 
 impl Default for DaemonSettings {
@@ -112,6 +133,8 @@ impl Default for DaemonSettings {
             socket: PathBuf::from("/run/ctmask/ctmask.sock"),
             socket_group: None,
             socket_mode: "0660".into(),
+            control_group: None,
+            max_clients: 256,
             poll: PollMode::Auto,
             poll_interval_s: 2.0,
             rescan_interval_s: 300.0,
@@ -130,12 +153,22 @@ impl Default for DaemonSettings {
             disk_check_interval_s: 5.0,
             quarantine_dir: None,
             drain_timeout_s: 20.0,
+            device_failure_limit: 5,
+            retention_days: 30.0,
+            stall_timeout_s: 600.0,
+            show_input_paths: false,
             series: SeriesSettings::default(),
             slice_options: SliceOptions::default(),
             dicom: crate::dicom::DicomSettings::default(),
+            restart_keys: Vec::new(),
         }
     }
 }
+
+/// Shortest poll, rescan and disk-check interval (s): shorter ones busy-loop the daemon.
+pub const MIN_INTERVAL_S: f64 = 0.05;
+/// Longest accepted duration setting (s): one day.
+pub const MAX_SECONDS: f64 = 86_400.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -160,40 +193,87 @@ impl DaemonSettings {
                 bad(key, "must not be empty".into());
             }
         }
-        if self
+        // Compared as the folders they are (symlinks and `..` resolved), not as spelt.
+        let canon = self.clone().canonicalized();
+        let overlap = |a: &std::path::Path, b: &std::path::Path| a.starts_with(b) || b.starts_with(a);
+        if canon
             .watch
             .iter()
-            .any(|w| self.output.starts_with(w) || self.state.starts_with(w))
+            .any(|w| overlap(&canon.output, w) || overlap(&canon.state, w))
         {
             bad(
                 "output",
-                "output and state folders must not lie inside a watch folder".into(),
+                "output and state folders must not lie inside a watch folder or contain one".into(),
             );
         }
-        if self.socket_mode().is_none() {
-            bad(
+        match self.socket_mode() {
+            None => bad(
                 "socket_mode",
                 format!("`{}` is not an octal mode such as 0660", self.socket_mode),
+            ),
+            Some(m) if m & 0o007 != 0 => bad(
+                "socket_mode",
+                format!(
+                    "`{}` opens the socket to every user; use group permissions (0660, socket_group)",
+                    self.socket_mode
+                ),
+            ),
+            Some(_) => {}
+        }
+        // Intervals: a tiny one busy-loops the daemon, a huge one overflows a Duration.
+        for (key, v, min) in [
+            ("poll_interval_s", self.poll_interval_s, MIN_INTERVAL_S),
+            ("rescan_interval_s", self.rescan_interval_s, MIN_INTERVAL_S),
+            ("backoff_s", self.backoff_s, 0.01),
+            ("backoff_max_s", self.backoff_max_s, 0.01),
+            (
+                "disk_check_interval_s",
+                self.disk_check_interval_s,
+                MIN_INTERVAL_S,
+            ),
+            ("quiet_period_s", self.quiet_period_s, 0.0),
+            ("drain_timeout_s", self.drain_timeout_s, 0.0),
+            ("stall_timeout_s", self.stall_timeout_s, 1.0),
+        ] {
+            if !(v.is_finite() && (min..=MAX_SECONDS).contains(&v)) {
+                bad(
+                    key,
+                    format!("must be within [{min}, {MAX_SECONDS}] seconds, got {v}"),
+                );
+            }
+        }
+        if self.settle_ms > (MAX_SECONDS as u64) * 1000 {
+            bad(
+                "settle_ms",
+                format!("must be at most {MAX_SECONDS} s, got {} ms", self.settle_ms),
             );
         }
-        for (key, v) in [
-            ("poll_interval_s", self.poll_interval_s),
-            ("rescan_interval_s", self.rescan_interval_s),
-            ("backoff_s", self.backoff_s),
-            ("backoff_max_s", self.backoff_max_s),
-            ("disk_check_interval_s", self.disk_check_interval_s),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                bad(key, format!("must be a positive number of seconds, got {v}"));
-            }
+        if !(1..=4096).contains(&self.max_clients) {
+            bad(
+                "max_clients",
+                format!("must be within [1, 4096], got {}", self.max_clients),
+            );
         }
-        for (key, v) in [
-            ("quiet_period_s", self.quiet_period_s),
-            ("drain_timeout_s", self.drain_timeout_s),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                bad(key, format!("must be zero or more seconds, got {v}"));
-            }
+        if self.batch_size > 256 {
+            bad(
+                "batch_size",
+                format!("must be at most 256, got {}", self.batch_size),
+            );
+        }
+        if !(self.retention_days.is_finite() && (0.0..=36_500.0).contains(&self.retention_days)) {
+            bad(
+                "retention_days",
+                format!("must be within [0, 36500] days, got {}", self.retention_days),
+            );
+        }
+        if self.device_failure_limit > 10_000 {
+            bad(
+                "device_failure_limit",
+                format!("must be at most 10000, got {}", self.device_failure_limit),
+            );
+        }
+        if self.retries > 100 {
+            bad("retries", format!("must be at most 100, got {}", self.retries));
         }
         if self.stability_polls == 0 {
             bad("stability_polls", "must be at least 1".into());
@@ -204,7 +284,7 @@ impl DaemonSettings {
         if self.max_file_bytes == 0 {
             bad("max_file_bytes", "must be at least 1".into());
         }
-        if !(0.0..100.0).contains(&self.min_free_percent) {
+        if !(self.min_free_percent.is_finite() && (0.0..100.0).contains(&self.min_free_percent)) {
             bad(
                 "min_free_percent",
                 format!("must be in [0, 100), got {}", self.min_free_percent),
@@ -223,6 +303,26 @@ impl DaemonSettings {
                 format!("must be in [0, 100], got {}", self.series.min_covid_percent),
             );
         }
+        // Set by the caller from the `slice:` block (checked there with its lines); a library
+        // caller's NaN would otherwise reach `f32::clamp` in the reader.
+        let o = &self.slice_options;
+        let finite = [
+            o.window_level,
+            o.window_width,
+            o.hu_clamp.0,
+            o.hu_clamp.1,
+            o.axial_tolerance,
+        ]
+        .iter()
+        .all(|v| v.is_finite());
+        if !finite || o.hu_clamp.0 >= o.hu_clamp.1 || o.window_width <= 0.0 {
+            bad(
+                "slice_options",
+                format!(
+                    "HU and window values must be finite, hu_min below hu_max and the width positive: {o:?}"
+                ),
+            );
+        }
         if self.ignore_suffixes.iter().any(String::is_empty) {
             bad(
                 "ignore_suffixes",
@@ -230,6 +330,15 @@ impl DaemonSettings {
             );
         }
         out
+    }
+
+    /// The watch, output and state folders made absolute and canonical (symlinks resolved), so
+    /// that they and the paths found under them compare by what they are, not how they are spelt.
+    pub fn canonicalized(mut self) -> DaemonSettings {
+        self.watch = self.watch.iter().map(|w| super::input::canonical(w)).collect();
+        self.output = super::input::canonical(&self.output);
+        self.state = super::input::canonical(&self.state);
+        self
     }
 
     /// The first problem, if any (see `problems` for all of them).
@@ -272,6 +381,11 @@ pub const YAML_TEMPLATE: &str = r#"daemon:
   # Group owning the socket; null = the daemon's own group. Its members may connect.
   socket_group: null
   socket_mode: "0660"
+  # Group whose members may also pause, resume and retry; null = only root and the daemon's user.
+  # Members of socket_group (or the daemon's group) may only read (status, events, results).
+  control_group: null
+  # Connections served at once (each costs two small threads); more are refused with "busy".
+  max_clients: 256
   # auto: inotify, but polling on network filesystems (NFS, SMB/CIFS, 9p, Ceph, FUSE); inotify; poll.
   poll: auto
   # Seconds between polls: stability checks, and full scans in poll mode.
@@ -304,6 +418,18 @@ pub const YAML_TEMPLATE: &str = r#"daemon:
   quarantine_dir: null
   # On SIGTERM, seconds the slice in hand may take before it is requeued.
   drain_timeout_s: 20.0
+  # After this many files in a row failed in the model (a broken GPU, say), intake pauses with an
+  # alert until `retry_all` or resume, instead of failing and quarantining every file. 0: never.
+  device_failure_limit: 5
+  # Done jobs, their thumbnails and the paths of inputs no longer present leave the state database
+  # after this many days (reports and outputs stay); 0 keeps them forever.
+  retention_days: 30.0
+  # A daemon thread (watcher, intake, reader, worker, server) that makes no progress for this
+  # long (s) stops the watchdog pings and makes the daemon exit non-zero, so systemd restarts it.
+  stall_timeout_s: 600.0
+  # true: `status` and the dashboard show the path of a pending, failed or quarantined input,
+  # relative to its watch folder (file names often carry patient names). Off: jobs by id only.
+  show_input_paths: false
   series:
     # covid_fraction: covid if >= min_covid_slices slices or >= min_covid_percent % of slices are
     # covid (else pneumonia by the same thresholds, else control); mean_probability: the class with
@@ -351,6 +477,12 @@ mod tests {
             assert!(msgs.iter().any(|m| m.contains(key)), "{key} missing in {msgs:?}");
         }
         assert!(s.validate().is_err());
+        let mut nan = DaemonSettings::default();
+        nan.slice_options.hu_clamp.0 = f32::NAN;
+        assert!(
+            nan.validate()
+                .is_err_and(|e| e.to_string().contains("daemon.slice_options"))
+        );
     }
 
     #[test]

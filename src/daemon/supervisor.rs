@@ -1,11 +1,12 @@
 //! The calling thread's duties while the daemon runs: reloads (SIGHUP), the output disk's free
 //! space (pausing and resuming intake), series reports after the quiet period, systemd STATUS and
-//! WATCHDOG messages.
+//! WATCHDOG messages (sent only while every watched thread is alive and within its deadline).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::liveness::{Watched, unhealthy};
 use super::ops::{self, ShutdownSignal};
 use super::queue::Queue;
 use super::series;
@@ -21,6 +22,7 @@ pub(crate) struct Supervisor {
     next_series: Instant,
     next_status: Instant,
     next_watchdog: Instant,
+    next_prune: Instant,
     watchdog: Option<Duration>,
 }
 
@@ -34,13 +36,24 @@ impl Supervisor {
             next_series: now,
             next_status: now,
             next_watchdog: now,
+            next_prune: now,
             watchdog: ops::watchdog_interval(),
         }
     }
 
-    pub(crate) fn run(&mut self, shutdown: &ShutdownSignal, status_queue: &mut Queue) {
+    /// Runs until `shutdown`; `Err(reason)` as soon as a watched thread died or stalled.
+    pub(crate) fn run(
+        &mut self,
+        shutdown: &ShutdownSignal,
+        status_queue: &mut Queue,
+        threads: &[Watched],
+    ) -> Result<(), String> {
         while !shutdown.is_triggered() {
             let now = Instant::now();
+            let stall = Duration::from_secs_f64(self.shared.settings().stall_timeout_s);
+            if let Some(reason) = unhealthy(threads, stall) {
+                return Err(reason);
+            }
             if let Some(reload) = shutdown.take_reload() {
                 self.reload(reload);
             }
@@ -50,6 +63,10 @@ impl Supervisor {
             if now >= self.next_series {
                 self.report_series();
                 self.next_series = now + Duration::from_millis(500);
+            }
+            if now >= self.next_prune {
+                self.prune();
+                self.next_prune = now + Duration::from_secs(3600);
             }
             if now >= self.next_status {
                 self.status(status_queue);
@@ -63,10 +80,14 @@ impl Supervisor {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     fn reload(&mut self, reload: Result<DaemonSettings, String>) {
-        let new = match reload.and_then(|s| s.validate().map(|()| s).map_err(|e| e.to_string())) {
+        let new = match reload.and_then(|s| {
+            let s = s.canonicalized();
+            s.validate().map(|()| s).map_err(|e| e.to_string())
+        }) {
             Ok(s) => s,
             Err(e) => {
                 self.shared.publish(
@@ -79,17 +100,25 @@ impl Supervisor {
             }
         };
         let old = self.shared.settings();
-        let fixed: Vec<&str> = [
+        // Read once by threads that run for the daemon's life: these wait for a restart.
+        let mut fixed: Vec<String> = [
             ("watch", old.watch != new.watch),
             ("output", old.output != new.output),
             ("state", old.state != new.state),
-            (
-                "socket",
-                old.socket != new.socket
-                    || old.socket_group != new.socket_group
-                    || old.socket_mode != new.socket_mode,
-            ),
+            ("socket", old.socket != new.socket),
+            ("socket_group", old.socket_group != new.socket_group),
+            ("control_group", old.control_group != new.control_group),
+            ("max_clients", old.max_clients != new.max_clients),
+            ("socket_mode", old.socket_mode != new.socket_mode),
             ("poll", old.poll != new.poll),
+            ("poll_interval_s", old.poll_interval_s != new.poll_interval_s),
+            (
+                "rescan_interval_s",
+                old.rescan_interval_s != new.rescan_interval_s,
+            ),
+            ("settle_ms", old.settle_ms != new.settle_ms),
+            ("stability_polls", old.stability_polls != new.stability_polls),
+            ("ignore_suffixes", old.ignore_suffixes != new.ignore_suffixes),
             ("device", old.device != new.device),
             ("dicom.receiver", old.dicom.receiver != new.dicom.receiver),
             (
@@ -98,16 +127,31 @@ impl Supervisor {
             ),
         ]
         .into_iter()
-        .filter_map(|(k, changed)| changed.then_some(k))
+        .filter(|(_, changed)| *changed)
+        .map(|(k, _)| format!("daemon.{k}"))
         .collect();
+        // Settings outside the daemon block the screener was built with (models, screening).
+        fixed.extend(new.restart_keys.iter().cloned());
         let mut applied = new.clone();
-        // Keys the running threads cannot change keep their values until a restart.
         (applied.watch, applied.output, applied.state) =
             (old.watch.clone(), old.output.clone(), old.state.clone());
-        (applied.socket, applied.socket_group, applied.socket_mode) =
-            (old.socket, old.socket_group, old.socket_mode);
-        (applied.poll, applied.device, applied.slice_options) = (old.poll, old.device, old.slice_options);
+        (applied.socket, applied.socket_group, applied.socket_mode) = (
+            old.socket.clone(),
+            old.socket_group.clone(),
+            old.socket_mode.clone(),
+        );
+        (applied.poll, applied.poll_interval_s, applied.rescan_interval_s) =
+            (old.poll, old.poll_interval_s, old.rescan_interval_s);
+        (
+            applied.settle_ms,
+            applied.stability_polls,
+            applied.ignore_suffixes,
+        ) = (old.settle_ms, old.stability_polls, old.ignore_suffixes.clone());
+        applied.device = old.device.clone();
+        (applied.control_group, applied.max_clients) = (old.control_group.clone(), old.max_clients);
         applied.dicom.receiver = old.dicom.receiver;
+        applied.restart_keys.clear();
+        // `slice:` (windowing, limits) applies to the next file read.
         if let Ok(mut s) = self.shared.settings.write() {
             *s = applied;
         }
@@ -128,7 +172,9 @@ impl Supervisor {
         let info = match ops::disk_info(&settings.output) {
             Ok(i) => i,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the output disk's free space");
+                if let Some(held) = self.shared.log_limit.allow("disk") {
+                    tracing::warn!(error = %e, held_back = held, "cannot read the output disk's free space");
+                }
                 return;
             }
         };
@@ -140,6 +186,13 @@ impl Supervisor {
                 return None;
             }
             Some(ops::disk_full_reason(&info, at_failure))
+        });
+        // The state disk (queue database, thumbnails) is watched like the output disk.
+        let reason = reason.or_else(|| {
+            ops::disk_info(&settings.state)
+                .ok()
+                .and_then(|state| ops::disk_low_reason(&state, &settings))
+                .map(|r| format!("state folder: {r}"))
         });
         if let Ok(mut d) = self.shared.disk.lock() {
             *d = Some(info);
@@ -178,7 +231,9 @@ impl Supervisor {
         {
             Ok(d) => d,
             Err(e) => {
-                tracing::error!(error = %e, "cannot list series");
+                if let Some(held) = self.shared.log_limit.allow("series") {
+                    tracing::error!(error = %e, held_back = held, "cannot list series");
+                }
                 return;
             }
         };
@@ -186,8 +241,10 @@ impl Supervisor {
             if self.shared.disk_is_low() {
                 return;
             }
-            if let Err(e) = self.report_one(&key, last_done, &settings) {
-                tracing::warn!(series = %key, error = %e, "cannot write a series report");
+            if let Err(e) = self.report_one(&key, last_done, &settings)
+                && let Some(held) = self.shared.log_limit.allow("series report")
+            {
+                tracing::warn!(series = %key, error = %e, held_back = held, "cannot write a series report");
             }
         }
     }
@@ -209,6 +266,20 @@ impl Supervisor {
         self.shared
             .publish(EventKind::SeriesReported, msg, None, Some(key.to_string()));
         Ok(())
+    }
+
+    /// Retention: done jobs and their thumbnails older than `retention_days` leave the state.
+    fn prune(&mut self) {
+        let days = self.shared.settings().retention_days;
+        if days <= 0.0 {
+            return;
+        }
+        let cutoff = super::queue::now_ms() - (days * 86_400_000.0) as i64;
+        match self.queue.prune(cutoff) {
+            Ok((0, 0)) => {}
+            Ok((jobs, paths)) => tracing::info!(jobs, paths, "retention: old done jobs and paths removed"),
+            Err(e) => tracing::warn!(error = %e, "retention: cannot prune the state"),
+        }
     }
 
     fn status(&mut self, queue: &Queue) {

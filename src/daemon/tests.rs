@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,8 @@ use crate::structures::{Classification, Finding, Lesion};
 struct PixelScreener {
     calls: Arc<AtomicUsize>,
     delay: Duration,
+    /// A "broken device": every slice fails while set.
+    broken: Arc<AtomicBool>,
 }
 
 impl Screener for PixelScreener {
@@ -27,6 +29,12 @@ impl Screener for PixelScreener {
         std::thread::sleep(self.delay);
         if slices.iter().any(|s| s.rgb.first() == Some(&13)) {
             panic!("test double told to panic");
+        }
+        if self.broken.load(Ordering::SeqCst) {
+            return slices
+                .iter()
+                .map(|_| Err("CUDA error: device lost (test double)".into()))
+                .collect();
         }
         slices.iter().map(pixel_finding).collect()
     }
@@ -124,6 +132,7 @@ struct Running {
     signal: ShutdownSignal,
     handle: JoinHandle<Result<(), DaemonError>>,
     calls: Arc<AtomicUsize>,
+    broken: Arc<AtomicBool>,
     socket: PathBuf,
 }
 
@@ -141,11 +150,12 @@ impl Running {
 
 fn start(settings: DaemonSettings, delay: Duration) -> Running {
     let calls = Arc::new(AtomicUsize::new(0));
+    let broken = Arc::new(AtomicBool::new(false));
     let signal = ShutdownSignal::new();
     let socket = settings.socket.clone();
     let make: MakeScreener = {
-        let calls = calls.clone();
-        Box::new(move || Ok(Box::new(PixelScreener { calls, delay }) as Box<dyn Screener>))
+        let (calls, broken) = (calls.clone(), broken.clone());
+        Box::new(move || Ok(Box::new(PixelScreener { calls, delay, broken }) as Box<dyn Screener>))
     };
     let handle = {
         let signal = signal.clone();
@@ -159,6 +169,7 @@ fn start(settings: DaemonSettings, delay: Duration) -> Running {
         signal,
         handle,
         calls,
+        broken,
         socket,
     }
 }
@@ -296,7 +307,7 @@ fn screens_slices_reports_series_and_never_rescreens_copies() {
     assert_eq!(snapshot.models[0].name, "pixel-test-double");
     let Message::Results(results) = d
         .client()
-        .request(&Request::Recent { limit: 10 })
+        .request(&Request::Recent { limit: 10, offset: 0 })
         .expect("recent")
     else {
         panic!("not results")
@@ -307,7 +318,11 @@ fn screens_slices_reports_series_and_never_rescreens_copies() {
     let key = loose["series_key"].as_str().expect("key").to_string();
     let Message::Results(one) = d
         .client()
-        .request(&Request::Series { key: key.clone() })
+        .request(&Request::Series {
+            key: key.clone(),
+            offset: 0,
+            limit: None,
+        })
         .expect("series")
     else {
         panic!("not results")
@@ -316,7 +331,11 @@ fn screens_slices_reports_series_and_never_rescreens_copies() {
     assert_eq!(one.series[0].key, key);
     assert!(
         d.client()
-            .request(&Request::Series { key: "nope".into() })
+            .request(&Request::Series {
+                key: "nope".into(),
+                offset: 0,
+                limit: None,
+            })
             .is_err()
     );
     assert_eq!(d.stop(), 5, "screened exactly once each");
@@ -333,6 +352,7 @@ fn bad_files_are_quarantined_while_good_ones_are_screened() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let s = DaemonSettings {
         max_file_bytes: 100_000,
+        show_input_paths: true, // jobs found by name below (relative to the watch folder)
         ..settings(tmp.path())
     };
     let (watch, out) = (s.watch[0].clone(), s.output.clone());
@@ -719,3 +739,6 @@ fn real_full_disk_pauses_leaves_nothing_partial_and_resumes() {
     }
     d.stop();
 }
+
+#[path = "tests_hostile.rs"]
+mod hostile;

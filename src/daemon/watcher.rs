@@ -8,7 +8,9 @@
 //! - found by a scan: once size and mtime held across `stability_polls` polls, and (with inotify)
 //!   no write is in progress on it.
 //!
-//! Names starting with `.` or ending with an ignored suffix (`.part`, `.tmp`) are never taken.
+//! Names starting with `.` or ending with an ignored suffix (`.part`, `.tmp`) are never taken;
+//! neither are symlinks, FIFOs or devices (`lstat`: links are never followed into or out of a
+//! watch folder, and `input.rs` checks again when the file is opened).
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -93,6 +95,7 @@ pub struct Watcher {
     writing: HashMap<PathBuf, Instant>,
     inotify_dirs: Vec<PathBuf>,
     poll_dirs: Vec<PathBuf>,
+    beat: Option<super::liveness::Beat>,
 }
 
 impl Watcher {
@@ -122,7 +125,14 @@ impl Watcher {
             writing: HashMap::new(),
             inotify_dirs,
             poll_dirs,
+            beat: None,
         }
+    }
+
+    /// Reports progress on `beat` once per loop turn (the daemon's liveness check).
+    pub(crate) fn with_beat(mut self, beat: super::liveness::Beat) -> Watcher {
+        self.beat = Some(beat);
+        self
     }
 
     /// Folders watched by polling (network filesystems, or `poll: poll`).
@@ -161,6 +171,9 @@ impl Watcher {
         let mut next_full = Instant::now();
         let mut next_poll = Instant::now();
         while !stop.load(Ordering::SeqCst) {
+            if let Some(b) = &self.beat {
+                b.beat();
+            }
             let now = Instant::now();
             if rescan.swap(false, Ordering::SeqCst) || now >= next_full {
                 let dirs = self.inotify_dirs.clone();
@@ -210,7 +223,8 @@ impl Watcher {
         let ev = match ev {
             Ok(ev) => ev,
             Err(e) => {
-                tracing::warn!(error = %e, "watch error; rescanning");
+                // The kind only: notify's message names the paths involved (patient names).
+                tracing::warn!(error = ?e.kind, "watch error; rescanning");
                 self.rescan_all();
                 return;
             }
@@ -297,7 +311,7 @@ impl Watcher {
     }
 
     fn track(&mut self, path: &Path, fast: bool, now: Instant) {
-        let Ok(meta) = std::fs::metadata(path) else {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
             return;
         };
         if !meta.is_file() {
@@ -341,7 +355,7 @@ impl Watcher {
             .collect();
         let needed = self.settings.stability_polls.max(1);
         for path in due {
-            let Ok(meta) = std::fs::metadata(&path) else {
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 self.tracking.remove(&path);
                 continue;
             };
@@ -368,7 +382,7 @@ impl Watcher {
     }
 
     fn take_now(&mut self, path: &Path) {
-        let Ok(meta) = std::fs::metadata(path) else {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
             return;
         };
         if !meta.is_file() {

@@ -12,10 +12,12 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use super::Shared;
+use super::input;
 use super::outputs::{self, SliceContext};
 use super::queue::{Job, Queue};
 use crate::protocol::{EventKind, JobState, SliceSummary};
@@ -66,7 +68,7 @@ enum ReadFailure {
 }
 
 fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Vec<Slice>), ReadFailure> {
-    let max = shared.settings().max_file_bytes;
+    let settings = shared.settings();
     let mut candidates = vec![job.path.clone()];
     candidates.extend(
         queue
@@ -76,30 +78,28 @@ fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Vec<S
             .filter(|p| *p != job.path),
     );
     let mut last_err = String::from("file no longer exists");
+    let mut permanent = false;
     for path in candidates {
-        let size = match std::fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(e) => {
-                last_err = format!("cannot read file: {e}");
-                continue;
-            }
-        };
-        if size > max {
-            return Err(ReadFailure::Permanent(format!(
-                "file too large: {size} bytes > max_file_bytes {max}"
-            )));
-        }
-        let bytes = match std::fs::read(&path) {
+        // Opened once, beneath its watch folder, no symlink followed, regular files only.
+        let bytes = match input::read_input(&path, &settings.watch, settings.max_file_bytes) {
             Ok(b) => b,
+            Err(e @ input::InputError::TooLarge { .. }) => return Err(ReadFailure::Permanent(e.to_string())),
             Err(e) => {
-                last_err = format!("cannot read file: {e}");
+                permanent = e.is_permanent();
+                last_err = if permanent {
+                    format!("file replaced after it was queued: {e}")
+                } else {
+                    e.to_string()
+                };
                 continue;
             }
         };
         if outputs::sha256_hex(&bytes) != job.sha256 {
             last_err = "file changed after it was queued (its new content is queued separately)".into();
+            permanent = true;
             continue;
         }
+        super::faults::on_read(&bytes);
         let slices = read_slices_from_bytes(&bytes, &format!("job {}", job.id), &shared.slice_options())
             .map_err(|e| match e.rejection() {
                 Some(_) => ReadFailure::Permanent(e.reason()),
@@ -110,7 +110,7 @@ fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Vec<S
         }
         return Ok((path, slices));
     }
-    Err(if last_err.starts_with("file changed") {
+    Err(if permanent {
         ReadFailure::Permanent(last_err)
     } else {
         ReadFailure::Retry(last_err)
@@ -129,7 +129,7 @@ pub(crate) fn record_failure(queue: &mut Queue, shared: &Shared, job: &Job, reas
                 None,
             );
             if let Some(dir) = &s.quarantine_dir {
-                move_to_quarantine(&job.path, dir, job.id);
+                move_to_quarantine(job, dir, &s);
             }
         }
         Ok(_) => shared.publish(
@@ -142,17 +142,28 @@ pub(crate) fn record_failure(queue: &mut Queue, shared: &Shared, job: &Job, reas
     }
 }
 
-fn move_to_quarantine(path: &Path, dir: &Path, id: i64) {
-    let Some(name) = path.file_name() else { return };
-    let target = dir.join(format!("{id}-{}", name.to_string_lossy()));
-    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::rename(path, &target)) {
-        tracing::warn!(job = id, error = %e, "cannot move a quarantined input");
+/// Moves a quarantined input to `dir` as `<job id>-<first 16 hex digits of its hash>` (never its
+/// own name, which may hold a patient's), and only while its content still has the job's hash:
+/// a file replaced since it was queued is another input and stays where it is.
+fn move_to_quarantine(job: &Job, dir: &Path, settings: &super::DaemonSettings) {
+    let hash = input::hash_input(&job.path, &settings.watch, settings.max_file_bytes);
+    if !hash.as_ref().is_ok_and(|h| *h == job.sha256) {
+        tracing::warn!(
+            job = job.id,
+            "a quarantined input is no longer the queued content or cannot be read; not moved"
+        );
+        return;
+    }
+    let target = dir.join(format!("{}-{}", job.id, &job.sha256[..job.sha256.len().min(16)]));
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::rename(&job.path, &target)) {
+        tracing::warn!(job = job.id, error = %e, "cannot move a quarantined input");
     }
 }
 
 /// The reader thread: claims due jobs while intake runs, reads them, feeds the worker.
 pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<ReadJob>) {
     while !shared.stopping() {
+        shared.beats.reader.beat();
         if shared.intake_paused() {
             shared.wait_for_work(Duration::from_millis(250));
             continue;
@@ -161,7 +172,9 @@ pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<
         let jobs = match queue.claim(batch) {
             Ok(j) => j,
             Err(e) => {
-                tracing::error!(error = %e, "cannot claim jobs");
+                if let Some(held) = shared.log_limit.allow("claim") {
+                    tracing::error!(error = %e, held_back = held, "cannot claim jobs");
+                }
                 shared.wait_for_work(Duration::from_secs(1));
                 continue;
             }
@@ -170,8 +183,15 @@ pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<
             shared.wait_for_work(Duration::from_millis(500));
             continue;
         }
+        // A job that was in hand when the daemon died is read and screened with nothing else in
+        // flight, so that if it kills the process again no other job is charged for it.
+        let isolated = jobs.len() == 1 && jobs[0].crashes > 0;
+        if isolated {
+            shared.wait_idle();
+        }
         let mut pending = jobs.into_iter();
         while let Some(job) = pending.next() {
+            shared.beats.reader.beat();
             let t0 = Instant::now();
             let item = match read_job(&queue, &job, &shared) {
                 Ok((path, slices)) => ReadJob {
@@ -189,12 +209,16 @@ pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<
                     continue;
                 }
             };
+            shared.in_flight.fetch_add(1, Ordering::SeqCst);
             if let Err(id) = send_until_stopped(&tx, item, &shared) {
                 // Stopping: this and the other claimed jobs go back to pending.
                 for id in std::iter::once(id).chain(pending.by_ref().map(|j| j.id)) {
                     let _ = queue.requeue(id, Duration::ZERO);
                 }
                 return;
+            }
+            if isolated {
+                shared.wait_idle();
             }
         }
     }
@@ -207,6 +231,7 @@ fn send_until_stopped(tx: &SyncSender<ReadJob>, mut item: ReadJob, shared: &Shar
             Ok(()) => return Ok(()),
             Err(TrySendError::Disconnected(i)) => return Err(i.job.id),
             Err(TrySendError::Full(i)) => {
+                shared.beats.reader.beat(); // waiting on the worker, whose own beat is watched
                 if shared.stopping() {
                     return Err(i.job.id);
                 }
@@ -255,16 +280,29 @@ pub(crate) fn worker_loop(
     screener: &mut dyn Screener,
     rx: Receiver<ReadJob>,
 ) {
+    // A job that was in hand when the daemon died is screened alone: held back from a batch.
+    let mut held: Option<ReadJob> = None;
     loop {
-        let first = match rx.recv_timeout(Duration::from_millis(200)) {
+        shared.beats.worker.beat();
+        let first = match held
+            .take()
+            .map(Ok)
+            .unwrap_or_else(|| rx.recv_timeout(Duration::from_millis(200)))
+        {
             Ok(j) => j,
             Err(RecvTimeoutError::Timeout) if !shared.stopping() => continue,
             Err(_) => break,
         };
         let batch_size = shared.settings().batch_size;
+        let alone = first.job.crashes > 0;
         let mut jobs = vec![first];
-        while jobs.iter().map(|j| j.slices.len()).sum::<usize>() < batch_size {
+        shared.beats.worker.beat();
+        while !alone && jobs.iter().map(|j| j.slices.len()).sum::<usize>() < batch_size {
             match rx.try_recv() {
+                Ok(j) if j.job.crashes > 0 => {
+                    held = Some(j);
+                    break;
+                }
                 Ok(j) => jobs.push(j),
                 Err(_) => break,
             }
@@ -273,10 +311,12 @@ pub(crate) fn worker_loop(
             requeue_all(&mut queue, jobs.iter().map(|j| &j.job));
             break;
         }
+        let n = jobs.len();
         screen_jobs(&shared, &mut queue, screener, jobs, batch_size);
+        shared.in_flight.fetch_sub(n, Ordering::SeqCst);
     }
     // Whatever the reader already handed over goes back to pending.
-    let left: Vec<ReadJob> = rx.try_iter().collect();
+    let left: Vec<ReadJob> = held.into_iter().chain(rx.try_iter()).collect();
     requeue_all(&mut queue, left.iter().map(|j| &j.job));
 }
 
@@ -299,6 +339,7 @@ fn screen_jobs(
     let t0 = Instant::now();
     let mut results = Vec::with_capacity(all.len());
     for chunk in all.chunks(batch_size.max(1)) {
+        shared.beats.worker.beat();
         results.extend(screen_guarded(screener, chunk));
     }
     let model_ms = t0.elapsed().as_secs_f64() * 1e3 / all.len().max(1) as f64;
@@ -336,7 +377,37 @@ fn finish_job(
             &format!("screening failed: {reason}"),
             false,
         );
+        shared.note_screening_failure(job.job.id, &reason);
         return false;
+    }
+    shared.note_screening_success();
+    // One result per SOP instance: a different file (other content) with the UID of a slice
+    // already screened is a conflict, reported and never counted twice.
+    for slice in &job.slices {
+        let (key, stem) = (
+            outputs::series_key(&slice.meta, &job.path),
+            outputs::slice_stem(&slice.meta, &job.job.sha256),
+        );
+        match queue.instance_owner(&key, &stem) {
+            Ok(Some(owner)) if owner != job.job.id => {
+                let reason = format!(
+                    "conflict: SOP instance {stem} of series {key} was already screened from other content (job {owner}); not counted twice"
+                );
+                record_failure(queue, shared, &job.job, &reason, true);
+                return false;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                record_failure(
+                    queue,
+                    shared,
+                    &job.job,
+                    &format!("cannot check the SOP instance: {e}"),
+                    false,
+                );
+                return false;
+            }
+        }
     }
     let output = shared.settings().output.clone();
     let models = shared.models.clone();

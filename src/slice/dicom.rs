@@ -414,6 +414,9 @@ fn screen(obj: &DefaultDicomObject) -> Result<(), Rejection> {
     if is_localizer(obj.get(tags::IMAGE_TYPE)) {
         return Err(Rejection::Localizer);
     }
+    // screen captures and burned-in annotations (dose reports, protocol pages) carry the
+    // patient's name in their pixels
+    super::capture::check(obj)?;
     Ok(())
 }
 

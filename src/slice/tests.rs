@@ -303,7 +303,7 @@ fn localizer_not_axial_and_tilt_tolerance() {
 
     let opts = SliceOptions::default();
     // within the axial tolerance: screened, no tilt reported
-    let near = read_slices_from_bytes(&tilted_chest(5.0, "DERIVED\\SECONDARY", None), "t", &opts).unwrap();
+    let near = read_slices_from_bytes(&tilted_chest(5.0, "DERIVED\\PRIMARY", None), "t", &opts).unwrap();
     assert_eq!(near[0].meta.gantry_tilt_deg, None);
 
     let mut obj = chest();
@@ -342,7 +342,7 @@ fn tilted_gantry_axial_is_screened_with_its_tilt() {
 fn reformats_and_other_planes_stay_refused_with_their_reason() {
     // the same 22 degrees as an oblique reformat (DERIVED) is not an acquisition
     let e = read_slices_from_bytes(
-        &tilted_chest(-22.0, "DERIVED\\SECONDARY\\REFORMATTED", Some(-22.0)),
+        &tilted_chest(-22.0, "DERIVED\\PRIMARY\\REFORMATTED", Some(-22.0)),
         "r",
         &SliceOptions::default(),
     )
@@ -363,7 +363,7 @@ fn reformats_and_other_planes_stay_refused_with_their_reason() {
     };
     let bytes = tilted_chest(-22.0, "ORIGINAL\\PRIMARY\\AXIAL", Some(-22.0));
     assert!(read_slices_from_bytes(&bytes, "s", &strict).is_err());
-    let coronal = orientation_reason("1\\0\\0\\0\\0\\-1", "DERIVED\\SECONDARY\\REFORMATTED");
+    let coronal = orientation_reason("1\\0\\0\\0\\0\\-1", "DERIVED\\PRIMARY\\REFORMATTED");
     assert_eq!(coronal, "not axial: coronal");
     // an original coronal acquisition is still coronal
     assert_eq!(
@@ -374,7 +374,7 @@ fn reformats_and_other_planes_stay_refused_with_their_reason() {
         orientation_reason("0\\1\\0\\0\\0\\-1", "ORIGINAL\\PRIMARY"),
         "not axial: sagittal"
     );
-    let oblique = orientation_reason("0.8\\0.6\\0\\0\\0.6\\-0.8", "DERIVED\\SECONDARY");
+    let oblique = orientation_reason("0.8\\0.6\\0\\0\\0.6\\-0.8", "DERIVED\\PRIMARY");
     assert_eq!(oblique, "not axial: oblique (coronal)");
 }
 

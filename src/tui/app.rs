@@ -125,6 +125,8 @@ pub struct App {
     pub(super) status_stale: bool,
     pub(super) results_stale: bool,
     pub(super) series_stale: bool,
+    /// Thumbnails asked for on demand (each at most once: a slice may have none).
+    pub(super) thumbnails_asked: std::collections::HashSet<(i64, Option<u32>)>,
     pub(super) dirty: bool,
 }
 
@@ -150,6 +152,7 @@ impl App {
             status_stale: true,
             results_stale: true,
             series_stale: false,
+            thumbnails_asked: Default::default(),
             dirty: true,
         }
     }

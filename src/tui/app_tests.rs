@@ -26,7 +26,10 @@ fn key(app: &mut App, k: Key) -> Vec<Effect> {
 }
 
 fn recent() -> Request {
-    Request::Recent { limit: RECENT_LIMIT }
+    Request::Recent {
+        limit: RECENT_LIMIT,
+        offset: 0,
+    }
 }
 
 #[test]
@@ -82,7 +85,9 @@ fn replies_are_matched_to_requests_in_order() {
     assert_eq!(
         sends(&fx),
         vec![Request::Series {
-            key: results().series[0].key.clone()
+            key: results().series[0].key.clone(),
+            offset: 0,
+            limit: None,
         }]
     );
     assert!(
@@ -521,7 +526,11 @@ fn an_open_series_is_refreshed_when_reported_again() {
     app.update(reported(100));
     let fx = app.update(Msg::Tick { now_ms: NOW_MS + 500 });
     assert!(
-        sends(&fx).contains(&Request::Series { key: key_.clone() }),
+        sends(&fx).contains(&Request::Series {
+            key: key_.clone(),
+            offset: 0,
+            limit: None,
+        }),
         "{fx:?}"
     );
     press(&mut app, "f");

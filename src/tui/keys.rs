@@ -118,6 +118,7 @@ impl App {
         if tab == Tab::Results && self.results_stale() && self.connected() {
             return vec![self.request(Request::Recent {
                 limit: super::sync::RECENT_LIMIT,
+                offset: 0,
             })];
         }
         Vec::new()
@@ -197,7 +198,11 @@ impl App {
             selected: 0,
         });
         if self.connected() {
-            vec![self.request(Request::Series { key })]
+            vec![self.request(Request::Series {
+                key,
+                offset: 0,
+                limit: None,
+            })]
         } else {
             Vec::new()
         }
@@ -237,7 +242,10 @@ impl App {
             return;
         };
         if matches!(job.state, JobState::Failed | JobState::Quarantined) {
-            let name = job.path.rsplit('/').next().unwrap_or(&job.path).to_string();
+            let name = match job.path.rsplit('/').next() {
+                Some(n) if !n.is_empty() => n.to_string(),
+                _ => format!("job {}", job.id),
+            };
             self.mode = Mode::Confirm {
                 job_id: job.id,
                 label: name,

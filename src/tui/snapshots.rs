@@ -204,6 +204,7 @@ pub(crate) fn results() -> Results {
             series("dir-9f3a1c", "pneumonia", [0, 2, 1]),
         ],
         slices: (0..8).rev().map(|i| slice(i, SERIES_A)).collect(),
+        total: None,
     }
 }
 
@@ -212,6 +213,7 @@ pub(crate) fn series_reply() -> Results {
     Results {
         series: vec![series(SERIES_A, "covid", [4, 1, 3])],
         slices: (0..8).map(|i| slice(i, SERIES_A)).collect(),
+        total: Some(8),
     }
 }
 

@@ -8,7 +8,7 @@
 use super::app::{App, Conn, Effect, NOTICE_MS, Tab};
 use super::data::{LogLine, push_capped, push_log};
 use super::gpu::HostSample;
-use crate::protocol::{Event, EventKind, Message, Request, Results};
+use crate::protocol::{Event, EventKind, Message, Request, Results, SliceSummary, Thumbnail};
 
 /// Slices asked for with `recent`.
 pub const RECENT_LIMIT: usize = 50;
@@ -23,6 +23,7 @@ pub(super) enum Pending {
     Status,
     Recent,
     Series(String),
+    Thumbnail(i64, Option<u32>),
     Other,
 }
 
@@ -33,9 +34,16 @@ impl App {
         self.pending.clear();
         self.dirty = true;
         let mut fx = vec![self.request(Request::Status)];
-        fx.push(self.request(Request::Recent { limit: RECENT_LIMIT }));
+        fx.push(self.request(Request::Recent {
+            limit: RECENT_LIMIT,
+            offset: 0,
+        }));
         if let Some(key) = self.series.as_ref().map(|s| s.key.clone()) {
-            fx.push(self.request(Request::Series { key }));
+            fx.push(self.request(Request::Series {
+                key,
+                offset: 0,
+                limit: None,
+            }));
         }
         fx
     }
@@ -65,6 +73,14 @@ impl App {
                 }
             },
             Message::Event(event) => self.on_event(event),
+            Message::Thumbnail {
+                job_id,
+                frame,
+                thumbnail,
+            } => {
+                self.pending.pop_front();
+                self.on_thumbnail(job_id, frame, thumbnail);
+            }
             Message::Ack { request, message } => {
                 self.pending.pop_front();
                 self.log_own(format!("{request}: {message}"));
@@ -84,6 +100,21 @@ impl App {
             Message::Hello { .. } | Message::Unknown => {}
         }
         Vec::new()
+    }
+
+    /// A thumbnail fetched on demand: it joins the open slice and the series' copy of it.
+    pub(super) fn on_thumbnail(&mut self, job_id: i64, frame: Option<u32>, thumbnail: Option<Thumbnail>) {
+        let Some(thumbnail) = thumbnail else { return };
+        let same = |s: &SliceSummary| s.job_id == job_id && s.frame == frame;
+        if let Some(s) = self.slice.as_mut().filter(|s| same(s)) {
+            s.thumbnail = Some(thumbnail.clone());
+        }
+        if let Some(detail) = self.series.as_mut() {
+            for s in detail.slices.iter_mut().filter(|s| same(s)) {
+                s.thumbnail = Some(thumbnail.clone());
+            }
+        }
+        self.dirty = true;
     }
 
     pub(super) fn on_series(&mut self, key: String, results: Results) {
@@ -148,7 +179,10 @@ impl App {
             fx.push(self.request(Request::Status));
         }
         if self.results_stale && self.tab == Tab::Results && !self.awaiting(&Pending::Recent) {
-            fx.push(self.request(Request::Recent { limit: RECENT_LIMIT }));
+            fx.push(self.request(Request::Recent {
+                limit: RECENT_LIMIT,
+                offset: 0,
+            }));
         }
         // An open series is refreshed when the daemon reports it again (not while frozen).
         if self.series_stale
@@ -156,7 +190,21 @@ impl App {
             && let Some(key) = self.series.as_ref().map(|d| d.key.clone())
             && !self.awaiting(&Pending::Series(key.clone()))
         {
-            fx.push(self.request(Request::Series { key }));
+            fx.push(self.request(Request::Series {
+                key,
+                offset: 0,
+                limit: None,
+            }));
+        }
+        // The open slice's thumbnail, when its series page came without it.
+        if let Some((job_id, frame)) = self
+            .slice
+            .as_ref()
+            .filter(|s| s.thumbnail.is_none())
+            .map(|s| (s.job_id, s.frame))
+            && self.thumbnails_asked.insert((job_id, frame))
+        {
+            fx.push(self.request(Request::Thumbnail { job_id, frame }));
         }
         fx
     }
@@ -184,10 +232,11 @@ impl App {
                 self.results_stale = false;
                 Pending::Recent
             }
-            Request::Series { key } => {
+            Request::Series { key, .. } => {
                 self.series_stale = false;
                 Pending::Series(key.clone())
             }
+            Request::Thumbnail { job_id, frame } => Pending::Thumbnail(*job_id, *frame),
             _ => Pending::Other,
         };
         // `hello` and `subscribe` get no reply in order (the client sends them itself).

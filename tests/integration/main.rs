@@ -7,6 +7,7 @@ mod daemon_e2e;
 mod demo_weights;
 mod dicom_net;
 mod dicom_out;
+mod hostile;
 mod hostile_files;
 mod import;
 mod model_smoke;

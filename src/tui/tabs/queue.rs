@@ -116,8 +116,12 @@ fn state_style(state: JobState) -> Style {
     }
 }
 
+/// The input's name when the daemon shows paths (`show_input_paths`), `-` otherwise.
 fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
+    match path.rsplit('/').next() {
+        Some(name) if !name.is_empty() => name,
+        _ => "-",
+    }
 }
 
 fn job_row(j: &JobInfo) -> Row<'static> {
@@ -144,7 +148,14 @@ pub fn job_popup(app: &App, frame: &mut Frame, id: i64) {
     let field = |k: &str, v: String| Line::from(vec![Span::raw(format!(" {k:<9}")).bold(), v.into()]);
     let mut lines = vec![
         field("state", job.state.as_str().to_string()),
-        field("file", job.path.clone()),
+        field(
+            "file",
+            if job.path.is_empty() {
+                "- (the daemon's show_input_paths is off)".into()
+            } else {
+                job.path.clone()
+            },
+        ),
         field("series", job.series.clone().unwrap_or_else(|| "-".into())),
         field("age", age(job.age_s)),
         field("attempts", job.attempts.to_string()),
