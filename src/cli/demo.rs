@@ -175,9 +175,12 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     println!("demo folder {}", dir.display());
     println!("(the daemon logs warnings and errors only here; `--log info` shows everything)");
     // three synthetic patients, one DICOM series each, dropped in slice by slice (written under
-    // a temporary name, renamed); the file names say which patient a slice belongs to
+    // a temporary name, renamed)
     let staging = dir.join("staging");
     let mut files: Vec<(PathBuf, String)> = Vec::new();
+    // each patient's SeriesInstanceUID: reports name no input file (privacy), so the table
+    // finds a patient's series by the UID the demo itself wrote
+    let mut series_uids: Vec<(String, &str)> = Vec::new();
     for (k, (class, name)) in SERIES.iter().enumerate() {
         let out = staging.join(name);
         run_synth(&SynthOptions {
@@ -191,6 +194,13 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         })?;
         let mut series = walk(&out);
         series.sort();
+        if let Some(uid) = series
+            .first()
+            .and_then(|f| crate::slice::read_slices(f, &Default::default()).ok())
+            .and_then(|s| s.into_iter().next()?.meta.series_uid)
+        {
+            series_uids.push((uid, name));
+        }
         files.extend(
             series
                 .into_iter()
@@ -213,7 +223,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         std::fs::rename(&tmp, watch.join(name))?;
     }
     let (series, slices) = wait_for_reports(&socket, files.len(), started, a.timeout)?;
-    print_table(&series, &slices);
+    print_table(&series, &slices, &series_uids);
     println!("\nreports, masks and overlays: {}", dir.join("results").display());
     if a.discard {
         daemon.stop();
@@ -262,18 +272,17 @@ fn wait_for_reports(
 }
 
 /// One row per series: the patient dropped in, the verdict, the slices' labels and the burden.
-fn print_table(series: &[SeriesSummary], slices: &[SliceSummary]) {
+fn print_table(series: &[SeriesSummary], slices: &[SliceSummary], uids: &[(String, &str)]) {
     println!(
         "\n{:<10} {:>6} {:<10} {:<5} {:>18} {:>8} {:>8} {:>8} {:>9}",
         "patient", "slices", "verdict", "", "labels c/p/v", "GGO mL", "cons mL", "lung %", "outside"
     );
     let mut right = 0;
     for (_, expected) in SERIES {
-        let Some(s) = series.iter().find(|s| {
-            slices
-                .iter()
-                .any(|x| x.series_key == s.key && x.file_name.starts_with(expected))
-        }) else {
+        let Some(s) = series
+            .iter()
+            .find(|s| uids.iter().any(|(uid, name)| *name == expected && s.key == *uid))
+        else {
             println!("{expected:<10} (no report)");
             continue;
         };

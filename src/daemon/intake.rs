@@ -72,7 +72,7 @@ pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<Ta
             );
             outputs::sha256_hex(key.as_bytes())
         } else {
-            match input::hash_input(&taken.path, &settings.watch, settings.max_file_bytes) {
+            match input::hash_input(&taken.path, &settings.input_roots(), settings.max_file_bytes) {
                 Ok(h) => h,
                 Err(e) => {
                     // Vanished, or replaced by a link, FIFO or device since the watcher saw it.
@@ -138,7 +138,7 @@ pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<Ta
 fn loose_image_key(path: &Path, settings: &DaemonSettings) -> Option<String> {
     use std::io::Read;
     let mut head = [0u8; 8];
-    let (mut file, _) = input::open_input(path, &settings.watch, settings.max_file_bytes).ok()?;
+    let (mut file, _) = input::open_input(path, &settings.input_roots(), settings.max_file_bytes).ok()?;
     let n = file.read(&mut head).ok()?;
     let raster = head[..n].starts_with(b"\x89PNG") || head[..n].starts_with(&[0xFF, 0xD8, 0xFF]);
     raster.then(|| outputs::folder_key(path))

@@ -338,7 +338,18 @@ impl DaemonSettings {
         self.watch = self.watch.iter().map(|w| super::input::canonical(w)).collect();
         self.output = super::input::canonical(&self.output);
         self.state = super::input::canonical(&self.state);
+        self.dicom.receiver.incoming = super::input::canonical(&self.dicom.receiver.incoming);
         self
+    }
+
+    /// The folders inputs may be opened beneath: the watch folders and, with the DICOM receiver
+    /// on, its incoming store (watched like them).
+    pub fn input_roots(&self) -> Vec<PathBuf> {
+        let mut roots = self.watch.clone();
+        if self.dicom.receiver.enabled {
+            roots.push(self.dicom.receiver.incoming.clone());
+        }
+        roots
     }
 
     /// The first problem, if any (see `problems` for all of them).

@@ -81,7 +81,7 @@ fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Vec<S
     let mut permanent = false;
     for path in candidates {
         // Opened once, beneath its watch folder, no symlink followed, regular files only.
-        let bytes = match input::read_input(&path, &settings.watch, settings.max_file_bytes) {
+        let bytes = match input::read_input(&path, &settings.input_roots(), settings.max_file_bytes) {
             Ok(b) => b,
             Err(e @ input::InputError::TooLarge { .. }) => return Err(ReadFailure::Permanent(e.to_string())),
             Err(e) => {
@@ -146,7 +146,7 @@ pub(crate) fn record_failure(queue: &mut Queue, shared: &Shared, job: &Job, reas
 /// own name, which may hold a patient's), and only while its content still has the job's hash:
 /// a file replaced since it was queued is another input and stays where it is.
 fn move_to_quarantine(job: &Job, dir: &Path, settings: &super::DaemonSettings) {
-    let hash = input::hash_input(&job.path, &settings.watch, settings.max_file_bytes);
+    let hash = input::hash_input(&job.path, &settings.input_roots(), settings.max_file_bytes);
     if !hash.as_ref().is_ok_and(|h| *h == job.sha256) {
         tracing::warn!(
             job = job.id,

@@ -48,6 +48,8 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 /// Config with the receiver on `port` (only STORESCU may call) and, when given, forwarding to
 /// DEST@127.0.0.1:`dest` with quick retries.
+/// The daemon's config for these tests. `retries: 30`: the SIGKILL test's kills each charge the
+/// jobs in hand a crash (tries are counted when a job is claimed), and none of them is a poison.
 fn config(d: &Path, port: u16, dest: Option<u16>) -> PathBuf {
     let (seg, cls) = tiny_models(d);
     let forward = match dest {
@@ -57,7 +59,7 @@ fn config(d: &Path, port: u16, dest: Option<u16>) -> PathBuf {
         None => String::new(),
     };
     let yaml = format!(
-        "models:\n  segmentation: {}\n  classifier: {}\ndaemon:\n  watch: [{}]\n  output: {}\n  state: {}\n  socket: {}\n  quiet_period_s: 1.0\n  poll_interval_s: 0.2\n  min_free_bytes: 0\n  min_free_percent: 0.0\n  device: cpu\n  retries: 0\ndicom:\n  outputs: [seg, sr, sc]\n  receiver:\n    enabled: true\n    port: {port}\n    allowed_calling_ae_titles: [STORESCU]\n    incoming: {}\n{forward}",
+        "models:\n  segmentation: {}\n  classifier: {}\ndaemon:\n  watch: [{}]\n  output: {}\n  state: {}\n  socket: {}\n  quiet_period_s: 1.0\n  poll_interval_s: 0.2\n  min_free_bytes: 0\n  min_free_percent: 0.0\n  device: cpu\n  retries: 30\ndicom:\n  outputs: [seg, sr, sc]\n  receiver:\n    enabled: true\n    port: {port}\n    allowed_calling_ae_titles: [STORESCU]\n    incoming: {}\n{forward}",
         seg.display(),
         cls.display(),
         d.join("in").display(),
