@@ -94,24 +94,11 @@ impl LungField {
         let mut out = self.mask.clone();
         let mut stack: Vec<usize> = (0..w * h).filter(|&i| self.mask[i]).collect();
         while let Some(i) = stack.pop() {
-            let (x, y) = (i % w, i / w);
-            let mut visit = |j: usize| {
+            for j in neighbours4(i, w, h) {
                 if !out[j] && grows[j] {
                     out[j] = true;
                     stack.push(j);
                 }
-            };
-            if x > 0 {
-                visit(i - 1);
-            }
-            if x + 1 < w {
-                visit(i + 1);
-            }
-            if y > 0 {
-                visit(i - w);
-            }
-            if y + 1 < h {
-                visit(i + w);
             }
         }
         let fractions = lesions.iter().map(|m| fraction(&out, m)).collect();
@@ -214,24 +201,11 @@ fn components(on: &[bool], w: usize, h: usize) -> Vec<Vec<usize>> {
         stack.push(start);
         while let Some(i) = stack.pop() {
             comp.push(i);
-            let (x, y) = (i % w, i / w);
-            let mut visit = |j: usize| {
+            for j in neighbours4(i, w, h) {
                 if on[j] && !seen[j] {
                     seen[j] = true;
                     stack.push(j);
                 }
-            };
-            if x > 0 {
-                visit(i - 1);
-            }
-            if x + 1 < w {
-                visit(i + 1);
-            }
-            if y > 0 {
-                visit(i - w);
-            }
-            if y + 1 < h {
-                visit(i + w);
             }
         }
         out.push(comp);
@@ -405,6 +379,20 @@ fn edt_1d(f: &[f32], out: &mut [f32]) {
         let dq = q as f64 - v[k] as f64;
         *o = (dq * dq + f64::from(f[v[k]])) as f32;
     }
+}
+
+/// The 4-connected neighbours of pixel `i` in a `w` x `h` raster (left, right, up, down), for
+/// both flood fills above.
+fn neighbours4(i: usize, w: usize, h: usize) -> impl Iterator<Item = usize> {
+    let (x, y) = (i % w, i / w);
+    [
+        (x > 0).then(|| i - 1),
+        (x + 1 < w).then(|| i + 1),
+        (y > 0).then(|| i - w),
+        (y + 1 < h).then(|| i + w),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 #[cfg(test)]
