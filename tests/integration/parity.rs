@@ -31,6 +31,44 @@ pub fn image(i: usize) -> Tensor {
     ctmask::model::transform::tensor_from_rgb(img.as_raw(), w, h, Device::Cpu).unwrap()
 }
 
+/// The JPEG versions of the parity images (`scripts/reference/jpeg_parity_fixtures.py`), read by
+/// ctmask's own slice reader (libjpeg-turbo as PIL decodes it, `convert('RGB')`): the model input
+/// screening gives it.
+const JPEG_IMAGES: [&str; 2] = ["image0_ycc420_q75.jpg", "image1_grey_prog_q90.jpg"];
+
+fn jpeg_image(i: usize) -> Tensor {
+    let path = fixtures().join("jpeg").join(JPEG_IMAGES[i]);
+    let mut slices = ctmask::slice::read_slices(&path, &Default::default()).unwrap();
+    assert_eq!(slices.len(), 1);
+    let s = slices.remove(0);
+    assert_eq!(s.format, ctmask::slice::SliceFormat::Jpeg);
+    ctmask::model::transform::tensor_from_rgb(&s.rgb, s.width, s.height, Device::Cpu).unwrap()
+}
+
+/// Which inputs a parity check runs on: the PNG phantoms, or their JPEG versions with the
+/// fixtures torchvision gave on PIL's pixels of them.
+#[derive(Clone, Copy)]
+enum Inputs {
+    Png,
+    Jpeg,
+}
+
+impl Inputs {
+    fn fixture(self, name: &str) -> HashMap<String, Tensor> {
+        match self {
+            Inputs::Png => load(name),
+            Inputs::Jpeg => load(&format!("jpeg/{name}")),
+        }
+    }
+
+    fn image(self, i: usize) -> Tensor {
+        match self {
+            Inputs::Png => image(i),
+            Inputs::Jpeg => jpeg_image(i),
+        }
+    }
+}
+
 pub fn model(variant: &str, semantics: Semantics) -> MaskRcnn {
     let preset = match variant {
         "r50_fpn5_frozenbn" => "r50-fpn5-frozenbn",
@@ -144,8 +182,21 @@ fn pair_detections(got: &[Det], want: &[Det]) -> Result<Vec<usize>, String> {
 
 /// Detections of `m` against torchvision's on image `i` of the fixture.
 pub fn compare_detections(m: &MaskRcnn, fx: &HashMap<String, Tensor>, i: usize) -> Result<(), String> {
+    compare_detections_on(m, fx, i, &image(i))
+}
+
+/// Detections of `m` on `img` against the fixture's image `i`.
+fn compare_detections_on(
+    m: &MaskRcnn,
+    fx: &HashMap<String, Tensor>,
+    i: usize,
+    img: &Tensor,
+) -> Result<(), String> {
     let p = |k: &str| &fx[&format!("img{i}.{k}")];
-    let d = m.detect(&[image(i)]).map_err(|e| e.to_string())?.remove(0);
+    let d = m
+        .detect(std::slice::from_ref(img))
+        .map_err(|e| e.to_string())?
+        .remove(0);
     let n = p("det.count").int64_value(&[]);
     if n == 0 {
         return Err("the fixture has no detections".into());
@@ -164,14 +215,25 @@ pub fn compare_detections(m: &MaskRcnn, fx: &HashMap<String, Tensor>, i: usize) 
 
 /// Detections against torchvision's, with the weights in the default layout and again laid out
 /// channels-last (what screening on the CPU uses).
-fn check_detections(variant: &str) {
-    let fx = load(&format!("parity_{variant}.safetensors"));
+fn check_detections(variant: &str, inputs: Inputs) {
+    let fx = inputs.fixture(&format!("parity_{variant}.safetensors"));
     let mut m = model(variant, Semantics::Torchvision);
+    let images = [inputs.image(0), inputs.image(1)];
+    for (i, img) in images.iter().enumerate() {
+        // the same pixels as torchvision's input: the normalised sum agrees
+        let normed = ctmask::model::transform::batch_images(std::slice::from_ref(img), &m.cfg).unwrap();
+        close(
+            &format!("{variant} img{i} input.sum"),
+            normed.tensors.sum(Kind::Double).double_value(&[]),
+            fx[&format!("img{i}.input.sum")].double_value(&[]),
+            1e-7,
+        );
+    }
     for (i, layout) in [(0, "nchw"), (1, "nchw"), (0, "nhwc"), (1, "nhwc")] {
         if layout == "nhwc" && i == 0 {
             m.set_channels_last();
         }
-        if let Err(e) = compare_detections(&m, &fx, i) {
+        if let Err(e) = compare_detections_on(&m, &fx, i, &images[i]) {
             panic!("{variant} ({layout}) img{i}: {e}");
         }
     }
@@ -236,17 +298,17 @@ fn detection_pairing_allows_swaps_of_tied_scores_only() {
 
 #[test]
 fn r18_t1_detections_equal_torchvision() {
-    check_detections("r18_t1");
+    check_detections("r18_t1", Inputs::Png);
 }
 
 #[test]
 fn r50_fpn5_frozenbn_detections_equal_torchvision() {
-    check_detections("r50_fpn5_frozenbn");
+    check_detections("r50_fpn5_frozenbn", Inputs::Png);
 }
 
 #[test]
 fn r50_fpn4_detections_equal_torchvision() {
-    check_detections("r50_fpn4");
+    check_detections("r50_fpn4", Inputs::Png);
 }
 
 fn unpack_masks(fx: &HashMap<String, Tensor>) -> Tensor {
@@ -482,8 +544,8 @@ fn tie_matching(got: &Tensor, want: &Tensor, tie: f64, tol: f64) -> Result<Vec<i
 
 /// COVID-CT-Mask-Net's classification path (§4.2-4.4) against the Python reference built on
 /// torchvision: the ranked `[score, dx, dy, dw, dh]` rows and the logits of S, within 1e-4.
-fn check_classifier(variant: &str, n: i64, s: i64) {
-    let fx = load(&format!("classifier_{variant}.safetensors"));
+fn check_classifier(variant: &str, n: i64, s: i64, inputs: Inputs) {
+    let fx = inputs.fixture(&format!("classifier_{variant}.safetensors"));
     let base = model(variant, Semantics::Torchvision).cfg;
     let mut cfg = base.into_classifier(n, s);
     cfg.box_min_size = None; // the reference redoes the RoI post-processing as the original
@@ -491,7 +553,7 @@ fn check_classifier(variant: &str, n: i64, s: i64) {
     det_init::fill(&m);
     for i in 0..2 {
         let p = |k: &str| &fx[&format!("img{i}.{k}")];
-        let ranked = m.ranked(&image(i), false).unwrap();
+        let ranked = m.ranked(&inputs.image(i), false).unwrap();
         assert_eq!(
             ranked.size()[0],
             p("count").int64_value(&[]),
@@ -521,7 +583,7 @@ fn check_classifier(variant: &str, n: i64, s: i64) {
             );
         }
         // The model's own path gives the same logits when no tie was reordered.
-        let c = m.classify(&image(i)).unwrap();
+        let c = m.classify(&inputs.image(i)).unwrap();
         assert!(!c.padded && !c.no_detections);
         if order.iter().enumerate().all(|(j, &o)| j as i64 == o) {
             for (g, w) in c.logits.iter().zip(&want) {
@@ -537,10 +599,68 @@ fn check_classifier(variant: &str, n: i64, s: i64) {
 
 #[test]
 fn r18_t1_classifier_equals_reference() {
-    check_classifier("r18_t1", 128, 512);
+    check_classifier("r18_t1", 128, 512, Inputs::Png);
 }
 
 #[test]
 fn r50_fpn5_classifier_equals_reference() {
-    check_classifier("r50_fpn5_frozenbn", 256, 1024);
+    check_classifier("r50_fpn5_frozenbn", 256, 1024, Inputs::Png);
+}
+
+// The same checks on JPEG inputs: the fixtures are torchvision's outputs on PIL's decoding of the
+// JPEG versions of the parity images (`scripts/reference/jpeg_parity_fixtures.py`), ctmask reads
+// the same files with its own reader. Same tolerances as on PNG.
+#[test]
+fn r18_t1_detections_on_jpeg_equal_torchvision() {
+    check_detections("r18_t1", Inputs::Jpeg);
+}
+
+#[test]
+fn r50_fpn5_frozenbn_detections_on_jpeg_equal_torchvision() {
+    check_detections("r50_fpn5_frozenbn", Inputs::Jpeg);
+}
+
+#[test]
+fn r18_t1_classifier_on_jpeg_equals_reference() {
+    check_classifier("r18_t1", 128, 512, Inputs::Jpeg);
+}
+
+#[test]
+fn r50_fpn5_classifier_on_jpeg_equals_reference() {
+    check_classifier("r50_fpn5_frozenbn", 256, 1024, Inputs::Jpeg);
+}
+
+/// Test of the test: the JPEG fixtures are not the PNG ones, and another JPEG decoder's pixels
+/// (the `image` crate's zune-jpeg: its own IDCT and chroma upsampling, what ctmask used before)
+/// fail the detection check that PIL's pixels pass.
+#[test]
+fn jpeg_parity_fails_with_another_decoders_pixels() {
+    for i in 0..2 {
+        let d = (jpeg_image(i) - image(i)).abs().max().double_value(&[]);
+        assert!(
+            d > 1.5 / 255.0,
+            "img{i}: the JPEG decodes to the PNG's pixels (max diff {d})"
+        );
+    }
+    let fx = Inputs::Jpeg.fixture("parity_r18_t1.safetensors");
+    let m = model("r18_t1", Semantics::Torchvision);
+    for (i, name) in JPEG_IMAGES.iter().enumerate() {
+        let other = image::open(fixtures().join("jpeg").join(name)).unwrap().to_rgb8();
+        let other = ctmask::model::transform::tensor_from_rgb(
+            other.as_raw(),
+            other.width(),
+            other.height(),
+            Device::Cpu,
+        )
+        .unwrap();
+        let d = (&other - jpeg_image(i)).abs().max().double_value(&[]);
+        assert!(
+            d > 0.0,
+            "img{i}: zune-jpeg gave PIL's pixels: pick another test decoder"
+        );
+        assert!(
+            compare_detections_on(&m, &fx, i, &other).is_err(),
+            "img{i}: pixels {d} off PIL's pass the JPEG parity check"
+        );
+    }
 }
