@@ -166,6 +166,7 @@ fn synth_series(dir: &Path, count: usize, seed: u64, size: u32) -> anyhow::Resul
         class: ClassChoice::Covid,
         size,
         preview: false,
+        zoom: 0.0,
     })?;
     let mut files = super::demo::walk(dir);
     files.sort();

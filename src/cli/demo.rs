@@ -191,6 +191,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
             class: *class,
             size: a.size,
             preview: false,
+            zoom: 0.0,
         })?;
         let mut series = walk(&out);
         series.sort();

@@ -44,6 +44,11 @@ pub struct SynthArgs {
     /// Also write overlay PNGs for a person to look at.
     #[arg(long)]
     pub preview: bool,
+    /// Fraction of slices written as zoomed views (a window of 25-60 % of the slice around a
+    /// point in the lungs, resampled to the full size: the small fields of view and crops of
+    /// real archives); 0 writes none.
+    #[arg(long, default_value_t = 0.0)]
+    pub zoom: f64,
 }
 
 pub fn run(a: &SynthArgs) -> anyhow::Result<()> {
@@ -64,6 +69,7 @@ pub fn run(a: &SynthArgs) -> anyhow::Result<()> {
         },
         size: a.size,
         preview: a.preview,
+        zoom: a.zoom,
     };
     let s = run_synth(&opts)?;
     println!(

@@ -13,3 +13,4 @@ pub mod synth;
 mod synth_dicom;
 #[cfg(test)]
 mod synth_tests;
+mod zoom;

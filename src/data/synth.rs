@@ -20,7 +20,9 @@ use image::{ExtendedColorType, ImageEncoder};
 
 pub use super::lesions::LesionVariant;
 pub use super::phantom::{LesionClass, Phantom, PhantomSpec, phantom, phantom_with};
+use super::rng::Rng;
 use super::synth_dicom::{SeriesInfo, dicom_bytes};
+use super::zoom::zoomed;
 use crate::slice::lung_window;
 
 /// Slices per synthetic patient (CNCB has 5 lesion slices per patient).
@@ -53,6 +55,10 @@ pub struct SynthOptions {
     /// Width and height in pixels (512 like CNCB).
     pub size: u32,
     pub preview: bool,
+    /// Fraction of slices written as zoomed views (a 90-300 mm field of view, see
+    /// [`super::zoom`]); 0 (the default) writes every slice at the phantom's own field of view,
+    /// exactly as before the option existed.
+    pub zoom: f64,
 }
 
 /// What `run_synth` wrote.
@@ -85,9 +91,27 @@ pub enum SynthError {
     Dicom { path: PathBuf, message: String },
 }
 
-/// The phantom spec of slice `index` of a run (to regenerate what a file holds).
+/// The phantom spec of slice `index` of a run (what a file holds, before any zoom).
 pub fn slice_spec(opts: &SynthOptions, index: usize) -> PhantomSpec {
     plan(opts, index).2
+}
+
+/// Stream of the slice seed that decides and places a zoomed view.
+const STREAM_ZOOM: u64 = 4;
+
+/// The phantom of slice `index` of a run: what its files hold.
+pub fn slice_phantom(opts: &SynthOptions, index: usize) -> Phantom {
+    let (_, _, spec) = plan(opts, index);
+    let ph = phantom_with(&spec);
+    if opts.zoom <= 0.0 {
+        return ph;
+    }
+    let mut rng = Rng::stream(spec.seed, STREAM_ZOOM);
+    if rng.chance(opts.zoom) {
+        zoomed(&ph, spec.class, &mut rng)
+    } else {
+        ph
+    }
 }
 
 /// Patient number, slice number within the patient and spec of slice `index`.
@@ -105,6 +129,11 @@ fn plan(opts: &SynthOptions, index: usize) -> (usize, usize, PhantomSpec) {
     // apex to base: 0.22 .. 0.82, shifted per patient by up to +-0.03
     let shift = (spec.anatomy_seed % 1001) as f64 / 1000.0 - 0.5;
     spec.z = 0.22 + 0.15 * k as f64 + 0.06 * shift;
+    if opts.zoom > 0.0 {
+        // with zoomed views the levels also reach the lung bases (a thin posterior recess
+        // above the liver), where zoomed reconstructions of real scans often are
+        spec.z += 0.05 * k as f64 / (SLICES_PER_PATIENT - 1) as f64;
+    }
     (patient, k, spec)
 }
 
@@ -116,11 +145,17 @@ pub fn run_synth(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
             opts.size
         )));
     }
+    if !(0.0..=1.0).contains(&opts.zoom) {
+        return Err(SynthError::Options(format!(
+            "zoom {} not a fraction in 0..=1",
+            opts.zoom
+        )));
+    }
     let mut summary = SynthSummary::default();
     let mut split = String::new();
     for index in 0..opts.count {
         let (patient, k, spec) = plan(opts, index);
-        let ph = phantom_with(&spec);
+        let ph = slice_phantom(opts, index);
         let grey: Vec<u8> = ph
             .hu
             .iter()

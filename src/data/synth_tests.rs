@@ -126,6 +126,7 @@ fn dicom_layout_reads_back_to_the_same_hu() {
         class: ClassChoice::Covid,
         size: 96,
         preview: true,
+        zoom: 0.0,
     };
     let summary = run_synth(&opts).expect("synth");
     assert_eq!((summary.slices, summary.per_class), (2, [0, 0, 2]));
@@ -185,6 +186,7 @@ fn cncb_and_covidx_layouts_write_expected_names() {
         class: ClassChoice::Mixed,
         size: 64,
         preview: false,
+        zoom: 0.0,
     };
     let s = run_synth(&base).expect("cncb");
     assert_eq!((s.patients, s.per_class), (2, [5, 1, 0]));
@@ -320,4 +322,44 @@ fn tissue_hu_and_noise_correlation_match_the_real_figures() {
     assert!((18.0..=27.0).contains(&sd), "local noise sd {sd}");
     assert!((0.35..=0.8).contains(&c1), "lag-1 correlation {c1}");
     assert!(c2 < c1 && c4.abs() < 0.15, "correlation decays: {c2} {c4}");
+}
+
+#[test]
+fn zoomed_views_are_written_for_the_fraction_asked_and_read_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = SynthOptions {
+        out: dir.path().to_path_buf(),
+        layout: Layout::Dicom,
+        count: 10,
+        seed: 12,
+        class: ClassChoice::Mixed,
+        size: 96,
+        preview: false,
+        zoom: 0.5,
+    };
+    run_synth(&opts).expect("synth");
+    let wide = SliceOptions {
+        hu_clamp: (-4096.0, 4096.0),
+        ..SliceOptions::default()
+    };
+    let mut zoomed = 0;
+    for index in 0..opts.count {
+        let ph = slice_phantom(&opts, index);
+        let plain = phantom_with(&slice_spec(&opts, index));
+        let path = dir
+            .path()
+            .join(format!("series_{:03}/{:04}.dcm", index / 5, index % 5));
+        let s = read_slices(&path, &wide).expect("reads").remove(0);
+        let want: Vec<f32> = ph.hu.iter().map(|&h| f32::from(h)).collect();
+        assert_eq!(s.hu.as_deref(), Some(want.as_slice()), "slice {index}");
+        if ph != plain {
+            zoomed += 1;
+            assert!(ph.pixel_spacing_mm <= plain.pixel_spacing_mm * 0.61);
+            assert!(ph.mask.contains(&1), "slice {index}: a zoomed view shows lung");
+        }
+    }
+    assert!((2..=8).contains(&zoomed), "{zoomed} of 10 zoomed at 0.5");
+    // the option is checked
+    let bad = run_synth(&SynthOptions { zoom: 1.5, ..opts });
+    assert!(matches!(bad, Err(SynthError::Options(_))));
 }

@@ -51,6 +51,7 @@ pub fn series(dir: &Path, n: usize, seed: u64) -> Vec<PathBuf> {
         class: ClassChoice::Covid,
         size: 96,
         preview: false,
+        zoom: 0.0,
     })
     .unwrap();
     let mut v = Vec::new();

@@ -35,6 +35,7 @@ fn demo_segmentation_scores_on_a_test_subset() {
         class: ClassChoice::Mixed,
         size: 512,
         preview: false,
+        zoom: 0.0,
     })
     .unwrap();
     let args = ctmask::cli::train_seg::DataArgs {
@@ -72,6 +73,7 @@ fn demo_classifier_confusion(seed: u64) -> [[u64; 3]; 3] {
         class: ClassChoice::Mixed,
         size: 512,
         preview: false,
+        zoom: 0.0,
     })
     .unwrap();
     let items = ctmask::data::covidx::CovidxDataset::from_dir(&data)
@@ -85,12 +87,12 @@ fn demo_classifier_confusion(seed: u64) -> [[u64; 3]; 3] {
 
 #[test]
 fn demo_classifier_scores_on_a_test_subset() {
-    // the card's unseen seed-6262 set, first 15 of its 90 slices: [[4,1,0],[0,5,0],[1,0,4]]
-    // (13 of 15) when the card was written; accuracy 0.911 on all 90, under the 0.95 target
-    // (see the card). At most one borderline slice may differ on another CPU.
+    // the card's unseen seed-6262 set, first 15 of its 90 slices: all 15 right
+    // ([[5,0,0],[0,5,0],[0,0,5]]) when the card was written; accuracy 0.944 on all 90, under
+    // the 0.95 target (see the card). At most one borderline slice may differ on another CPU.
     let cm = demo_classifier_confusion(6262);
     let right: u64 = (0..3).map(|k| cm[k][k]).sum();
-    assert!(right >= 13 - 1, "{cm:?}");
+    assert!(right >= 15 - 1, "{cm:?}");
     assert!(cm[1][1] >= 4, "pneumonia slices: {cm:?}");
 }
 
@@ -226,9 +228,13 @@ fn demo_weights_on_real_normal_slices_count_no_lesion_outside_the_lungs() {
                 failures.push(format!("{name}: counted lesion with {inside} in the lung field"));
             }
         }
-        // The targets on these slices, label control and involvement under 1 %, are
-        // NOT met by the current demo weights (the card gives the figures: covid / pneumonia,
-        // 18 % / 30 %): they are recorded here, not asserted, until weights meet them.
+        // The targets on these slices, label control and involvement under 1 %: the
+        // chest crop is labelled control (asserted); its involvement (18 %) and the lung-base
+        // slice (pneumonia, 30 %) are NOT met by the current demo weights (see the cards):
+        // recorded here, not asserted, until weights meet them.
+        if name.starts_with("chest_ct1") && label != Some("control") {
+            failures.push(format!("{name}: labelled {label:?}, not control"));
+        }
         if label != Some("control") || involved >= 0.01 {
             eprintln!("{name}: target not met (label {label:?}, involvement {involved:.3})");
         }

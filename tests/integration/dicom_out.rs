@@ -70,6 +70,7 @@ pub fn screened_series(seed: u64) -> Series {
         class: ClassChoice::Covid,
         size: 64,
         preview: false,
+        zoom: 0.0,
     })
     .unwrap();
     let inputs = super::common::walk_files(&dir.path().join("in"), "dcm");

@@ -21,6 +21,7 @@ fn synthetic_dicom_passes_dciodvfy() {
         class: ClassChoice::Mixed,
         size: 128,
         preview: false,
+        zoom: 0.0,
     })
     .expect("synth");
     let files = super::common::walk_files(dir.path(), "dcm");

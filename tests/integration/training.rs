@@ -18,6 +18,7 @@ fn resume_continues_from_the_saved_epoch_and_optimizer_state() {
         class: ClassChoice::Covid,
         size: 128,
         preview: false,
+        zoom: 0.0,
     })
     .unwrap();
     let set = CncbDataset::open(
