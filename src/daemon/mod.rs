@@ -28,7 +28,7 @@ pub mod worker;
 mod tests;
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -157,7 +157,17 @@ pub fn run(
     let mut queue = Queue::open(&settings.state, &models_hash)?;
     // Jobs left running died with the process: a crash each, quarantined once their tries are spent.
     let (requeued, crashed) = queue.recover_running(settings.retries)?;
-    let known = queue.known_files()?;
+    // the watcher looks up the files it meets, one at a time, on a connection of its own
+    let known = {
+        let lookup = Queue::open(&settings.state, &models_hash)?;
+        watcher::KnownFiles::new(Box::new(move |p: &Path| match lookup.known_file(p) {
+            Ok(sig) => sig,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up a file in the queue; taking it again");
+                None
+            }
+        }))
+    };
     let rescan = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
         state_dir: settings.state.clone(),

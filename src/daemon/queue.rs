@@ -9,7 +9,6 @@
 //! their tries are spent. A clean stop (drain, disk full) gives the try back.
 //! `StateLock` (flock on `<state>/ctmask.lock`) keeps a second daemon off the same state folder.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -568,8 +567,22 @@ impl Queue {
             .map_err(self.db())
     }
 
-    /// Path -> (size, mtime_ns) of every file already recorded (the watcher skips unchanged ones).
-    pub fn known_files(&self) -> Result<HashMap<PathBuf, (u64, i64)>> {
+    /// (size, mtime_ns) last recorded for `path` (the watcher skips an unchanged file).
+    pub fn known_file(&self, path: &Path) -> Result<Option<(u64, i64)>> {
+        self.conn
+            .query_row(
+                "SELECT size, mtime_ns FROM paths WHERE path = ?1 ORDER BY last_seen_ms DESC LIMIT 1",
+                params![path.to_string_lossy()],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.db())
+    }
+
+    /// Path -> (size, mtime_ns) of every file recorded (for the tests: the daemon looks paths
+    /// up one at a time, [`Queue::known_file`]).
+    #[cfg(test)]
+    pub fn known_files(&self) -> Result<std::collections::HashMap<PathBuf, (u64, i64)>> {
         let mut stmt = self
             .conn
             .prepare("SELECT path, size, mtime_ns FROM paths")
@@ -906,6 +919,11 @@ mod tests {
             q.known_files().expect("known").get(Path::new("/in/a.dcm")),
             Some(&(10, 1))
         );
+        assert_eq!(
+            q.known_file(Path::new("/in/a.dcm")).expect("known"),
+            Some((10, 1))
+        );
+        assert_eq!(q.known_file(Path::new("/in/none.dcm")).expect("known"), None);
     }
 
     #[test]

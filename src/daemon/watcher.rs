@@ -85,12 +85,56 @@ struct Track {
     fast: bool,
 }
 
+/// Looks up the (size, mtime_ns) recorded for a path in the queue's `paths` table.
+pub type Lookup = Box<dyn FnMut(&Path) -> Option<(u64, i64)> + Send>;
+
+/// Files already taken: path -> (size, mtime_ns). What this run took or met is held here; any
+/// other path is looked up in the queue when a scan meets it, so start-up loads nothing and the
+/// memory grows with the files in the watch folders, not with every path ever seen.
+#[derive(Default)]
+pub struct KnownFiles {
+    held: HashMap<PathBuf, (u64, i64)>,
+    /// Removed during this run: what the queue recorded for them no longer applies.
+    removed: HashSet<PathBuf>,
+    lookup: Option<Lookup>,
+}
+
+impl KnownFiles {
+    pub fn new(lookup: Lookup) -> KnownFiles {
+        KnownFiles {
+            lookup: Some(lookup),
+            ..KnownFiles::default()
+        }
+    }
+
+    fn get(&mut self, path: &Path) -> Option<(u64, i64)> {
+        if let Some(sig) = self.held.get(path) {
+            return Some(*sig);
+        }
+        if self.removed.contains(path) {
+            return None;
+        }
+        let sig = self.lookup.as_mut().and_then(|f| f(path))?;
+        self.held.insert(path.to_path_buf(), sig);
+        Some(sig)
+    }
+
+    fn insert(&mut self, path: PathBuf, sig: (u64, i64)) {
+        self.removed.remove(&path);
+        self.held.insert(path, sig);
+    }
+
+    fn remove(&mut self, path: &Path) {
+        self.held.remove(path);
+        self.removed.insert(path.to_path_buf());
+    }
+}
+
 /// The watch loop's state; `run` drives it on its own thread.
 pub struct Watcher {
     settings: DaemonSettings,
     out: Sender<TakenFile>,
-    /// Files already taken: path -> (size, mtime_ns).
-    known: HashMap<PathBuf, (u64, i64)>,
+    known: KnownFiles,
     tracking: HashMap<PathBuf, Track>,
     writing: HashMap<PathBuf, Instant>,
     inotify_dirs: Vec<PathBuf>,
@@ -99,11 +143,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(
-        settings: DaemonSettings,
-        known: HashMap<PathBuf, (u64, i64)>,
-        out: Sender<TakenFile>,
-    ) -> Watcher {
+    pub fn new(settings: DaemonSettings, known: KnownFiles, out: Sender<TakenFile>) -> Watcher {
         let (mut inotify_dirs, mut poll_dirs) = (Vec::new(), Vec::new());
         for dir in &settings.watch {
             let poll = match settings.poll {
@@ -294,7 +334,7 @@ impl Watcher {
                 } else if ft.is_file() {
                     let Ok(meta) = entry.metadata() else { continue };
                     let sig = (meta.len(), mtime_ns(&meta));
-                    if self.known.get(&path) == Some(&sig) || self.tracking.contains_key(&path) {
+                    if self.tracking.contains_key(&path) || self.known.get(&path) == Some(sig) {
                         continue;
                     }
                     if self
@@ -318,7 +358,7 @@ impl Watcher {
             return;
         }
         let (size, mtime_ns) = (meta.len(), mtime_ns(&meta));
-        if self.known.get(path) == Some(&(size, mtime_ns)) {
+        if self.known.get(path) == Some((size, mtime_ns)) {
             return;
         }
         // An empty file closed after writing is more likely a placeholder: let it settle by polls.
@@ -390,7 +430,7 @@ impl Watcher {
         }
         self.tracking.remove(path);
         let sig = (meta.len(), mtime_ns(&meta));
-        if self.known.get(path) != Some(&sig) {
+        if self.known.get(path) != Some(sig) {
             let _ = self.emit(path.to_path_buf(), sig, TakenVia::Renamed);
         }
     }
@@ -436,6 +476,28 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    #[test]
+    fn known_files_are_looked_up_once_and_forgotten_when_removed() {
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = asked.clone();
+        let mut known = KnownFiles::new(Box::new(move |p: &Path| {
+            log.lock().unwrap().push(p.to_path_buf());
+            (p == Path::new("/in/old.dcm")).then_some((10, 7))
+        }));
+        // nothing is loaded up front; a path met is looked up once, then held
+        assert!(asked.lock().unwrap().is_empty());
+        assert_eq!(known.get(Path::new("/in/old.dcm")), Some((10, 7)));
+        assert_eq!(known.get(Path::new("/in/old.dcm")), Some((10, 7)));
+        assert_eq!(known.get(Path::new("/in/new.dcm")), None);
+        assert_eq!(asked.lock().unwrap().len(), 2);
+        // a removed file's record no longer applies, until the file is taken again
+        known.remove(Path::new("/in/old.dcm"));
+        assert_eq!(known.get(Path::new("/in/old.dcm")), None);
+        known.insert(PathBuf::from("/in/old.dcm"), (11, 8));
+        assert_eq!(known.get(Path::new("/in/old.dcm")), Some((11, 8)));
+        assert_eq!(asked.lock().unwrap().len(), 2);
+    }
+
     fn start(
         dir: &Path,
         poll: PollMode,
@@ -450,7 +512,7 @@ mod tests {
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let w = Watcher::new(settings, HashMap::new(), tx);
+        let w = Watcher::new(settings, KnownFiles::default(), tx);
         let handle = spawn(w, stop.clone(), Arc::new(AtomicBool::new(false))).expect("spawn");
         std::thread::sleep(Duration::from_millis(150)); // inotify watches in place
         (rx, stop, handle)

@@ -431,3 +431,93 @@ fn idle_clients_a_reader_that_never_reads_and_a_flood_do_not_starve_status() {
     }
     stop(child);
 }
+
+/// Peak resident memory of a process (VmHWM), from /proc.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb << 10)
+}
+
+/// The decoder bombs of `hostile_files` (every codec, huge declared sizes, a deflate bomb, PNG and
+/// JPEG headers) dropped into the watch folder between good slices: each is quarantined at its
+/// first try with its reason, the good slices around them are screened, and the one daemon process
+/// (never restarted) stays under 300 MB of peak memory.
+#[test]
+fn decoder_bombs_in_the_watch_folder_are_quarantined_and_the_slices_around_them_screened() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (seg, cls) = tiny_models(d);
+    let cfg = config(d, &seg, &cls);
+    std::fs::create_dir_all(d.join("bombs")).unwrap();
+    let bombs = super::hostile_files::corpus(&d.join("bombs"));
+    let good = series(d, 4, 8);
+    let log = d.join("daemon.log");
+    let mut child = daemon(&cfg, &log, &[]);
+    let (out, socket) = (d.join("out"), d.join("d.sock"));
+    wait_for("the daemon", Duration::from_secs(60), || {
+        socket.exists() && ctmask::daemon::status_client(&socket).is_ok()
+    });
+    let drop_in = |from: &Path, name: String| std::fs::copy(from, d.join("in").join(name)).unwrap();
+    drop_in(&good[0], "a0.dcm".into());
+    drop_in(&good[1], "a1.dcm".into());
+    wait_for("2 reports", Duration::from_secs(120), || slice_reports(&out) == 2);
+    // the daemon's own peak with its models loaded and two slices screened
+    let before = peak_rss_bytes(child.id());
+    let started = Instant::now();
+    for (i, (b, _)) in bombs.iter().enumerate() {
+        drop_in(b, format!("b{i:02}_{}", b.file_name().unwrap().to_string_lossy()));
+    }
+    drop_in(&good[2], "c0.dcm".into());
+    drop_in(&good[3], "c1.dcm".into());
+    wait_for(
+        "every bomb quarantined and 4 reports",
+        Duration::from_secs(300),
+        || {
+            slice_reports(&out) == 4
+                && ctmask::daemon::status_client(&socket)
+                    .is_ok_and(|s| s.counts.quarantined == bombs.len() as u64 && s.counts.done == 4)
+        },
+    );
+    eprintln!(
+        "{} bombs and 4 good slices through the daemon: {:.1} s",
+        bombs.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the daemon exited");
+    let peak = peak_rss_bytes(child.id());
+    eprintln!(
+        "daemon peak RSS {} MB before the bombs, {} MB after",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(before > 0, "no peak RSS in /proc");
+    assert!(
+        peak - before < 300 << 20,
+        "the bombs took the daemon from {} MB to {} MB",
+        before >> 20,
+        peak >> 20
+    );
+    // each bomb was refused at its first try, with the reason `segment` gives it
+    let snapshot = status(&socket);
+    let quarantined: Vec<_> = snapshot
+        .jobs
+        .iter()
+        .filter(|j| j.state == ctmask::protocol::JobState::Quarantined)
+        .collect();
+    assert_eq!(quarantined.len(), bombs.len(), "{:?}", snapshot.jobs);
+    for j in &quarantined {
+        let reason = j.reason.clone().unwrap_or_default();
+        assert_eq!(j.attempts, 1, "{reason}");
+        assert!(
+            bombs.iter().any(|(_, why)| reason.contains(why)),
+            "unexpected reason {reason:?}"
+        );
+    }
+    stop(child);
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(!log_text.contains("panicked"), "{log_text}");
+}

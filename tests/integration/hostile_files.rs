@@ -85,7 +85,7 @@ fn crc_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
 }
 
 /// Every bomb, each with the start of the reason it must be refused with.
-fn corpus(dir: &Path) -> Vec<(PathBuf, &'static str)> {
+pub(crate) fn corpus(dir: &Path) -> Vec<(PathBuf, &'static str)> {
     let mut out = Vec::new();
     let mut add = |name: &str, why: &'static str| {
         let p = dir.join(name);
