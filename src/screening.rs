@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{ModelPaths, Precision, ScreeningSettings};
@@ -19,12 +18,6 @@ use crate::structures::{
     CLASS_NAMES, Classification, Finding, Lesion, LungGate, MASK_CONSOLIDATION, MASK_GGO,
 };
 use crate::{Error, Result};
-
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok(crate::daemon::outputs::hex(&Sha256::digest(&bytes)))
-}
 
 /// The segmentation model, the optional classifier and the settings, on one device.
 pub struct ModelScreener {
@@ -47,7 +40,7 @@ impl ModelScreener {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            identity.push((name, sha256_file(p)?));
+            identity.push((name, crate::digest::sha256_file(p).map_err(|e| Error::io(p, e))?));
             training_data.push(training_data_of(p)?);
             MaskRcnn::load(p, device)
         };

@@ -274,7 +274,7 @@ impl Supervisor {
         if days <= 0.0 {
             return;
         }
-        let cutoff = super::queue::now_ms() - (days * 86_400_000.0) as i64;
+        let cutoff = crate::clock::now_ms() - (days * 86_400_000.0) as i64;
         match self.queue.prune(cutoff) {
             Ok((0, 0)) => {}
             Ok((jobs, paths)) => tracing::info!(jobs, paths, "retention: old done jobs and paths removed"),

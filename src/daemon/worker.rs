@@ -94,7 +94,7 @@ fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Vec<S
                 continue;
             }
         };
-        if outputs::sha256_hex(&bytes) != job.sha256 {
+        if crate::digest::sha256_hex(&bytes) != job.sha256 {
             last_err = "file changed after it was queued (its new content is queued separately)".into();
             permanent = true;
             continue;
