@@ -342,7 +342,7 @@ fn torch(e: tch::TchError) -> Error {
 /// the model's own transform. A slice whose shorter side already is `min_size` (512x512 CT) is
 /// used as it is (`image`, its plain tensor).
 pub fn classifier_input(s: &Slice, image: &Tensor, model: &MaskRcnn) -> Result<Tensor> {
-    let side = model.cfg.min_size as u32;
+    let side = model.cfg.transform.min_size as u32;
     let (w, h) = crate::slice::resample::shorter_side_size(s.width, s.height, side);
     if (w, h) == (s.width, s.height) {
         return Ok(image.shallow_clone());

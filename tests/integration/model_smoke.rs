@@ -27,14 +27,17 @@ fn detect_returns_consistent_shapes_and_masks() {
     assert_eq!(dets.len(), 2);
     for (d, size) in dets.iter().zip([80, 96]) {
         let k = d.len();
-        assert!(k <= cfg.box_detections_per_img);
+        assert!(k <= cfg.roi_heads.box_detections_per_img);
         assert_eq!(d.boxes.size(), vec![k, 4]);
         let m = d.masks.as_ref().unwrap();
         assert_eq!(m.size(), vec![k, size, size]);
         if k > 0 {
             let s: Vec<f32> = Vec::try_from(&d.scores).unwrap();
             assert!(s.windows(2).all(|w| w[0] >= w[1]), "scores descend");
-            assert!(s.iter().all(|&v| v > cfg.box_score_thresh as f32 && v <= 1.0));
+            assert!(
+                s.iter()
+                    .all(|&v| v > cfg.roi_heads.box_score_thresh as f32 && v <= 1.0)
+            );
             let b: Vec<Vec<f32>> = Vec::try_from(&d.boxes).unwrap();
             assert!(
                 b.iter()

@@ -486,7 +486,7 @@ fn check_classifier(variant: &str, n: i64, s: i64) {
     let fx = load(&format!("classifier_{variant}.safetensors"));
     let base = model(variant, Semantics::Torchvision).cfg;
     let mut cfg = base.into_classifier(n, s);
-    cfg.box_min_size = None; // the reference redoes the RoI post-processing as the original
+    cfg.roi_heads.box_min_size = None; // the reference redoes the RoI post-processing as the original
     let m = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
     det_init::fill(&m);
     for i in 0..2 {
