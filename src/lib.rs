@@ -14,7 +14,7 @@
 //! | [`dicom`] | DICOM out (SEG, TID 1500 SR, secondary capture) and in (C-STORE receiver), forwarding |
 //! | [`daemon`] | the screening daemon: watcher, durable queue, worker, outputs, series, socket server |
 //! | [`protocol`] | the daemon <-> dashboard messages (line-delimited JSON) |
-//! | [`structures`] | plain-data findings shared by screening, reports and the protocol |
+//! | [`findings`] | plain-data findings shared by screening, reports and the protocol |
 //! | [`ops`] | box maths, matcher, sampler, NMS, RoIAlign written on tensor ops |
 //! | [`screening`] | one slice through segmentation and classification to a finding (daemon and CLI) |
 //! | [`lung`] | the original's overlay rendering |
@@ -39,6 +39,7 @@ pub mod device;
 pub mod dicom;
 pub mod digest;
 pub mod error;
+pub mod findings;
 pub mod fsutil;
 pub mod lung;
 pub mod lung_field;
@@ -49,7 +50,6 @@ pub mod protocol;
 pub mod screening;
 pub mod slice;
 pub mod stage_clock;
-pub mod structures;
 pub mod training;
 pub mod tui;
 

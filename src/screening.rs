@@ -12,11 +12,9 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{ModelPaths, Precision, ScreeningSettings};
+use crate::findings::{CLASS_NAMES, Classification, Finding, Lesion, LungGate, MASK_CONSOLIDATION, MASK_GGO};
 use crate::model::{Detections, MaskRcnn, StageClock};
 use crate::slice::Slice;
-use crate::structures::{
-    CLASS_NAMES, Classification, Finding, Lesion, LungGate, MASK_CONSOLIDATION, MASK_GGO,
-};
 use crate::{Error, Result};
 
 /// The segmentation model, the optional classifier and the settings, on one device.

@@ -17,9 +17,9 @@ use crate::digest::sha256_hex;
 use crate::fsutil::{AtomicBatch, TEMP_PREFIX, WriteError};
 use crate::png_encode::{ExtendedColorType, FilterType, encode_png};
 
+use crate::findings::{Classification, Finding, Lesion, MASK_CONSOLIDATION, MASK_GGO};
 use crate::protocol::{ModelInfo, SliceSummary, THUMBNAIL_MAX_SIDE, Thumbnail};
 use crate::slice::{Slice, SliceFormat, SliceMeta};
-use crate::structures::{Classification, Finding, Lesion, MASK_CONSOLIDATION, MASK_GGO};
 
 /// Schema of the per-slice JSON report.
 /// Version 2: `input.path` removed (privacy).
@@ -178,7 +178,7 @@ struct SliceReport<'a> {
     lesions: &'a [Lesion],
     /// The lung gate's setting and effect on this slice.
     #[serde(skip_serializing_if = "Option::is_none")]
-    lung_gate: Option<&'a crate::structures::LungGate>,
+    lung_gate: Option<&'a crate::findings::LungGate>,
     lung_field_px: Option<u64>,
     involvement: &'a std::collections::BTreeMap<String, f64>,
     timings_ms: &'a std::collections::BTreeMap<String, f64>,

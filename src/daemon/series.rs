@@ -17,9 +17,9 @@ use serde::Serialize;
 
 use super::outputs::OutputError;
 use super::settings::{SeriesSettings, VerdictRule};
+use crate::findings::CLASS_NAMES;
 use crate::fsutil::write_atomic_creating_dir;
 use crate::protocol::{ModelInfo, SeriesSummary, SliceSummary};
-use crate::structures::CLASS_NAMES;
 
 /// Schema of the series JSON report.
 pub const SERIES_SCHEMA: &str = "ctmask.series/1";
