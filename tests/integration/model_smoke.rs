@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use ctmask::model::{MaskRcnn, Target, det_init};
+use ctmask::model::{MaskRcnn, Target, deterministic_init};
 use ctmask::ops::sampler::sampling_rng;
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
@@ -21,7 +21,7 @@ fn blob_image(size: i64) -> Tensor {
 fn detect_returns_consistent_shapes_and_masks() {
     let cfg = tiny_config();
     let model = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
-    det_init::fill(&model);
+    deterministic_init::fill(&model);
     let img = blob_image(80);
     let dets = model.detect(&[img.shallow_clone(), blob_image(96)]).unwrap();
     assert_eq!(dets.len(), 2);
@@ -51,7 +51,7 @@ fn detect_returns_consistent_shapes_and_masks() {
 fn save_load_round_trip_is_exact_and_strict() {
     let cfg = tiny_config();
     let model = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
-    det_init::fill(&model);
+    deterministic_init::fill(&model);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     model.save(&path, &BTreeMap::new()).unwrap();
@@ -122,7 +122,7 @@ fn target_for_blob(size: i64) -> Target {
 #[test]
 fn losses_are_finite_and_empty_slices_work() {
     let model = MaskRcnn::new(&tiny_config(), Device::Cpu).unwrap();
-    det_init::fill(&model);
+    deterministic_init::fill(&model);
     let mut rng = sampling_rng(0, 0);
     let l = model
         .losses(&[blob_image(96)], &[target_for_blob(96)], &mut rng)
@@ -151,7 +151,7 @@ fn overfit_trace(steps: usize, seed: u64) -> Vec<f64> {
     let mut cfg = tiny_config();
     cfg.bn_num_batches_tracked = true;
     let model = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
-    det_init::fill(&model);
+    deterministic_init::fill(&model);
     let mut opt = tch::nn::Adam::default().build(&model.vs, 1e-3).unwrap();
     let img = blob_image(96);
     let mut rng = sampling_rng(seed, 0);
