@@ -147,7 +147,7 @@ impl Supervisor {
             applied.stability_polls,
             applied.ignore_suffixes,
         ) = (old.settle_ms, old.stability_polls, old.ignore_suffixes.clone());
-        applied.device = old.device.clone();
+        applied.device = old.device;
         (applied.control_group, applied.max_clients) = (old.control_group.clone(), old.max_clients);
         applied.dicom.receiver = old.dicom.receiver;
         applied.restart_keys.clear();

@@ -67,7 +67,7 @@ impl<'a> Run<'a> {
         self.log.push_str(row);
         crate::fsutil::write_atomic(&self.log_path, self.log.as_bytes())?;
         plot_log(&self.log, &self.out.join("training_curves.png"))?;
-        if epoch % self.save_every.max(1) == 0 || epoch == self.epochs {
+        if epoch.is_multiple_of(self.save_every.max(1)) || epoch == self.epochs {
             self.last = save_checkpoint(model, adam, self.out, self.model_name, epoch)?;
         }
         Ok(())
