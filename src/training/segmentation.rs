@@ -290,18 +290,10 @@ mod tests {
     #[test]
     fn learning_rate_drops_after_each_step_epoch() {
         let opts = SegTrainOptions {
-            out: PathBuf::new(),
-            epochs: 50,
             lr: 3e-4,
             lr_steps: vec![30, 40],
             lr_gamma: 0.1,
-            weight_decay: 1e-3,
-            save_every: 10,
-            seed: 0,
-            val_train_mode: false,
-            augment: false,
-            device: Device::Cpu,
-            model_name: "m".into(),
+            ..SegTrainOptions::default()
         };
         // epochs are 0-based here: epoch 29 is the 30th, the last at the full rate
         for (epoch, want) in [
