@@ -171,6 +171,73 @@ impl DeviceChoice {
     }
 }
 
+/// The device a config names (`daemon.device`): `auto`, `cpu`, `cuda` or `cuda:N`. Parsed once,
+/// where the config is read, so a bad value is refused with its file, line and key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSetting {
+    /// CUDA when a usable GPU is present, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// The first GPU.
+    Cuda,
+    /// GPU number N.
+    CudaIndex(usize),
+}
+
+impl TryFrom<String> for DeviceSetting {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "auto" => Ok(DeviceSetting::Auto),
+            "cpu" => Ok(DeviceSetting::Cpu),
+            "cuda" => Ok(DeviceSetting::Cuda),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<u32>().ok())
+                .map(|n| DeviceSetting::CudaIndex(n as usize))
+                .ok_or_else(|| format!("`{s}` is not auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSetting::Auto => f.write_str("auto"),
+            DeviceSetting::Cpu => f.write_str("cpu"),
+            DeviceSetting::Cuda => f.write_str("cuda"),
+            DeviceSetting::CudaIndex(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl From<DeviceSetting> for String {
+    fn from(d: DeviceSetting) -> String {
+        d.to_string()
+    }
+}
+
+impl DeviceSetting {
+    /// Resolve to a tch device, as [`DeviceChoice::resolve`] does; `cuda:N` needs CUDA too.
+    /// libtorch's CUDA libraries are loaded first in every case.
+    pub fn resolve(self) -> crate::Result<tch::Device> {
+        match self {
+            DeviceSetting::Auto => DeviceChoice::Auto.resolve(),
+            DeviceSetting::Cpu => {
+                init();
+                Ok(tch::Device::Cpu)
+            }
+            DeviceSetting::Cuda => DeviceChoice::Cuda.resolve(),
+            DeviceSetting::CudaIndex(i) => {
+                DeviceChoice::Cuda.resolve()?;
+                Ok(tch::Device::Cuda(i))
+            }
+        }
+    }
+}
+
 type GlobalContext = unsafe extern "C" fn() -> *mut std::ffi::c_void;
 type SetFlag = unsafe extern "C" fn(*mut std::ffi::c_void, bool);
 

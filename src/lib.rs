@@ -14,13 +14,16 @@
 //! | [`dicom`] | DICOM out (SEG, TID 1500 SR, secondary capture) and in (C-STORE receiver), forwarding |
 //! | [`daemon`] | the screening daemon: watcher, durable queue, worker, outputs, series, socket server |
 //! | [`protocol`] | the daemon <-> dashboard messages (line-delimited JSON) |
-//! | [`structures`] | plain-data findings shared by screening, reports and the protocol |
+//! | [`findings`] | plain-data findings shared by screening, reports and the protocol |
 //! | [`ops`] | box maths, matcher, sampler, NMS, RoIAlign written on tensor ops |
 //! | [`screening`] | one slice through segmentation and classification to a finding (daemon and CLI) |
 //! | [`lung`] | the original's overlay rendering |
 //! | [`lung_field`] | the lung field (lungs with their dense lesions) and the gate on lesions outside it |
 //! | [`tui`] | the ratatui dashboard; talks only to the daemon's socket |
-//! | [`fsutil`] | files that appear whole (temporary name, fsync, rename) |
+//! | [`fsutil`] | files that appear whole (temporary name, fsync, rename), alone or in batches |
+//! | [`digest`] | SHA-256 content hashes as hex (job keys, file names, model identities) |
+//! | [`png_encode`] | PNG encoding of 8-bit grey or RGB pixels (masks, overlays, phantoms) |
+//! | [`clock`] | the wall clock in milliseconds since the Unix epoch |
 //! | [`checkpoint`] | a safe reader of PyTorch `torch.save` files (zip and legacy) |
 //! | [`training`] | training loops, Adam with resumable state, curves, metrics (mask AP, confusion matrix) |
 //! | [`error`] | the library's error enum and `Result` |
@@ -28,22 +31,25 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod data;
 pub mod device;
 pub mod dicom;
+pub mod digest;
 pub mod error;
+pub mod findings;
 pub mod fsutil;
 pub mod lung;
 pub mod lung_field;
 pub mod model;
 pub mod ops;
+pub mod png_encode;
 pub mod protocol;
 pub mod screening;
 pub mod slice;
 pub mod stage_clock;
-pub mod structures;
 pub mod training;
 pub mod tui;
 

@@ -8,7 +8,7 @@ use crate::slice::Slice;
 pub fn overlay(s: &Slice, label_mask: &[u8], boxes: &[(Vec<f32>, i64)], class_names: &[String]) -> Vec<u8> {
     let (w, h) = (s.width as usize, s.height as usize);
     let colour = |m: u8| match m {
-        crate::structures::MASK_CONSOLIDATION => [0u8, 0, 255],
+        crate::findings::MASK_CONSOLIDATION => [0u8, 0, 255],
         0 => [0, 0, 0],
         _ => [255, 0, 0],
     };

@@ -9,22 +9,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{ModelPaths, Precision, ScreeningSettings};
+use crate::findings::{CLASS_NAMES, Classification, Finding, Lesion, LungGate, MASK_CONSOLIDATION, MASK_GGO};
 use crate::model::{Detections, MaskRcnn, StageClock};
 use crate::slice::Slice;
-use crate::structures::{
-    CLASS_NAMES, Classification, Finding, Lesion, LungGate, MASK_CONSOLIDATION, MASK_GGO,
-};
 use crate::{Error, Result};
-
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok(crate::daemon::outputs::hex(&Sha256::digest(&bytes)))
-}
 
 /// The segmentation model, the optional classifier and the settings, on one device.
 pub struct ModelScreener {
@@ -47,7 +38,7 @@ impl ModelScreener {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            identity.push((name, sha256_file(p)?));
+            identity.push((name, crate::digest::sha256_file(p).map_err(|e| Error::io(p, e))?));
             training_data.push(training_data_of(p)?);
             MaskRcnn::load(p, device)
         };
@@ -349,7 +340,7 @@ fn torch(e: tch::TchError) -> Error {
 /// the model's own transform. A slice whose shorter side already is `min_size` (512x512 CT) is
 /// used as it is (`image`, its plain tensor).
 pub fn classifier_input(s: &Slice, image: &Tensor, model: &MaskRcnn) -> Result<Tensor> {
-    let side = model.cfg.min_size as u32;
+    let side = model.cfg.transform.min_size as u32;
     let (w, h) = crate::slice::resample::shorter_side_size(s.width, s.height, side);
     if (w, h) == (s.width, s.height) {
         return Ok(image.shallow_clone());

@@ -179,18 +179,18 @@ pub fn infer_config(
                 .map(|i| v.get(i).or(v.last()).cloned().unwrap_or_default())
                 .collect()
         };
-        cfg.anchor_sizes = take(&a.sizes);
-        cfg.anchor_aspect_ratios = take(&a.aspect_ratios);
+        cfg.anchors.anchor_sizes = take(&a.sizes);
+        cfg.anchors.anchor_aspect_ratios = take(&a.aspect_ratios);
         report.inferred.push(format!(
             "anchors from the pickled AnchorGenerator: sizes {:?}, ratios {:?}",
             a.sizes.first(),
             a.aspect_ratios.first()
         ));
     } else {
-        let s = cfg.anchor_sizes[0].clone();
-        let r = cfg.anchor_aspect_ratios[0].clone();
-        cfg.anchor_sizes = vec![s; levels];
-        cfg.anchor_aspect_ratios = vec![r; levels];
+        let s = cfg.anchors.anchor_sizes[0].clone();
+        let r = cfg.anchors.anchor_aspect_ratios[0].clone();
+        cfg.anchors.anchor_sizes = vec![s; levels];
+        cfg.anchors.anchor_aspect_ratios = vec![r; levels];
         report
             .inferred
             .push("no pickled AnchorGenerator: the original's anchors".into());

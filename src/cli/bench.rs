@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::{Precision, ScreeningSettings};
 use crate::device::DeviceChoice;
-use crate::model::{MaskRcnn, ModelConfig, StageClock, det_init};
+use crate::model::{MaskRcnn, ModelConfig, StageClock, deterministic_init};
 use crate::screening::ModelScreener;
 use crate::slice::{Slice, SliceFormat, SliceMeta};
 
@@ -128,7 +128,7 @@ fn model(path: Option<&PathBuf>, cfg: ModelConfig, device: Device) -> anyhow::Re
         Some(p) => MaskRcnn::load(p, device)?,
         None => {
             let m = MaskRcnn::new(&cfg, device)?;
-            det_init::fill(&m);
+            deterministic_init::fill(&m);
             m
         }
     })

@@ -2,16 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::data::covidx::CovidxDataset;
 use crate::device::DeviceChoice;
 use crate::model::MaskRcnn;
-use crate::training::eval::{CLASSIFIER_CLASSES, classification_metrics};
-use crate::training::{
-    ClsTrainOptions, PilResize, UpdateType, classifier_image, copy_matching, train_classifier,
-};
+use crate::model::config::ClassifierConfig;
+use crate::training::eval::{CLASSIFIER_CLASSES, classification_metrics, confusion};
+use crate::training::{ClsTrainOptions, PilResize, UpdateType, copy_matching, train_classifier};
 
 #[derive(Debug, clap::Args)]
 pub struct ClassifyArgs {
@@ -148,35 +146,35 @@ pub struct TrainClsArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// N: detections fed to S (full 256, lightweight 128).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = ClassifierConfig::default().detections)]
     pub detections: i64,
     /// Hidden width of S (full 1024, lightweight 512).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = ClassifierConfig::default().s_features)]
     pub s_features: i64,
     /// heads_bn (S and `*bn*` affine parameters, the original) or heads (S alone).
-    #[arg(long, value_enum, default_value = "heads-bn")]
+    #[arg(long, value_enum, default_value_t = ClsTrainOptions::default().update)]
     pub update: UpdateType,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = ClsTrainOptions::default().epochs)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = ClsTrainOptions::default().lr)]
     pub lr: f64,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = ClsTrainOptions::default().weight_decay)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = ClsTrainOptions::default().batch_size)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = ClsTrainOptions::default().save_every)]
     pub save_every: usize,
     /// Square training resize side (the original: 512); 0 keeps the images' size.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = ClsTrainOptions::default().resize.unwrap_or(0))]
     pub resize: u32,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = ClsTrainOptions::default().seed)]
     pub seed: i64,
     /// Continue from a checkpoint written by this command.
     #[arg(long)]
     pub resume: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    #[arg(long, default_value = "covid_ct_mask_net")]
+    #[arg(long, default_value_t = ClsTrainOptions::default().model_name)]
     pub model_name: String,
 }
 
@@ -251,22 +249,6 @@ pub struct EvalClsArgs {
     pub device: DeviceChoice,
 }
 
-/// Confusion matrix of a classifier over labelled images.
-pub fn confusion(
-    model: &MaskRcnn,
-    items: &[(PathBuf, u8)],
-    resize: Option<PilResize>,
-) -> anyhow::Result<[[u64; 3]; 3]> {
-    let mut cm = [[0u64; 3]; 3];
-    for (p, l) in items {
-        let img = classifier_image(p, resize, model.device()).with_context(|| p.display().to_string())?;
-        let c = crate::screening::classify(model, &img)?;
-        let pred = c.class_index_or_zero();
-        cm[*l as usize][pred] += 1;
-    }
-    Ok(cm)
-}
-
 pub fn run_eval(a: &EvalClsArgs) -> anyhow::Result<()> {
     let device = a.device.resolve()?;
     crate::device::set_threads(None);
@@ -278,8 +260,8 @@ pub fn run_eval(a: &EvalClsArgs) -> anyhow::Result<()> {
     );
     let items = open_set(a.data.as_deref(), a.split.as_deref())?;
     let resize = match a.resize {
-        EvalResize::Shorter => PilResize::Shorter(model.cfg.min_size as u32),
-        EvalResize::Square => PilResize::Square(model.cfg.min_size as u32),
+        EvalResize::Shorter => PilResize::Shorter(model.cfg.transform.min_size as u32),
+        EvalResize::Square => PilResize::Square(model.cfg.transform.min_size as u32),
     };
     let m = classification_metrics(confusion(&model, &items, Some(resize))?);
     println!(

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::daemon::ops::ShutdownSignal;
 use crate::daemon::worker::{MakeScreener, Screener};
-use crate::device::DeviceChoice;
 use crate::screening::ModelScreener;
 
 #[derive(Debug, clap::Args)]
@@ -15,32 +14,14 @@ pub struct DaemonArgs {
     pub config: Option<PathBuf>,
 }
 
-/// The device of a daemon `device:` setting (auto, cpu, cuda, cuda:N).
-fn device_of(setting: &str) -> anyhow::Result<tch::Device> {
-    crate::device::init();
-    Ok(match setting {
-        "auto" => DeviceChoice::Auto.resolve()?,
-        "cpu" => tch::Device::Cpu,
-        "cuda" => DeviceChoice::Cuda.resolve()?,
-        s => {
-            let i: usize = s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| anyhow::anyhow!("bad device {s:?}"))?;
-            DeviceChoice::Cuda.resolve()?;
-            tch::Device::Cuda(i)
-        }
-    })
-}
-
 /// The screener factory the daemon runs on its worker thread.
 pub fn make_screener(cfg: &Config) -> MakeScreener {
     let models = cfg.models.clone();
     let settings = cfg.screening.clone();
-    let device = cfg.daemon.device.clone();
+    let device = cfg.daemon.device;
     let threads = cfg.threads.map(|t| t.0);
     Box::new(move || {
-        let device = device_of(&device).map_err(|e| e.to_string())?;
+        let device = device.resolve().map_err(|e| e.to_string())?;
         crate::device::set_threads(threads);
         let s = ModelScreener::new(&models, device, settings).map_err(|e| e.to_string())?;
         tracing::info!(device = %crate::device::device_name(device), "models loaded");
@@ -79,7 +60,8 @@ pub fn run_daemon(a: &DaemonArgs) -> anyhow::Result<()> {
     let reload_path = path.clone();
     let first = cfg.clone();
     shutdown.set_reloader(Box::new(move || {
-        let c = Config::load(&reload_path).map_err(|e| e.to_string())?;
+        // the same path as start-up: parse, check, resolve relative model paths
+        let (_, c) = load_config(Some(&reload_path)).map_err(|e| e.to_string())?;
         Ok(reloaded_daemon_settings(&first, c))
     }));
     let screener = make_screener(&cfg);

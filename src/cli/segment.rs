@@ -216,14 +216,13 @@ fn segment_input(
 
 /// Write an 8-bit grey or RGB PNG atomically.
 pub fn write_png(path: &Path, data: &[u8], w: u32, h: u32, rgb: bool) -> anyhow::Result<()> {
-    use image::ImageEncoder;
-    let mut bytes = Vec::new();
+    use crate::png_encode::{ExtendedColorType, FilterType, encode_png};
     let color = if rgb {
-        image::ExtendedColorType::Rgb8
+        ExtendedColorType::Rgb8
     } else {
-        image::ExtendedColorType::L8
+        ExtendedColorType::L8
     };
-    image::codecs::png::PngEncoder::new(&mut bytes).write_image(data, w, h, color)?;
+    let bytes = encode_png(data, w, h, color, FilterType::Adaptive)?;
     crate::fsutil::write_atomic(path, &bytes)?;
     Ok(())
 }

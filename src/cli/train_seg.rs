@@ -6,8 +6,9 @@ use anyhow::Context;
 
 use crate::data::cncb::{CncbDataset, CncbOptions, Labelling, MaskType, TargetOptions};
 use crate::device::DeviceChoice;
+use crate::model::config::ARCHITECTURE_SETTINGS;
 use crate::model::{MaskRcnn, ModelConfig};
-use crate::training::eval::{MaskInstance, SegmentationEvaluator};
+use crate::training::eval::evaluate_segmentation;
 use crate::training::{SegTrainOptions, train_segmentation};
 
 /// Mask types of the CNCB masks.
@@ -101,23 +102,23 @@ pub struct TrainSegArgs {
     /// fine-tune at another input size); architecture settings are refused.
     #[arg(long)]
     pub model_config: Option<PathBuf>,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = SegTrainOptions::default().epochs)]
     pub epochs: usize,
     /// Adam learning rate (the original: 1e-5).
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = SegTrainOptions::default().lr)]
     pub lr: f64,
     /// Multiply the learning rate by --lr-gamma after these epochs (comma-separated, e.g.
     /// `30,40`; the original keeps it constant).
     #[arg(long, value_delimiter = ',')]
     pub lr_steps: Vec<usize>,
     /// Factor of each --lr-steps drop.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = SegTrainOptions::default().lr_gamma)]
     pub lr_gamma: f64,
     /// L2 weight decay folded into Adam (the original: 1e-3).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = SegTrainOptions::default().weight_decay)]
     pub weight_decay: f64,
     /// Save a checkpoint every N epochs (and at the end).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = SegTrainOptions::default().save_every)]
     pub save_every: usize,
     /// Continue from a checkpoint written by this command (its optimizer state beside it).
     #[arg(long, conflicts_with = "init")]
@@ -128,7 +129,7 @@ pub struct TrainSegArgs {
     #[arg(long)]
     pub init: Option<PathBuf>,
     /// Seed of torch's generator (sampling, shuffling).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = SegTrainOptions::default().seed)]
     pub seed: i64,
     /// Run the validation pass in train mode, as the original does.
     #[arg(long)]
@@ -139,7 +140,7 @@ pub struct TrainSegArgs {
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
     /// Name used for checkpoint files.
-    #[arg(long, default_value = "ctmask_segmentation")]
+    #[arg(long, default_value_t = SegTrainOptions::default().model_name)]
     pub model_name: String,
 }
 
@@ -165,46 +166,14 @@ pub fn model_config(
     Ok(cfg)
 }
 
-/// The settings that shape a model's parameters or what they mean: a resumed run keeps them.
-const ARCHITECTURE_SETTINGS: &[&str] = &[
-    "backbone",
-    "truncation",
-    "fpn_pool_level",
-    "bn_eps",
-    "bn_num_batches_tracked",
-    "num_classes",
-    "class_names",
-    "mask_head",
-    "representation_size",
-    "semantics",
-    "anchor_sizes",
-    "anchor_aspect_ratios",
-    "classifier",
-];
-
 /// `cfg` with the settings of the YAML file `path` (ModelConfig fields) put in; `frozen` names
-/// settings the file may not change.
+/// settings the file may not change ([`ModelConfig::with_overrides`]).
 fn apply_overrides(cfg: ModelConfig, path: &Path, frozen: &[&str]) -> anyhow::Result<ModelConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut v = serde_json::to_value(&cfg)?;
-    let o: serde_json::Value =
+    let overrides: serde_json::Value =
         serde_yaml_ng::from_str(&text).with_context(|| format!("{}: bad YAML", path.display()))?;
-    if let (Some(base), Some(over)) = (v.as_object_mut(), o.as_object()) {
-        for (k, val) in over {
-            anyhow::ensure!(
-                base.contains_key(k),
-                "{}: unknown model setting {k}",
-                path.display()
-            );
-            anyhow::ensure!(
-                !frozen.contains(&k.as_str()) || base[k] == *val,
-                "{}: {k} shapes the model's parameters and cannot change when resuming",
-                path.display()
-            );
-            base.insert(k.clone(), val.clone());
-        }
-    }
-    serde_json::from_value(v).with_context(|| format!("{}: bad model setting", path.display()))
+    cfg.with_overrides(&overrides, frozen)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 pub fn run_train(a: &TrainSegArgs) -> anyhow::Result<()> {
@@ -285,100 +254,19 @@ pub struct EvalSegArgs {
     pub device: DeviceChoice,
 }
 
-/// Evaluate a model on a data set with the given inference settings.
-pub fn evaluate(
-    model: &mut MaskRcnn,
-    data: &CncbDataset,
-    confidence: f64,
-    mask_threshold: f64,
-) -> anyhow::Result<crate::training::eval::SegmentationMetrics> {
-    let mut cfg = model.cfg.clone();
-    cfg.box_score_thresh = confidence;
-    model.set_config(cfg)?;
-    let mut ev = SegmentationEvaluator::default();
-    for i in 0..data.len() {
-        let (slice, inst, path) = data.item(i).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let img =
-            crate::model::transform::tensor_from_rgb(&slice.rgb, slice.width, slice.height, model.device())?;
-        let d = model.detect(&[img])?.remove(0);
-        let gts: Vec<MaskInstance> = inst
-            .iter()
-            .map(|g| MaskInstance {
-                label: g.label,
-                score: 1.0,
-                mask: g.mask.iter().map(|&v| v != 0).collect(),
-            })
-            .collect();
-        let preds = match d.binary_masks(mask_threshold) {
-            Some(m) if !d.is_empty() => {
-                let labels: Vec<i64> = Vec::try_from(&d.labels)?;
-                let scores: Vec<f32> = Vec::try_from(&d.scores)?;
-                let flat: Vec<bool> = Vec::try_from(m.flatten(0, -1).to_device(tch::Device::Cpu))?;
-                let hw = (slice.width * slice.height) as usize;
-                labels
-                    .iter()
-                    .zip(&scores)
-                    .enumerate()
-                    .map(|(k, (&label, &score))| MaskInstance {
-                        label,
-                        score,
-                        mask: flat[k * hw..(k + 1) * hw].to_vec(),
-                    })
-                    .collect()
-            }
-            _ => Vec::new(),
-        };
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            log_image(&path, &preds, &gts);
-        }
-        ev.add(preds, gts);
-    }
-    Ok(ev.finish(&model.cfg.class_names))
-}
-
-/// One evaluated image at debug level: each prediction in score order with its class, score and
-/// best mask IoU with a ground-truth region of its class (what decides its match at AP@0.5), the
-/// ground-truth regions, and the image's AP@0.5.
-fn log_image(path: &Path, preds: &[MaskInstance], gts: &[MaskInstance]) {
-    let mut order: Vec<&MaskInstance> = preds.iter().collect();
-    order.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let predictions: Vec<String> = order
-        .iter()
-        .map(|p| {
-            let best = gts
-                .iter()
-                .filter(|g| g.label == p.label)
-                .map(|g| crate::training::eval::mask_iou(&p.mask, &g.mask))
-                .fold(0.0f64, f64::max);
-            format!("{}:{:.3}/iou{:.2}", p.label, p.score, best)
-        })
-        .collect();
-    let ground_truth: Vec<String> = gts
-        .iter()
-        .map(|g| format!("{}:{}px", g.label, g.mask.iter().filter(|&&v| v).count()))
-        .collect();
-    tracing::debug!(
-        image = %path.display(),
-        ap_50 = crate::training::eval::image_ap(preds, gts, 0.5),
-        ground_truth = %ground_truth.join(" "),
-        predictions = %predictions.join(" "),
-        "evaluated"
-    );
-}
-
 pub fn run_eval(a: &EvalSegArgs) -> anyhow::Result<()> {
     let device = a.device.resolve()?;
     crate::device::set_threads(None);
     let data = a.data.open(&a.data.data)?;
     let mut model = MaskRcnn::load(&a.model, device)?;
     let mut cfg = model.cfg.clone();
-    cfg.box_nms_thresh = a.roi_nms;
-    cfg.box_detections_per_img = a.detections;
+    cfg.roi_heads.box_nms_thresh = a.roi_nms;
+    cfg.roi_heads.box_detections_per_img = a.detections;
     model.set_config(cfg)?;
     let th = a
         .mask_threshold
         .unwrap_or_else(crate::model::default_mask_threshold);
-    let m = evaluate(&mut model, &data, a.confidence, th)?;
+    let m = evaluate_segmentation(&mut model, &data, a.confidence, th)?;
     println!(
         "{} images; mask AP (the original's per-image metric, §2.9) and COCO-style:",
         m.images
@@ -434,7 +322,10 @@ mod tests {
             ARCHITECTURE_SETTINGS,
         )
         .unwrap();
-        assert_eq!((cfg.min_size, cfg.max_size, cfg.truncation), (256, 640, 1));
+        assert_eq!(
+            (cfg.transform.min_size, cfg.transform.max_size, cfg.truncation),
+            (256, 640, 1)
+        );
         for bad in [
             "truncation: 2",
             "representation_size: 64",
@@ -460,18 +351,21 @@ mod tests {
     fn a_model_loads_with_an_edited_input_size_and_the_same_weights() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = ModelConfig::preset("r18-t2").unwrap();
-        cfg.min_size = 64;
-        cfg.max_size = 96;
+        cfg.transform.min_size = 64;
+        cfg.transform.max_size = 96;
         let model = MaskRcnn::new(&cfg, tch::Device::Cpu).unwrap();
         let path = dir.path().join("m.safetensors");
         model.save(&path, &Default::default()).unwrap();
         let edited = MaskRcnn::load_edited(&path, tch::Device::Cpu, |mut c| {
-            c.min_size = 80;
-            c.max_size = 128;
+            c.transform.min_size = 80;
+            c.transform.max_size = 128;
             c
         })
         .unwrap();
-        assert_eq!((edited.cfg.min_size, edited.cfg.max_size), (80, 128));
+        assert_eq!(
+            (edited.cfg.transform.min_size, edited.cfg.transform.max_size),
+            (80, 128)
+        );
         let a = model.vs.variables();
         for (name, t) in edited.vs.variables() {
             assert!(t.equal(&a[&name]), "{name} differs");

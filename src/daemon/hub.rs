@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::connection::Outbox;
-use super::queue::now_ms;
+use crate::clock::now_ms;
 use crate::protocol::{self, Event, EventKind, Message};
 
 /// Events kept for clients that subscribe later.

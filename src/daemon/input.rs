@@ -181,24 +181,12 @@ pub fn read_input(path: &Path, roots: &[PathBuf], max: u64) -> Result<Vec<u8>, I
 
 /// Streamed SHA-256 of an input (see [`open_input`]), reading at most `max` bytes.
 pub fn hash_input(path: &Path, roots: &[PathBuf], max: u64) -> Result<String, InputError> {
-    use sha2::Digest;
     let (file, _) = open_input(path, roots, max)?;
-    let mut reader = file.take(max.saturating_add(1));
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut total = 0u64;
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        hasher.update(&buf[..n]);
-    }
+    let (hash, total) = crate::digest::sha256_reader(file.take(max.saturating_add(1)))?;
     if total > max {
         return Err(InputError::TooLarge { size: total, max });
     }
-    Ok(super::outputs::hex(&hasher.finalize()))
+    Ok(hash)
 }
 
 #[cfg(test)]
@@ -221,7 +209,7 @@ mod tests {
         );
         assert_eq!(
             hash_input(&root.join("sub/a.dcm"), &roots, 10).expect("hash"),
-            super::super::outputs::sha256_hex(b"0123456789")
+            crate::digest::sha256_hex(b"0123456789")
         );
         let err = |p: &Path, max: u64| read_input(p, &roots, max).expect_err("refused").to_string();
         assert_eq!(

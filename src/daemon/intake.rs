@@ -16,34 +16,6 @@ use super::watcher::TakenFile;
 use super::worker;
 use crate::protocol::{EventKind, JobState};
 
-/// SHA-256 of a file, streamed (a regular file, not through a final symlink, never blocking on
-/// a FIFO).
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(outputs::hex(&hasher.finalize()))
-}
-
 /// The intake thread: hashes taken files and enqueues them (holding while the disk is low).
 pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<TakenFile>) {
     loop {
@@ -70,7 +42,7 @@ pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<Ta
                 taken.size,
                 taken.mtime_ns
             );
-            outputs::sha256_hex(key.as_bytes())
+            crate::digest::sha256_hex(key.as_bytes())
         } else {
             match input::hash_input(&taken.path, &settings.input_roots(), settings.max_file_bytes) {
                 Ok(h) => h,

@@ -34,7 +34,6 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-pub use intake::sha256_file;
 pub use ops::{Reloader, ShutdownSignal};
 pub use server::{Client, status_client};
 pub use settings::DaemonSettings;
@@ -71,7 +70,7 @@ pub enum DaemonError {
 /// Hash identifying a set of models: sha256 over `name=sha256` lines.
 pub fn models_hash(models: &[(String, String)]) -> String {
     let text: String = models.iter().map(|(n, h)| format!("{n}={h}\n")).collect();
-    outputs::sha256_hex(text.as_bytes())
+    crate::digest::sha256_hex(text.as_bytes())
 }
 
 fn spawn<F: FnOnce() + Send + 'static>(

@@ -7,27 +7,23 @@
 //! names): a slice is named by its series and SOP UIDs, instance number and content hash.
 //!
 //! Every file appears whole: written under a temporary name (`.ctmask-tmp-*`) in the same folder,
-//! fsynced, renamed, and the folder fsynced once per batch of files.
+//! fsynced, renamed, and the folder fsynced once per batch of files ([`crate::fsutil`]).
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use image::ImageEncoder;
-use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
+use crate::digest::sha256_hex;
+use crate::fsutil::{AtomicBatch, TEMP_PREFIX, WriteError};
+use crate::png_encode::{ExtendedColorType, FilterType, encode_png};
+
+use crate::findings::{Classification, Finding, Lesion, MASK_CONSOLIDATION, MASK_GGO};
 use crate::protocol::{ModelInfo, SliceSummary, THUMBNAIL_MAX_SIDE, Thumbnail};
 use crate::slice::{Slice, SliceFormat, SliceMeta};
-use crate::structures::{Classification, Finding, Lesion, MASK_CONSOLIDATION, MASK_GGO};
 
 /// Schema of the per-slice JSON report.
 /// Version 2: `input.path` removed (privacy).
 pub const SLICE_SCHEMA: &str = "ctmask.slice/2";
-/// Prefix of temporary files; leftovers of a crash are swept at start-up.
-pub const TEMP_PREFIX: &str = ".ctmask-tmp-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -47,91 +43,13 @@ impl OutputError {
 
 type Result<T> = std::result::Result<T, OutputError>;
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> OutputError + '_ {
-    move |source| OutputError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Files staged in one folder, made visible together by `commit` (one folder fsync).
-pub struct AtomicBatch {
-    dir: PathBuf,
-    staged: Vec<(PathBuf, PathBuf)>,
-}
-
-impl AtomicBatch {
-    /// Creates `dir` if needed (fsyncing its parent so the new folder survives a power loss).
-    pub fn new(dir: &Path) -> Result<AtomicBatch> {
-        if !dir.is_dir() {
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
-            }
-        }
-        Ok(AtomicBatch {
-            dir: dir.to_path_buf(),
-            staged: Vec::new(),
-        })
-    }
-
-    /// Writes and fsyncs `bytes` under a temporary name for `name`.
-    pub fn add(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .dir
-            .join(format!("{TEMP_PREFIX}{}-{n}-{name}", std::process::id()));
-        let final_path = self.dir.join(name);
-        // Registered first, so a failed write is cleaned up by Drop.
-        self.staged.push((tmp.clone(), final_path));
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        Ok(())
-    }
-
-    /// Renames every staged file into place, then fsyncs the folder.
-    pub fn commit(mut self) -> Result<()> {
-        let staged = std::mem::take(&mut self.staged);
-        for (i, (tmp, final_path)) in staged.iter().enumerate() {
-            if let Err(source) = std::fs::rename(tmp, final_path) {
-                self.staged = staged[i..].to_vec();
-                return Err(OutputError::Io {
-                    path: final_path.clone(),
-                    source,
-                });
-            }
-        }
-        sync_dir(&self.dir)
-    }
-}
-
-impl Drop for AtomicBatch {
-    fn drop(&mut self) {
-        for (tmp, _) in &self.staged {
-            let _ = std::fs::remove_file(tmp);
+impl From<WriteError> for OutputError {
+    fn from(e: WriteError) -> Self {
+        OutputError::Io {
+            path: e.path,
+            source: e.source,
         }
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
-}
-
-/// Atomically writes one file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| OutputError::Encode {
-            path: path.to_path_buf(),
-            reason: "not a UTF-8 file name".into(),
-        })?;
-    let mut batch = AtomicBatch::new(dir)?;
-    batch.add(name, bytes)?;
-    batch.commit()
 }
 
 /// Removes temporary files left by a crash in `root` and its series folders; returns how many.
@@ -159,16 +77,6 @@ pub fn sweep_temp_files(root: &Path) -> usize {
         }
     }
     removed
-}
-
-/// Lower-case hex of a SHA-256 digest.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// SHA-256 of some bytes, as hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
 }
 
 /// Keeps `[A-Za-z0-9._-]`, replaces the rest with `_`, never starts with `.`, at most 64 chars.
@@ -270,7 +178,7 @@ struct SliceReport<'a> {
     lesions: &'a [Lesion],
     /// The lung gate's setting and effect on this slice.
     #[serde(skip_serializing_if = "Option::is_none")]
-    lung_gate: Option<&'a crate::structures::LungGate>,
+    lung_gate: Option<&'a crate::findings::LungGate>,
     lung_field_px: Option<u64>,
     involvement: &'a std::collections::BTreeMap<String, f64>,
     timings_ms: &'a std::collections::BTreeMap<String, f64>,
@@ -278,15 +186,11 @@ struct SliceReport<'a> {
     screened_ms: i64,
 }
 
-fn png(path: &Path, w: u32, h: u32, data: &[u8], color: image::ExtendedColorType) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    PngEncoder::new_with_quality(&mut buf, CompressionType::Fast, FilterType::Sub)
-        .write_image(data, w, h, color)
-        .map_err(|e| OutputError::Encode {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    Ok(buf)
+fn png(path: &Path, w: u32, h: u32, data: &[u8], color: ExtendedColorType) -> Result<Vec<u8>> {
+    encode_png(data, w, h, color, FilterType::Sub).map_err(|e| OutputError::Encode {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// Writes one slice's report, mask and overlay; returns the summary the queue keeps.
@@ -317,13 +221,7 @@ pub fn write_slice(
         let name = format!("{stem}_mask.png");
         batch.add(
             &name,
-            &png(
-                &dir.join(&name),
-                w,
-                h,
-                &finding.label_mask,
-                image::ExtendedColorType::L8,
-            )?,
+            &png(&dir.join(&name), w, h, &finding.label_mask, ExtendedColorType::L8)?,
         )?;
         names.mask = Some(name);
     }
@@ -336,7 +234,7 @@ pub fn write_slice(
                 w,
                 h,
                 &finding.overlay_rgb,
-                image::ExtendedColorType::Rgb8,
+                ExtendedColorType::Rgb8,
             )?,
         )?;
         names.overlay = Some(name);
@@ -373,7 +271,7 @@ pub fn write_slice(
         involvement: &finding.involvement,
         timings_ms: &finding.timings_ms,
         outputs: names,
-        screened_ms: super::queue::now_ms(),
+        screened_ms: crate::clock::now_ms(),
     };
     let json = serde_json::to_vec_pretty(&report).map_err(|e| OutputError::Encode {
         path: dir.join(&report_name),
@@ -412,7 +310,7 @@ pub fn write_slice(
         involvement: finding.involvement.clone(),
         device: finding.device.clone(),
         time_ms: finding.timings_ms.values().sum(),
-        done_ms: super::queue::now_ms() as u64,
+        done_ms: crate::clock::now_ms() as u64,
         thumbnail,
     })
 }
@@ -420,6 +318,7 @@ pub fn write_slice(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsutil::write_atomic;
 
     #[test]
     fn batches_appear_whole_and_failures_leave_nothing() {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::clock::now_ms;
 use crate::protocol::{JobInfo, JobState, QueueCounts, SliceSummary};
 
 #[derive(Debug, thiserror::Error)]
@@ -136,14 +137,6 @@ PRAGMA user_version = 1;
 
 const JOB_COLUMNS: &str =
     "id, sha256, path, state, attempts, reason, series_key, created_ms, next_attempt_ms, crashes";
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// One connection to the queue; each thread opens its own.
 pub struct Queue {

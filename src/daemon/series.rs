@@ -15,10 +15,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::outputs::{OutputError, write_atomic};
+use super::outputs::OutputError;
 use super::settings::{SeriesSettings, VerdictRule};
+use crate::findings::CLASS_NAMES;
+use crate::fsutil::write_atomic_creating_dir;
 use crate::protocol::{ModelInfo, SeriesSummary, SliceSummary};
-use crate::structures::CLASS_NAMES;
 
 /// Schema of the series JSON report.
 pub const SERIES_SCHEMA: &str = "ctmask.series/1";
@@ -269,7 +270,7 @@ pub fn build(
         },
         slices,
         models: models.to_vec(),
-        reported_ms: super::queue::now_ms(),
+        reported_ms: crate::clock::now_ms(),
     }
 }
 
@@ -299,7 +300,7 @@ impl SeriesReport {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        write_atomic(&path, &json)
+        Ok(write_atomic_creating_dir(&path, &json)?)
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::DeviceSetting;
 use crate::slice::SliceOptions;
 
 /// How the watcher learns about new files.
@@ -89,7 +90,7 @@ pub struct DaemonSettings {
     /// Slices per model call.
     pub batch_size: usize,
     /// `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`; read by the screener.
-    pub device: String,
+    pub device: DeviceSetting,
     /// Intake pauses while the output disk has less free space than this...
     pub min_free_bytes: u64,
     /// ...or less than this percentage free.
@@ -147,7 +148,7 @@ impl Default for DaemonSettings {
             backoff_s: 5.0,
             backoff_max_s: 300.0,
             batch_size: 4,
-            device: "auto".into(),
+            device: DeviceSetting::Auto,
             min_free_bytes: 1 << 30,
             min_free_percent: 2.0,
             disk_check_interval_s: 5.0,
@@ -289,13 +290,6 @@ impl DaemonSettings {
                 "min_free_percent",
                 format!("must be in [0, 100), got {}", self.min_free_percent),
             );
-        }
-        let dev = self.device.as_str();
-        let cuda_index = dev
-            .strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<u32>().is_ok());
-        if !(matches!(dev, "auto" | "cpu" | "cuda") || cuda_index) {
-            bad("device", format!("`{dev}` is not auto, cpu, cuda or cuda:N"));
         }
         if !(0.0..=100.0).contains(&self.series.min_covid_percent) {
             bad(
@@ -471,20 +465,20 @@ mod tests {
     fn rejects_unknown_keys_and_names_bad_ones() {
         let err = serde_yaml_ng::from_str::<DaemonSettings>("quiet_perod_s: 3").expect_err("typo");
         assert!(err.to_string().contains("quiet_perod_s"), "{err}");
+        // the device is typed: a bad one is refused where the YAML is read
+        let err = serde_yaml_ng::from_str::<DaemonSettings>("device: tpu").expect_err("device");
+        assert!(
+            err.to_string().contains("`tpu` is not auto, cpu, cuda or cuda:N"),
+            "{err}"
+        );
         let s = DaemonSettings {
             batch_size: 0,
             socket_mode: "rw".into(),
-            device: "tpu".into(),
             output: "/srv/ctmask/incoming/out".into(),
             ..DaemonSettings::default()
         };
         let msgs: Vec<String> = s.problems().iter().map(ToString::to_string).collect();
-        for key in [
-            "daemon.batch_size",
-            "daemon.socket_mode",
-            "daemon.device",
-            "daemon.output",
-        ] {
+        for key in ["daemon.batch_size", "daemon.socket_mode", "daemon.output"] {
             assert!(msgs.iter().any(|m| m.contains(key)), "{key} missing in {msgs:?}");
         }
         assert!(s.validate().is_err());

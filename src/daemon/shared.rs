@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::ops;
-use super::queue::{self, Queue, QueueError};
+use super::queue::{Queue, QueueError};
 use super::settings::DaemonSettings;
 use crate::protocol::{DiskInfo, EventKind, Intake, ModelInfo, PROTOCOL_VERSION, Snapshot, Throughput};
 use crate::slice::SliceOptions;
@@ -295,7 +295,7 @@ impl Shared {
             protocol: PROTOCOL_VERSION,
             daemon_version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
-            time_ms: queue::now_ms().max(0) as u64,
+            time_ms: crate::clock::now_ms().max(0) as u64,
             uptime_s: self.started.elapsed().as_secs_f64(),
             device: self.device.clone(),
             models: self.models.clone(),

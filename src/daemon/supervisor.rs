@@ -147,7 +147,7 @@ impl Supervisor {
             applied.stability_polls,
             applied.ignore_suffixes,
         ) = (old.settle_ms, old.stability_polls, old.ignore_suffixes.clone());
-        applied.device = old.device.clone();
+        applied.device = old.device;
         (applied.control_group, applied.max_clients) = (old.control_group.clone(), old.max_clients);
         applied.dicom.receiver = old.dicom.receiver;
         applied.restart_keys.clear();
@@ -274,7 +274,7 @@ impl Supervisor {
         if days <= 0.0 {
             return;
         }
-        let cutoff = super::queue::now_ms() - (days * 86_400_000.0) as i64;
+        let cutoff = crate::clock::now_ms() - (days * 86_400_000.0) as i64;
         match self.queue.prune(cutoff) {
             Ok((0, 0)) => {}
             Ok((jobs, paths)) => tracing::info!(jobs, paths, "retention: old done jobs and paths removed"),

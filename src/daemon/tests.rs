@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use super::settings::PollMode;
 use super::*;
+use crate::findings::{Classification, Finding, Lesion};
 use crate::protocol::{Message, Request};
 use crate::slice::Slice;
-use crate::structures::{Classification, Finding, Lesion};
 
 /// Test double: bright slices are "covid", pixels above 200 are GGO. A slice whose first pixel
 /// is 13 panics, 7 returns an error; `delay` simulates model time.

@@ -20,9 +20,9 @@ use super::Shared;
 use super::input;
 use super::outputs::{self, SliceContext};
 use super::queue::{Job, Queue};
+use crate::findings::Finding;
 use crate::protocol::{EventKind, JobState, SliceSummary};
 use crate::slice::{Slice, read_slices_from_bytes};
-use crate::structures::Finding;
 
 /// What the daemon needs from the models: screen slices, say which models and where.
 pub trait Screener {
@@ -94,7 +94,7 @@ fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Vec<S
                 continue;
             }
         };
-        if outputs::sha256_hex(&bytes) != job.sha256 {
+        if crate::digest::sha256_hex(&bytes) != job.sha256 {
             last_err = "file changed after it was queued (its new content is queued separately)".into();
             permanent = true;
             continue;

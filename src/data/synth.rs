@@ -13,7 +13,6 @@
 //! consolidation red and the lung border green. Every file is written under a temporary
 //! name and renamed, so a watcher never sees half a file.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use image::{ExtendedColorType, ImageEncoder};
@@ -274,13 +273,15 @@ fn write_image(
     color: ExtendedColorType,
     summary: &mut SynthSummary,
 ) -> Result<(), SynthError> {
-    let mut bytes = Vec::new();
     let encoded = if path.extension().is_some_and(|e| e == "jpg") {
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95).write_image(pixels, w, h, color)
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95)
+            .write_image(pixels, w, h, color)
+            .map(|()| bytes)
     } else {
-        image::codecs::png::PngEncoder::new(&mut bytes).write_image(pixels, w, h, color)
+        crate::png_encode::encode_png(pixels, w, h, color, crate::png_encode::FilterType::Adaptive)
     };
-    encoded.map_err(|source| SynthError::Encode {
+    let bytes = encoded.map_err(|source| SynthError::Encode {
         path: path.to_path_buf(),
         source,
     })?;
@@ -289,20 +290,10 @@ fn write_image(
     Ok(())
 }
 
-/// Write through a hidden temporary file in the same directory, fsync, rename.
+/// Write through a temporary file in the same directory, fsync, rename ([`crate::fsutil`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
-    let io = |source| SynthError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::fsutil::write_atomic_creating_dir(path, bytes).map_err(|e| SynthError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }

@@ -28,7 +28,7 @@ use rusqlite::{Connection, params};
 
 use super::settings::{Destination, DicomSettings};
 use super::{Written, receiver};
-use crate::daemon::queue::now_ms;
+use crate::clock::now_ms;
 use crate::daemon::{DaemonError, Shared};
 use crate::protocol::{EventKind, OutboxItem, OutboxStatus};
 

@@ -25,8 +25,9 @@ use std::path::{Path, PathBuf};
 
 pub use settings::{DicomSettings, ObjectKind};
 
-use crate::daemon::outputs::{AtomicBatch, sanitize};
+use crate::daemon::outputs::sanitize;
 use crate::daemon::series::SeriesReport;
+use crate::fsutil::AtomicBatch;
 
 /// File name of the SEG inside the series folder.
 pub const SEG_FILE: &str = "seg.dcm";

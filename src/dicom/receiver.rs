@@ -34,8 +34,10 @@ use dicom_ul::{Pdu, ServerAssociationOptions};
 
 use super::settings::ReceiverSettings;
 use crate::daemon::Shared;
-use crate::daemon::outputs::{sanitize, sha256_hex, write_atomic};
+use crate::daemon::outputs::sanitize;
 use crate::daemon::queue::{Enqueued, FileSeen, Queue};
+use crate::digest::sha256_hex;
+use crate::fsutil::write_atomic_creating_dir;
 use crate::protocol::EventKind;
 
 /// Storage SOP classes accepted: CT, Enhanced CT, Legacy Converted Enhanced CT.
@@ -431,16 +433,12 @@ fn store(
     let path = incoming_path(&settings.incoming, &req.instance, &sha256);
     let io = |e: String| (STATUS_OUT_OF_RESOURCES, e);
     if !path.exists() {
-        write_atomic(&path, &bytes).map_err(|e| {
+        write_atomic_creating_dir(&path, &bytes).map_err(|e| {
             if e.is_disk_full() {
                 shared.note_disk_full();
             }
             // the reason without the path (an input path never goes into the logs)
-            let reason = match &e {
-                crate::daemon::outputs::OutputError::Io { source, .. } => source.to_string(),
-                other => other.to_string(),
-            };
-            io(format!("cannot store in the incoming folder: {reason}"))
+            io(format!("cannot store in the incoming folder: {}", e.source))
         })?;
     }
     let meta = std::fs::metadata(&path).map_err(|e| io(format!("cannot stat a stored instance: {e}")))?;

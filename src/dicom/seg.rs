@@ -26,7 +26,7 @@ use super::elements::{
 use super::source::SeriesSource;
 use super::uids::derived_uid;
 use crate::daemon::series::SeriesReport;
-use crate::structures::{MASK_CONSOLIDATION, MASK_GGO};
+use crate::findings::{MASK_CONSOLIDATION, MASK_GGO};
 
 /// Segmentation Storage.
 pub const SEG_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";

@@ -6,6 +6,24 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The settings that shape a model's parameters or what they mean: a run that resumes from a
+/// checkpoint (or starts from its weights) keeps them; every other setting may change.
+pub const ARCHITECTURE_SETTINGS: &[&str] = &[
+    "backbone",
+    "truncation",
+    "fpn_pool_level",
+    "bn_eps",
+    "bn_num_batches_tracked",
+    "num_classes",
+    "class_names",
+    "mask_head",
+    "representation_size",
+    "semantics",
+    "anchor_sizes",
+    "anchor_aspect_ratios",
+    "classifier",
+];
+
 /// ResNet depth of the backbone body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -81,7 +99,79 @@ pub struct ClassifierConfig {
     pub padding_seed: u64,
 }
 
-/// The whole architecture and every hyperparameter of a model.
+/// The input transform (torchvision's `GeneralizedRCNNTransform`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransformConfig {
+    pub min_size: i64,
+    pub max_size: i64,
+    pub image_mean: [f64; 3],
+    pub image_std: [f64; 3],
+    pub size_divisible: i64,
+}
+
+/// The anchor generator (torchvision's `AnchorGenerator`): one entry per FPN level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnchorConfig {
+    pub anchor_sizes: Vec<Vec<f64>>,
+    pub anchor_aspect_ratios: Vec<Vec<f64>>,
+    pub anchor_stride: AnchorStride,
+}
+
+/// The region proposal network (torchvision's `RegionProposalNetwork` arguments).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpnConfig {
+    pub rpn_pre_nms_top_n_train: i64,
+    pub rpn_pre_nms_top_n_test: i64,
+    pub rpn_post_nms_top_n_train: i64,
+    pub rpn_post_nms_top_n_test: i64,
+    pub rpn_nms_thresh: f64,
+    pub rpn_fg_iou_thresh: f64,
+    pub rpn_bg_iou_thresh: f64,
+    pub rpn_batch_size_per_image: i64,
+    pub rpn_positive_fraction: f64,
+    /// Keep proposals with sigmoid(objectness) >= this (torchvision: 0.0; None: no filter).
+    pub rpn_score_thresh: Option<f64>,
+    /// remove_small_boxes size in the RPN (original 0, torchvision 1e-3).
+    pub rpn_min_size: f64,
+    /// NMS on sigmoid probabilities (torchvision) instead of logits (original).
+    pub rpn_nms_on_probabilities: bool,
+    pub rpn_box_loss: BoxLoss,
+}
+
+/// The RoI heads (torchvision's `RoIHeads` arguments).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoiHeadsConfig {
+    pub box_score_thresh: f64,
+    pub box_nms_thresh: f64,
+    pub box_detections_per_img: i64,
+    pub box_fg_iou_thresh: f64,
+    pub box_bg_iou_thresh: f64,
+    pub box_batch_size_per_image: i64,
+    pub box_positive_fraction: f64,
+    pub bbox_reg_weights: [f64; 4],
+    /// remove_small_boxes size on detections (torchvision 1e-2); None keeps boxes of area > 0 (original).
+    pub box_min_size: Option<f64>,
+    /// Beta of the Fast R-CNN smooth-L1 box loss (original 1.0, torchvision 1/9).
+    pub box_loss_beta: f64,
+    /// Masks are pasted as probabilities (torchvision) rather than logits (original).
+    pub mask_paste_probabilities: bool,
+}
+
+impl Default for ClassifierConfig {
+    /// The full model's S (§4.4): N = 256 detections, 1024 hidden features (the lightweight
+    /// models: 128 and 512).
+    fn default() -> Self {
+        ClassifierConfig {
+            detections: 256,
+            s_features: 1024,
+            padding_seed: 0,
+        }
+    }
+}
+
+/// The whole architecture and every hyperparameter of a model, nested per stage. Each stage's
+/// struct is flattened into one JSON object, so a model file's `config` metadata keeps the flat
+/// keys (and their order) it always had; unknown keys are still rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -101,55 +191,27 @@ pub struct ModelConfig {
     pub mask_head: MaskHeadKind,
     pub representation_size: i64,
     pub semantics: Semantics,
-
-    // transform
-    pub min_size: i64,
-    pub max_size: i64,
-    pub image_mean: [f64; 3],
-    pub image_std: [f64; 3],
-    pub size_divisible: i64,
-
-    // anchors
-    pub anchor_sizes: Vec<Vec<f64>>,
-    pub anchor_aspect_ratios: Vec<Vec<f64>>,
-    pub anchor_stride: AnchorStride,
-
-    // RPN
-    pub rpn_pre_nms_top_n_train: i64,
-    pub rpn_pre_nms_top_n_test: i64,
-    pub rpn_post_nms_top_n_train: i64,
-    pub rpn_post_nms_top_n_test: i64,
-    pub rpn_nms_thresh: f64,
-    pub rpn_fg_iou_thresh: f64,
-    pub rpn_bg_iou_thresh: f64,
-    pub rpn_batch_size_per_image: i64,
-    pub rpn_positive_fraction: f64,
-    /// Keep proposals with sigmoid(objectness) >= this (torchvision: 0.0; None: no filter).
-    pub rpn_score_thresh: Option<f64>,
-    /// remove_small_boxes size in the RPN (original 0, torchvision 1e-3).
-    pub rpn_min_size: f64,
-    /// NMS on sigmoid probabilities (torchvision) instead of logits (original).
-    pub rpn_nms_on_probabilities: bool,
-    pub rpn_box_loss: BoxLoss,
-
-    // RoI heads
-    pub box_score_thresh: f64,
-    pub box_nms_thresh: f64,
-    pub box_detections_per_img: i64,
-    pub box_fg_iou_thresh: f64,
-    pub box_bg_iou_thresh: f64,
-    pub box_batch_size_per_image: i64,
-    pub box_positive_fraction: f64,
-    pub bbox_reg_weights: [f64; 4],
-    /// remove_small_boxes size on detections (torchvision 1e-2); None keeps boxes of area > 0 (original).
-    pub box_min_size: Option<f64>,
-    /// Beta of the Fast R-CNN smooth-L1 box loss (original 1.0, torchvision 1/9).
-    pub box_loss_beta: f64,
-    /// Masks are pasted as probabilities (torchvision) rather than logits (original).
-    pub mask_paste_probabilities: bool,
-
+    #[serde(flatten)]
+    pub transform: TransformConfig,
+    #[serde(flatten)]
+    pub anchors: AnchorConfig,
+    #[serde(flatten)]
+    pub rpn: RpnConfig,
+    #[serde(flatten)]
+    pub roi_heads: RoiHeadsConfig,
     /// Module S; None for a segmentation model.
     pub classifier: Option<ClassifierConfig>,
+}
+
+impl AnchorConfig {
+    /// The original's anchors (sizes 2..32, ratios 0.1..2) on `levels` FPN levels.
+    fn per_level(levels: usize) -> Self {
+        AnchorConfig {
+            anchor_sizes: vec![vec![2.0, 4.0, 8.0, 16.0, 32.0]; levels],
+            anchor_aspect_ratios: vec![vec![0.1, 0.25, 0.5, 1.0, 1.5, 2.0]; levels],
+            anchor_stride: AnchorStride::Float,
+        }
+    }
 }
 
 impl ModelConfig {
@@ -176,38 +238,42 @@ impl ModelConfig {
             mask_head: MaskHeadKind::Full,
             representation_size: 128,
             semantics: Semantics::Original,
-            min_size: 512,
-            max_size: 1024,
-            image_mean: [0.485, 0.456, 0.406],
-            image_std: [0.229, 0.224, 0.225],
-            size_divisible: 32,
-            anchor_sizes: vec![vec![2.0, 4.0, 8.0, 16.0, 32.0]; 4],
-            anchor_aspect_ratios: vec![vec![0.1, 0.25, 0.5, 1.0, 1.5, 2.0]; 4],
-            anchor_stride: AnchorStride::Float,
-            rpn_pre_nms_top_n_train: 2000,
-            rpn_pre_nms_top_n_test: 1000,
-            rpn_post_nms_top_n_train: 2000,
-            rpn_post_nms_top_n_test: 1000,
-            rpn_nms_thresh: 0.75,
-            rpn_fg_iou_thresh: 0.7,
-            rpn_bg_iou_thresh: 0.3,
-            rpn_batch_size_per_image: 256,
-            rpn_positive_fraction: 0.75,
-            rpn_score_thresh: None,
-            rpn_min_size: 0.0,
-            rpn_nms_on_probabilities: false,
-            rpn_box_loss: BoxLoss::L1,
-            box_score_thresh: 0.05,
-            box_nms_thresh: 0.5,
-            box_detections_per_img: 100,
-            box_fg_iou_thresh: 0.75,
-            box_bg_iou_thresh: 0.5,
-            box_batch_size_per_image: 256,
-            box_positive_fraction: 0.75,
-            bbox_reg_weights: [10.0, 10.0, 5.0, 5.0],
-            box_min_size: None,
-            box_loss_beta: 1.0,
-            mask_paste_probabilities: false,
+            transform: TransformConfig {
+                min_size: 512,
+                max_size: 1024,
+                image_mean: [0.485, 0.456, 0.406],
+                image_std: [0.229, 0.224, 0.225],
+                size_divisible: 32,
+            },
+            anchors: AnchorConfig::per_level(4),
+            rpn: RpnConfig {
+                rpn_pre_nms_top_n_train: 2000,
+                rpn_pre_nms_top_n_test: 1000,
+                rpn_post_nms_top_n_train: 2000,
+                rpn_post_nms_top_n_test: 1000,
+                rpn_nms_thresh: 0.75,
+                rpn_fg_iou_thresh: 0.7,
+                rpn_bg_iou_thresh: 0.3,
+                rpn_batch_size_per_image: 256,
+                rpn_positive_fraction: 0.75,
+                rpn_score_thresh: None,
+                rpn_min_size: 0.0,
+                rpn_nms_on_probabilities: false,
+                rpn_box_loss: BoxLoss::L1,
+            },
+            roi_heads: RoiHeadsConfig {
+                box_score_thresh: 0.05,
+                box_nms_thresh: 0.5,
+                box_detections_per_img: 100,
+                box_fg_iou_thresh: 0.75,
+                box_bg_iou_thresh: 0.5,
+                box_batch_size_per_image: 256,
+                box_positive_fraction: 0.75,
+                bbox_reg_weights: [10.0, 10.0, 5.0, 5.0],
+                box_min_size: None,
+                box_loss_beta: 1.0,
+                mask_paste_probabilities: false,
+            },
             classifier: None,
         }
     }
@@ -219,8 +285,7 @@ impl ModelConfig {
             fpn_pool_level: true,
             bn_eps: 0.0,
             bn_num_batches_tracked: false,
-            anchor_sizes: vec![vec![2.0, 4.0, 8.0, 16.0, 32.0]; 5],
-            anchor_aspect_ratios: vec![vec![0.1, 0.25, 0.5, 1.0, 1.5, 2.0]; 5],
+            anchors: AnchorConfig::per_level(5),
             ..Self::r50_fpn4()
         }
     }
@@ -231,8 +296,7 @@ impl ModelConfig {
             backbone,
             truncation,
             mask_head: MaskHeadKind::Light,
-            anchor_sizes: vec![vec![2.0, 4.0, 8.0, 16.0, 32.0]],
-            anchor_aspect_ratios: vec![vec![0.1, 0.25, 0.5, 1.0, 1.5, 2.0]],
+            anchors: AnchorConfig::per_level(1),
             ..Self::r50_fpn4()
         }
     }
@@ -276,24 +340,24 @@ impl ModelConfig {
         self.semantics = semantics;
         match semantics {
             Semantics::Original => {
-                self.rpn_score_thresh = None;
-                self.rpn_min_size = 0.0;
-                self.rpn_nms_on_probabilities = false;
-                self.rpn_box_loss = BoxLoss::L1;
-                self.box_min_size = None;
-                self.box_loss_beta = 1.0;
-                self.mask_paste_probabilities = false;
-                self.anchor_stride = AnchorStride::Float;
+                self.rpn.rpn_score_thresh = None;
+                self.rpn.rpn_min_size = 0.0;
+                self.rpn.rpn_nms_on_probabilities = false;
+                self.rpn.rpn_box_loss = BoxLoss::L1;
+                self.roi_heads.box_min_size = None;
+                self.roi_heads.box_loss_beta = 1.0;
+                self.roi_heads.mask_paste_probabilities = false;
+                self.anchors.anchor_stride = AnchorStride::Float;
             }
             Semantics::Torchvision => {
-                self.rpn_score_thresh = Some(0.0);
-                self.rpn_min_size = 1e-3;
-                self.rpn_nms_on_probabilities = true;
-                self.rpn_box_loss = BoxLoss::SmoothL1 { beta: 1.0 / 9.0 };
-                self.box_min_size = Some(1e-2);
-                self.box_loss_beta = 1.0 / 9.0;
-                self.mask_paste_probabilities = true;
-                self.anchor_stride = AnchorStride::Floor;
+                self.rpn.rpn_score_thresh = Some(0.0);
+                self.rpn.rpn_min_size = 1e-3;
+                self.rpn.rpn_nms_on_probabilities = true;
+                self.rpn.rpn_box_loss = BoxLoss::SmoothL1 { beta: 1.0 / 9.0 };
+                self.roi_heads.box_min_size = Some(1e-2);
+                self.roi_heads.box_loss_beta = 1.0 / 9.0;
+                self.roi_heads.mask_paste_probabilities = true;
+                self.anchors.anchor_stride = AnchorStride::Floor;
             }
         }
         self
@@ -302,9 +366,9 @@ impl ModelConfig {
     /// Turn this model into COVID-CT-Mask-Net's classifier (§4.1): Faster R-CNN inference with
     /// score threshold -0.01, NMS 0.75, N detections, and module S.
     pub fn into_classifier(mut self, detections: i64, s_features: i64) -> Self {
-        self.box_score_thresh = -0.01;
-        self.box_nms_thresh = 0.75;
-        self.box_detections_per_img = detections;
+        self.roi_heads.box_score_thresh = -0.01;
+        self.roi_heads.box_nms_thresh = 0.75;
+        self.roi_heads.box_detections_per_img = detections;
         self.mask_head = MaskHeadKind::None;
         self.classifier = Some(ClassifierConfig {
             detections,
@@ -312,6 +376,28 @@ impl ModelConfig {
             padding_seed: 0,
         });
         self
+    }
+
+    /// This config with the settings in `overrides` (a map of the flat keys a model file's
+    /// metadata has, e.g. from a YAML file) put in. With `frozen` ([`ARCHITECTURE_SETTINGS`]
+    /// when resuming from or starting with a checkpoint's weights) those settings may not change.
+    /// The error names the key; a value that is not a mapping changes nothing.
+    pub fn with_overrides(&self, overrides: &serde_json::Value, frozen: &[&str]) -> Result<Self, String> {
+        let mut v = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        if let (Some(base), Some(over)) = (v.as_object_mut(), overrides.as_object()) {
+            for (k, val) in over {
+                if !base.contains_key(k) {
+                    return Err(format!("unknown model setting {k}"));
+                }
+                if frozen.contains(&k.as_str()) && base[k] != *val {
+                    return Err(format!(
+                        "{k} shapes the model's parameters and cannot change when resuming"
+                    ));
+                }
+                base.insert(k.clone(), val.clone());
+            }
+        }
+        serde_json::from_value(v).map_err(|e| format!("bad model setting: {e}"))
     }
 
     /// Number of FPN levels the backbone returns (the pool level included).
@@ -330,8 +416,8 @@ impl ModelConfig {
 
     /// Anchors per location on each level.
     pub fn anchors_per_location(&self) -> i64 {
-        (self.anchor_sizes.first().map_or(0, Vec::len)
-            * self.anchor_aspect_ratios.first().map_or(0, Vec::len)) as i64
+        (self.anchors.anchor_sizes.first().map_or(0, Vec::len)
+            * self.anchors.anchor_aspect_ratios.first().map_or(0, Vec::len)) as i64
     }
 
     /// Check internal consistency; the error names the field.
@@ -343,14 +429,14 @@ impl ModelConfig {
                 Err(format!("{name} must be within [0, 1], got {v}"))
             }
         };
-        prob("rpn_nms_thresh", self.rpn_nms_thresh)?;
-        prob("box_nms_thresh", self.box_nms_thresh)?;
-        prob("rpn_positive_fraction", self.rpn_positive_fraction)?;
-        prob("box_positive_fraction", self.box_positive_fraction)?;
-        prob("rpn_fg_iou_thresh", self.rpn_fg_iou_thresh)?;
-        prob("rpn_bg_iou_thresh", self.rpn_bg_iou_thresh)?;
-        prob("box_fg_iou_thresh", self.box_fg_iou_thresh)?;
-        prob("box_bg_iou_thresh", self.box_bg_iou_thresh)?;
+        prob("rpn_nms_thresh", self.rpn.rpn_nms_thresh)?;
+        prob("box_nms_thresh", self.roi_heads.box_nms_thresh)?;
+        prob("rpn_positive_fraction", self.rpn.rpn_positive_fraction)?;
+        prob("box_positive_fraction", self.roi_heads.box_positive_fraction)?;
+        prob("rpn_fg_iou_thresh", self.rpn.rpn_fg_iou_thresh)?;
+        prob("rpn_bg_iou_thresh", self.rpn.rpn_bg_iou_thresh)?;
+        prob("box_fg_iou_thresh", self.roi_heads.box_fg_iou_thresh)?;
+        prob("box_bg_iou_thresh", self.roi_heads.box_bg_iou_thresh)?;
         if self.num_classes < 2 {
             return Err(format!(
                 "num_classes must be at least 2, got {}",
@@ -370,10 +456,11 @@ impl ModelConfig {
                 self.truncation, self.backbone
             ));
         }
-        if self.min_size <= 0 || self.max_size < self.min_size {
+        if self.transform.min_size <= 0 || self.transform.max_size < self.transform.min_size {
             return Err("min_size must be positive and max_size >= min_size".into());
         }
-        if self.anchor_sizes.len() < self.fpn_levels() || self.anchor_aspect_ratios.len() < self.fpn_levels()
+        if self.anchors.anchor_sizes.len() < self.fpn_levels()
+            || self.anchors.anchor_aspect_ratios.len() < self.fpn_levels()
         {
             return Err(format!(
                 "anchor_sizes and anchor_aspect_ratios need one entry per FPN level ({})",
@@ -381,7 +468,12 @@ impl ModelConfig {
             ));
         }
         let a = self.anchors_per_location();
-        for (s, r) in self.anchor_sizes.iter().zip(&self.anchor_aspect_ratios) {
+        for (s, r) in self
+            .anchors
+            .anchor_sizes
+            .iter()
+            .zip(&self.anchors.anchor_aspect_ratios)
+        {
             if (s.len() * r.len()) as i64 != a {
                 return Err("every level must have the same number of anchors".into());
             }
@@ -417,10 +509,30 @@ mod tests {
     fn semantics_switch_every_difference() {
         let o = ModelConfig::r50_fpn4();
         let t = o.clone().with_semantics(Semantics::Torchvision);
-        assert_eq!(t.rpn_min_size, 1e-3);
-        assert_eq!(t.box_min_size, Some(1e-2));
-        assert!(t.mask_paste_probabilities);
+        assert_eq!(t.rpn.rpn_min_size, 1e-3);
+        assert_eq!(t.roi_heads.box_min_size, Some(1e-2));
+        assert!(t.roi_heads.mask_paste_probabilities);
         assert_eq!(t.clone().with_semantics(Semantics::Original), o);
+    }
+
+    /// The nested config reads and writes a model file's `config` metadata exactly as the flat
+    /// struct before it did: same keys, same order, same bytes; unknown keys are still refused.
+    #[test]
+    fn model_file_metadata_round_trips_byte_identical() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let files = [
+            "pretrained_models/demo_segmentation.safetensors",
+            "pretrained_models/demo_classifier.safetensors",
+        ];
+        for f in files {
+            let (cfg, meta) = crate::model::weights::read_config(&root.join(f)).expect(f);
+            let stored = &meta["config"];
+            assert_eq!(&serde_json::to_string(&cfg).unwrap(), stored, "{f}");
+        }
+        let mut v = serde_json::to_value(ModelConfig::r50_fpn4()).unwrap();
+        v.as_object_mut().unwrap().insert("min_sise".into(), 3.into());
+        let e = serde_json::from_value::<ModelConfig>(v).unwrap_err().to_string();
+        assert!(e.contains("min_sise"), "{e}");
     }
 
     #[test]

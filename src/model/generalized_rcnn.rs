@@ -191,7 +191,7 @@ impl MaskRcnn {
     /// torchvision `GeneralizedRCNNTransform.postprocess`: boxes back to each original image,
     /// masks pasted into it (as logits, or probabilities per the semantics).
     fn postprocess(&self, raw: Vec<RawDetections>, batch: &ImageBatch) -> Vec<Detections> {
-        let mask_space = if self.cfg.mask_paste_probabilities {
+        let mask_space = if self.cfg.roi_heads.mask_paste_probabilities {
             MaskSpace::Probabilities
         } else {
             MaskSpace::Logits

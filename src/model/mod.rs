@@ -3,7 +3,8 @@
 //! -> post-processing, and, for the classifier, module S on the ranked detections, spec §2, §4),
 //! `transform.rs`, `backbone.rs`, `fpn.rs`, `anchors.rs`, `rpn.rs` (proposals and its losses),
 //! `roi_heads.rs` (sampling, `fastrcnn_loss`, `maskrcnn_loss`, `postprocess_detections`),
-//! `classifier.rs` (module S), `config.rs`, `weights.rs`. This file holds the plain data the
+//! `classifier.rs` (module S), `config.rs`, `weights.rs`, `layers.rs` (the building blocks),
+//! `deterministic_init.rs` (weights shared with the Python reference). This file holds the plain data the
 //! model hands out (detections, losses, targets, class scores). Parameter paths are the
 //! original checkpoint keys, so loading needs no renaming.
 
@@ -11,7 +12,7 @@ pub mod anchors;
 pub mod backbone;
 pub mod classifier;
 pub mod config;
-pub mod det_init;
+pub mod deterministic_init;
 pub mod fpn;
 pub mod generalized_rcnn;
 pub mod layers;

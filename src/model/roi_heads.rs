@@ -134,7 +134,7 @@ impl RoiHeads {
                 output_size: ModelConfig::MASK_ROI_SIZE,
                 sampling_ratio: ModelConfig::ROI_SAMPLING_RATIO,
             },
-            box_coder: BoxCoder::new(cfg.bbox_reg_weights),
+            box_coder: BoxCoder::new(cfg.roi_heads.bbox_reg_weights),
             cfg: cfg.clone(),
         }
     }
@@ -200,7 +200,7 @@ impl RoiHeads {
         let scores = scores.narrow(1, 1, nc - 1).reshape([-1]);
         let labels = labels.narrow(1, 1, nc - 1).reshape([-1]);
         let mut index = Tensor::arange(r * (nc - 1), (Kind::Int64, device));
-        let mut keep_mask = match self.cfg.box_min_size {
+        let mut keep_mask = match self.cfg.roi_heads.box_min_size {
             None => positive_area(&boxes),
             Some(_) => Tensor::arange(boxes.size()[0], (Kind::Int64, device)),
         };
@@ -210,12 +210,12 @@ impl RoiHeads {
         s = sel(&s, &keep_mask);
         l = sel(&l, &keep_mask);
         index = sel(&index, &keep_mask);
-        keep_mask = s.gt(self.cfg.box_score_thresh).nonzero().squeeze_dim(1);
+        keep_mask = s.gt(self.cfg.roi_heads.box_score_thresh).nonzero().squeeze_dim(1);
         b = sel(&b, &keep_mask);
         s = sel(&s, &keep_mask);
         l = sel(&l, &keep_mask);
         index = sel(&index, &keep_mask);
-        if let Some(min) = self.cfg.box_min_size {
+        if let Some(min) = self.cfg.roi_heads.box_min_size {
             let k = remove_small_boxes(&b, min);
             b = sel(&b, &k);
             s = sel(&s, &k);
@@ -270,8 +270,12 @@ impl RoiHeads {
             );
             start += r;
             let (b, s, l, _) = self.candidates(&boxes, &scores);
-            let keep = batched_nms(&b, &s, &l, self.cfg.box_nms_thresh);
-            let keep = keep.narrow(0, 0, self.cfg.box_detections_per_img.min(keep.size()[0]));
+            let keep = batched_nms(&b, &s, &l, self.cfg.roi_heads.box_nms_thresh);
+            let keep = keep.narrow(
+                0,
+                0,
+                self.cfg.roi_heads.box_detections_per_img.min(keep.size()[0]),
+            );
             out.push(RawDetections {
                 boxes: b.index_select(0, &keep),
                 scores: s.index_select(0, &keep),
@@ -315,8 +319,12 @@ impl RoiHeads {
             .narrow(1, 1, nc - 1)
             .reshape([-1, 4]);
         let (b, s, l, index) = self.candidates(&boxes, &scores);
-        let keep = batched_nms(&b, &s, &l, self.cfg.box_nms_thresh);
-        let keep = keep.narrow(0, 0, self.cfg.box_detections_per_img.min(keep.size()[0]));
+        let keep = batched_nms(&b, &s, &l, self.cfg.roi_heads.box_nms_thresh);
+        let keep = keep.narrow(
+            0,
+            0,
+            self.cfg.roi_heads.box_detections_per_img.min(keep.size()[0]),
+        );
         let deltas = raw.index_select(0, &index.index_select(0, &keep));
         Tensor::cat(&[s.index_select(0, &keep).unsqueeze(1), deltas], 1)
     }
@@ -333,8 +341,8 @@ impl RoiHeads {
         rng: &mut SamplingRng,
     ) -> RoiLosses {
         let sampler = BalancedSampler {
-            batch_size_per_image: self.cfg.box_batch_size_per_image,
-            positive_fraction: self.cfg.box_positive_fraction,
+            batch_size_per_image: self.cfg.roi_heads.box_batch_size_per_image,
+            positive_fraction: self.cfg.roi_heads.box_positive_fraction,
         };
         let samples: Vec<RoiSamples> = proposals
             .iter()
@@ -441,7 +449,11 @@ impl RoiHeads {
                 Tensor::zeros([n], (Kind::Int64, device)),
             );
         }
-        let matcher = Matcher::new(self.cfg.box_fg_iou_thresh, self.cfg.box_bg_iou_thresh, false);
+        let matcher = Matcher::new(
+            self.cfg.roi_heads.box_fg_iou_thresh,
+            self.cfg.roi_heads.box_bg_iou_thresh,
+            false,
+        );
         let matched = matcher.matches(&box_iou(gt_boxes, proposals));
         let labels = gt_labels
             .index_select(0, &matched.clamp_min(0))
@@ -496,7 +508,7 @@ impl RoiHeads {
             .gather(1, &labels_pos.view([-1, 1, 1]).expand([-1, 1, 4], false), false)
             .squeeze_dim(1);
         let tgt = targets.index_select(0, &pos);
-        let box_loss = pred.smooth_l1_loss(&tgt, tch::Reduction::Sum, self.cfg.box_loss_beta)
+        let box_loss = pred.smooth_l1_loss(&tgt, tch::Reduction::Sum, self.cfg.roi_heads.box_loss_beta)
             / labels.numel().max(1) as f64;
         (cls, box_loss)
     }

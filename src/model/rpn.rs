@@ -87,9 +87,9 @@ impl Rpn {
         Rpn {
             head: RpnHead::new(&p / "head", ModelConfig::FPN_CHANNELS, cfg.anchors_per_location()),
             anchor_generator: AnchorGenerator::new(
-                cfg.anchor_sizes.clone(),
-                cfg.anchor_aspect_ratios.clone(),
-                cfg.anchor_stride,
+                cfg.anchors.anchor_sizes.clone(),
+                cfg.anchors.anchor_aspect_ratios.clone(),
+                cfg.anchors.anchor_stride,
             ),
             box_coder: BoxCoder::new([1.0, 1.0, 1.0, 1.0]),
             cfg: cfg.clone(),
@@ -167,11 +167,14 @@ impl Rpn {
     pub fn proposals(&self, out: &RpnOutput, image_sizes: &[(i64, i64)], train: bool) -> Vec<Proposals> {
         let (pre_n, post_n) = if train {
             (
-                self.cfg.rpn_pre_nms_top_n_train,
-                self.cfg.rpn_post_nms_top_n_train,
+                self.cfg.rpn.rpn_pre_nms_top_n_train,
+                self.cfg.rpn.rpn_post_nms_top_n_train,
             )
         } else {
-            (self.cfg.rpn_pre_nms_top_n_test, self.cfg.rpn_post_nms_top_n_test)
+            (
+                self.cfg.rpn.rpn_pre_nms_top_n_test,
+                self.cfg.rpn.rpn_post_nms_top_n_test,
+            )
         };
         let objectness = out.objectness.detach();
         let deltas = out.deltas.detach();
@@ -200,15 +203,15 @@ impl Rpn {
                 let boxes = self.box_coder.decode(&d, &anchors).squeeze_dim(1);
                 let mut boxes = clip_boxes_to_image(&boxes, h, w);
                 let mut levels = levels;
-                if self.cfg.rpn_nms_on_probabilities {
+                if self.cfg.rpn.rpn_nms_on_probabilities {
                     scores = scores.sigmoid();
                 }
-                let keep = remove_small_boxes(&boxes, self.cfg.rpn_min_size);
+                let keep = remove_small_boxes(&boxes, self.cfg.rpn.rpn_min_size);
                 boxes = boxes.index_select(0, &keep);
                 scores = scores.index_select(0, &keep);
                 levels = levels.index_select(0, &keep);
-                if let Some(t) = self.cfg.rpn_score_thresh {
-                    let probs = if self.cfg.rpn_nms_on_probabilities {
+                if let Some(t) = self.cfg.rpn.rpn_score_thresh {
+                    let probs = if self.cfg.rpn.rpn_nms_on_probabilities {
                         scores.shallow_clone()
                     } else {
                         scores.sigmoid()
@@ -218,7 +221,7 @@ impl Rpn {
                     scores = scores.index_select(0, &keep);
                     levels = levels.index_select(0, &keep);
                 }
-                let keep = batched_nms(&boxes, &scores, &levels, self.cfg.rpn_nms_thresh);
+                let keep = batched_nms(&boxes, &scores, &levels, self.cfg.rpn.rpn_nms_thresh);
                 let keep = keep.narrow(0, 0, post_n.min(keep.size()[0]));
                 Proposals {
                     boxes: boxes.index_select(0, &keep),
@@ -238,7 +241,11 @@ impl Rpn {
                 Tensor::zeros([n, 4], (Kind::Float, device)),
             );
         }
-        let matcher = Matcher::new(self.cfg.rpn_fg_iou_thresh, self.cfg.rpn_bg_iou_thresh, true);
+        let matcher = Matcher::new(
+            self.cfg.rpn.rpn_fg_iou_thresh,
+            self.cfg.rpn.rpn_bg_iou_thresh,
+            true,
+        );
         let matched = matcher.matches(&box_iou(gt_boxes, anchors));
         let matched_boxes = gt_boxes.index_select(0, &matched.clamp_min(0));
         let labels = matched
@@ -251,8 +258,8 @@ impl Rpn {
     /// The anchor sampler of the configuration.
     pub fn sampler(&self) -> BalancedSampler {
         BalancedSampler {
-            batch_size_per_image: self.cfg.rpn_batch_size_per_image,
-            positive_fraction: self.cfg.rpn_positive_fraction,
+            batch_size_per_image: self.cfg.rpn.rpn_batch_size_per_image,
+            positive_fraction: self.cfg.rpn.rpn_positive_fraction,
         }
     }
 
@@ -279,7 +286,7 @@ impl Rpn {
         let targets = Tensor::cat(regression_targets, 0);
         let pred = deltas.index_select(0, &pos);
         let tgt = targets.index_select(0, &pos);
-        let box_sum = match self.cfg.rpn_box_loss {
+        let box_sum = match self.cfg.rpn.rpn_box_loss {
             BoxLoss::L1 => (pred - tgt).abs().sum(Kind::Float),
             BoxLoss::SmoothL1 { beta } => pred.smooth_l1_loss(&tgt, tch::Reduction::Sum, beta),
         };

@@ -63,15 +63,15 @@ pub fn batch_images(images: &[Tensor], cfg: &ModelConfig) -> crate::Result<Image
             )));
         }
         let device = img.device();
-        let mean = Tensor::from_slice(&cfg.image_mean.map(|v| v as f32))
+        let mean = Tensor::from_slice(&cfg.transform.image_mean.map(|v| v as f32))
             .to_device(device)
             .view([3, 1, 1]);
-        let std = Tensor::from_slice(&cfg.image_std.map(|v| v as f32))
+        let std = Tensor::from_slice(&cfg.transform.image_std.map(|v| v as f32))
             .to_device(device)
             .view([3, 1, 1]);
         let x = (img.to_kind(Kind::Float) - mean) / std;
         let (h, w) = (s[1], s[2]);
-        let (rh, rw, _) = resized_size(h, w, cfg.min_size, cfg.max_size);
+        let (rh, rw, _) = resized_size(h, w, cfg.transform.min_size, cfg.transform.max_size);
         let x = if (rh, rw) == (h, w) {
             x
         } else {
@@ -83,7 +83,7 @@ pub fn batch_images(images: &[Tensor], cfg: &ModelConfig) -> crate::Result<Image
         image_sizes.push((rh, rw));
         resized.push(x);
     }
-    let d = cfg.size_divisible;
+    let d = cfg.transform.size_divisible;
     let round_up = |v: i64| (v + d - 1) / d * d;
     let ph = round_up(image_sizes.iter().map(|s| s.0).max().unwrap_or(0));
     let pw = round_up(image_sizes.iter().map(|s| s.1).max().unwrap_or(0));
@@ -184,7 +184,7 @@ mod tests {
     fn batch_normalises_and_pads() {
         let img = Tensor::ones([3, 500, 512], (Kind::Float, Device::Cpu)) * 0.5;
         let mut cfg = ModelConfig::r50_fpn4();
-        cfg.min_size = 500;
+        cfg.transform.min_size = 500;
         let b = batch_images(&[img], &cfg).unwrap();
         assert_eq!(b.tensors.size(), vec![1, 3, 512, 512]);
         assert_eq!(b.image_sizes, vec![(500, 512)]);

@@ -137,7 +137,7 @@ pub fn save(
     );
     let bytes = safetensors::tensor::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), &Some(meta))
         .map_err(|e| Error::model_file(path, format!("cannot serialise: {e}")))?;
-    crate::fsutil::write_atomic(path, &bytes)
+    Ok(crate::fsutil::write_atomic(path, &bytes)?)
 }
 
 /// Copy every tensor of `file` into the matching variable, strictly.

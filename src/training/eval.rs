@@ -1,7 +1,8 @@
 //! Metrics. Segmentation: the original's per-image mask AP (spec §2.9: matterport-style
 //! matching that loops over ground truths, AP per image, images without predictions or ground
 //! truth scored by the table below, averaged over all images) beside a COCO-style dataset-level
-//! mask AP. Classification: the confusion matrix and the figures derived from it.
+//! mask AP. Classification: the confusion matrix and the figures derived from it. Below them,
+//! the evaluation loops that run a model over a data set into these metrics.
 //!
 //! | predictions | ground truth | AP of the image |
 //! |---|---|---|
@@ -10,7 +11,13 @@
 //! | no | yes | 0 |
 //! | yes | no | 0 |
 
+use std::path::{Path, PathBuf};
+
 use serde::Serialize;
+
+use crate::data::cncb::CncbDataset;
+use crate::model::MaskRcnn;
+use crate::training::{PilResize, classifier_image};
 
 /// One predicted or ground-truth instance of an image: class label and a binary mask.
 #[derive(Debug, Clone)]
@@ -279,6 +286,107 @@ pub fn classification_metrics(cm: [[u64; 3]; 3]) -> ClassificationMetrics {
         covid_sensitivity: sens[2],
         images: total,
     }
+}
+
+// The evaluation loops: a model over a data set, into the metrics above.
+
+/// Evaluate a segmentation model on a data set with detection score threshold `confidence` and
+/// mask probability threshold `mask_threshold` (`ctmask evaluate-segmentation`).
+pub fn evaluate_segmentation(
+    model: &mut MaskRcnn,
+    data: &CncbDataset,
+    confidence: f64,
+    mask_threshold: f64,
+) -> crate::Result<SegmentationMetrics> {
+    let mut cfg = model.cfg.clone();
+    cfg.roi_heads.box_score_thresh = confidence;
+    model.set_config(cfg)?;
+    let mut ev = SegmentationEvaluator::default();
+    for i in 0..data.len() {
+        let (slice, inst, path) = data.item(i).map_err(|e| crate::Error::Other(e.to_string()))?;
+        let img =
+            crate::model::transform::tensor_from_rgb(&slice.rgb, slice.width, slice.height, model.device())?;
+        let d = model.detect(&[img])?.remove(0);
+        let gts: Vec<MaskInstance> = inst
+            .iter()
+            .map(|g| MaskInstance {
+                label: g.label,
+                score: 1.0,
+                mask: g.mask.iter().map(|&v| v != 0).collect(),
+            })
+            .collect();
+        let preds = match d.binary_masks(mask_threshold) {
+            Some(m) if !d.is_empty() => {
+                let labels: Vec<i64> = Vec::try_from(&d.labels)?;
+                let scores: Vec<f32> = Vec::try_from(&d.scores)?;
+                let flat: Vec<bool> = Vec::try_from(m.flatten(0, -1).to_device(tch::Device::Cpu))?;
+                let hw = (slice.width * slice.height) as usize;
+                labels
+                    .iter()
+                    .zip(&scores)
+                    .enumerate()
+                    .map(|(k, (&label, &score))| MaskInstance {
+                        label,
+                        score,
+                        mask: flat[k * hw..(k + 1) * hw].to_vec(),
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            log_image(&path, &preds, &gts);
+        }
+        ev.add(preds, gts);
+    }
+    Ok(ev.finish(&model.cfg.class_names))
+}
+
+/// One evaluated image at debug level: each prediction in score order with its class, score and
+/// best mask IoU with a ground-truth region of its class (what decides its match at AP@0.5), the
+/// ground-truth regions, and the image's AP@0.5.
+fn log_image(path: &Path, preds: &[MaskInstance], gts: &[MaskInstance]) {
+    let mut order: Vec<&MaskInstance> = preds.iter().collect();
+    order.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let predictions: Vec<String> = order
+        .iter()
+        .map(|p| {
+            let best = gts
+                .iter()
+                .filter(|g| g.label == p.label)
+                .map(|g| mask_iou(&p.mask, &g.mask))
+                .fold(0.0f64, f64::max);
+            format!("{}:{:.3}/iou{:.2}", p.label, p.score, best)
+        })
+        .collect();
+    let ground_truth: Vec<String> = gts
+        .iter()
+        .map(|g| format!("{}:{}px", g.label, g.mask.iter().filter(|&&v| v).count()))
+        .collect();
+    tracing::debug!(
+        image = %path.display(),
+        ap_50 = image_ap(preds, gts, 0.5),
+        ground_truth = %ground_truth.join(" "),
+        predictions = %predictions.join(" "),
+        "evaluated"
+    );
+}
+
+/// Confusion matrix of a classifier over labelled images (`ctmask evaluate-classifier`).
+pub fn confusion(
+    model: &MaskRcnn,
+    items: &[(PathBuf, u8)],
+    resize: Option<PilResize>,
+) -> crate::Result<[[u64; 3]; 3]> {
+    let mut cm = [[0u64; 3]; 3];
+    for (p, l) in items {
+        let img = classifier_image(p, resize, model.device())
+            .map_err(|e| crate::Error::Other(format!("{}: {e}", p.display())))?;
+        let c = crate::screening::classify(model, &img)?;
+        let pred = c.class_index_or_zero();
+        cm[*l as usize][pred] += 1;
+    }
+    Ok(cm)
 }
 
 #[cfg(test)]

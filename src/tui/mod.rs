@@ -27,7 +27,7 @@ use std::io::{IsTerminal, Stdout};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -141,9 +141,7 @@ fn apply(effects: Vec<Effect>, client: &Client) -> bool {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::clock::now_ms().max(0) as u64
 }
 
 /// Keys from the terminal, on their own thread (crossterm's `read` blocks).

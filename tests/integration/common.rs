@@ -20,14 +20,14 @@ pub fn shared() -> PathBuf {
 /// A tiny lightweight configuration for fast CPU tests.
 pub fn tiny_config() -> ctmask::model::ModelConfig {
     let mut c = ctmask::model::ModelConfig::preset("r18-t1").expect("preset exists");
-    c.min_size = 96;
-    c.max_size = 128;
-    c.rpn_pre_nms_top_n_test = 200;
-    c.rpn_post_nms_top_n_test = 100;
-    c.rpn_pre_nms_top_n_train = 300;
-    c.rpn_post_nms_top_n_train = 150;
-    c.rpn_batch_size_per_image = 64;
-    c.box_batch_size_per_image = 32;
+    c.transform.min_size = 96;
+    c.transform.max_size = 128;
+    c.rpn.rpn_pre_nms_top_n_test = 200;
+    c.rpn.rpn_post_nms_top_n_test = 100;
+    c.rpn.rpn_pre_nms_top_n_train = 300;
+    c.rpn.rpn_post_nms_top_n_train = 150;
+    c.rpn.rpn_batch_size_per_image = 64;
+    c.roi_heads.box_batch_size_per_image = 32;
     c
 }
 

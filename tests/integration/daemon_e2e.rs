@@ -9,16 +9,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ctmask::data::synth::{ClassChoice, Layout, SynthOptions, run_synth};
-use ctmask::model::{MaskRcnn, det_init};
+use ctmask::model::{MaskRcnn, deterministic_init};
 
 use super::common::tiny_config;
 
 /// Tiny segmentation + classifier model files in `dir`.
 pub fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
     let seg = MaskRcnn::new(&tiny_config(), tch::Device::Cpu).unwrap();
-    det_init::fill(&seg);
+    deterministic_init::fill(&seg);
     let cls = MaskRcnn::new(&tiny_config().into_classifier(16, 32), tch::Device::Cpu).unwrap();
-    det_init::fill(&cls);
+    deterministic_init::fill(&cls);
     let (s, c) = (dir.join("seg.safetensors"), dir.join("cls.safetensors"));
     seg.save(&s, &BTreeMap::new()).unwrap();
     cls.save(&c, &BTreeMap::new()).unwrap();

@@ -9,7 +9,7 @@ use std::path::Path;
 use ctmask::checkpoint::import::{import_value, original_key};
 use ctmask::checkpoint::{DType, RawTensor, Value};
 use ctmask::model::config::{MaskHeadKind, ModelConfig, Semantics};
-use ctmask::model::{MaskRcnn, det_init};
+use ctmask::model::{MaskRcnn, deterministic_init};
 use tch::{Device, Kind};
 
 fn raw(t: &tch::Tensor) -> RawTensor {
@@ -100,7 +100,7 @@ fn released_full_classifier_shape_imports_and_runs() {
         .into_classifier(256, 1024);
     cfg.mask_head = MaskHeadKind::Full;
     let src = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
-    det_init::fill(&src);
+    deterministic_init::fill(&src);
     let dir = tempfile::tempdir().unwrap();
     let dst = dir.path().join("cls.safetensors");
     let r = import_value(
@@ -156,7 +156,7 @@ fn released_full_classifier_shape_imports_and_runs() {
 fn imported_torchvision_state_dict_gives_torchvision_detections() {
     let cfg = ModelConfig::preset("r18-t1").unwrap();
     let src = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
-    det_init::fill(&src);
+    deterministic_init::fill(&src);
     let dir = tempfile::tempdir().unwrap();
     let dst = dir.path().join("tv.safetensors");
     import_value(

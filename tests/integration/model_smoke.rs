@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use ctmask::model::{MaskRcnn, Target, det_init};
+use ctmask::model::{MaskRcnn, Target, deterministic_init};
 use ctmask::ops::sampler::sampling_rng;
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
@@ -21,20 +21,23 @@ fn blob_image(size: i64) -> Tensor {
 fn detect_returns_consistent_shapes_and_masks() {
     let cfg = tiny_config();
     let model = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
-    det_init::fill(&model);
+    deterministic_init::fill(&model);
     let img = blob_image(80);
     let dets = model.detect(&[img.shallow_clone(), blob_image(96)]).unwrap();
     assert_eq!(dets.len(), 2);
     for (d, size) in dets.iter().zip([80, 96]) {
         let k = d.len();
-        assert!(k <= cfg.box_detections_per_img);
+        assert!(k <= cfg.roi_heads.box_detections_per_img);
         assert_eq!(d.boxes.size(), vec![k, 4]);
         let m = d.masks.as_ref().unwrap();
         assert_eq!(m.size(), vec![k, size, size]);
         if k > 0 {
             let s: Vec<f32> = Vec::try_from(&d.scores).unwrap();
             assert!(s.windows(2).all(|w| w[0] >= w[1]), "scores descend");
-            assert!(s.iter().all(|&v| v > cfg.box_score_thresh as f32 && v <= 1.0));
+            assert!(
+                s.iter()
+                    .all(|&v| v > cfg.roi_heads.box_score_thresh as f32 && v <= 1.0)
+            );
             let b: Vec<Vec<f32>> = Vec::try_from(&d.boxes).unwrap();
             assert!(
                 b.iter()
@@ -48,7 +51,7 @@ fn detect_returns_consistent_shapes_and_masks() {
 fn save_load_round_trip_is_exact_and_strict() {
     let cfg = tiny_config();
     let model = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
-    det_init::fill(&model);
+    deterministic_init::fill(&model);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     model.save(&path, &BTreeMap::new()).unwrap();
@@ -119,7 +122,7 @@ fn target_for_blob(size: i64) -> Target {
 #[test]
 fn losses_are_finite_and_empty_slices_work() {
     let model = MaskRcnn::new(&tiny_config(), Device::Cpu).unwrap();
-    det_init::fill(&model);
+    deterministic_init::fill(&model);
     let mut rng = sampling_rng(0, 0);
     let l = model
         .losses(&[blob_image(96)], &[target_for_blob(96)], &mut rng)
@@ -148,7 +151,7 @@ fn overfit_trace(steps: usize, seed: u64) -> Vec<f64> {
     let mut cfg = tiny_config();
     cfg.bn_num_batches_tracked = true;
     let model = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
-    det_init::fill(&model);
+    deterministic_init::fill(&model);
     let mut opt = tch::nn::Adam::default().build(&model.vs, 1e-3).unwrap();
     let img = blob_image(96);
     let mut rng = sampling_rng(seed, 0);

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use ctmask::model::config::{ModelConfig, Semantics};
-use ctmask::model::{MaskRcnn, det_init};
+use ctmask::model::{MaskRcnn, deterministic_init};
 use ctmask::ops::sampler::Sampled;
 use tch::{Device, Kind, Tensor};
 
@@ -77,7 +77,7 @@ pub fn model(variant: &str, semantics: Semantics) -> MaskRcnn {
     };
     let cfg = ModelConfig::preset(preset).unwrap().with_semantics(semantics);
     let m = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
-    det_init::fill(&m);
+    deterministic_init::fill(&m);
     m
 }
 
@@ -548,9 +548,9 @@ fn check_classifier(variant: &str, n: i64, s: i64, inputs: Inputs) {
     let fx = inputs.fixture(&format!("classifier_{variant}.safetensors"));
     let base = model(variant, Semantics::Torchvision).cfg;
     let mut cfg = base.into_classifier(n, s);
-    cfg.box_min_size = None; // the reference redoes the RoI post-processing as the original
+    cfg.roi_heads.box_min_size = None; // the reference redoes the RoI post-processing as the original
     let m = MaskRcnn::new(&cfg, Device::Cpu).unwrap();
-    det_init::fill(&m);
+    deterministic_init::fill(&m);
     for i in 0..2 {
         let p = |k: &str| &fx[&format!("img{i}.{k}")];
         let ranked = m.ranked(&inputs.image(i), false).unwrap();

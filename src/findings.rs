@@ -21,7 +21,8 @@ pub const MASK_CONSOLIDATION: u8 = 2;
 pub struct Classification {
     /// One of `CLASS_NAMES`.
     pub label: String,
-    /// Softmax over control, pneumonia, covid.
+    /// Sigmoid of each logit (one-vs-all training) for control, pneumonia, covid: independent
+    /// probabilities that need not sum to 1.
     pub probabilities: [f32; 3],
     pub logits: [f32; 3],
     /// True when the segmenter found no lesion boxes (the classifier then saw none).
