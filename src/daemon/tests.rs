@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::settings::PollMode;
 use super::*;
-use crate::protocol::{Message, Request};
+use crate::protocol::{Client, Message, Request, fetch_snapshot};
 use crate::slice::Slice;
 use crate::structures::{Classification, Finding, Lesion};
 
@@ -129,7 +129,7 @@ fn settings(root: &Path) -> DaemonSettings {
 }
 
 struct Running {
-    signal: ShutdownSignal,
+    signal: Shutdown,
     handle: JoinHandle<Result<(), DaemonError>>,
     calls: Arc<AtomicUsize>,
     broken: Arc<AtomicBool>,
@@ -151,7 +151,7 @@ impl Running {
 fn start(settings: DaemonSettings, delay: Duration) -> Running {
     let calls = Arc::new(AtomicUsize::new(0));
     let broken = Arc::new(AtomicBool::new(false));
-    let signal = ShutdownSignal::new();
+    let signal = Shutdown::new();
     let socket = settings.socket.clone();
     let make: MakeScreener = {
         let (calls, broken) = (calls.clone(), broken.clone());
@@ -254,7 +254,7 @@ fn screens_slices_reports_series_and_never_rescreens_copies() {
         .iter()
         .find(|r| r["series_key"].as_str().is_some_and(|k| k.starts_with("dir-")))
         .expect("png series");
-    assert_eq!(loose["schema"], series::SERIES_SCHEMA);
+    assert_eq!(loose["schema"], series::SeriesReport::SCHEMA);
     assert_eq!(
         (loose["slice_count"].as_u64(), loose["revision"].as_u64()),
         (Some(3), Some(1))
@@ -295,7 +295,7 @@ fn screens_slices_reports_series_and_never_rescreens_copies() {
     );
     assert_eq!(json(&loose_path)["slice_count"], 4);
     std::thread::sleep(Duration::from_millis(300));
-    let snapshot = status_client(&d.socket).expect("status");
+    let snapshot = fetch_snapshot(&d.socket).expect("status");
     assert_eq!(
         (
             snapshot.counts.done,
@@ -343,7 +343,7 @@ fn screens_slices_reports_series_and_never_rescreens_copies() {
     // Restart: nothing is screened again.
     let d = start(s, Duration::ZERO);
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(status_client(&d.socket).expect("status").counts.done, 5);
+    assert_eq!(fetch_snapshot(&d.socket).expect("status").counts.done, 5);
     assert_eq!(d.stop(), 0);
 }
 
@@ -512,7 +512,7 @@ fn low_disk_pauses_intake_until_space_returns() {
     let d = start(s.clone(), Duration::ZERO);
     drop_file(&watch, "a.png", &png(250));
     std::thread::sleep(Duration::from_millis(800));
-    let snap = status_client(&d.socket).expect("status");
+    let snap = fetch_snapshot(&d.socket).expect("status");
     assert!(snap.intake.paused);
     assert!(
         snap.intake.reasons[0].starts_with("low disk space on"),
@@ -536,7 +536,7 @@ fn low_disk_pauses_intake_until_space_returns() {
         wait_until(Duration::from_secs(5), || slice_reports(&out).len() == 1),
         "not resumed"
     );
-    assert!(!status_client(&d.socket).expect("status").intake.paused);
+    assert!(!fetch_snapshot(&d.socket).expect("status").intake.paused);
     d.stop();
 }
 
@@ -555,7 +555,7 @@ fn second_instance_is_refused_and_drain_requeues_the_slice_in_hand() {
         ..s.clone()
     };
     let make: MakeScreener = Box::new(|| Err("must not be built".into()));
-    let err = run(other, make, ShutdownSignal::new()).expect_err("second instance");
+    let err = run(other, make, Shutdown::new()).expect_err("second instance");
     assert!(err.to_string().contains("another ctmask daemon"), "{err}");
 
     for i in 0..3 {
@@ -601,7 +601,7 @@ impl Tmpfs {
     }
 
     fn free(&self) -> u64 {
-        ops::disk_info(&self.0).expect("statvfs").free_bytes
+        disk::disk_info(&self.0).expect("statvfs").free_bytes
     }
 
     /// Writes zeros into `name` until the filesystem has at most `leave` bytes free.
@@ -674,7 +674,7 @@ fn real_full_disk_pauses_leaves_nothing_partial_and_resumes() {
     // 1. The threshold: fill to 256 KiB free; intake pauses and b waits.
     let filler = fs.fill("filler", 256 << 10);
     assert!(
-        wait_until(Duration::from_secs(5), || status_client(&d.socket)
+        wait_until(Duration::from_secs(5), || fetch_snapshot(&d.socket)
             .is_ok_and(|s| s.intake.paused)),
         "intake did not pause on a full tmpfs"
     );
@@ -703,7 +703,7 @@ fn real_full_disk_pauses_leaves_nothing_partial_and_resumes() {
     assert_eq!(fs.free(), 0, "tmpfs not full");
     drop_file(&watch, "c.png", &png(230));
     let reasons = || {
-        status_client(&d.socket)
+        fetch_snapshot(&d.socket)
             .map(|s| s.intake.reasons)
             .unwrap_or_default()
     };
@@ -720,14 +720,14 @@ fn real_full_disk_pauses_leaves_nothing_partial_and_resumes() {
         "partial files: {:?}",
         partial_files(&out)
     );
-    let snap = status_client(&d.socket).expect("status");
+    let snap = fetch_snapshot(&d.socket).expect("status");
     assert_eq!(snap.counts.quarantined, 0, "a full disk quarantined the slice");
     std::fs::remove_file(&filler).expect("free space");
     assert!(
         wait_until(Duration::from_secs(10), || slice_reports(&out).len() == 3),
         "c not screened after space returned"
     );
-    assert!(!status_client(&d.socket).expect("status").intake.paused);
+    assert!(!fetch_snapshot(&d.socket).expect("status").intake.paused);
     assert!(
         partial_files(&out).is_empty(),
         "partial files: {:?}",

@@ -457,39 +457,6 @@ pub(crate) fn snapshot(
         .ok()
 }
 
-/// The socket's `retry_forward`.
-pub(crate) fn answer_retry(
-    shared: &Shared,
-    queue: &crate::daemon::queue::Queue,
-    id: Option<i64>,
-) -> crate::protocol::Message {
-    match retry(queue.connection(), id) {
-        Ok(0) => crate::protocol::Message::Error {
-            code: "retry_refused".into(),
-            message: match id {
-                Some(id) => format!("outbox entry {id} is not failed"),
-                None => "no failed outbox entry".into(),
-            },
-        },
-        Ok(n) => {
-            shared.publish(
-                EventKind::Retried,
-                format!("{n} DICOM forwards retried by operator"),
-                None,
-                None,
-            );
-            crate::protocol::Message::Ack {
-                request: "retry_forward".into(),
-                message: format!("{n} outbox entries pending again"),
-            }
-        }
-        Err(e) => crate::protocol::Message::Error {
-            code: "internal".into(),
-            message: e.to_string(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

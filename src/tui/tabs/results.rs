@@ -9,7 +9,7 @@ use ratatui::style::{Color, Style};
 use ratatui::widgets::{Block, Cell, Paragraph, Row};
 
 use super::detail;
-use crate::protocol::{SeriesSummary, SliceSummary};
+use crate::protocol::{Label, SeriesSummary, SliceSummary};
 use crate::tui::app::{App, Pane, Tab};
 use crate::tui::text::{opt, tail};
 
@@ -85,7 +85,7 @@ fn series_row(s: &SeriesSummary, key_width: usize) -> Row<'static> {
     Row::new(vec![
         Cell::from(tail(&s.key, key_width)),
         Cell::from(s.slice_count.to_string()),
-        Cell::from(s.verdict.clone()).style(verdict_style(&s.verdict)),
+        Cell::from(s.verdict.as_str()).style(verdict_style(s.verdict.as_str())),
         Cell::from(format!(
             "{}/{}/{}",
             count("covid"),
@@ -139,10 +139,10 @@ pub fn burden(s: &SliceSummary) -> Option<f64> {
 }
 
 fn slice_row(s: &SliceSummary) -> Row<'static> {
-    let label = s.label.clone().unwrap_or_else(|| "-".into());
+    let label = s.label.map_or("-", Label::as_str);
     Row::new(vec![
         Cell::from(tail(&s.file_name, 40)),
-        Cell::from(label.clone()).style(verdict_style(&label)),
+        Cell::from(label).style(verdict_style(label)),
         Cell::from(probabilities(s.probabilities)),
         Cell::from(lesions(s)),
         Cell::from(opt(burden(s), 1)),

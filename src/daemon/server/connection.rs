@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use super::Shared;
-use super::peers::{PeerPolicy, Role};
-use super::queue::Queue;
-use crate::protocol::{self, Message, PROTOCOL_VERSION, ProtocolError, Request};
+use crate::daemon::Shared;
+use crate::daemon::peers::{PeerPolicy, Role};
+use crate::daemon::queue::Queue;
+use crate::protocol::{self, ErrorCode, Message, PROTOCOL_VERSION, ProtocolError, Request};
 
 /// Longest request line.
 pub const MAX_REQUEST_BYTES: usize = 64 << 10;
@@ -114,9 +114,9 @@ impl Outbox {
     }
 }
 
-pub(crate) fn error(code: &str, message: impl Into<String>) -> Message {
+pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> Message {
     Message::Error {
-        code: code.into(),
+        code,
         message: message.into(),
     }
 }
@@ -134,13 +134,16 @@ pub(crate) fn serve_client(stream: UnixStream, shared: Arc<Shared>, policy: Peer
         Ok(Role::None) => {
             tracing::warn!("refused a client that is neither root, the daemon's user nor in its groups");
             out.send(&error(
-                "forbidden",
+                ErrorCode::Forbidden,
                 "not allowed: ask to be added to the daemon's group",
             ));
         }
         Ok(role) => handle_requests(&stream, &shared, &out, role),
         Err(e) => {
-            out.send(&error("forbidden", format!("cannot check peer credentials: {e}")));
+            out.send(&error(
+                ErrorCode::Forbidden,
+                format!("cannot check peer credentials: {e}"),
+            ));
         }
     }
     // Let the writer flush what is queued (bounded by WRITE_TIMEOUT per write), then close.
@@ -174,7 +177,7 @@ fn handle_requests(stream: &UnixStream, shared: &Arc<Shared>, out: &Outbox, role
                 if !subscribed && last_request.elapsed() >= timeout {
                     let what = if greeted { "idle" } else { "no hello" };
                     out.send(&error(
-                        "timeout",
+                        ErrorCode::Timeout,
                         format!("{what} for {} s: closing", timeout.as_secs()),
                     ));
                     return;
@@ -183,11 +186,14 @@ fn handle_requests(stream: &UnixStream, shared: &Arc<Shared>, out: &Outbox, role
             }
             Err(ProtocolError::Io(_)) => return,
             Err(e @ ProtocolError::TooLong) => {
-                out.send(&error("bad_request", format!("{e} ({MAX_REQUEST_BYTES} bytes)")));
+                out.send(&error(
+                    ErrorCode::BadRequest,
+                    format!("{e} ({MAX_REQUEST_BYTES} bytes)"),
+                ));
                 return;
             }
             Err(e) => {
-                if !out.send(&error("bad_request", e.to_string())) {
+                if !out.send(&error(ErrorCode::BadRequest, e.to_string())) {
                     return;
                 }
                 continue;
@@ -197,7 +203,7 @@ fn handle_requests(stream: &UnixStream, shared: &Arc<Shared>, out: &Outbox, role
         let reply = match (&request, greeted) {
             (Request::Hello { version, .. }, _) => {
                 if *version == 0 {
-                    error("unsupported_version", "protocol version 0 does not exist")
+                    error(ErrorCode::UnsupportedVersion, "protocol version 0 does not exist")
                 } else {
                     greeted = true;
                     Message::Hello {
@@ -206,9 +212,9 @@ fn handle_requests(stream: &UnixStream, shared: &Arc<Shared>, out: &Outbox, role
                     }
                 }
             }
-            (_, false) => error("hello_required", "send hello first"),
+            (_, false) => error(ErrorCode::HelloRequired, "send hello first"),
             (Request::Subscribe, true) if subscribed => {
-                error("already_subscribed", "one subscription per connection")
+                error(ErrorCode::AlreadySubscribed, "one subscription per connection")
             }
             (Request::Subscribe, true) => {
                 subscribed = true;
@@ -223,7 +229,7 @@ fn handle_requests(stream: &UnixStream, shared: &Arc<Shared>, out: &Outbox, role
                 | Request::RetryForward { .. },
                 true,
             ) if role < Role::Control => error(
-                "forbidden",
+                ErrorCode::Forbidden,
                 "pause, resume and retries need the control role: root, the daemon's user or daemon.control_group",
             ),
             (_, true) => {
@@ -233,8 +239,8 @@ fn handle_requests(stream: &UnixStream, shared: &Arc<Shared>, out: &Outbox, role
                         .ok();
                 }
                 match queue.as_mut() {
-                    Some(q) => super::server::answer(&request, shared, q),
-                    None => error("internal", "the queue database cannot be opened"),
+                    Some(q) => super::handlers::answer(&request, shared, q),
+                    None => error(ErrorCode::Internal, "the queue database cannot be opened"),
                 }
             }
         };

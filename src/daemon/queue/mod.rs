@@ -18,7 +18,11 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::protocol::{JobInfo, JobState, QueueCounts, SliceSummary};
+mod record;
+
+pub use record::{NoThumbnail, ScreenedSlice, SliceRecord};
+
+use crate::protocol::{JobInfo, JobState, QueueCounts, SliceSummary, Thumbnail};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -359,23 +363,17 @@ impl Queue {
 
     /// running -> done, with the slices' summaries (also marks the series active and records
     /// each slice as the result of its SOP instance).
-    pub fn complete(&mut self, id: i64, slices: &[SliceSummary]) -> Result<()> {
+    pub fn complete(&mut self, id: i64, slices: &[ScreenedSlice]) -> Result<()> {
         let now = now_ms();
         let models = self.models.clone();
-        // Thumbnails live in their own table: the summaries stay small for series reports.
-        let bare: Vec<SliceSummary> = slices
-            .iter()
-            .map(|s| SliceSummary {
-                thumbnail: None,
-                ..s.clone()
-            })
-            .collect();
-        let summary = serde_json::to_string(&bare).map_err(|source| QueueError::Summary { id, source })?;
-        let series_key = slices.first().map(|s| s.series_key.clone());
+        // Thumbnails live in their own table: the records stay small for series reports.
+        let records: Vec<&SliceRecord> = slices.iter().map(|s| &s.record).collect();
+        let summary = serde_json::to_string(&records).map_err(|source| QueueError::Summary { id, source })?;
+        let series_key = records.first().map(|s| s.series_key.clone());
         // Raw pixels (a BLOB, half the size of the hex the protocol sends).
-        let thumbs: Vec<(i64, &crate::protocol::Thumbnail)> = slices
+        let thumbs: Vec<(i64, &Thumbnail)> = slices
             .iter()
-            .filter_map(|s| Some((i64::from(s.frame.unwrap_or(0)), s.thumbnail.as_ref()?)))
+            .filter_map(|s| Some((i64::from(s.record.frame.unwrap_or(0)), s.thumbnail.as_ref()?)))
             .collect();
         self.in_tx(|tx| {
             tx.execute(
@@ -390,7 +388,7 @@ impl Queue {
                     params![id, frame, t.width, t.height, t.channels, t.data],
                 )?;
             }
-            for s in slices {
+            for s in &records {
                 tx.execute(
                     "INSERT OR IGNORE INTO instances (models, series_key, stem, job_id) VALUES (?1, ?2, ?3, ?4)",
                     params![models, s.series_key, s.file_name, id],
@@ -643,7 +641,11 @@ impl Queue {
     pub fn recent_slices(&self, limit: usize, offset: usize, thumbnails: bool) -> Result<Vec<SliceSummary>> {
         let sql = "SELECT summary FROM jobs WHERE models = ?1 AND state = 'done' AND summary IS NOT NULL
                    ORDER BY updated_ms DESC, id DESC LIMIT ?2 OFFSET ?3";
-        let mut out = self.summaries(sql, params![self.models, limit as i64, offset as i64])?;
+        let mut out: Vec<SliceSummary> = self
+            .records(sql, params![self.models, limit as i64, offset as i64])?
+            .into_iter()
+            .map(SliceSummary::from)
+            .collect();
         out.truncate(limit);
         if thumbnails {
             self.attach_thumbnails(&mut out)?;
@@ -652,12 +654,12 @@ impl Queue {
     }
 
     /// Every screened slice of a series (any order).
-    pub fn series_slices(&self, series_key: &str) -> Result<Vec<SliceSummary>> {
+    pub fn series_slices(&self, series_key: &str) -> Result<Vec<SliceRecord>> {
         let sql = "SELECT summary FROM jobs WHERE models = ?1 AND state = 'done' AND series_key = ?2 AND summary IS NOT NULL";
-        self.summaries(sql, params![self.models, series_key])
+        self.records(sql, params![self.models, series_key])
     }
 
-    fn summaries(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<SliceSummary>> {
+    fn records(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<SliceRecord>> {
         let mut stmt = self.conn.prepare(sql).map_err(self.db())?;
         let rows = stmt
             .query_map(args, |r| r.get::<_, String>(0))
@@ -666,7 +668,7 @@ impl Queue {
         for row in rows {
             let json = row.map_err(self.db())?;
             // A summary this build cannot read (older schema) is skipped, not fatal.
-            if let Ok(slices) = serde_json::from_str::<Vec<SliceSummary>>(&json) {
+            if let Ok(slices) = serde_json::from_str::<Vec<SliceRecord>>(&json) {
                 out.extend(slices);
             }
         }
@@ -675,7 +677,7 @@ impl Queue {
 
     /// One slice's thumbnail (`frame` None: a single-frame file): the BLOB, or the hex JSON of
     /// databases written before thumbnails were BLOBs.
-    pub fn thumbnail(&self, job_id: i64, frame: Option<u32>) -> Result<Option<crate::protocol::Thumbnail>> {
+    pub fn thumbnail(&self, job_id: i64, frame: Option<u32>) -> Result<Option<Thumbnail>> {
         let key = params![job_id, i64::from(frame.unwrap_or(0))];
         let blob = self
             .conn
@@ -684,7 +686,7 @@ impl Queue {
             )
             .and_then(|mut st| {
                 st.query_row(key, |r| {
-                    Ok(crate::protocol::Thumbnail {
+                    Ok(Thumbnail {
                         width: r.get(0)?,
                         height: r.get(1)?,
                         channels: r.get(2)?,
@@ -852,12 +854,15 @@ mod tests {
         }
     }
 
-    fn summary(job_id: i64, key: &str) -> SliceSummary {
-        SliceSummary {
-            job_id,
-            series_key: key.into(),
-            label: Some("covid".into()),
-            ..SliceSummary::default()
+    fn summary(job_id: i64, key: &str) -> ScreenedSlice {
+        ScreenedSlice {
+            record: SliceRecord {
+                job_id,
+                series_key: key.into(),
+                label: Some(crate::protocol::Label::Covid),
+                ..SliceRecord::default()
+            },
+            thumbnail: None,
         }
     }
 
@@ -1044,13 +1049,13 @@ mod tests {
         let mut q = Queue::open(dir.path(), "m").expect("open");
         q.enqueue(&seen("/a", "1")).expect("enqueue");
         let id = q.claim(1).expect("claim")[0].id;
-        let thumb = crate::protocol::Thumbnail {
+        let thumb = Thumbnail {
             width: 2,
             height: 1,
             channels: 3,
             data: vec![1, 2, 3, 250, 251, 252],
         };
-        let slice = SliceSummary {
+        let slice = ScreenedSlice {
             thumbnail: Some(thumb.clone()),
             ..summary(id, "S")
         };
