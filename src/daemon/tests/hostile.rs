@@ -1,6 +1,6 @@
 //! The daemon in-process against hostile conditions (issue 17): a broken device, a second file
 //! with a screened SOP instance UID, queued files swapped for links and FIFOs, and reloads that
-//! name what needs a restart. Helpers come from the parent module (`tests.rs`).
+//! name what needs a restart. Helpers come from the parent module (`mod.rs`).
 
 use super::*;
 
