@@ -3,7 +3,7 @@
 use super::*;
 use crate::protocol::{Event, EventKind, Intake, JobState};
 use crate::tui::data::HISTORY_CAP;
-use crate::tui::snapshots::{NOW_MS, events, fixture_app, gpu_sample, results, series_reply, snapshot};
+use crate::tui::golden_screens::{NOW_MS, events, fixture_app, gpu_sample, results, series_reply, snapshot};
 use crate::tui::sync::{RECENT_LIMIT, REQUEST_TIMEOUT_MS};
 
 fn sends(fx: &[Effect]) -> Vec<Request> {

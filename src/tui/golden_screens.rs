@@ -2,7 +2,7 @@
 //! `App::update`, and every view rendered from it to ratatui's `TestBackend` at 80x24 and 120x40,
 //! compared with the expected text under `tests/fixtures/tui/`. After a deliberate change to a
 //! view, regenerate the expected text (and the text screenshots under `docs/screenshots/`) with
-//! `CTMASK_TUI_FIXTURES=write cargo test tui::snapshots`, and read the diff before committing.
+//! `CTMASK_TUI_FIXTURES=write cargo test tui::golden_screens`, and read the diff before committing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
