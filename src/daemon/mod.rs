@@ -5,6 +5,10 @@
 //! watcher (complete files) -> intake (hash, enqueue) -> reader (claim, read, decode) -> worker
 //! (owns the screener; screens, writes outputs, records) ; the server answers the socket; the
 //! calling thread supervises: signals, reloads, disk space, series reports, systemd notify.
+//! Every thread checks or waits on the one `Shutdown` (`shutdown.rs`); the supervisor turns a
+//! request into the drain. The server (`server/`: accept, `connection.rs`, one handler per
+//! request in `handlers.rs`) and `hub.rs` (events) answer the socket; `systemd.rs` and `disk.rs`
+//! are what their names say.
 
 pub mod disk;
 mod faults;

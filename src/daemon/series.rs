@@ -182,32 +182,9 @@ impl From<SliceRecord> for SeriesSlice {
     }
 }
 
-/// Sorts slices anatomically; returns the key used.
+/// Sorts slices anatomically (`protocol::anatomical_order`); returns the key used.
 pub fn order_slices(slices: &mut [SliceRecord]) -> &'static str {
-    let tie = |a: &SliceRecord, b: &SliceRecord| (a.frame, a.job_id).cmp(&(b.frame, b.job_id));
-    if slices.iter().all(|s| s.position_z.is_some()) {
-        slices.sort_by(|a, b| {
-            a.position_z
-                .partial_cmp(&b.position_z)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(tie(a, b))
-        });
-        "image_position_z"
-    } else if slices.iter().all(|s| s.slice_location.is_some()) {
-        slices.sort_by(|a, b| {
-            a.slice_location
-                .partial_cmp(&b.slice_location)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(tie(a, b))
-        });
-        "slice_location"
-    } else if slices.iter().all(|s| s.instance_number.is_some()) {
-        slices.sort_by(|a, b| a.instance_number.cmp(&b.instance_number).then(tie(a, b)));
-        "instance_number"
-    } else {
-        slices.sort_by(|a, b| a.file_name.cmp(&b.file_name).then(tie(a, b)));
-        "file_name"
-    }
+    crate::protocol::anatomical_order(slices)
 }
 
 /// The series verdict by the configured rule.

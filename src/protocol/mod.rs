@@ -14,8 +14,10 @@
 //!
 //! `vocab` is the one vocabulary (label, verdict, job state, error code) that the wire, the
 //! queue database and the reports share; `status` and `results` hold the messages' bodies,
-//! `codec` the line framing, `client` the one client (`ctmask status` and the dashboard).
+//! `codec` the line framing, `client` the one client (`ctmask status` and the dashboard),
+//! `anatomy` the one anatomical order of a series' slices.
 
+mod anatomy;
 mod client;
 mod codec;
 mod results;
@@ -27,6 +29,8 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use anatomy::slice_position;
+pub use anatomy::{SlicePosition, anatomical_order};
 pub use client::{Client, ClientError, fetch_snapshot};
 pub use codec::{ProtocolError, decode, encode, read_message, read_message_limited};
 pub use results::{Results, SeriesSummary, SliceSummary, Thumbnail};

@@ -51,6 +51,8 @@ pub struct SliceRecord {
     pub thumbnail: NoThumbnail,
 }
 
+crate::protocol::slice_position!(SliceRecord);
+
 /// What the worker hands the queue for one slice: its record and its thumbnail.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScreenedSlice {
