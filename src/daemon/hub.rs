@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::outbox::Outbox;
 use super::queue::now_ms;
-use super::server::Outbox;
 use crate::protocol::{self, Event, EventKind, Message};
 
 /// Events kept for clients that subscribe later.

@@ -7,8 +7,8 @@
 //! calling thread supervises: signals, reloads, disk space, series reports, systemd notify.
 //! Every thread checks or waits on the one `Shutdown` (`shutdown.rs`); the supervisor turns a
 //! request into the drain. The server (`server/`: accept, `connection.rs`, one handler per
-//! request in `handlers.rs`) and `hub.rs` (events) answer the socket; `systemd.rs` and `disk.rs`
-//! are what their names say.
+//! request in `handlers.rs`) and `hub.rs` (events) answer the socket, each connection writing
+//! through its bounded `outbox.rs`; `systemd.rs` and `disk.rs` are what their names say.
 
 pub mod disk;
 mod faults;
@@ -16,6 +16,7 @@ mod hub;
 mod input;
 mod intake;
 mod liveness;
+mod outbox;
 pub mod outputs;
 pub mod peers;
 pub mod queue;

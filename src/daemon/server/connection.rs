@@ -1,19 +1,19 @@
 //! One client connection of the local API, bounded in every direction: requests are read with a
 //! 64 KiB line limit, a greeting is due within `HELLO_TIMEOUT` and a request within
 //! `IDLE_TIMEOUT` (a subscribed client may stay silent: it is reading events); every write has
-//! `WRITE_TIMEOUT`; what waits to be written is bounded in bytes (`Outbox`), so a client that
+//! `WRITE_TIMEOUT`; what waits to be written is bounded in bytes (`daemon::outbox`), so a client that
 //! requests without reading is dropped instead of growing the daemon. One subscription per
 //! connection. Two threads per connection (requests, writes); their number is capped by the
 //! server (`max_clients`). Pause, resume and retry need the control role (`peers.rs`).
 
-use std::io::{BufReader, Write};
+use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use crate::daemon::Shared;
+pub(crate) use crate::daemon::outbox::THREAD_STACK;
+use crate::daemon::outbox::{Outbox, WRITE_TIMEOUT};
 use crate::daemon::peers::{PeerPolicy, Role};
 use crate::daemon::queue::Queue;
 use crate::protocol::{self, ErrorCode, Message, PROTOCOL_VERSION, ProtocolError, Request};
@@ -26,94 +26,6 @@ pub const MAX_QUEUED_BYTES: usize = 16 << 20;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that is not subscribed and sends nothing for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// One write may take this long.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Stack of a connection's threads (they hold a line buffer and a queue connection, no more).
-pub const THREAD_STACK: usize = 256 << 10;
-
-/// A connection's outgoing lines, bounded in bytes; a writer thread drains it. Once a push
-/// would exceed the bound, or a write fails, the connection is shut down and pushes fail.
-#[derive(Clone)]
-pub struct Outbox {
-    tx: Sender<Arc<str>>,
-    queued: Arc<AtomicUsize>,
-    closed: Arc<AtomicBool>,
-    stream: Arc<UnixStream>,
-    max: usize,
-}
-
-impl Outbox {
-    /// Starts the writer thread of `stream`.
-    pub fn start(stream: UnixStream, max: usize) -> std::io::Result<Outbox> {
-        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-        let (tx, rx) = std::sync::mpsc::channel::<Arc<str>>();
-        let out = Outbox {
-            tx,
-            queued: Arc::new(AtomicUsize::new(0)),
-            closed: Arc::new(AtomicBool::new(false)),
-            stream: Arc::new(stream),
-            max,
-        };
-        let (stream, queued, closed) = (out.stream.clone(), out.queued.clone(), out.closed.clone());
-        let rx_thread = std::thread::Builder::new()
-            .name("ctmask-client-w".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || {
-                // Ends when the connection closes, even while the hub still holds a sender.
-                while !closed.load(Ordering::SeqCst) {
-                    let line = match rx.recv_timeout(Duration::from_secs(1)) {
-                        Ok(l) => l,
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                    };
-                    if (&*stream).write_all(line.as_bytes()).is_err() {
-                        break;
-                    }
-                    queued.fetch_sub(line.len(), Ordering::SeqCst);
-                }
-                if !closed.swap(true, Ordering::SeqCst) {
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                }
-            });
-        rx_thread?;
-        Ok(out)
-    }
-
-    /// Queues a line; false when the connection is closed (or just closed for not reading).
-    pub fn push(&self, line: Arc<str>) -> bool {
-        if self.closed.load(Ordering::SeqCst) {
-            return false;
-        }
-        let before = self.queued.fetch_add(line.len(), Ordering::SeqCst);
-        if before + line.len() > self.max {
-            self.close();
-            return false;
-        }
-        self.tx.send(line).is_ok()
-    }
-
-    fn send(&self, message: &Message) -> bool {
-        match protocol::encode(message) {
-            Ok(line) => self.push(line.into()),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a message");
-                true
-            }
-        }
-    }
-
-    /// Shuts the connection down both ways (the request thread's read ends too).
-    pub fn close(&self) {
-        if !self.closed.swap(true, Ordering::SeqCst) {
-            let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
-    }
-}
-
 pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> Message {
     Message::Error {
         code,
@@ -148,7 +60,7 @@ pub(crate) fn serve_client(stream: UnixStream, shared: Arc<Shared>, policy: Peer
     }
     // Let the writer flush what is queued (bounded by WRITE_TIMEOUT per write), then close.
     let deadline = Instant::now() + WRITE_TIMEOUT;
-    while out.queued.load(Ordering::SeqCst) > 0 && !out.is_closed() && Instant::now() < deadline {
+    while out.queued_bytes() > 0 && !out.is_closed() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     out.close();
@@ -247,28 +159,5 @@ fn handle_requests(stream: &UnixStream, shared: &Arc<Shared>, out: &Outbox, role
         if !out.send(&reply) {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-
-    #[test]
-    fn an_outbox_that_is_not_read_closes_at_its_byte_bound() {
-        let (a, mut b) = UnixStream::pair().expect("pair");
-        let out = Outbox::start(a, 1 << 20).expect("outbox");
-        let line: Arc<str> = format!("{}\n", "x".repeat(64 << 10)).into();
-        let mut pushed = 0usize;
-        while out.push(line.clone()) {
-            pushed += 1;
-            assert!(pushed < 1000, "never bounded");
-        }
-        assert!(out.is_closed());
-        let mut got = Vec::new();
-        let _ = b.read_to_end(&mut got); // ends: the outbox shut the connection down
-        assert!(got.len() <= pushed * line.len());
-        assert!(!out.push("late\n".into()), "closed stays closed");
     }
 }

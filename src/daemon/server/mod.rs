@@ -17,8 +17,6 @@ use std::time::Duration;
 mod connection;
 mod handlers;
 
-pub(crate) use connection::Outbox;
-
 use super::Shared;
 use super::peers::{PeerPolicy, group_id};
 use super::settings::DaemonSettings;
