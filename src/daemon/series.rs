@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::outputs::{OutputError, write_atomic};
-use super::queue::{NoThumbnail, SliceRecord};
+use super::queue::{NoThumbnail, SliceRecord, from_record};
 use super::settings::{SeriesSettings, VerdictRule};
 use crate::protocol::{Label, ModelInfo, SeriesSummary, Verdict};
 
@@ -123,64 +123,7 @@ pub struct SeriesSlice {
     pub thumbnail: NoThumbnail,
 }
 
-impl From<SliceRecord> for SeriesSlice {
-    fn from(r: SliceRecord) -> SeriesSlice {
-        let SliceRecord {
-            job_id,
-            frame,
-            series_key,
-            series_uid,
-            sop_uid,
-            instance_number,
-            slice_location,
-            position_z,
-            pixel_spacing,
-            slice_thickness,
-            file_name,
-            report,
-            label,
-            probabilities,
-            lesion_counts,
-            lesions_outside_lung,
-            lung_gate_min_fraction,
-            ggo_px,
-            consolidation_px,
-            lung_px,
-            involvement,
-            device,
-            time_ms,
-            done_ms,
-            thumbnail,
-        } = r;
-        SeriesSlice {
-            job_id,
-            frame,
-            series_key,
-            series_uid,
-            sop_uid,
-            instance_number,
-            slice_location,
-            position_z,
-            pixel_spacing,
-            slice_thickness,
-            file_name,
-            report,
-            label,
-            probabilities,
-            lesion_counts,
-            lesions_outside_lung,
-            lung_gate_min_fraction,
-            ggo_px,
-            consolidation_px,
-            lung_px,
-            involvement,
-            device,
-            time_ms,
-            done_ms,
-            thumbnail,
-        }
-    }
-}
+from_record!(SeriesSlice, thumbnail: NoThumbnail);
 
 /// Sorts slices anatomically (`protocol::anatomical_order`); returns the key used.
 pub fn order_slices(slices: &mut [SliceRecord]) -> &'static str {

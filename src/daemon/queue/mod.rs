@@ -31,6 +31,7 @@ mod transitions;
 mod tests;
 
 pub use lock::StateLock;
+pub(crate) use record::from_record;
 pub use record::{NoThumbnail, ScreenedSlice, SliceRecord};
 pub use schema::SCHEMA_VERSION;
 

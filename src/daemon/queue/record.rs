@@ -76,65 +76,47 @@ impl<'de> Deserialize<'de> for NoThumbnail {
     }
 }
 
-/// The dashboard's view of a record (its thumbnail is attached by the server when sent).
-impl From<SliceRecord> for SliceSummary {
-    fn from(r: SliceRecord) -> SliceSummary {
-        let SliceRecord {
-            job_id,
-            frame,
-            series_key,
-            series_uid,
-            sop_uid,
-            instance_number,
-            slice_location,
-            position_z,
-            pixel_spacing,
-            slice_thickness,
-            file_name,
-            report,
-            label,
-            probabilities,
-            lesion_counts,
-            lesions_outside_lung,
-            lung_gate_min_fraction,
-            ggo_px,
-            consolidation_px,
-            lung_px,
-            involvement,
-            device,
-            time_ms,
-            done_ms,
-            thumbnail: NoThumbnail,
-        } = r;
-        SliceSummary {
-            job_id,
-            frame,
-            series_key,
-            series_uid,
-            sop_uid,
-            instance_number,
-            slice_location,
-            position_z,
-            pixel_spacing,
-            slice_thickness,
-            file_name,
-            report,
-            label,
-            probabilities,
-            lesion_counts,
-            lesions_outside_lung,
-            lung_gate_min_fraction,
-            ggo_px,
-            consolidation_px,
-            lung_px,
-            involvement,
-            device,
-            time_ms,
-            done_ms,
-            thumbnail: None,
+/// Converts a [`SliceRecord`] into another slice format, field by field; `thumbnail` is what the
+/// target's thumbnail starts as. A field the target gains and this list lacks fails to compile.
+macro_rules! from_record {
+    ($to:ty, thumbnail: $thumbnail:expr) => {
+        impl From<$crate::daemon::queue::SliceRecord> for $to {
+            fn from(r: $crate::daemon::queue::SliceRecord) -> $to {
+                Self {
+                    job_id: r.job_id,
+                    frame: r.frame,
+                    series_key: r.series_key,
+                    series_uid: r.series_uid,
+                    sop_uid: r.sop_uid,
+                    instance_number: r.instance_number,
+                    slice_location: r.slice_location,
+                    position_z: r.position_z,
+                    pixel_spacing: r.pixel_spacing,
+                    slice_thickness: r.slice_thickness,
+                    file_name: r.file_name,
+                    report: r.report,
+                    label: r.label,
+                    probabilities: r.probabilities,
+                    lesion_counts: r.lesion_counts,
+                    lesions_outside_lung: r.lesions_outside_lung,
+                    lung_gate_min_fraction: r.lung_gate_min_fraction,
+                    ggo_px: r.ggo_px,
+                    consolidation_px: r.consolidation_px,
+                    lung_px: r.lung_px,
+                    involvement: r.involvement,
+                    device: r.device,
+                    time_ms: r.time_ms,
+                    done_ms: r.done_ms,
+                    thumbnail: $thumbnail,
+                }
+            }
         }
-    }
+    };
 }
+pub(crate) use from_record;
+
+// The dashboard's view of a record (its thumbnail is attached by the server when sent).
+from_record!(SliceSummary, thumbnail: None);
 
 #[cfg(test)]
 mod tests {
