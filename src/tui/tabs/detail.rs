@@ -12,7 +12,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Widget};
 
 use super::results::{burden, lesions, probabilities, verdict_style};
-use crate::protocol::{Label, SliceSummary, Thumbnail};
+use crate::protocol::{Label, SliceSummary, Thumbnail, Verdict};
 use crate::tui::data::SeriesDetail;
 use crate::tui::text::{opt, tail};
 
@@ -26,10 +26,7 @@ pub fn series(d: &SeriesDetail, frame: &mut Frame, area: Rect) {
     if let Some(s) = &d.summary {
         lines.push(Line::from(vec![
             Span::raw(" verdict ").bold(),
-            Span::styled(
-                s.verdict.as_str().to_uppercase(),
-                verdict_style(s.verdict.as_str()),
-            ),
+            Span::styled(s.verdict.as_str().to_uppercase(), verdict_style(s.verdict)),
             Span::raw(format!(" · report revision {}", s.revision)),
         ]));
         lines.push(Line::from(format!(" rule    {}", s.rule)).style(Style::new().fg(Color::DarkGray)));
@@ -110,7 +107,7 @@ fn slice_table(d: &SeriesDetail, frame: &mut Frame, area: Rect) {
             Cell::from(opt(z, 1)),
             Cell::from(tail(&s.file_name, 30)),
             Cell::from(covid).red(),
-            Cell::from(label).style(verdict_style(label)),
+            Cell::from(label).style(verdict_style(Verdict::of_slice(s.label))),
             Cell::from(probabilities(s.probabilities)),
             Cell::from(lesions(s)),
             Cell::from(opt(burden(s), 1)),
@@ -186,7 +183,7 @@ fn slice_lines(s: &SliceSummary) -> Vec<Line<'static>> {
         field("z", format!("{} mm", opt(s.position_z.or(s.slice_location), 2))),
         Line::from(vec![
             Span::raw(format!("{:<11}", "label")).bold(),
-            Span::styled(label, verdict_style(label)),
+            Span::styled(label, verdict_style(Verdict::of_slice(s.label))),
         ]),
     ];
     if let Some(p) = s.probabilities {
