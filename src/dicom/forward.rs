@@ -221,11 +221,8 @@ impl Forwarder {
                 }
             };
             if rows.is_empty() {
-                for _ in 0..10 {
-                    if self.shared.stopping() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
+                if self.shared.shutdown.wait(Duration::from_millis(500)) {
+                    return;
                 }
                 continue;
             }
