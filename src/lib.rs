@@ -12,8 +12,8 @@
 //! | [`slice`] | one slice file (PNG, JPEG, DICOM) -> windowed 8-bit RGB, HU and metadata, or a reason |
 //! | [`data`] | CNCB and COVIDx data sets, synthetic chest CT phantoms |
 //! | [`dicom`] | DICOM out (SEG, TID 1500 SR, secondary capture) and in (C-STORE receiver), forwarding |
-//! | [`daemon`] | the screening daemon: watcher, durable queue, worker, outputs, series, socket server |
-//! | [`protocol`] | the daemon <-> dashboard messages (line-delimited JSON) |
+//! | [`daemon`] | the screening daemon: watcher, durable queue, worker, outputs, series, socket server (connection, one handler per request), one shutdown signal, systemd, disk |
+//! | [`protocol`] | the daemon <-> dashboard messages (line-delimited JSON), the shared vocabulary (label, verdict, job state, error code) and the one client (`ctmask status`, the dashboard) |
 //! | [`findings`] | plain-data findings shared by screening, reports and the protocol |
 //! | [`ops`] | box maths, matcher, sampler, NMS, RoIAlign written on tensor ops |
 //! | [`screening`] | one slice through segmentation and classification to a finding (daemon and CLI) |

@@ -116,7 +116,7 @@ struct EventStream {
 
 impl EventStream {
     fn subscribe(socket: &Path, timeout: Duration) -> anyhow::Result<EventStream> {
-        let mut client = crate::daemon::Client::connect(socket, None)
+        let mut client = crate::protocol::Client::connect(socket, None)
             .with_context(|| format!("connecting to {}", socket.display()))?;
         client.send(&Request::Subscribe)?;
         let (tx, rx) = std::sync::mpsc::channel();
@@ -180,7 +180,7 @@ fn synth_series(dir: &Path, count: usize, seed: u64, size: u32) -> anyhow::Resul
 
 /// The model time per slice the daemon reported, by job id.
 fn model_times(socket: &Path) -> anyhow::Result<std::collections::HashMap<i64, f64>> {
-    let mut client = crate::daemon::Client::connect(socket, Some(Duration::from_secs(10)))?;
+    let mut client = crate::protocol::Client::connect(socket, Some(Duration::from_secs(10)))?;
     let mut times = std::collections::HashMap::new();
     loop {
         let page = Request::Recent {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::daemon::ops::ShutdownSignal;
+use crate::daemon::Shutdown;
 use crate::daemon::worker::{MakeScreener, Screener};
 use crate::screening::ModelScreener;
 
@@ -55,7 +55,7 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<(PathBuf, Config)> {
 pub fn run_daemon(a: &DaemonArgs) -> anyhow::Result<()> {
     let (path, cfg) = load_config(a.config.as_deref())?;
     tracing::info!(config = %path.display(), "starting; {}", crate::DISCLAIMER);
-    let shutdown = ShutdownSignal::new();
+    let shutdown = Shutdown::new();
     shutdown.install_os_handlers()?;
     let reload_path = path.clone();
     let first = cfg.clone();
@@ -103,7 +103,7 @@ pub fn run_status(a: &StatusArgs) -> anyhow::Result<()> {
                     .map_err(|_| anyhow::anyhow!("--retry-forward: `{n}` is not an outbox entry id"))?,
             ),
         };
-        let mut client = crate::daemon::Client::connect(&socket, Some(std::time::Duration::from_secs(10)))
+        let mut client = crate::protocol::Client::connect(&socket, Some(std::time::Duration::from_secs(10)))
             .map_err(|e| anyhow::anyhow!("{}: cannot reach the daemon: {e}", socket.display()))?;
         match client.request(&crate::protocol::Request::RetryForward { id })? {
             crate::protocol::Message::Ack { message, .. } => println!("{message}"),
@@ -112,7 +112,7 @@ pub fn run_status(a: &StatusArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let s = crate::daemon::status_client(&socket)
+    let s = crate::protocol::fetch_snapshot(&socket)
         .map_err(|e| anyhow::anyhow!("{}: cannot reach the daemon: {e}", socket.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -219,7 +219,7 @@ pub fn run_control(a: &ControlArgs) -> anyhow::Result<()> {
         ControlAction::Retry { job_id } => Request::Retry { job_id },
         ControlAction::RetryAll => Request::RetryAll,
     };
-    let mut client = crate::daemon::Client::connect(&socket, Some(std::time::Duration::from_secs(10)))
+    let mut client = crate::protocol::Client::connect(&socket, Some(std::time::Duration::from_secs(10)))
         .map_err(|e| anyhow::anyhow!("{}: cannot reach the daemon: {e}", socket.display()))?;
     match client.request(&request) {
         Ok(Message::Ack { message, .. }) => {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::{Config, ModelPaths};
-use crate::daemon::ops::ShutdownSignal;
+use crate::daemon::Shutdown;
 use crate::data::synth::{ClassChoice, Layout, SynthOptions, run_synth};
 use crate::protocol::{Message, Request, SeriesSummary, SliceSummary};
 
@@ -75,7 +75,7 @@ pub(crate) struct TempDaemon {
     pub dir: PathBuf,
     pub watch: PathBuf,
     pub cfg: Config,
-    shutdown: ShutdownSignal,
+    shutdown: Shutdown,
     handle: Option<std::thread::JoinHandle<Result<(), crate::daemon::DaemonError>>>,
 }
 
@@ -102,7 +102,7 @@ impl TempDaemon {
         let cfg_path = dir.join("ctmask.yaml");
         std::fs::write(&cfg_path, yaml)?;
         let cfg = Config::load(&cfg_path)?;
-        let shutdown = ShutdownSignal::new();
+        let shutdown = Shutdown::new();
         let daemon_shutdown = shutdown.clone();
         let screener = super::daemon::make_screener(&cfg);
         let settings = cfg.daemon.clone();
@@ -212,7 +212,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let socket = daemon.socket().to_path_buf();
     let started = Instant::now();
     daemon.wait_ready(Duration::from_secs(60))?;
-    if let Some(banner) = crate::daemon::status_client(&socket)
+    if let Some(banner) = crate::protocol::fetch_snapshot(&socket)
         .ok()
         .and_then(|s| crate::protocol::demo_banner(&s.models))
     {
@@ -245,7 +245,7 @@ fn wait_for_reports(
     use std::io::Write;
     loop {
         std::thread::sleep(Duration::from_millis(500));
-        let mut client = crate::daemon::Client::connect(socket, Some(Duration::from_secs(10)))
+        let mut client = crate::protocol::Client::connect(socket, Some(Duration::from_secs(10)))
             .context("connecting to the demo daemon")?;
         if let Message::Results(r) = client.request(&Request::Recent {
             limit: 200,
@@ -293,7 +293,7 @@ fn print_table(series: &[SeriesSummary], slices: &[SliceSummary], uids: &[(Strin
             .map(|x| x.lesions_outside_lung)
             .sum();
         let n = |label: &str| s.counts.get(label).copied().unwrap_or(0);
-        let ok = s.verdict == expected;
+        let ok = s.verdict.as_str() == expected;
         right += usize::from(ok);
         println!(
             "{:<10} {:>6} {:<10} {:<5} {:>18} {:>8.1} {:>8.1} {:>8.1} {:>9}",

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::connection::Outbox;
+use super::outbox::Outbox;
 use crate::clock::now_ms;
 use crate::protocol::{self, Event, EventKind, Message};
 

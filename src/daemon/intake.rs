@@ -27,7 +27,7 @@ pub(crate) fn intake_loop(shared: Arc<Shared>, mut queue: Queue, rx: Receiver<Ta
         };
         while shared.disk_is_low() && !shared.stopping() {
             shared.beats.intake.beat();
-            std::thread::sleep(Duration::from_millis(200));
+            shared.shutdown.wait(Duration::from_millis(200));
         }
         if shared.stopping() {
             return;

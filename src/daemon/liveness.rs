@@ -2,7 +2,7 @@
 //! beats at least once per loop turn; the supervisor pings systemd's watchdog only while every
 //! thread is alive and beat within `stall_timeout_s`. A thread that died (a panic outside the
 //! per-slice guards) or hangs makes the daemon stop pinging and exit non-zero, so systemd
-//! restarts it; the slice in hand then counts as a crash (see `queue.rs`).
+//! restarts it; the slice in hand then counts as a crash (see `queue/`).
 
 use std::sync::Arc;
 use std::sync::OnceLock;

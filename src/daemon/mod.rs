@@ -1,18 +1,22 @@
 //! The screening daemon, as a library function: `run(settings, make_screener, shutdown)` returns
-//! when `shutdown` is triggered (SIGTERM through `ShutdownSignal::install_os_handlers`, or a test).
+//! when `shutdown` is triggered (SIGTERM through `Shutdown::install_os_handlers`, or a test).
 //!
 //! Threads, each with its own SQLite connection, moving paths, job ids and summaries:
 //! watcher (complete files) -> intake (hash, enqueue) -> reader (claim, read, decode) -> worker
 //! (owns the screener; screens, writes outputs, records) ; the server answers the socket; the
 //! calling thread supervises: signals, reloads, disk space, series reports, systemd notify.
+//! Every thread checks or waits on the one `Shutdown` (`shutdown.rs`); the supervisor turns a
+//! request into the drain. The server (`server/`: accept, `connection.rs`, one handler per
+//! request in `handlers.rs`) and `hub.rs` (events) answer the socket, each connection writing
+//! through its bounded `outbox.rs`; `systemd.rs` and `disk.rs` are what their names say.
 
-mod connection;
+pub mod disk;
 mod faults;
 mod hub;
 mod input;
 mod intake;
 mod liveness;
-pub mod ops;
+mod outbox;
 pub mod outputs;
 pub mod peers;
 pub mod queue;
@@ -20,7 +24,10 @@ pub mod series;
 pub mod server;
 pub mod settings;
 mod shared;
+pub mod shutdown;
 mod supervisor;
+pub mod systemd;
+pub mod thumbnail;
 pub mod watcher;
 pub mod worker;
 
@@ -29,14 +36,13 @@ mod tests;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-pub use ops::{Reloader, ShutdownSignal};
-pub use server::{Client, status_client};
 pub use settings::DaemonSettings;
+pub use shutdown::{Reloader, Shutdown};
 pub use worker::{Identity, MakeScreener, Screener};
 
 use crate::protocol::{EventKind, ModelInfo};
@@ -136,7 +142,7 @@ fn start_worker(
 pub fn run(
     settings: DaemonSettings,
     make_screener: MakeScreener,
-    shutdown: ShutdownSignal,
+    shutdown: Shutdown,
 ) -> Result<(), DaemonError> {
     let settings = settings.canonicalized();
     settings.validate()?;
@@ -183,7 +189,7 @@ pub fn run(
         models_hash: models_hash.clone(),
         device: identity.device.clone(),
         hub: hub::Hub::default(),
-        stop: AtomicBool::new(false),
+        shutdown: shutdown.clone(),
         operator_paused: AtomicBool::new(false),
         disk_low: Mutex::new(None),
         disk_full_free: Mutex::new(None),
@@ -228,12 +234,10 @@ pub fn run(
             "polling folders on network filesystems"
         );
     }
-    let watch_stop = Arc::new(AtomicBool::new(false));
-    let watcher =
-        watcher::spawn(watch, watch_stop.clone(), rescan).map_err(|source| DaemonError::Thread {
-            name: "watch",
-            source,
-        })?;
+    let watcher = watcher::spawn(watch, shutdown.clone(), rescan).map_err(|source| DaemonError::Thread {
+        name: "watch",
+        source,
+    })?;
     let serve = spawn("server", {
         let shared = shared.clone();
         move || server.serve(shared)
@@ -268,7 +272,7 @@ pub fn run(
             None,
         );
     }
-    ops::sd_notify("READY=1");
+    systemd::sd_notify("READY=1");
     let beats = &shared.beats;
     let threads = vec![
         liveness::Watched {
@@ -305,17 +309,15 @@ pub fn run(
             None,
             None,
         );
-        ops::sd_notify(&format!("STATUS=unhealthy: {reason}"));
-        shared.stop.store(true, Ordering::SeqCst);
-        watch_stop.store(true, Ordering::SeqCst);
+        systemd::sd_notify(&format!("STATUS=unhealthy: {reason}"));
+        shutdown.begin_stop();
         return Err(DaemonError::Unhealthy(reason));
     }
 
     // Drain: stop intake and reading at once; the worker finishes or requeues what it holds.
     shared.publish(EventKind::DaemonStopping, "daemon stopping".into(), None, None);
-    ops::sd_notify("STOPPING=1");
-    shared.stop.store(true, Ordering::SeqCst);
-    watch_stop.store(true, Ordering::SeqCst);
+    systemd::sd_notify("STOPPING=1");
+    shutdown.begin_stop();
     shared.wake();
     let deadline = Instant::now() + Duration::from_secs_f64(shared.settings().drain_timeout_s);
     let mut worker_handle = None;

@@ -17,8 +17,10 @@ use crate::digest::sha256_hex;
 use crate::fsutil::{AtomicBatch, TEMP_PREFIX, WriteError};
 use crate::png_encode::{ExtendedColorType, FilterType, encode_png};
 
+use super::queue::{ScreenedSlice, SliceRecord};
+use super::thumbnail::{THUMBNAIL_MAX_SIDE, downsample};
 use crate::findings::{Classification, Finding, Lesion, MASK_CONSOLIDATION, MASK_GGO};
-use crate::protocol::{ModelInfo, SliceSummary, THUMBNAIL_MAX_SIDE, Thumbnail};
+use crate::protocol::{Label, ModelInfo};
 use crate::slice::{Slice, SliceFormat, SliceMeta};
 
 /// Schema of the per-slice JSON report.
@@ -193,13 +195,14 @@ fn png(path: &Path, w: u32, h: u32, data: &[u8], color: ExtendedColorType) -> Re
     })
 }
 
-/// Writes one slice's report, mask and overlay; returns the summary the queue keeps.
+/// Writes one slice's report, mask and overlay; returns the record the queue keeps and the
+/// thumbnail.
 pub fn write_slice(
     output: &Path,
     ctx: &SliceContext<'_>,
     slice: &Slice,
     finding: &Finding,
-) -> Result<SliceSummary> {
+) -> Result<ScreenedSlice> {
     let meta = &slice.meta;
     let key = series_key(meta, ctx.path);
     let stem = slice_stem(meta, ctx.sha256);
@@ -282,11 +285,11 @@ pub fn write_slice(
     batch.commit()?;
 
     let thumbnail = if finding.overlay_rgb.len() == n * 3 && n > 0 {
-        Thumbnail::from_rgb(w, h, &finding.overlay_rgb, THUMBNAIL_MAX_SIDE)
+        downsample(w, h, &finding.overlay_rgb, THUMBNAIL_MAX_SIDE)
     } else {
-        Thumbnail::from_rgb(slice.width, slice.height, &slice.rgb, THUMBNAIL_MAX_SIDE)
+        downsample(slice.width, slice.height, &slice.rgb, THUMBNAIL_MAX_SIDE)
     };
-    Ok(SliceSummary {
+    let record = SliceRecord {
         job_id: ctx.job_id,
         frame: meta.frame,
         series_key: key,
@@ -299,7 +302,10 @@ pub fn write_slice(
         slice_thickness: meta.slice_thickness,
         file_name: stem,
         report: report_name,
-        label: finding.classification.as_ref().map(|c| c.label.clone()),
+        label: finding
+            .classification
+            .as_ref()
+            .and_then(|c| Label::parse(&c.label)),
         probabilities: finding.classification.as_ref().map(|c| c.probabilities),
         lesion_counts: finding.lesion_counts(),
         lesions_outside_lung: finding.lesions.iter().filter(|l| l.outside_lung).count() as u32,
@@ -311,8 +317,9 @@ pub fn write_slice(
         device: finding.device.clone(),
         time_ms: finding.timings_ms.values().sum(),
         done_ms: crate::clock::now_ms() as u64,
-        thumbnail,
-    })
+        ..SliceRecord::default()
+    };
+    Ok(ScreenedSlice { record, thumbnail })
 }
 
 #[cfg(test)]
@@ -419,7 +426,8 @@ mod tests {
             sha256: "ff",
             models: &models,
         };
-        let s = write_slice(dir.path(), &ctx, &slice, &finding).expect("write");
+        let out = write_slice(dir.path(), &ctx, &slice, &finding).expect("write");
+        let s = &out.record;
         assert_eq!(
             (
                 s.series_key.as_str(),
@@ -451,7 +459,7 @@ mod tests {
         assert_eq!(mask.into_raw(), vec![0, 1, 1, 2]);
         assert!(series.join("1.2.3.4_overlay.png").is_file());
         assert_eq!(
-            s.thumbnail.as_ref().map(|t| t.pixel(0, 0)),
+            out.thumbnail.as_ref().map(|t| t.pixel(0, 0)),
             Some(Some([50, 50, 50]))
         );
     }

@@ -16,13 +16,11 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::outputs::OutputError;
+use super::queue::{NoThumbnail, SliceRecord, from_record};
 use super::settings::{SeriesSettings, VerdictRule};
-use crate::findings::CLASS_NAMES;
 use crate::fsutil::write_atomic_creating_dir;
-use crate::protocol::{ModelInfo, SeriesSummary, SliceSummary};
+use crate::protocol::{Label, ModelInfo, SeriesSummary, Verdict};
 
-/// Schema of the series JSON report.
-pub const SERIES_SCHEMA: &str = "ctmask.series/1";
 /// File name of the series report inside the series folder.
 pub const SERIES_FILE: &str = "series.json";
 
@@ -49,8 +47,8 @@ pub struct SeriesLungGate {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Verdict {
-    pub label: String,
+pub struct SeriesVerdict {
+    pub label: Verdict,
     pub rule: &'static str,
     pub description: String,
     pub classified_slices: u32,
@@ -70,56 +68,74 @@ pub struct SeriesReport {
     pub slice_count: u32,
     /// How `slices` are ordered.
     pub order: &'static str,
-    pub slices: Vec<SliceSummary>,
+    pub slices: Vec<SeriesSlice>,
     /// Slices per classifier label (`unclassified` for slices without a label).
     pub counts: BTreeMap<String, u32>,
     /// Counted lesions per class (not those flagged outside the lung).
     pub lesion_counts: BTreeMap<String, u32>,
     pub lung_gate: SeriesLungGate,
     pub burden: Burden,
-    pub verdict: Verdict,
+    pub verdict: SeriesVerdict,
     pub models: Vec<ModelInfo>,
     pub reported_ms: i64,
 }
 
-/// Sorts slices anatomically; returns the key used.
-pub fn order_slices(slices: &mut [SliceSummary]) -> &'static str {
-    let tie = |a: &SliceSummary, b: &SliceSummary| (a.frame, a.job_id).cmp(&(b.frame, b.job_id));
-    if slices.iter().all(|s| s.position_z.is_some()) {
-        slices.sort_by(|a, b| {
-            a.position_z
-                .partial_cmp(&b.position_z)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(tie(a, b))
-        });
-        "image_position_z"
-    } else if slices.iter().all(|s| s.slice_location.is_some()) {
-        slices.sort_by(|a, b| {
-            a.slice_location
-                .partial_cmp(&b.slice_location)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(tie(a, b))
-        });
-        "slice_location"
-    } else if slices.iter().all(|s| s.instance_number.is_some()) {
-        slices.sort_by(|a, b| a.instance_number.cmp(&b.instance_number).then(tie(a, b)));
-        "instance_number"
-    } else {
-        slices.sort_by(|a, b| a.file_name.cmp(&b.file_name).then(tie(a, b)));
-        "file_name"
-    }
+impl SeriesReport {
+    /// Schema (the version marker) of `series.json`.
+    pub const SCHEMA: &'static str = "ctmask.series/1";
+}
+
+/// One slice as `series.json` lists it (one row of `slices`, in anatomical order). It reads as the
+/// queue's record did when reports were first written; `SeriesReport::SCHEMA` versions it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SeriesSlice {
+    pub job_id: i64,
+    pub frame: Option<u32>,
+    pub series_key: String,
+    pub series_uid: Option<String>,
+    pub sop_uid: Option<String>,
+    pub instance_number: Option<i32>,
+    pub slice_location: Option<f64>,
+    pub position_z: Option<f64>,
+    pub pixel_spacing: Option<[f64; 2]>,
+    pub slice_thickness: Option<f64>,
+    /// The slice's name: its outputs' stem (SOP instance UID, or the content hash's first 16 hex
+    /// digits; `_f<frame>` for a frame). Never the input's file name (it may hold a patient name).
+    pub file_name: String,
+    /// The per-slice report's file name inside the series folder.
+    pub report: String,
+    pub label: Option<Label>,
+    pub probabilities: Option<[f32; 3]>,
+    /// Counted lesions per class (lesions flagged outside the lung are not counted).
+    pub lesion_counts: BTreeMap<String, u32>,
+    /// Lesions flagged outside the lung field by the lung gate.
+    pub lesions_outside_lung: u32,
+    /// The lung gate's setting when the slice was screened (None: not gated).
+    pub lung_gate_min_fraction: Option<f64>,
+    /// GGO and consolidation pixels counted (inside the lung field when the gate is on).
+    pub ggo_px: u64,
+    pub consolidation_px: u64,
+    pub lung_px: Option<u64>,
+    pub involvement: BTreeMap<String, f64>,
+    pub device: String,
+    /// Model time for this slice (ms).
+    pub time_ms: f64,
+    pub done_ms: u64,
+    pub thumbnail: NoThumbnail,
+}
+
+from_record!(SeriesSlice, thumbnail: NoThumbnail);
+
+/// Sorts slices anatomically (`protocol::anatomical_order`); returns the key used.
+pub fn order_slices(slices: &mut [SliceRecord]) -> &'static str {
+    crate::protocol::anatomical_order(slices)
 }
 
 /// The series verdict by the configured rule.
-pub fn verdict(slices: &[SliceSummary], cfg: &SeriesSettings) -> Verdict {
-    let classified: Vec<&SliceSummary> = slices.iter().filter(|s| s.label.is_some()).collect();
+pub fn verdict(slices: &[SliceRecord], cfg: &SeriesSettings) -> SeriesVerdict {
+    let classified: Vec<&SliceRecord> = slices.iter().filter(|s| s.label.is_some()).collect();
     let n = classified.len() as u32;
-    let count = |label: &str| {
-        classified
-            .iter()
-            .filter(|s| s.label.as_deref() == Some(label))
-            .count() as u32
-    };
+    let count = |label: Label| classified.iter().filter(|s| s.label == Some(label)).count() as u32;
     let percent = |k: u32| {
         if n == 0 {
             0.0
@@ -127,19 +143,19 @@ pub fn verdict(slices: &[SliceSummary], cfg: &SeriesSettings) -> Verdict {
             100.0 * f64::from(k) / f64::from(n)
         }
     };
-    let covid = count("covid");
+    let covid = count(Label::Covid);
     let (rule, description, label) = match cfg.rule {
         VerdictRule::CovidFraction => {
             let (k, p) = (cfg.min_covid_slices, cfg.min_covid_percent);
             let hit = |c: u32| c > 0 && (c >= k || percent(c) >= p);
             let label = if n == 0 {
-                "unclassified"
+                Verdict::Unclassified
             } else if hit(covid) {
-                "covid"
-            } else if hit(count("pneumonia")) {
-                "pneumonia"
+                Verdict::Covid
+            } else if hit(count(Label::Pneumonia)) {
+                Verdict::Pneumonia
             } else {
-                "control"
+                Verdict::Control
             };
             let text = format!(
                 "covid if at least {k} slices or {p}% of the classified slices are labelled covid; \
@@ -157,9 +173,9 @@ pub fn verdict(slices: &[SliceSummary], cfg: &SeriesSettings) -> Verdict {
             }
             let best = (0..3).max_by(|&a, &b| mean[a].total_cmp(&mean[b])).unwrap_or(0);
             let label = if with_p.is_empty() {
-                "unclassified"
+                Verdict::Unclassified
             } else {
-                CLASS_NAMES[best]
+                Label::from_index(best).map_or(Verdict::Unclassified, Verdict::from)
             };
             (
                 "mean_probability",
@@ -168,8 +184,8 @@ pub fn verdict(slices: &[SliceSummary], cfg: &SeriesSettings) -> Verdict {
             )
         }
     };
-    Verdict {
-        label: label.to_string(),
+    SeriesVerdict {
+        label,
         rule,
         description,
         classified_slices: n,
@@ -179,7 +195,7 @@ pub fn verdict(slices: &[SliceSummary], cfg: &SeriesSettings) -> Verdict {
 }
 
 /// GGO and consolidation volumes and lung involvement of slices in anatomical order.
-pub fn burden(slices: &[SliceSummary]) -> Burden {
+pub fn burden(slices: &[SliceRecord]) -> Burden {
     let zs: Vec<f64> = slices.iter().filter_map(|s| s.position_z).collect();
     let mut gaps: Vec<f64> = zs
         .windows(2)
@@ -202,7 +218,7 @@ pub fn burden(slices: &[SliceSummary]) -> Burden {
     if slices.is_empty() {
         volumes = [None, None];
     }
-    let with_lung: Vec<&SliceSummary> = slices
+    let with_lung: Vec<&SliceRecord> = slices
         .iter()
         .filter(|s| s.lung_px.is_some_and(|l| l > 0))
         .collect();
@@ -228,27 +244,24 @@ pub fn burden(slices: &[SliceSummary]) -> Burden {
 /// Builds the report of one series from all its screened slices.
 pub fn build(
     key: &str,
-    mut slices: Vec<SliceSummary>,
+    mut slices: Vec<SliceRecord>,
     cfg: &SeriesSettings,
     revision: u32,
     models: &[ModelInfo],
 ) -> SeriesReport {
-    for s in &mut slices {
-        s.thumbnail = None;
-    }
     let order = order_slices(&mut slices);
     let mut counts = BTreeMap::new();
     let mut lesion_counts = BTreeMap::new();
     for s in &slices {
         *counts
-            .entry(s.label.clone().unwrap_or_else(|| "unclassified".into()))
+            .entry(Verdict::of_slice(s.label).as_str().to_string())
             .or_insert(0) += 1;
         for (class, n) in &s.lesion_counts {
             *lesion_counts.entry(class.clone()).or_insert(0) += n;
         }
     }
     SeriesReport {
-        schema: SERIES_SCHEMA,
+        schema: SeriesReport::SCHEMA,
         research_use_only: true,
         disclaimer: crate::DISCLAIMER,
         series_key: key.to_string(),
@@ -268,7 +281,7 @@ pub fn build(
                           flagged outside_lung; the burden and involvement count lesion pixels in \
                           the lung field only",
         },
-        slices,
+        slices: slices.into_iter().map(SeriesSlice::from).collect(),
         models: models.to_vec(),
         reported_ms: crate::clock::now_ms(),
     }
@@ -282,7 +295,7 @@ impl SeriesReport {
             series_uid: self.series_uid.clone(),
             slice_count: self.slice_count,
             counts: self.counts.clone(),
-            verdict: self.verdict.label.clone(),
+            verdict: self.verdict.label,
             rule: format!("{}: {}", self.verdict.rule, self.verdict.description),
             ggo_ml: self.burden.ggo_ml,
             consolidation_ml: self.burden.consolidation_ml,
@@ -308,15 +321,15 @@ impl SeriesReport {
 mod tests {
     use super::*;
 
-    fn slice(job_id: i64, z: f64, label: &str, ggo_px: u64) -> SliceSummary {
-        SliceSummary {
+    fn slice(job_id: i64, z: f64, label: &str, ggo_px: u64) -> SliceRecord {
+        SliceRecord {
             job_id,
             series_key: "S".into(),
             series_uid: Some("1.2".into()),
             position_z: Some(z),
             instance_number: Some(job_id as i32),
             pixel_spacing: Some([0.5, 0.5]),
-            label: Some(label.into()),
+            label: Label::parse(label),
             probabilities: Some(if label == "covid" {
                 [0.1, 0.1, 0.8]
             } else {
@@ -325,7 +338,7 @@ mod tests {
             ggo_px,
             consolidation_px: 100,
             lung_px: Some(10_000),
-            ..SliceSummary::default()
+            ..SliceRecord::default()
         }
     }
 
@@ -368,21 +381,21 @@ mod tests {
 
     #[test]
     fn verdict_rules_follow_their_thresholds() {
-        let mut slices: Vec<SliceSummary> = (0..20).map(|i| slice(i, i as f64, "control", 0)).collect();
+        let mut slices: Vec<SliceRecord> = (0..20).map(|i| slice(i, i as f64, "control", 0)).collect();
         let cfg = SeriesSettings {
             min_covid_slices: 3,
             min_covid_percent: 15.0,
             ..SeriesSettings::default()
         };
-        assert_eq!(verdict(&slices, &cfg).label, "control");
-        slices[0].label = Some("covid".into());
-        slices[1].label = Some("covid".into());
+        assert_eq!(verdict(&slices, &cfg).label, Verdict::Control);
+        slices[0].label = Some(Label::Covid);
+        slices[1].label = Some(Label::Covid);
         assert_eq!(
             verdict(&slices, &cfg).label,
-            "control",
+            Verdict::Control,
             "2 slices = 10 %: under both thresholds"
         );
-        slices[2].label = Some("covid".into());
+        slices[2].label = Some(Label::Covid);
         let v = verdict(&slices, &cfg);
         assert_eq!(
             (v.label.as_str(), v.covid_slices, v.covid_percent),
@@ -392,7 +405,7 @@ mod tests {
             rule: VerdictRule::MeanProbability,
             ..cfg.clone()
         };
-        assert_eq!(verdict(&slices, &mean).label, "control");
-        assert_eq!(verdict(&[], &cfg).label, "unclassified");
+        assert_eq!(verdict(&slices, &mean).label, Verdict::Control);
+        assert_eq!(verdict(&[], &cfg).label, Verdict::Unclassified);
     }
 }

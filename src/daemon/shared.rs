@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::ops;
 use super::queue::{Queue, QueueError};
 use super::settings::DaemonSettings;
+use super::{disk, systemd};
 use crate::protocol::{DiskInfo, EventKind, Intake, ModelInfo, PROTOCOL_VERSION, Snapshot, Throughput};
 use crate::slice::SliceOptions;
 
@@ -21,7 +21,8 @@ pub(crate) struct Shared {
     pub(crate) models_hash: String,
     pub(crate) device: String,
     pub(crate) hub: super::hub::Hub,
-    pub(crate) stop: AtomicBool,
+    /// The one shutdown signal (every thread checks `stopping()`).
+    pub(crate) shutdown: super::Shutdown,
     pub(crate) operator_paused: AtomicBool,
     pub(crate) disk_low: Mutex<Option<String>>,
     /// Free bytes on the output disk when a write last failed with ENOSPC/EDQUOT; intake stays
@@ -92,13 +93,13 @@ impl Shared {
     }
 
     pub(crate) fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+        self.shutdown.is_stopping()
     }
 
     /// Records a write that failed for lack of space (free bytes now, when readable) and asks
     /// the supervisor for a disk check, which pauses intake until space returns.
     pub(crate) fn note_disk_full(&self) {
-        let free = ops::disk_info(&self.settings().output).map_or(0, |d| d.free_bytes);
+        let free = disk::disk_info(&self.settings().output).map_or(0, |d| d.free_bytes);
         if let Ok(mut f) = self.disk_full_free.lock() {
             *f = Some(free);
         }
@@ -144,7 +145,7 @@ impl Shared {
                 None,
                 None,
             );
-            ops::sd_notify(&format!("STATUS=paused: {alert}"));
+            systemd::sd_notify(&format!("STATUS=paused: {alert}"));
         }
     }
 

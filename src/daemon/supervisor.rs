@@ -7,11 +7,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::liveness::{Watched, unhealthy};
-use super::ops::{self, ShutdownSignal};
 use super::queue::Queue;
 use super::series;
 use super::settings::DaemonSettings;
 use super::shared::Shared;
+use super::shutdown::Shutdown;
+use super::{disk, systemd};
 use crate::protocol::EventKind;
 
 /// The calling thread's duties while the daemon runs.
@@ -37,14 +38,14 @@ impl Supervisor {
             next_status: now,
             next_watchdog: now,
             next_prune: now,
-            watchdog: ops::watchdog_interval(),
+            watchdog: systemd::watchdog_interval(),
         }
     }
 
     /// Runs until `shutdown`; `Err(reason)` as soon as a watched thread died or stalled.
     pub(crate) fn run(
         &mut self,
-        shutdown: &ShutdownSignal,
+        shutdown: &Shutdown,
         status_queue: &mut Queue,
         threads: &[Watched],
     ) -> Result<(), String> {
@@ -75,7 +76,7 @@ impl Supervisor {
             if let Some(every) = self.watchdog
                 && now >= self.next_watchdog
             {
-                ops::sd_notify("WATCHDOG=1");
+                systemd::sd_notify("WATCHDOG=1");
                 self.next_watchdog = now + every;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -169,7 +170,7 @@ impl Supervisor {
     pub(crate) fn check_disk(&mut self) {
         let settings = self.shared.settings();
         self.next_disk = Instant::now() + Duration::from_secs_f64(settings.disk_check_interval_s);
-        let info = match ops::disk_info(&settings.output) {
+        let info = match disk::disk_info(&settings.output) {
             Ok(i) => i,
             Err(e) => {
                 if let Some(held) = self.shared.log_limit.allow("disk") {
@@ -178,20 +179,20 @@ impl Supervisor {
                 return;
             }
         };
-        let reason = ops::disk_low_reason(&info, &settings).or_else(|| {
+        let reason = disk::disk_low_reason(&info, &settings).or_else(|| {
             let mut full = self.shared.disk_full_free.lock().ok()?;
             let at_failure = (*full)?;
-            if info.free_bytes >= at_failure.saturating_add(ops::DISK_FULL_MARGIN) {
+            if info.free_bytes >= at_failure.saturating_add(disk::DISK_FULL_MARGIN) {
                 *full = None;
                 return None;
             }
-            Some(ops::disk_full_reason(&info, at_failure))
+            Some(disk::disk_full_reason(&info, at_failure))
         });
         // The state disk (queue database, thumbnails) is watched like the output disk.
         let reason = reason.or_else(|| {
-            ops::disk_info(&settings.state)
+            disk::disk_info(&settings.state)
                 .ok()
-                .and_then(|state| ops::disk_low_reason(&state, &settings))
+                .and_then(|state| disk::disk_low_reason(&state, &settings))
                 .map(|r| format!("state folder: {r}"))
         });
         if let Ok(mut d) = self.shared.disk.lock() {
@@ -207,7 +208,7 @@ impl Supervisor {
             (None, Some(r)) => {
                 self.shared
                     .publish(EventKind::IntakePaused, format!("intake paused: {r}"), None, None);
-                ops::sd_notify(&format!("STATUS=paused: {r}"));
+                systemd::sd_notify(&format!("STATUS=paused: {r}"));
             }
             (Some(_), None) => {
                 self.shared.publish(
@@ -290,7 +291,7 @@ impl Supervisor {
             } else {
                 "running".into()
             };
-            ops::sd_notify(&format!(
+            systemd::sd_notify(&format!(
                 "STATUS={state}; pending {}, done {}, failed {}, quarantined {}",
                 c.pending, c.done, c.failed, c.quarantined
             ));

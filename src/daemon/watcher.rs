@@ -24,6 +24,7 @@ use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 
 use super::settings::{DaemonSettings, PollMode};
+use super::shutdown::Shutdown;
 
 /// How a file was seen to be complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,7 +183,7 @@ impl Watcher {
 
     /// Runs until `stop`; `rescan` set by anyone forces a full scan. Returns when the receiver of
     /// taken files is gone too.
-    pub fn run(mut self, stop: Arc<AtomicBool>, rescan: Arc<AtomicBool>) {
+    pub fn run(mut self, stop: Shutdown, rescan: Arc<AtomicBool>) {
         let (ev_tx, ev_rx) = std::sync::mpsc::channel::<notify::Result<notify::Event>>();
         let mut _inotify = None;
         if !self.inotify_dirs.is_empty() {
@@ -210,7 +211,7 @@ impl Watcher {
         let rescan_every = Duration::from_secs_f64(self.settings.rescan_interval_s);
         let mut next_full = Instant::now();
         let mut next_poll = Instant::now();
-        while !stop.load(Ordering::SeqCst) {
+        while !stop.is_stopping() {
             if let Some(b) = &self.beat {
                 b.beat();
             }
@@ -458,7 +459,7 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
 /// Spawns the watcher thread.
 pub fn spawn(
     watcher: Watcher,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
     rescan: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -498,10 +499,7 @@ mod tests {
         assert_eq!(asked.lock().unwrap().len(), 2);
     }
 
-    fn start(
-        dir: &Path,
-        poll: PollMode,
-    ) -> (Receiver<TakenFile>, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    fn start(dir: &Path, poll: PollMode) -> (Receiver<TakenFile>, Shutdown, std::thread::JoinHandle<()>) {
         let settings = DaemonSettings {
             watch: vec![dir.to_path_buf()],
             poll,
@@ -511,7 +509,7 @@ mod tests {
             ..DaemonSettings::default()
         };
         let (tx, rx) = std::sync::mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Shutdown::new();
         let w = Watcher::new(settings, KnownFiles::default(), tx);
         let handle = spawn(w, stop.clone(), Arc::new(AtomicBool::new(false))).expect("spawn");
         std::thread::sleep(Duration::from_millis(150)); // inotify watches in place
@@ -568,7 +566,7 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(500));
         assert!(rx.try_recv().is_err(), "a file was taken twice");
-        stop.store(true, Ordering::SeqCst);
+        stop.begin_stop();
         handle.join().expect("join");
     }
 
@@ -597,7 +595,7 @@ mod tests {
         assert_eq!((got.path.as_path(), got.size), (slow.as_path(), 10_000));
         std::thread::sleep(Duration::from_millis(400));
         assert!(rx.try_recv().is_err(), "hidden or temporary names taken");
-        stop.store(true, Ordering::SeqCst);
+        stop.begin_stop();
         handle.join().expect("join");
     }
 

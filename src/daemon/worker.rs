@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use super::Shared;
 use super::input;
 use super::outputs::{self, SliceContext};
-use super::queue::{Job, Queue};
+use super::queue::{Job, Queue, ScreenedSlice};
 use crate::findings::Finding;
-use crate::protocol::{EventKind, JobState, SliceSummary};
+use crate::protocol::{EventKind, JobState};
 use crate::slice::{Slice, read_slices_from_bytes};
 
 /// What the daemon needs from the models: screen slices, say which models and where.
@@ -417,7 +417,7 @@ fn finish_job(
         sha256: &job.job.sha256,
         models: &models,
     };
-    let mut summaries: Vec<SliceSummary> = Vec::with_capacity(findings.len());
+    let mut summaries: Vec<ScreenedSlice> = Vec::with_capacity(findings.len());
     for (slice, finding) in job.slices.iter().zip(findings.into_iter().flatten()) {
         match outputs::write_slice(&output, &ctx, slice, &finding) {
             Ok(s) => summaries.push(s),
@@ -440,13 +440,13 @@ fn finish_job(
             }
         }
     }
-    let series = summaries.first().map(|s| s.series_key.clone());
+    let series = summaries.first().map(|s| s.record.series_key.clone());
     match queue.complete(job.job.id, &summaries) {
         Ok(()) => {
             let label = summaries
                 .first()
-                .and_then(|s| s.label.clone())
-                .unwrap_or_else(|| "screened".into());
+                .and_then(|s| s.record.label)
+                .map_or("screened", |l| l.as_str());
             shared.publish(
                 EventKind::Done,
                 format!("job {} done: {label}", job.job.id),

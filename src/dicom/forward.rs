@@ -221,11 +221,8 @@ impl Forwarder {
                 }
             };
             if rows.is_empty() {
-                for _ in 0..10 {
-                    if self.shared.stopping() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
+                if self.shared.shutdown.wait(Duration::from_millis(500)) {
+                    return;
                 }
                 continue;
             }
@@ -455,39 +452,6 @@ pub(crate) fn snapshot(
     status(queue.connection(), 50)
         .map_err(|e| tracing::warn!(error = %e, "cannot read the outbox"))
         .ok()
-}
-
-/// The socket's `retry_forward`.
-pub(crate) fn answer_retry(
-    shared: &Shared,
-    queue: &crate::daemon::queue::Queue,
-    id: Option<i64>,
-) -> crate::protocol::Message {
-    match retry(queue.connection(), id) {
-        Ok(0) => crate::protocol::Message::Error {
-            code: "retry_refused".into(),
-            message: match id {
-                Some(id) => format!("outbox entry {id} is not failed"),
-                None => "no failed outbox entry".into(),
-            },
-        },
-        Ok(n) => {
-            shared.publish(
-                EventKind::Retried,
-                format!("{n} DICOM forwards retried by operator"),
-                None,
-                None,
-            );
-            crate::protocol::Message::Ack {
-                request: "retry_forward".into(),
-                message: format!("{n} outbox entries pending again"),
-            }
-        }
-        Err(e) => crate::protocol::Message::Error {
-            code: "internal".into(),
-            message: e.to_string(),
-        },
-    }
 }
 
 #[cfg(test)]

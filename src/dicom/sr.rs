@@ -344,7 +344,7 @@ pub fn build(
     content.push(container("CONTAINS", MEASUREMENTS, groups));
 
     let mut evaluations = Vec::new();
-    if let Some(c) = verdict_code(&report.verdict.label) {
+    if let Some(c) = verdict_code(report.verdict.label.as_str()) {
         evaluations.push(code("CONTAINS", FINDING, c));
     }
     evaluations.push(text(

@@ -11,7 +11,7 @@ use super::data::{Data, LogLine, SeriesDetail, kind_name, push_log};
 use super::gpu::HostSample;
 use super::sync::Pending;
 use super::text::matches;
-use crate::protocol::{JobInfo, Message, Request, SeriesSummary, SliceSummary};
+use crate::protocol::{JobInfo, Label, Message, Request, SeriesSummary, SliceSummary};
 
 /// How long a notice stays in the footer.
 pub const NOTICE_MS: u64 = 6_000;
@@ -268,7 +268,7 @@ impl App {
         (self.shown().results.series.iter())
             .filter(|s| {
                 let uid = s.series_uid.as_deref().unwrap_or("");
-                matches(f, &[&s.key, uid, &s.verdict])
+                matches(f, &[&s.key, uid, s.verdict.as_str()])
             })
             .collect()
     }
@@ -277,7 +277,7 @@ impl App {
         let f = self.filter(Tab::Results);
         (self.shown().results.slices.iter())
             .filter(|s| {
-                let label = s.label.as_deref().unwrap_or("");
+                let label = s.label.map_or("", Label::as_str);
                 matches(f, &[&s.file_name, &s.series_key, label])
             })
             .collect()

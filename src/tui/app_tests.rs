@@ -3,7 +3,7 @@
 use super::*;
 use crate::protocol::{Event, EventKind, Intake, JobState};
 use crate::tui::data::HISTORY_CAP;
-use crate::tui::snapshots::{NOW_MS, events, fixture_app, gpu_sample, results, series_reply, snapshot};
+use crate::tui::golden_screens::{NOW_MS, events, fixture_app, gpu_sample, results, series_reply, snapshot};
 use crate::tui::sync::{RECENT_LIMIT, REQUEST_TIMEOUT_MS};
 
 fn sends(fx: &[Effect]) -> Vec<Request> {
@@ -111,7 +111,7 @@ fn a_refused_series_request_stops_loading_and_keeps_recent_slices() {
     app.update(Msg::Daemon(Message::Results(results())));
     key(&mut app, Key::Enter);
     app.update(Msg::Daemon(Message::Error {
-        code: "unknown_request".into(),
+        code: crate::protocol::ErrorCode::UnknownRequest,
         message: "request type not supported by this daemon".into(),
     }));
     let d = app.series.as_ref().expect("detail");
@@ -191,7 +191,7 @@ fn acks_errors_and_protocol_errors_become_notices() {
         Some("intake paused by operator")
     );
     app.update(Msg::Daemon(Message::Error {
-        code: "retry_refused".into(),
+        code: crate::protocol::ErrorCode::RetryRefused,
         message: "job 5 is done".into(),
     }));
     assert!(app.notice.as_ref().is_some_and(|n| n.0.contains("job 5 is done")));

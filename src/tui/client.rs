@@ -1,6 +1,7 @@
-//! The dashboard's end of the daemon's socket, on background threads. A connection thread connects,
-//! greets (`hello`, then `subscribe`), reports `Connected`, writes the app's requests and, when
-//! the connection ends, reports `Disconnected` and tries again with exponential backoff, forever,
+//! The dashboard's end of the daemon's socket, on background threads. A connection thread connects
+//! and greets through `protocol::Client` (as `ctmask status` does: `hello`, the daemon's protocol
+//! version checked), subscribes, reports `Connected`, writes the app's requests and, when the
+//! connection ends, reports `Disconnected` and tries again with exponential backoff, forever,
 //! until the client is dropped. A reader thread per connection forwards every decoded line; a line
 //! that does not decode becomes `Msg::ProtocolError` and reading goes on.
 //! Each connection has a generation number, and requests made for an older one are dropped, so a
@@ -13,7 +14,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use super::app::Msg;
-use crate::protocol::{self, Message, PROTOCOL_VERSION, ProtocolError, Request};
+use crate::protocol::{
+    self, Client as Connection, ClientError, Message, PROTOCOL_VERSION, ProtocolError, Request,
+};
 
 /// How long the greeting may take.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -190,36 +193,37 @@ impl Worker {
     }
 }
 
-/// Connects, exchanges `hello` and subscribes; the error is a sentence for the status line.
+/// Connects, exchanges `hello` (the protocol version checked) and subscribes; the error is a
+/// sentence for the status line.
 fn greet(socket: &Path) -> Result<(UnixStream, BufReader<UnixStream>, String), String> {
-    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => "no socket (is the daemon running?)".to_string(),
-        std::io::ErrorKind::ConnectionRefused => "connection refused (daemon not running)".into(),
-        _ => e.to_string(),
-    })?;
+    let name = format!("ctmask-tui {}", env!("CARGO_PKG_VERSION"));
+    let mut client = Connection::connect_as(socket, &name, Some(HELLO_TIMEOUT)).map_err(|e| sentence(&e))?;
+    let server = format!("{} (protocol {PROTOCOL_VERSION})", client.server());
+    client.send(&Request::Subscribe).map_err(|e| sentence(&e))?;
+    let (stream, reader) = client.into_parts();
     let io = |e: std::io::Error| e.to_string();
-    stream.set_read_timeout(Some(HELLO_TIMEOUT)).map_err(io)?;
-    let mut writer = stream.try_clone().map_err(io)?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(io)?);
-    let hello = Request::Hello {
-        version: PROTOCOL_VERSION,
-        client: format!("ctmask-tui {}", env!("CARGO_PKG_VERSION")),
-    };
-    let line = protocol::encode(&hello).map_err(|e| e.to_string())?;
-    writer.write_all(line.as_bytes()).map_err(io)?;
-    let server = match protocol::read_message::<Message, _>(&mut reader) {
-        Ok(Some(Message::Hello { version, server })) => format!("{server} (protocol {version})"),
-        Ok(Some(Message::Error { code, message })) => {
-            return Err(format!("the daemon refused: {code}: {message}"));
-        }
-        Ok(Some(other)) => return Err(format!("unexpected greeting: {other:?}")),
-        Ok(None) => return Err("the daemon closed the connection during the greeting".into()),
-        Err(e) => return Err(format!("greeting failed: {e}")),
-    };
-    let line = protocol::encode(&Request::Subscribe).map_err(|e| e.to_string())?;
-    writer.write_all(line.as_bytes()).map_err(io)?;
     stream.set_read_timeout(None).map_err(io)?;
+    stream.set_write_timeout(None).map_err(io)?;
     Ok((stream, reader, server))
+}
+
+/// What went wrong in a greeting, for the status line.
+fn sentence(e: &ClientError) -> String {
+    match e {
+        ClientError::Connect { source, .. } => match source.kind() {
+            std::io::ErrorKind::NotFound => "no socket (is the daemon running?)".to_string(),
+            std::io::ErrorKind::ConnectionRefused => "connection refused (daemon not running)".into(),
+            _ => source.to_string(),
+        },
+        ClientError::Io { source, .. } => source.to_string(),
+        ClientError::Refused { code, message, .. } => format!("the daemon refused: {code}: {message}"),
+        ClientError::Unexpected { what, .. } => format!("unexpected greeting: {what}"),
+        ClientError::Closed { .. } => "the daemon closed the connection during the greeting".into(),
+        ClientError::Protocol { source, .. } => format!("greeting failed: {source}"),
+        ClientError::Version { daemon, ours, .. } => format!(
+            "protocol mismatch: the daemon speaks version {daemon}, this dashboard {ours} (use matching builds)"
+        ),
+    }
 }
 
 /// Forwards messages until the stream ends; bad lines are reported and skipped.

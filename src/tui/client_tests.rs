@@ -145,8 +145,8 @@ fn reconnects_when_the_daemon_goes_and_comes_back() {
     assert_eq!(n, 0, "the connection ends when the client is dropped");
 }
 
-#[test]
-fn a_refused_greeting_is_a_disconnection_with_the_reason() {
+/// A fake daemon that answers the hello with `answer`; the first thing the client reports.
+fn greeting_answered_with(answer: Message) -> Msg {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("s.sock");
     let listener = UnixListener::bind(&socket).expect("bind");
@@ -154,19 +154,41 @@ fn a_refused_greeting_is_a_disconnection_with_the_reason() {
         let (stream, _) = listener.accept().expect("accept");
         let mut reader = BufReader::new(stream.try_clone().expect("clone"));
         reader.read_line(&mut String::new()).expect("hello");
-        let refusal = Message::Error {
-            code: "forbidden".into(),
-            message: "not allowed: ask to be added to the daemon's group".into(),
-        };
-        (&stream).write_all(line(&refusal).as_bytes()).expect("write");
+        (&stream).write_all(line(&answer).as_bytes()).expect("write");
     });
     let (tx, rx) = mpsc::channel();
     let _client = Client::with_backoff(&socket, tx, fast()).expect("client");
-    match rx.recv_timeout(WAIT).expect("message") {
+    let first = rx.recv_timeout(WAIT).expect("message");
+    server.join().expect("server thread");
+    first
+}
+
+#[test]
+fn a_refused_greeting_is_a_disconnection_with_the_reason() {
+    let refusal = Message::Error {
+        code: protocol::ErrorCode::Forbidden,
+        message: "not allowed: ask to be added to the daemon's group".into(),
+    };
+    match greeting_answered_with(refusal) {
         Msg::Disconnected { reason, .. } => assert!(reason.contains("forbidden"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    server.join().expect("server thread");
+}
+
+#[test]
+fn a_daemon_of_another_protocol_version_is_a_disconnection_naming_both() {
+    let hello = Message::Hello {
+        version: protocol::PROTOCOL_VERSION + 1,
+        server: "ctmask 9.9.9".into(),
+    };
+    match greeting_answered_with(hello) {
+        Msg::Disconnected { reason, .. } => assert!(
+            reason.contains("protocol mismatch")
+                && reason.contains(&format!("version {}", protocol::PROTOCOL_VERSION + 1)),
+            "{reason}"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 #[test]

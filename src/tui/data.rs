@@ -114,20 +114,10 @@ pub fn push_log(log: &mut VecDeque<LogLine>, line: LogLine) {
     log.push_front(line);
 }
 
-/// Slices in anatomical order, as the daemon sorts them (z, then slice location, then instance
-/// number, then file name), for the series view before the daemon's own list arrives.
+/// Slices in anatomical order, as the daemon sorts them (`protocol::anatomical_order`), for the
+/// series view before the daemon's own list arrives.
 pub fn anatomical_order(slices: &mut [SliceSummary]) {
-    let tie = |a: &SliceSummary, b: &SliceSummary| (a.frame, a.job_id).cmp(&(b.frame, b.job_id));
-    let by = |a: Option<f64>, b: Option<f64>| a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal);
-    if slices.iter().all(|s| s.position_z.is_some()) {
-        slices.sort_by(|a, b| by(a.position_z, b.position_z).then(tie(a, b)));
-    } else if slices.iter().all(|s| s.slice_location.is_some()) {
-        slices.sort_by(|a, b| by(a.slice_location, b.slice_location).then(tie(a, b)));
-    } else if slices.iter().all(|s| s.instance_number.is_some()) {
-        slices.sort_by(|a, b| a.instance_number.cmp(&b.instance_number).then(tie(a, b)));
-    } else {
-        slices.sort_by(|a, b| a.file_name.cmp(&b.file_name).then(tie(a, b)));
-    }
+    crate::protocol::anatomical_order(slices);
 }
 
 #[cfg(test)]

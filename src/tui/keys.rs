@@ -1,10 +1,150 @@
 //! What each key does to the dashboard's state (part of `App::update`). The modes decide first:
 //! the filter input takes every printable key, a confirmation takes only y/n, help and the job
-//! popup close on Esc. In the normal mode the keys are the ones `view::HELP` lists.
+//! popup close on Esc. In the normal mode a key does what `KEYS` binds it to, and the help popup
+//! is drawn from the same table, so the two cannot disagree.
 
 use super::app::{App, Effect, Key, Mode, Pane, Tab};
 use super::data::{SeriesDetail, anatomical_order};
 use crate::protocol::{JobState, Request};
+
+/// What a key does in the normal mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Quit,
+    Help,
+    NextView,
+    PreviousView,
+    /// The view at this index of `Tab::ALL`.
+    View(usize),
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    First,
+    Last,
+    SeriesPane,
+    SlicesPane,
+    Open,
+    Back,
+    Filter,
+    PauseResume,
+    Retry,
+    Freeze,
+    ResendForwards,
+}
+
+/// One line of the help popup: the keys as it names them, what they do, and the bindings the
+/// normal mode dispatches on.
+#[derive(Debug)]
+pub struct KeyHelp {
+    pub keys: &'static str,
+    pub what: &'static str,
+    pub bindings: &'static [(Key, Action)],
+}
+
+/// Every key of the normal mode, in the help popup's order.
+pub const KEYS: &[KeyHelp] = &[
+    KeyHelp {
+        keys: "q  Ctrl-C",
+        what: "quit",
+        bindings: &[(Key::Char('q'), Action::Quit), (Key::Interrupt, Action::Quit)],
+    },
+    KeyHelp {
+        keys: "?",
+        what: "this help (Esc closes)",
+        bindings: &[(Key::Char('?'), Action::Help)],
+    },
+    KeyHelp {
+        keys: "Tab  Shift-Tab",
+        what: "next / previous view",
+        bindings: &[(Key::Tab, Action::NextView), (Key::BackTab, Action::PreviousView)],
+    },
+    KeyHelp {
+        keys: "1 2 3 4",
+        what: "Queue / Results / GPU / Log",
+        bindings: &[
+            (Key::Char('1'), Action::View(0)),
+            (Key::Char('2'), Action::View(1)),
+            (Key::Char('3'), Action::View(2)),
+            (Key::Char('4'), Action::View(3)),
+        ],
+    },
+    KeyHelp {
+        keys: "Up Down  j k",
+        what: "move the selection",
+        bindings: &[
+            (Key::Up, Action::Up),
+            (Key::Down, Action::Down),
+            (Key::Char('j'), Action::Down),
+            (Key::Char('k'), Action::Up),
+        ],
+    },
+    KeyHelp {
+        keys: "PgUp PgDn  g G",
+        what: "move by a page / to the ends (Home End)",
+        bindings: &[
+            (Key::PageUp, Action::PageUp),
+            (Key::PageDown, Action::PageDown),
+            (Key::Char('g'), Action::First),
+            (Key::Char('G'), Action::Last),
+            (Key::Home, Action::First),
+            (Key::End, Action::Last),
+        ],
+    },
+    KeyHelp {
+        keys: "Left Right  h l",
+        what: "series list / slices list (Results)",
+        bindings: &[
+            (Key::Left, Action::SeriesPane),
+            (Key::Right, Action::SlicesPane),
+            (Key::Char('h'), Action::SeriesPane),
+            (Key::Char('l'), Action::SlicesPane),
+        ],
+    },
+    KeyHelp {
+        keys: "Enter",
+        what: "open: job, series, slice",
+        bindings: &[(Key::Enter, Action::Open)],
+    },
+    KeyHelp {
+        keys: "Esc",
+        what: "back; clear the filter",
+        bindings: &[(Key::Esc, Action::Back)],
+    },
+    KeyHelp {
+        keys: "/",
+        what: "filter the view (Enter apply, Esc cancel)",
+        bindings: &[(Key::Char('/'), Action::Filter)],
+    },
+    KeyHelp {
+        keys: "p",
+        what: "pause or resume intake in the daemon",
+        bindings: &[(Key::Char('p'), Action::PauseResume)],
+    },
+    KeyHelp {
+        keys: "r",
+        what: "retry the selected failed job (y/n)",
+        bindings: &[(Key::Char('r'), Action::Retry)],
+    },
+    KeyHelp {
+        keys: "f",
+        what: "freeze / unfreeze the display",
+        bindings: &[(Key::Char('f'), Action::Freeze)],
+    },
+    KeyHelp {
+        keys: "F",
+        what: "resend failed DICOM forwards",
+        bindings: &[(Key::Char('F'), Action::ResendForwards)],
+    },
+];
+
+/// The normal mode's action for `key`, if `KEYS` binds it.
+pub fn action(key: Key) -> Option<Action> {
+    KEYS.iter()
+        .flat_map(|h| h.bindings)
+        .find(|(k, _)| *k == key)
+        .map(|&(_, a)| a)
+}
 
 impl App {
     pub(super) fn on_key(&mut self, key: Key) -> Vec<Effect> {
@@ -53,36 +193,37 @@ impl App {
     }
 
     fn normal_key(&mut self, key: Key) -> Vec<Effect> {
-        match key {
-            Key::Char('q') => return vec![Effect::Quit],
-            Key::Char('?') => self.mode = Mode::Help,
-            Key::Tab => return self.switch_tab(Tab::ALL[(self.tab.index() + 1) % 4]),
-            Key::BackTab => return self.switch_tab(Tab::ALL[(self.tab.index() + 3) % 4]),
-            Key::Char(c @ '1'..='4') => {
-                return self.switch_tab(Tab::ALL[usize::from(c as u8 - b'1')]);
-            }
-            Key::Up | Key::Char('k') => self.move_by(-1),
-            Key::Down | Key::Char('j') => self.move_by(1),
-            Key::PageUp => self.move_by(-10),
-            Key::PageDown => self.move_by(10),
-            Key::Home | Key::Char('g') => self.move_by(isize::MIN / 2),
-            Key::End | Key::Char('G') => self.move_by(isize::MAX / 2),
-            Key::Left | Key::Char('h') if self.in_results_lists() => self.pane = Pane::Series,
-            Key::Right | Key::Char('l') if self.in_results_lists() => self.pane = Pane::Slices,
-            Key::Enter => return self.open(),
-            Key::Esc => self.back(),
-            Key::Char('/') => {
+        let Some(action) = action(key) else {
+            return Vec::new();
+        };
+        match action {
+            Action::Quit => return vec![Effect::Quit],
+            Action::Help => self.mode = Mode::Help,
+            Action::NextView => return self.switch_tab(Tab::ALL[(self.tab.index() + 1) % 4]),
+            Action::PreviousView => return self.switch_tab(Tab::ALL[(self.tab.index() + 3) % 4]),
+            Action::View(i) => return self.switch_tab(Tab::ALL[i]),
+            Action::Up => self.move_by(-1),
+            Action::Down => self.move_by(1),
+            Action::PageUp => self.move_by(-10),
+            Action::PageDown => self.move_by(10),
+            Action::First => self.move_by(isize::MIN / 2),
+            Action::Last => self.move_by(isize::MAX / 2),
+            Action::SeriesPane if self.in_results_lists() => self.pane = Pane::Series,
+            Action::SlicesPane if self.in_results_lists() => self.pane = Pane::Slices,
+            Action::SeriesPane | Action::SlicesPane => {}
+            Action::Open => return self.open(),
+            Action::Back => self.back(),
+            Action::Filter => {
                 let input = self.filters[self.tab.index()].clone();
                 self.mode = Mode::Filter { input };
             }
-            Key::Char('p') => return self.pause_or_resume(),
-            Key::Char('r') => self.ask_retry(),
-            Key::Char('F') => {
+            Action::PauseResume => return self.pause_or_resume(),
+            Action::Retry => self.ask_retry(),
+            Action::ResendForwards => {
                 return self
                     .send_or_explain(Request::RetryForward { id: None }, "resend failed DICOM forwards");
             }
-            Key::Char('f') => self.toggle_freeze(),
-            _ => {}
+            Action::Freeze => self.toggle_freeze(),
         }
         Vec::new()
     }
@@ -276,5 +417,49 @@ impl App {
             self.notify(format!("cannot {what}: not connected to the daemon"));
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How the help popup names a key.
+    fn name(key: Key) -> String {
+        match key {
+            Key::Char(c) => c.to_string(),
+            Key::Interrupt => "Ctrl-C".into(),
+            Key::BackTab => "Shift-Tab".into(),
+            Key::PageUp => "PgUp".into(),
+            Key::PageDown => "PgDn".into(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn help_names_every_bound_key_and_every_key_does_what_its_line_says() {
+        let mut seen = Vec::new();
+        for h in KEYS {
+            for &(key, act) in h.bindings {
+                assert!(!seen.contains(&key), "{key:?} bound twice");
+                seen.push(key);
+                let shown = h.keys.split_whitespace().any(|k| k == name(key)) || h.what.contains(&name(key));
+                assert!(
+                    shown,
+                    "{key:?} is bound on the line {:?} but not named there",
+                    h.keys
+                );
+                assert_eq!(action(key), Some(act));
+            }
+            for k in h.keys.split_whitespace() {
+                assert!(
+                    h.bindings.iter().any(|&(key, _)| name(key) == k),
+                    "help names {k} on {:?} but binds no such key",
+                    h.keys
+                );
+            }
+        }
+        assert_eq!(action(Key::Char('x')), None);
+        assert_eq!(action(Key::Backspace), None);
     }
 }

@@ -1,9 +1,11 @@
 //! `ctmask tui`: a terminal dashboard for the screening daemon, for operators over SSH. It talks
 //! only to the daemon's socket protocol (`crate::protocol`) and never reads the database or the
 //! outputs. The shape follows ratatui's templates: `app.rs` holds the state and a pure
-//! `update(msg) -> effects` (keys in `keys.rs`), `view.rs` and `tabs/` draw it, `client.rs`
-//! keeps the connection on background threads (reconnecting when the daemon goes away), and
-//! `gpu.rs` samples GPUs through NVML loaded at run time, or CPU and memory from /proc.
+//! `update(msg) -> effects` (keys in `keys.rs`, whose one table also draws the help), `view.rs`
+//! and `tabs/` draw it, `client.rs` keeps the connection on background threads (greeted through
+//! `protocol::Client`, as `ctmask status` is; reconnecting when the daemon goes away), and
+//! `gpu.rs` samples GPUs through NVML loaded at run time, or CPU and memory from /proc. The
+//! golden screens (`golden_screens.rs`) render every view from a fixed picture of a busy daemon.
 //!
 //! The loop here blocks on one channel (keys, daemon messages, connection changes) with a timeout
 //! for the once-a-second tick, and redraws only when something visible changed, at most four
@@ -21,7 +23,7 @@ pub mod text;
 pub mod view;
 
 #[cfg(test)]
-mod snapshots;
+mod golden_screens;
 
 use std::io::{IsTerminal, Stdout};
 use std::path::Path;

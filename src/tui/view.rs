@@ -10,26 +10,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
 
 use super::app::{App, Conn, Mode, Tab};
+use super::keys::KEYS;
 use super::tabs;
 use super::text::{age, tail};
-
-/// Every key, as the help popup lists it.
-pub const HELP: &[(&str, &str)] = &[
-    ("q  Ctrl-C", "quit"),
-    ("?", "this help (Esc closes)"),
-    ("Tab  Shift-Tab", "next / previous view"),
-    ("1 2 3 4", "Queue / Results / GPU / Log"),
-    ("Up Down  j k", "move the selection"),
-    ("PgUp PgDn  g G", "move by a page / to the ends (Home End)"),
-    ("Left Right  h l", "series list / slices list (Results)"),
-    ("Enter", "open: job, series, slice"),
-    ("Esc", "back; clear the filter"),
-    ("/", "filter the view (Enter apply, Esc cancel)"),
-    ("p", "pause or resume intake in the daemon"),
-    ("r", "retry the selected failed job (y/n)"),
-    ("f", "freeze / unfreeze the display"),
-    ("F", "resend failed DICOM forwards"),
-];
 
 pub fn render(app: &App, frame: &mut Frame) {
     let [top, info, body, footer] = Layout::vertical([
@@ -163,13 +146,13 @@ pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
 }
 
 fn help(frame: &mut Frame) {
-    let area = centered(frame.area(), 62, HELP.len() as u16 + 2);
-    let lines: Vec<Line> = HELP
+    let area = centered(frame.area(), 62, KEYS.len() as u16 + 2);
+    let lines: Vec<Line> = KEYS
         .iter()
-        .map(|(k, what)| {
+        .map(|h| {
             Line::from(vec![
-                Span::styled(format!(" {k:<16}"), Style::new().bold().yellow()),
-                Span::raw(*what),
+                Span::styled(format!(" {:<16}", h.keys), Style::new().bold().yellow()),
+                Span::raw(h.what),
             ])
         })
         .collect();

@@ -96,7 +96,7 @@ fn series_png_and_bad_files_with_the_real_model() {
     let (seg, cls) = tiny_models(d);
     let cfg_path = config(d, &seg, &cls);
     let cfg = ctmask::config::Config::load(&cfg_path).unwrap();
-    let shutdown = ctmask::daemon::ops::ShutdownSignal::new();
+    let shutdown = ctmask::daemon::Shutdown::new();
     let s2 = shutdown.clone();
     let screener = ctmask::cli::daemon::make_screener(&cfg);
     let settings = cfg.daemon.clone();
@@ -149,7 +149,7 @@ fn series_png_and_bad_files_with_the_real_model() {
         );
     }
     // bad files are quarantined with their reasons while the good ones were screened
-    let snap = ctmask::daemon::status_client(&cfg.daemon.socket).unwrap();
+    let snap = ctmask::protocol::fetch_snapshot(&cfg.daemon.socket).unwrap();
     assert_eq!(snap.counts.done, 4);
     assert_eq!(snap.counts.quarantined, 2, "{:?}", snap.jobs);
     let reasons: Vec<String> = snap.jobs.iter().filter_map(|j| j.reason.clone()).collect();

@@ -110,7 +110,7 @@ pub fn screened_series(seed: u64) -> Series {
             sha256: &format!("{i:064}"),
             models: &models,
         };
-        summaries.push(write_slice(&output, &ctx, &slice, &finding).unwrap());
+        summaries.push(write_slice(&output, &ctx, &slice, &finding).unwrap().record);
     }
     let key = summaries[0].series_key.clone();
     let report = series::build(&key, summaries, &SeriesSettings::default(), 1, &models);

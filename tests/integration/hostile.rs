@@ -79,7 +79,7 @@ fn assert_private(what: &str, text: &str) {
 }
 
 fn status(socket: &Path) -> ctmask::protocol::Snapshot {
-    ctmask::daemon::status_client(socket).unwrap()
+    ctmask::protocol::fetch_snapshot(socket).unwrap()
 }
 
 fn append_line(cfg: &Path, line: &str) {
@@ -109,7 +109,7 @@ fn patient_names_in_folders_and_file_names_never_leave_the_daemon() {
     wait_for("3 reports", Duration::from_secs(120), || slice_reports(&out) == 3);
     wait_for("the quarantine", Duration::from_secs(30), || {
         socket.exists()
-            && ctmask::daemon::status_client(&socket)
+            && ctmask::protocol::fetch_snapshot(&socket)
                 .is_ok_and(|s| s.counts.quarantined == 1 && s.counts.done == 3)
     });
     wait_for("2 series reports", Duration::from_secs(30), || {
@@ -126,7 +126,7 @@ fn patient_names_in_folders_and_file_names_never_leave_the_daemon() {
     let status_text = String::from_utf8(status_json.stdout).unwrap();
     assert!(status_text.contains("\"quarantined\": 1"), "{status_text}");
     assert_private("status --json", &status_text);
-    let mut client = ctmask::daemon::Client::connect(&socket, Some(Duration::from_secs(10))).unwrap();
+    let mut client = ctmask::protocol::Client::connect(&socket, Some(Duration::from_secs(10))).unwrap();
     let Message::Results(recent) = client.request(&Request::Recent { limit: 50, offset: 0 }).unwrap() else {
         panic!("no results")
     };
@@ -163,7 +163,7 @@ fn patient_names_in_folders_and_file_names_never_leave_the_daemon() {
     append_line(&cfg, "  show_input_paths: true"); // the daemon block ends the file
     let child = daemon(&cfg, &log, &[]);
     wait_for("the daemon", Duration::from_secs(30), || {
-        socket.exists() && ctmask::daemon::status_client(&socket).is_ok()
+        socket.exists() && ctmask::protocol::fetch_snapshot(&socket).is_ok()
     });
     let paths: Vec<String> = status(&socket).jobs.iter().map(|j| j.path.clone()).collect();
     assert_eq!(paths, ["DOE_JOHN_19600101/DOE_JOHN_bad.dcm"]);
@@ -235,7 +235,7 @@ fn a_file_that_kills_the_daemon_is_quarantined_after_the_retries() {
         // The queue records a job done just after its report appears: ask the queue.
         if slice_reports(&out) == 3
             && socket.exists()
-            && ctmask::daemon::status_client(&socket)
+            && ctmask::protocol::fetch_snapshot(&socket)
                 .is_ok_and(|s| s.counts.quarantined == 1 && s.counts.done == 3)
         {
             break;
@@ -352,7 +352,7 @@ fn idle_clients_a_reader_that_never_reads_and_a_flood_do_not_starve_status() {
     let child = daemon(&cfg, &log, &[]);
     wait_for("3 reports", Duration::from_secs(120), || slice_reports(&out) == 3);
     wait_for("3 jobs done", Duration::from_secs(30), || {
-        ctmask::daemon::status_client(&socket).is_ok_and(|s| s.counts.done == 3)
+        ctmask::protocol::fetch_snapshot(&socket).is_ok_and(|s| s.counts.done == 3)
     });
     let pid = child.id();
 
@@ -371,7 +371,7 @@ fn idle_clients_a_reader_that_never_reads_and_a_flood_do_not_starve_status() {
         sent
     });
     // A flood of `recent` from a client that reads.
-    let mut flood = ctmask::daemon::Client::connect(&socket, Some(Duration::from_secs(10))).unwrap();
+    let mut flood = ctmask::protocol::Client::connect(&socket, Some(Duration::from_secs(10))).unwrap();
     for _ in 0..300 {
         let Message::Results(r) = flood
             .request(&Request::Recent {
@@ -459,7 +459,7 @@ fn decoder_bombs_in_the_watch_folder_are_quarantined_and_the_slices_around_them_
     let mut child = daemon(&cfg, &log, &[]);
     let (out, socket) = (d.join("out"), d.join("d.sock"));
     wait_for("the daemon", Duration::from_secs(60), || {
-        socket.exists() && ctmask::daemon::status_client(&socket).is_ok()
+        socket.exists() && ctmask::protocol::fetch_snapshot(&socket).is_ok()
     });
     let drop_in = |from: &Path, name: String| std::fs::copy(from, d.join("in").join(name)).unwrap();
     drop_in(&good[0], "a0.dcm".into());
@@ -478,7 +478,7 @@ fn decoder_bombs_in_the_watch_folder_are_quarantined_and_the_slices_around_them_
         Duration::from_secs(300),
         || {
             slice_reports(&out) == 4
-                && ctmask::daemon::status_client(&socket)
+                && ctmask::protocol::fetch_snapshot(&socket)
                     .is_ok_and(|s| s.counts.quarantined == bombs.len() as u64 && s.counts.done == 4)
         },
     );

@@ -81,7 +81,7 @@ fn dashboard_follows_a_real_daemon_in_tmux() {
         tmux(&["send-keys", "-t", &session, "p"]);
         let t = Instant::now();
         loop {
-            let snap = ctmask::daemon::status_client(&socket).unwrap();
+            let snap = ctmask::protocol::fetch_snapshot(&socket).unwrap();
             if snap.intake.paused {
                 assert!(
                     snap.intake.reasons.iter().any(|r| r.contains("operator")),

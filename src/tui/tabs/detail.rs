@@ -12,27 +12,21 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Widget};
 
 use super::results::{burden, lesions, probabilities, verdict_style};
-use crate::protocol::{SliceSummary, Thumbnail};
+use crate::protocol::{Label, SliceSummary, Thumbnail, Verdict};
 use crate::tui::data::SeriesDetail;
 use crate::tui::text::{opt, tail};
-
-const CLASS_NAMES: [&str; 3] = ["control", "pneumonia", "covid"];
 
 pub fn series(d: &SeriesDetail, frame: &mut Frame, area: Rect) {
     let [head, strip, table] =
         Layout::vertical([Constraint::Length(6), Constraint::Length(3), Constraint::Min(3)]).areas(area);
-    let covid = d
-        .slices
-        .iter()
-        .filter(|s| s.label.as_deref() == Some("covid"))
-        .count();
+    let covid = d.slices.iter().filter(|s| s.label == Some(Label::Covid)).count();
     let total = d.summary.as_ref().map_or(0, |s| s.slice_count);
     let loading = if d.loading { " · loading…" } else { "" };
     let mut lines = Vec::new();
     if let Some(s) = &d.summary {
         lines.push(Line::from(vec![
             Span::raw(" verdict ").bold(),
-            Span::styled(s.verdict.to_uppercase(), verdict_style(&s.verdict)),
+            Span::styled(s.verdict.as_str().to_uppercase(), verdict_style(s.verdict)),
             Span::raw(format!(" · report revision {}", s.revision)),
         ]));
         lines.push(Line::from(format!(" rule    {}", s.rule)).style(Style::new().fg(Color::DarkGray)));
@@ -71,12 +65,12 @@ pub fn strip(slices: &[SliceSummary], width: usize) -> String {
     (0..cells)
         .map(|c| {
             let group = &slices[c * slices.len() / cells..((c + 1) * slices.len() / cells)];
-            let has = |l: &str| group.iter().any(|s| s.label.as_deref() == Some(l));
-            if has("covid") {
+            let has = |l: Label| group.iter().any(|s| s.label == Some(l));
+            if has(Label::Covid) {
                 '█'
-            } else if has("pneumonia") {
+            } else if has(Label::Pneumonia) {
                 '▒'
-            } else if has("control") {
+            } else if has(Label::Control) {
                 '·'
             } else {
                 ' '
@@ -104,8 +98,8 @@ fn render_strip(slices: &[SliceSummary], frame: &mut Frame, area: Rect) {
 
 fn slice_table(d: &SeriesDetail, frame: &mut Frame, area: Rect) {
     let rows = d.slices.iter().enumerate().map(|(i, s)| {
-        let label = s.label.clone().unwrap_or_else(|| "-".into());
-        let covid = if label == "covid" { "●" } else { "" };
+        let label = s.label.map_or("-", Label::as_str);
+        let covid = if s.label == Some(Label::Covid) { "●" } else { "" };
         let z = s.position_z.or(s.slice_location);
         Row::new(vec![
             Cell::from((i + 1).to_string()),
@@ -113,7 +107,7 @@ fn slice_table(d: &SeriesDetail, frame: &mut Frame, area: Rect) {
             Cell::from(opt(z, 1)),
             Cell::from(tail(&s.file_name, 30)),
             Cell::from(covid).red(),
-            Cell::from(label.clone()).style(verdict_style(&label)),
+            Cell::from(label).style(verdict_style(Verdict::of_slice(s.label))),
             Cell::from(probabilities(s.probabilities)),
             Cell::from(lesions(s)),
             Cell::from(opt(burden(s), 1)),
@@ -179,7 +173,7 @@ fn image_width(t: &Thumbnail, area: Rect) -> u16 {
 
 fn slice_lines(s: &SliceSummary) -> Vec<Line<'static>> {
     let field = |k: &str, v: String| Line::from(vec![Span::raw(format!("{k:<11}")).bold(), v.into()]);
-    let label = s.label.clone().unwrap_or_else(|| "-".into());
+    let label = s.label.map_or("-", Label::as_str);
     let mut lines = vec![
         field("series", tail(&s.series_key, 28)),
         field(
@@ -189,11 +183,11 @@ fn slice_lines(s: &SliceSummary) -> Vec<Line<'static>> {
         field("z", format!("{} mm", opt(s.position_z.or(s.slice_location), 2))),
         Line::from(vec![
             Span::raw(format!("{:<11}", "label")).bold(),
-            Span::styled(label.clone(), verdict_style(&label)),
+            Span::styled(label, verdict_style(Verdict::of_slice(s.label))),
         ]),
     ];
     if let Some(p) = s.probabilities {
-        for (name, v) in CLASS_NAMES.iter().zip(p) {
+        for (name, v) in Label::ALL.iter().zip(p) {
             let filled = (v.clamp(0.0, 1.0) * 12.0).round() as usize;
             let bar = format!("{}{}", "█".repeat(filled), "░".repeat(12 - filled));
             lines.push(field(&format!(" {name}"), format!("{v:.2} {bar}")));
@@ -277,7 +271,7 @@ mod tests {
     #[test]
     fn strip_marks_covid_like_slices_in_order() {
         let s = |l: Option<&str>| SliceSummary {
-            label: l.map(String::from),
+            label: l.and_then(Label::parse),
             ..SliceSummary::default()
         };
         let slices = [

@@ -9,7 +9,7 @@ use ratatui::style::{Color, Style};
 use ratatui::widgets::{Block, Cell, Paragraph, Row};
 
 use super::detail;
-use crate::protocol::{SeriesSummary, SliceSummary};
+use crate::protocol::{Label, SeriesSummary, SliceSummary, Verdict};
 use crate::tui::app::{App, Pane, Tab};
 use crate::tui::text::{opt, tail};
 
@@ -71,26 +71,27 @@ fn series_table(app: &App, frame: &mut Frame, area: Rect) {
     frame.render_stateful_widget(table, area, &mut state);
 }
 
-pub fn verdict_style(verdict: &str) -> Style {
+/// The colour of a verdict, or of a slice's label (`Verdict::of_slice`).
+pub fn verdict_style(verdict: Verdict) -> Style {
     match verdict {
-        "covid" => Style::new().fg(Color::Red).bold(),
-        "pneumonia" => Style::new().fg(Color::Yellow),
-        "control" => Style::new().fg(Color::Green),
-        _ => Style::new().fg(Color::DarkGray),
+        Verdict::Covid => Style::new().fg(Color::Red).bold(),
+        Verdict::Pneumonia => Style::new().fg(Color::Yellow),
+        Verdict::Control => Style::new().fg(Color::Green),
+        Verdict::Unclassified => Style::new().fg(Color::DarkGray),
     }
 }
 
 fn series_row(s: &SeriesSummary, key_width: usize) -> Row<'static> {
-    let count = |k: &str| s.counts.get(k).copied().unwrap_or(0);
+    let count = |l: Label| s.counts.get(l.as_str()).copied().unwrap_or(0);
     Row::new(vec![
         Cell::from(tail(&s.key, key_width)),
         Cell::from(s.slice_count.to_string()),
-        Cell::from(s.verdict.clone()).style(verdict_style(&s.verdict)),
+        Cell::from(s.verdict.as_str()).style(verdict_style(s.verdict)),
         Cell::from(format!(
             "{}/{}/{}",
-            count("covid"),
-            count("pneumonia"),
-            count("control")
+            count(Label::Covid),
+            count(Label::Pneumonia),
+            count(Label::Control)
         )),
         Cell::from(opt(s.ggo_ml, 1)),
         Cell::from(opt(s.consolidation_ml, 1)),
@@ -139,10 +140,10 @@ pub fn burden(s: &SliceSummary) -> Option<f64> {
 }
 
 fn slice_row(s: &SliceSummary) -> Row<'static> {
-    let label = s.label.clone().unwrap_or_else(|| "-".into());
+    let label = s.label.map_or("-", Label::as_str);
     Row::new(vec![
         Cell::from(tail(&s.file_name, 40)),
-        Cell::from(label.clone()).style(verdict_style(&label)),
+        Cell::from(label).style(verdict_style(Verdict::of_slice(s.label))),
         Cell::from(probabilities(s.probabilities)),
         Cell::from(lesions(s)),
         Cell::from(opt(burden(s), 1)),

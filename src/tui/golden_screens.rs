@@ -2,7 +2,7 @@
 //! `App::update`, and every view rendered from it to ratatui's `TestBackend` at 80x24 and 120x40,
 //! compared with the expected text under `tests/fixtures/tui/`. After a deliberate change to a
 //! view, regenerate the expected text (and the text screenshots under `docs/screenshots/`) with
-//! `CTMASK_TUI_FIXTURES=write cargo test tui::snapshots`, and read the diff before committing.
+//! `CTMASK_TUI_FIXTURES=write cargo test tui::golden_screens`, and read the diff before committing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,8 +16,8 @@ use super::app::{App, Key, Msg};
 use super::gpu::{GpuReading, HostSample};
 use super::view;
 use crate::protocol::{
-    DiskInfo, Event, EventKind, Intake, JobInfo, JobState, Message, ModelInfo, QueueCounts, Results,
-    SeriesSummary, SliceSummary, Snapshot, Throughput, Thumbnail,
+    DiskInfo, Event, EventKind, Intake, JobInfo, JobState, Label, Message, ModelInfo, QueueCounts, Results,
+    SeriesSummary, SliceSummary, Snapshot, Throughput, Thumbnail, Verdict,
 };
 
 /// 2023-11-14 22:13:20 UTC.
@@ -161,7 +161,7 @@ pub(crate) fn slice(i: u32, series: &str) -> SliceSummary {
         slice_thickness: Some(2.5),
         file_name: format!("IM{:04}.dcm", i + 1),
         report: format!("{series}.{i}.json"),
-        label: Some(label.into()),
+        label: Label::parse(label),
         probabilities: Some(probabilities),
         lesion_counts: BTreeMap::from([("ggo".into(), ggo), ("consolidation".into(), ggo / 2)]),
         ggo_px: u64::from(ggo) * 410,
@@ -175,7 +175,7 @@ pub(crate) fn slice(i: u32, series: &str) -> SliceSummary {
     }
 }
 
-fn series(key: &str, verdict: &str, counts: [u32; 3]) -> SeriesSummary {
+fn series(key: &str, verdict: Verdict, counts: [u32; 3]) -> SeriesSummary {
     SeriesSummary {
         key: key.into(),
         series_uid: Some(key.into()),
@@ -185,7 +185,7 @@ fn series(key: &str, verdict: &str, counts: [u32; 3]) -> SeriesSummary {
             ("pneumonia".into(), counts[1]),
             ("control".into(), counts[2]),
         ]),
-        verdict: verdict.into(),
+        verdict,
         rule: "covid when at least 10% of classified slices are covid (here 50%)".into(),
         ggo_ml: Some(12.4),
         consolidation_ml: Some(1.9),
@@ -199,9 +199,9 @@ fn series(key: &str, verdict: &str, counts: [u32; 3]) -> SeriesSummary {
 pub(crate) fn results() -> Results {
     Results {
         series: vec![
-            series(SERIES_A, "covid", [4, 1, 3]),
-            series(SERIES_B, "control", [0, 0, 5]),
-            series("dir-9f3a1c", "pneumonia", [0, 2, 1]),
+            series(SERIES_A, Verdict::Covid, [4, 1, 3]),
+            series(SERIES_B, Verdict::Control, [0, 0, 5]),
+            series("dir-9f3a1c", Verdict::Pneumonia, [0, 2, 1]),
         ],
         slices: (0..8).rev().map(|i| slice(i, SERIES_A)).collect(),
         total: None,
@@ -211,7 +211,7 @@ pub(crate) fn results() -> Results {
 /// The `series` reply for SERIES_A: all its slices in anatomical order.
 pub(crate) fn series_reply() -> Results {
     Results {
-        series: vec![series(SERIES_A, "covid", [4, 1, 3])],
+        series: vec![series(SERIES_A, Verdict::Covid, [4, 1, 3])],
         slices: (0..8).map(|i| slice(i, SERIES_A)).collect(),
         total: Some(8),
     }

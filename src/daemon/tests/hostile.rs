@@ -1,6 +1,6 @@
 //! The daemon in-process against hostile conditions (issue 17): a broken device, a second file
 //! with a screened SOP instance UID, queued files swapped for links and FIFOs, and reloads that
-//! name what needs a restart. Helpers come from the parent module (`tests.rs`).
+//! name what needs a restart. Helpers come from the parent module (`mod.rs`).
 
 use super::*;
 
@@ -19,7 +19,7 @@ fn a_run_of_screening_failures_pauses_intake_instead_of_quarantining_everything(
     for i in 0..6 {
         drop_file(&watch, &format!("{i}.png"), &png(100 + i));
     }
-    let snap = || status_client(&d.socket).expect("status");
+    let snap = || fetch_snapshot(&d.socket).expect("status");
     assert!(
         wait_until(Duration::from_secs(10), || snap().intake.reasons.iter().any(
             |r| r.starts_with("screening failed for 3 files in a row (last: CUDA error")
@@ -73,7 +73,7 @@ fn a_second_file_with_the_same_sop_instance_is_a_conflict_not_a_second_result() 
     let last = other.len() - 1;
     other[last] ^= 0x01;
     drop_file(&watch, "b.dcm", &other);
-    let snap = || status_client(&d.socket).expect("status");
+    let snap = || fetch_snapshot(&d.socket).expect("status");
     assert!(
         wait_until(Duration::from_secs(10), || snap().counts.quarantined == 1),
         "{:?}",
@@ -99,7 +99,7 @@ fn queued_files_swapped_for_links_or_fifos_are_refused_not_followed_or_waited_on
     assert!(matches!(client.request(&Request::Pause), Ok(Message::Ack { .. })));
     let a = drop_file(&watch, "a.png", &png(200));
     let b = drop_file(&watch, "b.png", &png(201));
-    let snap = || status_client(&d.socket).expect("status");
+    let snap = || fetch_snapshot(&d.socket).expect("status");
     assert!(wait_until(Duration::from_secs(10), || snap().counts.pending == 2));
     // Swapped while queued: a link to /dev/zero, and a FIFO.
     std::fs::remove_file(&a).expect("rm a");

@@ -1,0 +1,200 @@
+//! The local API: a Unix socket (mode from the settings, 0660 by default, owned by the configured
+//! group) speaking `protocol`. The socket appears with its final permissions (bound under a
+//! temporary name, chmod/chown, renamed into place); a non-socket at its path is left alone and
+//! refused. At most `max_clients` connections are served (`connection.rs`: timeouts, bounded
+//! output, roles from `peers.rs`); `hub.rs` broadcasts events; `handlers.rs` answers each request
+//! kind with its own function, dispatched from one match. `protocol::Client` is the other end
+//! (`ctmask status`, the dashboard). Laid out as mini-redis's `server.rs` / `connection.rs`.
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+mod connection;
+mod handlers;
+
+use super::Shared;
+use super::peers::{PeerPolicy, group_id};
+use super::settings::DaemonSettings;
+use crate::protocol::{self, ErrorCode};
+use connection::{THREAD_STACK, error, serve_client};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("socket {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("socket {path} is in use by another process")]
+    InUse { path: PathBuf },
+    #[error(
+        "socket {path}: something that is not a socket is in the way (daemon.socket); it is left alone, move it or choose another path"
+    )]
+    NotASocket { path: PathBuf },
+    #[error("group {0} does not exist (daemon.socket_group or daemon.control_group)")]
+    NoSuchGroup(String),
+}
+
+pub struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+    policy: PeerPolicy,
+    max_clients: usize,
+    /// Connections being served.
+    clients: Arc<AtomicUsize>,
+}
+
+impl Server {
+    /// Binds the socket with its final mode and group.
+    pub fn bind(settings: &DaemonSettings) -> Result<Server, ServerError> {
+        let path = settings.socket.clone();
+        let io = |source| ServerError::Io {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                // Never delete what is not ours: a file, a folder or a link at the socket path.
+                return Err(ServerError::NotASocket { path });
+            }
+            if UnixStream::connect(&path).is_ok() {
+                return Err(ServerError::InUse { path });
+            }
+            std::fs::remove_file(&path).map_err(io)?; // stale, from a crash
+        }
+        // SAFETY: plain getters without side effects.
+        let (uid, own_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let group = match &settings.socket_group {
+            Some(name) => group_id(name).ok_or_else(|| ServerError::NoSuchGroup(name.clone()))?,
+            None => own_gid,
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let listener = UnixListener::bind(&tmp).map_err(io)?;
+        let mode = settings.socket_mode().unwrap_or(0o660);
+        let c_tmp = std::ffi::CString::new(tmp.as_os_str().as_bytes())
+            .map_err(|_| io(std::io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: chown on a path we just created; -1 (u32::MAX) leaves the owner as is. Skipped
+        // for the daemon's own group (the socket has it already, and seccomp may deny chown).
+        let rc = if group == own_gid {
+            0
+        } else {
+            unsafe { libc::chown(c_tmp.as_ptr(), u32::MAX, group) }
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        listener.set_nonblocking(true).map_err(io)?;
+        let mut read_gids = vec![own_gid];
+        if group != own_gid {
+            read_gids.push(group);
+        }
+        let control_gid = match &settings.control_group {
+            Some(name) => Some(group_id(name).ok_or_else(|| ServerError::NoSuchGroup(name.clone()))?),
+            None => None,
+        };
+        Ok(Server {
+            listener,
+            path,
+            policy: PeerPolicy {
+                uid,
+                read_gids,
+                control_gid,
+            },
+            max_clients: settings.max_clients,
+            clients: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves a new connection on its own threads, or refuses it at once when `max_clients`
+    /// are connected (a short, non-blocking error line; no thread).
+    fn admit(&self, stream: UnixStream, shared: &Arc<Shared>) {
+        if self.clients.load(Ordering::SeqCst) >= self.max_clients {
+            let _ = stream.set_nonblocking(true);
+            if let Ok(line) = protocol::encode(&error(
+                ErrorCode::Busy,
+                "too many clients (daemon.max_clients); try again later",
+            )) {
+                let _ = (&stream).write_all(line.as_bytes());
+            }
+            return;
+        }
+        self.clients.fetch_add(1, Ordering::SeqCst);
+        let (shared, policy, clients) = (shared.clone(), self.policy.clone(), self.clients.clone());
+        let spawned = std::thread::Builder::new()
+            .name("ctmask-client".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                serve_client(stream, shared, policy);
+                clients.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            self.clients.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(error = %e, "cannot start a client thread");
+        }
+    }
+
+    /// Accepts connections until the daemon stops, then removes the socket.
+    pub(crate) fn serve(self, shared: Arc<Shared>) {
+        while !shared.stopping() {
+            shared.beats.server.beat();
+            match self.listener.accept() {
+                Ok((stream, _)) => self.admit(stream, &shared),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    shared.shutdown.wait(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    if let Some(held) = shared.log_limit.allow("accept") {
+                        tracing::warn!(error = %e, held_back = held, "accept failed");
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_socket_at_the_socket_path_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ctmask.sock");
+        std::fs::write(&path, b"precious").expect("file");
+        let s = DaemonSettings {
+            socket: path.clone(),
+            ..DaemonSettings::default()
+        };
+        let Err(err) = Server::bind(&s) else {
+            panic!("bound over a regular file")
+        };
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).expect("still there"), b"precious");
+    }
+}
