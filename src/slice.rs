@@ -253,17 +253,70 @@ pub fn read_slices_from_bytes(
     name_for_errors: &str,
     opts: &SliceOptions,
 ) -> Result<Vec<Slice>, SliceError> {
+    open_frames_from_bytes(bytes, name_for_errors, opts)?.collect()
+}
+
+/// The screened slices of one file, decoded one at a time as they are asked for: a PNG or JPEG
+/// is its one slice; the frames of a DICOM object are decoded when iterated, so a caller that
+/// screens a batch and drops it holds one batch of a multi-frame object at a time.
+pub struct Frames {
+    name: String,
+    source: FrameSource,
+}
+
+enum FrameSource {
+    One(Option<Box<Slice>>),
+    Dicom(Box<dicom::DicomFrames>),
+}
+
+impl Frames {
+    /// Slices not yet returned.
+    pub fn remaining(&self) -> usize {
+        match &self.source {
+            FrameSource::One(s) => usize::from(s.is_some()),
+            FrameSource::Dicom(d) => d.remaining(),
+        }
+    }
+}
+
+impl Iterator for Frames {
+    type Item = Result<Slice, SliceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.source {
+            FrameSource::One(s) => s.take().map(|s| Ok(*s)),
+            FrameSource::Dicom(d) => d
+                .next()
+                .map(|r| r.map_err(|r| SliceError::rejected(&self.name, r))),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining(), Some(self.remaining()))
+    }
+}
+
+/// Open one file's bytes: everything its header tells is checked now (format, modality, plane,
+/// size, decoding budget); the pixels of each DICOM frame are decoded when iterated.
+pub fn open_frames_from_bytes(
+    bytes: &[u8],
+    name_for_errors: &str,
+    opts: &SliceOptions,
+) -> Result<Frames, SliceError> {
     let reject = |r| SliceError::rejected(name_for_errors, r);
     if bytes.is_empty() {
         return Err(reject(Rejection::Empty));
     }
-    let slices = match detect(bytes).ok_or(Rejection::UnknownFormat) {
-        Ok(Detected::Png) => raster::read_png(bytes, opts).map(|s| vec![s]),
-        Ok(Detected::Jpeg) => raster::read_jpeg(bytes, opts).map(|s| vec![s]),
-        Ok(kind) => dicom::read(bytes, kind, opts),
+    let source = match detect(bytes).ok_or(Rejection::UnknownFormat) {
+        Ok(Detected::Png) => raster::read_png(bytes, opts).map(|s| FrameSource::One(Some(Box::new(s)))),
+        Ok(Detected::Jpeg) => raster::read_jpeg(bytes, opts).map(|s| FrameSource::One(Some(Box::new(s)))),
+        Ok(kind) => dicom::open_frames(bytes, kind, opts).map(|d| FrameSource::Dicom(Box::new(d))),
         Err(r) => Err(r),
     };
-    slices.map_err(reject)
+    Ok(Frames {
+        name: name_for_errors.to_string(),
+        source: source.map_err(reject)?,
+    })
 }
 
 /// Lung window: `floor(255 * clamp((hu - (level - width/2)) / width, 0, 1))`.

@@ -22,7 +22,7 @@ use super::outputs::{self, SliceContext};
 use super::queue::{Job, Queue, ScreenedSlice};
 use crate::findings::Finding;
 use crate::protocol::{EventKind, JobState};
-use crate::slice::{Slice, read_slices_from_bytes};
+use crate::slice::{Frames, Slice, SliceError, open_frames_from_bytes};
 
 /// What the daemon needs from the models: screen slices, say which models and where.
 pub trait Screener {
@@ -56,7 +56,12 @@ pub struct ReadJob {
     pub job: Job,
     /// The path actually read (the job's newest path, or another one recorded for its hash).
     pub path: PathBuf,
+    /// The slices decoded so far: all of them, or the first batch of a multi-frame object
+    /// with more frames than a batch.
     pub slices: Vec<Slice>,
+    /// The frames of a multi-frame object not decoded yet: the worker decodes and screens
+    /// them a batch at a time, so one batch of frames is held, not the whole object.
+    pub rest: Option<Frames>,
     pub read_ms: f64,
 }
 
@@ -67,7 +72,7 @@ enum ReadFailure {
     Retry(String),
 }
 
-fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Vec<Slice>), ReadFailure> {
+fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Frames), ReadFailure> {
     let settings = shared.settings();
     let mut candidates = vec![job.path.clone()];
     candidates.extend(
@@ -100,21 +105,34 @@ fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Vec<S
             continue;
         }
         super::faults::on_read(&bytes);
-        let slices = read_slices_from_bytes(&bytes, &format!("job {}", job.id), &shared.slice_options())
-            .map_err(|e| match e.rejection() {
-                Some(_) => ReadFailure::Permanent(e.reason()),
-                None => ReadFailure::Retry(e.reason()),
-            })?;
-        if slices.is_empty() {
+        let frames = open_frames_from_bytes(&bytes, &format!("job {}", job.id), &shared.slice_options())
+            .map_err(read_failure)?;
+        if frames.remaining() == 0 {
             return Err(ReadFailure::Permanent("no slices in file".into()));
         }
-        return Ok((path, slices));
+        return Ok((path, frames));
     }
     Err(if permanent {
         ReadFailure::Permanent(last_err)
     } else {
         ReadFailure::Retry(last_err)
     })
+}
+
+fn read_failure(e: SliceError) -> ReadFailure {
+    match e.rejection() {
+        Some(_) => ReadFailure::Permanent(e.reason()),
+        None => ReadFailure::Retry(e.reason()),
+    }
+}
+
+/// Decodes up to `n` more slices of `frames`.
+fn next_slices(frames: &mut Frames, n: usize) -> Result<Vec<Slice>, ReadFailure> {
+    frames
+        .by_ref()
+        .take(n.max(1))
+        .map(|r| r.map_err(read_failure))
+        .collect()
 }
 
 /// Records a failure and publishes it; returns the new state.
@@ -193,11 +211,17 @@ pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<
         while let Some(job) = pending.next() {
             shared.beats.reader.beat();
             let t0 = Instant::now();
-            let item = match read_job(&queue, &job, &shared) {
-                Ok((path, slices)) => ReadJob {
+            // the first batch now; the rest of a long multi-frame object as it is screened
+            let read = read_job(&queue, &job, &shared).and_then(|(path, mut frames)| {
+                let slices = next_slices(&mut frames, shared.settings().batch_size)?;
+                Ok((path, slices, (frames.remaining() > 0).then_some(frames)))
+            });
+            let item = match read {
+                Ok((path, slices, rest)) => ReadJob {
                     job,
                     path,
                     slices,
+                    rest,
                     read_ms: t0.elapsed().as_secs_f64() * 1e3,
                 },
                 Err(ReadFailure::Permanent(r)) => {
@@ -294,12 +318,22 @@ pub(crate) fn worker_loop(
             Err(_) => break,
         };
         let batch_size = shared.settings().batch_size;
+        if first.rest.is_some() {
+            // a multi-frame object longer than a batch: screened alone, a batch at a time
+            if shared.stopping() {
+                requeue_all(&mut queue, std::iter::once(&first.job));
+                break;
+            }
+            screen_streamed(&shared, &mut queue, screener, first, batch_size);
+            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
         let alone = first.job.crashes > 0;
         let mut jobs = vec![first];
         shared.beats.worker.beat();
         while !alone && jobs.iter().map(|j| j.slices.len()).sum::<usize>() < batch_size {
             match rx.try_recv() {
-                Ok(j) if j.job.crashes > 0 => {
+                Ok(j) if j.job.crashes > 0 || j.rest.is_some() => {
                     held = Some(j);
                     break;
                 }
@@ -356,6 +390,64 @@ fn screen_jobs(
     }
 }
 
+/// Screens a job whose multi-frame object is longer than a batch: a batch of frames is decoded,
+/// screened and written, then dropped before the next is decoded. The job is done when every
+/// frame is; the first failure fails it (outputs of the frames before stay, as a retry rewrites
+/// them). Returns whether the job is done.
+fn screen_streamed(
+    shared: &Shared,
+    queue: &mut Queue,
+    screener: &mut dyn Screener,
+    mut job: ReadJob,
+    batch_size: usize,
+) -> bool {
+    let mut rest = job.rest.take();
+    let mut slices = std::mem::take(&mut job.slices);
+    let mut summaries = Vec::new();
+    let mut done = 0;
+    let mut read_ms = job.read_ms;
+    loop {
+        shared.beats.worker.beat();
+        let t0 = Instant::now();
+        let findings = screen_guarded(screener, &slices);
+        let model_ms = t0.elapsed().as_secs_f64() * 1e3 / slices.len().max(1) as f64;
+        let t1 = Instant::now();
+        if !write_part(shared, queue, &job, &slices, findings, done, true, &mut summaries) {
+            return false;
+        }
+        let n = slices.len();
+        done += n;
+        shared.record_slices(
+            n,
+            model_ms,
+            (read_ms + t1.elapsed().as_secs_f64() * 1e3) / n.max(1) as f64,
+        );
+        let Some(frames) = rest.as_mut() else { break };
+        if frames.remaining() == 0 {
+            break;
+        }
+        if shared.stopping() {
+            requeue_all(queue, std::iter::once(&job.job)); // not a try: screened again whole
+            return false;
+        }
+        let t2 = Instant::now();
+        drop(std::mem::take(&mut slices));
+        slices = match next_slices(frames, batch_size) {
+            Ok(s) => s,
+            Err(ReadFailure::Permanent(r)) => {
+                record_failure(queue, shared, &job.job, &format!("frame {done}: {r}"), true);
+                return false;
+            }
+            Err(ReadFailure::Retry(r)) => {
+                record_failure(queue, shared, &job.job, &format!("frame {done}: {r}"), false);
+                return false;
+            }
+        };
+        read_ms = t2.elapsed().as_secs_f64() * 1e3;
+    }
+    complete_job(shared, queue, &job.job, &summaries)
+}
+
 /// Writes the outputs of a job whose slices all succeeded and marks it done; otherwise records
 /// the failure. Returns whether the job is done.
 fn finish_job(
@@ -364,9 +456,36 @@ fn finish_job(
     job: &ReadJob,
     findings: Vec<Result<Finding, String>>,
 ) -> bool {
+    let mut summaries = Vec::with_capacity(findings.len());
+    write_part(
+        shared,
+        queue,
+        job,
+        &job.slices,
+        findings,
+        0,
+        job.slices.len() > 1,
+        &mut summaries,
+    ) && complete_job(shared, queue, &job.job, &summaries)
+}
+
+/// Checks and writes the outputs of `slices` (slices `first..` of the job): a failed slice,
+/// a SOP instance another content already owns or an output that cannot be written fails the
+/// job (recorded); otherwise their records are added to `summaries`.
+#[allow(clippy::too_many_arguments)]
+fn write_part(
+    shared: &Shared,
+    queue: &mut Queue,
+    job: &ReadJob,
+    slices: &[Slice],
+    findings: Vec<Result<Finding, String>>,
+    first: usize,
+    numbered: bool,
+    summaries: &mut Vec<ScreenedSlice>,
+) -> bool {
     if let Some((i, Err(reason))) = findings.iter().enumerate().find(|(_, r)| r.is_err()) {
-        let reason = if job.slices.len() > 1 {
-            format!("slice {i}: {reason}")
+        let reason = if numbered {
+            format!("slice {}: {reason}", first + i)
         } else {
             reason.clone()
         };
@@ -383,7 +502,7 @@ fn finish_job(
     shared.note_screening_success();
     // One result per SOP instance: a different file (other content) with the UID of a slice
     // already screened is a conflict, reported and never counted twice.
-    for slice in &job.slices {
+    for slice in slices {
         let (key, stem) = (
             outputs::series_key(&slice.meta, &job.path),
             outputs::slice_stem(&slice.meta, &job.job.sha256),
@@ -417,8 +536,7 @@ fn finish_job(
         sha256: &job.job.sha256,
         models: &models,
     };
-    let mut summaries: Vec<ScreenedSlice> = Vec::with_capacity(findings.len());
-    for (slice, finding) in job.slices.iter().zip(findings.into_iter().flatten()) {
+    for (slice, finding) in slices.iter().zip(findings.into_iter().flatten()) {
         match outputs::write_slice(&output, &ctx, slice, &finding) {
             Ok(s) => summaries.push(s),
             Err(e) if e.is_disk_full() => {
@@ -440,8 +558,13 @@ fn finish_job(
             }
         }
     }
+    true
+}
+
+/// Marks a job done with the records of all its slices and publishes it.
+fn complete_job(shared: &Shared, queue: &mut Queue, job: &Job, summaries: &[ScreenedSlice]) -> bool {
     let series = summaries.first().map(|s| s.record.series_key.clone());
-    match queue.complete(job.job.id, &summaries) {
+    match queue.complete(job.id, summaries) {
         Ok(()) => {
             let label = summaries
                 .first()
@@ -449,14 +572,14 @@ fn finish_job(
                 .map_or("screened", |l| l.as_str());
             shared.publish(
                 EventKind::Done,
-                format!("job {} done: {label}", job.job.id),
-                Some(job.job.id),
+                format!("job {} done: {label}", job.id),
+                Some(job.id),
                 series,
             );
             true
         }
         Err(e) => {
-            tracing::error!(job = job.job.id, error = %e, "cannot record a finished job");
+            tracing::error!(job = job.id, error = %e, "cannot record a finished job");
             false
         }
     }

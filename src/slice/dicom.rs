@@ -52,7 +52,78 @@ const EXPLICIT_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
 /// Segmentation Storage: refused even when Modality is missing.
 const SEG_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 
-pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<Vec<Slice>, Rejection> {
+/// The screened frames of one DICOM object, decoded one at a time as they are asked for: a
+/// frame's samples are freed once it is turned into HU and model input, and the caller holds
+/// only the frames it has not dropped yet (the daemon screens a multi-frame object a batch at a
+/// time). Everything that can be checked from the header is checked when it is opened.
+pub struct DicomFrames {
+    obj: DefaultDicomObject,
+    ts: String,
+    width: u32,
+    height: u32,
+    accepted: std::collections::VecDeque<FrameInfo>,
+    /// The JPEG syntaxes: each frame's fragments, BitsStored, signedness.
+    jpeg: Option<(Vec<Range<usize>>, u32, bool)>,
+    jpeg2000: bool,
+    opts: SliceOptions,
+}
+
+impl DicomFrames {
+    /// Frames not yet decoded.
+    pub fn remaining(&self) -> usize {
+        self.accepted.len()
+    }
+
+    fn decode(&self, info: &FrameInfo) -> Result<Slice, Rejection> {
+        let pixels = match &self.jpeg {
+            Some((ranges, bits_stored, signed)) => Pixels::Jpeg(JpegFrames {
+                fragments: encapsulated(&self.obj).map_or(&[][..], |(f, _)| f),
+                ranges,
+                width: self.width,
+                height: self.height,
+                bits_stored: *bits_stored,
+                signed: *signed,
+                ts: &self.ts,
+            }),
+            None => Pixels::Decoded {
+                obj: &self.obj,
+                jpeg2000: self.jpeg2000,
+            },
+        };
+        let stored = pixels.stored(info.frame)?;
+        let (hu, rgb) = hu_and_rgb(&stored, info.slope, info.intercept, &self.opts);
+        Ok(Slice {
+            width: self.width,
+            height: self.height,
+            rgb,
+            hu: Some(hu),
+            format: SliceFormat::Dicom {
+                transfer_syntax: self.ts.clone(),
+            },
+            meta: info.meta.clone(),
+        })
+    }
+}
+
+impl Iterator for DicomFrames {
+    type Item = Result<Slice, Rejection>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let info = self.accepted.pop_front()?;
+        Some(self.decode(&info))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.accepted.len(), Some(self.accepted.len()))
+    }
+}
+
+/// Open and screen a DICOM object; its frames are decoded when the result is iterated.
+pub(super) fn open_frames(
+    bytes: &[u8],
+    kind: Detected,
+    opts: &SliceOptions,
+) -> Result<DicomFrames, Rejection> {
     let guard = match kind {
         Detected::DicomPreamble => super::lengths::check(bytes, 132, true, false),
         Detected::DicomNoPreamble => super::lengths::check(bytes, 4, true, false),
@@ -111,43 +182,29 @@ pub(super) fn read(bytes: &[u8], kind: Detected, opts: &SliceOptions) -> Result<
         let bits = u32_opt(&obj, tags::BITS_ALLOCATED).unwrap_or(16);
         super::rle::check(fragments, height, width, samples, bits).map_err(Rejection::Corrupt)?;
     }
-    let pixels = if jpeg {
+    let jpeg = if jpeg {
         let (fragments, offsets) = encapsulated(&obj)
             .ok_or_else(|| Rejection::Corrupt("JPEG pixel data is not encapsulated".into()))?;
         let ranges = frame_fragments(fragments, offsets, frames)
             .map_err(|why| Rejection::Corrupt(format!("pixel data: {why}")))?;
-        Pixels::Jpeg(JpegFrames {
-            fragments,
+        Some((
             ranges,
-            width,
-            height,
             bits_stored,
-            signed: u32_opt(&obj, tags::PIXEL_REPRESENTATION) == Some(1),
-            ts: ts.clone(),
-        })
+            u32_opt(&obj, tags::PIXEL_REPRESENTATION) == Some(1),
+        ))
     } else {
-        Pixels::Decoded {
-            obj: &obj,
-            jpeg2000: is_jpeg2000(&ts),
-        }
+        None
     };
-    accepted
-        .into_iter()
-        .map(|info| {
-            let stored = pixels.stored(info.frame)?;
-            let (hu, rgb) = hu_and_rgb(&stored, info.slope, info.intercept, opts);
-            Ok(Slice {
-                width,
-                height,
-                rgb,
-                hu: Some(hu),
-                format: SliceFormat::Dicom {
-                    transfer_syntax: ts.clone(),
-                },
-                meta: info.meta.clone(),
-            })
-        })
-        .collect()
+    Ok(DicomFrames {
+        jpeg2000: is_jpeg2000(&ts),
+        obj,
+        ts,
+        width,
+        height,
+        accepted: accepted.into(),
+        jpeg,
+        opts: opts.clone(),
+    })
 }
 
 /// The fragments and Basic Offset Table (empty when absent) of encapsulated pixel data; `None`
@@ -237,12 +294,12 @@ impl Pixels<'_> {
 struct JpegFrames<'a> {
     fragments: &'a [Vec<u8>],
     /// The fragments of each frame.
-    ranges: Vec<Range<usize>>,
+    ranges: &'a [Range<usize>],
     width: u32,
     height: u32,
     bits_stored: u32,
     signed: bool,
-    ts: String,
+    ts: &'a str,
 }
 
 impl JpegFrames<'_> {

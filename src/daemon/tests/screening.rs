@@ -213,3 +213,60 @@ fn bad_files_are_quarantined_while_good_ones_are_screened() {
         .any(|j| j.id == fails.id && j.attempts == 2)));
     d.stop();
 }
+
+/// A multi-frame object longer than a batch is screened a batch at a time (the reader decodes
+/// the first batch, the worker the rest as it goes): every frame reported, each screened once,
+/// the job done once with all its frames.
+#[test]
+fn a_multiframe_object_longer_than_a_batch_is_screened_a_batch_at_a_time() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut s = settings(tmp.path());
+    s.batch_size = 2;
+    let (watch, out) = (s.watch[0].clone(), s.output.clone());
+    let mut obj = dicom_object::OpenFileOptions::new()
+        .open_file(shared_dicom("chest_ct1_128_crop_explicit_le.dcm"))
+        .expect("chest CT");
+    let frame: Vec<u16> = obj
+        .get(tags::PIXEL_DATA)
+        .expect("pixels")
+        .to_bytes()
+        .expect("bytes")
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    // 7 frames, each a little brighter than the one before (7 = 2 + 2 + 2 + 1)
+    let all: Vec<u16> = (0..7u16)
+        .flat_map(|k| frame.iter().map(move |v| v + 10 * k))
+        .collect();
+    obj.put(DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        PrimitiveValue::from("7"),
+    ));
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(all.into()),
+    ));
+    let mut bytes = Vec::new();
+    obj.write_all(&mut bytes).expect("write");
+    drop_file(&watch, "multi.dcm", &bytes);
+    let d = start(s, Duration::ZERO);
+    assert!(
+        wait_until(Duration::from_secs(20), || slice_reports(&out).len() == 7
+            && series_reports(&out).len() == 1
+            && fetch_snapshot(&d.socket).is_ok_and(|s| s.counts.done == 1)),
+        "reports: {:?}",
+        files_named(&out, "")
+    );
+    let frames: std::collections::BTreeSet<u64> = slice_reports(&out)
+        .iter()
+        .map(|p| json(p)["input"]["frame"].as_u64().expect("frame number"))
+        .collect();
+    assert_eq!(frames.len(), 7, "{frames:?}");
+    let series = json(&series_reports(&out)[0]);
+    assert_eq!(series["slice_count"], 7);
+    assert_eq!(d.stop(), 7, "each frame screened once");
+}
