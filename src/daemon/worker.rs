@@ -201,6 +201,12 @@ pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<
             shared.wait_for_work(Duration::from_millis(500));
             continue;
         }
+        if shared.intake_paused() {
+            // paused between the check above and the claim: what was queued after the pause
+            // stays queued (the try given back)
+            requeue_all(&mut queue, jobs.iter());
+            continue;
+        }
         // A job that was in hand when the daemon died is read and screened with nothing else in
         // flight, so that if it kills the process again no other job is charged for it.
         let isolated = jobs.len() == 1 && jobs[0].crashes > 0;

@@ -100,7 +100,12 @@ fn queued_files_swapped_for_links_or_fifos_are_refused_not_followed_or_waited_on
     let a = drop_file(&watch, "a.png", &png(200));
     let b = drop_file(&watch, "b.png", &png(201));
     let snap = || fetch_snapshot(&d.socket).expect("status");
-    assert!(wait_until(Duration::from_secs(10), || snap().counts.pending == 2));
+    assert!(
+        wait_until(Duration::from_secs(10), || snap().counts.pending == 2),
+        "{:?} {:?}",
+        snap().counts,
+        snap().jobs
+    );
     // Swapped while queued: a link to /dev/zero, and a FIFO.
     std::fs::remove_file(&a).expect("rm a");
     std::os::unix::fs::symlink("/dev/zero", &a).expect("symlink");
