@@ -1,7 +1,8 @@
 //! The screening pipeline around a model-agnostic `Screener`. Two threads:
 //! - the reader claims due jobs, reads each file once (checking that its content still has the
 //!   job's hash), decodes its slices and hands them over a small bounded channel, so the reading
-//!   of the next slices overlaps the model's work;
+//!   of the next slices overlaps the model's work; of a multi-frame object longer than a batch it
+//!   decodes the first batch, and the worker decodes the rest a batch at a time;
 //! - the worker owns the screener (built on that thread by the caller's closure: tensors are not
 //!   `Sync`), screens in batches, writes the outputs and records each job's outcome.
 //!
