@@ -323,14 +323,19 @@ fn a_dead_thread_stops_the_watchdog_and_the_daemon_exits_non_zero() {
     );
 }
 
-/// Resident memory of a process, from /proc.
-fn rss_bytes(pid: u32) -> u64 {
+/// A memory figure of a process from /proc/<pid>/status (`VmRSS`, `VmHWM`...), in bytes.
+fn proc_status_bytes(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb << 10)
+}
+
+/// Resident memory of a process.
+fn rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS")
 }
 
 #[test]
@@ -432,14 +437,9 @@ fn idle_clients_a_reader_that_never_reads_and_a_flood_do_not_starve_status() {
     stop(child);
 }
 
-/// Peak resident memory of a process (VmHWM), from /proc.
+/// Peak resident memory of a process.
 fn peak_rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb << 10)
+    proc_status_bytes(pid, "VmHWM")
 }
 
 /// The decoder bombs of `hostile_files` (every codec, huge declared sizes, a deflate bomb, PNG and
