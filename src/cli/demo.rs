@@ -105,8 +105,8 @@ impl TempDaemon {
         let shutdown = Shutdown::new();
         let daemon_shutdown = shutdown.clone();
         let screener = super::daemon::make_screener(&cfg);
-        let settings = cfg.daemon.clone();
-        let handle = std::thread::spawn(move || crate::daemon::run(settings, screener, daemon_shutdown));
+        let (settings, slice) = (cfg.daemon.clone(), cfg.slice.clone());
+        let handle = std::thread::spawn(move || crate::daemon::run(settings, slice, screener, daemon_shutdown));
         Ok(TempDaemon {
             root: Some(root),
             dir,
