@@ -170,7 +170,7 @@ pub fn run_status(a: &StatusArgs) -> anyhow::Result<()> {
         for i in o
             .items
             .iter()
-            .filter(|i| i.state == "failed" || i.attempts > 0)
+            .filter(|i| i.state == crate::dicom::forward::OutboxState::Failed.as_str() || i.attempts > 0)
             .take(10)
         {
             println!(
