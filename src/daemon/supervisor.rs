@@ -260,9 +260,8 @@ impl Supervisor {
         let report = series::build(key, slices, &settings.series, revision, &self.shared.models);
         report.write(&settings.output).map_err(|e| e.to_string())?;
         crate::dicom::after_series_report(&self.shared, &self.queue, &report, settings);
-        let summary = serde_json::to_string(&report.summary()).map_err(|e| e.to_string())?;
         self.queue
-            .series_reported(key, last_done, &summary)
+            .series_reported(key, last_done, &report.summary().into())
             .map_err(|e| e.to_string())?;
         let msg = format!(
             "series {key} reported (revision {revision}): {} over {} slices",
