@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::daemon::{Reloaded, Shutdown};
 use crate::daemon::worker::{MakeScreener, Screener};
+use crate::daemon::{Reloaded, Shutdown};
 use crate::screening::ModelScreener;
 
 #[derive(Debug, clap::Args)]

@@ -106,7 +106,8 @@ impl TempDaemon {
         let daemon_shutdown = shutdown.clone();
         let screener = super::daemon::make_screener(&cfg);
         let (settings, slice) = (cfg.daemon.clone(), cfg.slice.clone());
-        let handle = std::thread::spawn(move || crate::daemon::run(settings, slice, screener, daemon_shutdown));
+        let handle =
+            std::thread::spawn(move || crate::daemon::run(settings, slice, screener, daemon_shutdown));
         Ok(TempDaemon {
             root: Some(root),
             dir,

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::DeviceSetting;
 use crate::config::SliceSettings;
+use crate::device::DeviceSetting;
 
 /// How the watcher learns about new files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use super::queue::{Queue, QueueError};
 use super::settings::DaemonSettings;
 use super::{disk, systemd};
-use crate::protocol::{DiskInfo, EventKind, Intake, ModelInfo, PROTOCOL_VERSION, Snapshot, Throughput};
 use crate::config::SliceSettings;
+use crate::protocol::{DiskInfo, EventKind, Intake, ModelInfo, PROTOCOL_VERSION, Snapshot, Throughput};
 use crate::slice::SliceOptions;
 
 /// State every daemon thread sees.

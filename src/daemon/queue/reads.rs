@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{OptionalExtension, params};
 
 use super::{JOB_COLUMNS, Job, Queue, QueueError, Result, SliceRecord, job_row, now_ms};
-use crate::protocol::{JobInfo, JobState, QueueCounts, SliceSummary, Thumbnail};
 use crate::protocol::JobState::Done;
+use crate::protocol::{JobInfo, JobState, QueueCounts, SliceSummary, Thumbnail};
 
 impl Queue {
     pub fn job(&self, id: i64) -> Result<Job> {
@@ -126,8 +126,10 @@ impl Queue {
 
     /// Summaries of the most recently finished slices, newest first (with thumbnails when asked).
     pub fn recent_slices(&self, limit: usize, offset: usize, thumbnails: bool) -> Result<Vec<SliceSummary>> {
-        let sql = format!("SELECT summary FROM jobs WHERE models = ?1 AND state = '{Done}' AND summary IS NOT NULL
-                   ORDER BY updated_ms DESC, id DESC LIMIT ?2 OFFSET ?3");
+        let sql = format!(
+            "SELECT summary FROM jobs WHERE models = ?1 AND state = '{Done}' AND summary IS NOT NULL
+                   ORDER BY updated_ms DESC, id DESC LIMIT ?2 OFFSET ?3"
+        );
         let mut out: Vec<SliceSummary> = self
             .records(&sql, params![self.models, limit as i64, offset as i64])?
             .into_iter()
@@ -142,7 +144,9 @@ impl Queue {
 
     /// Every screened slice of a series (any order).
     pub fn series_slices(&self, series_key: &str) -> Result<Vec<SliceRecord>> {
-        let sql = format!("SELECT summary FROM jobs WHERE models = ?1 AND state = '{Done}' AND series_key = ?2 AND summary IS NOT NULL");
+        let sql = format!(
+            "SELECT summary FROM jobs WHERE models = ?1 AND state = '{Done}' AND series_key = ?2 AND summary IS NOT NULL"
+        );
         self.records(&sql, params![self.models, series_key])
     }
 

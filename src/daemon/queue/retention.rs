@@ -27,7 +27,8 @@ impl Queue {
             .filter(|p| std::fs::symlink_metadata(p).is_err())
             .collect();
         self.in_tx(|tx| {
-            let old = format!("SELECT id FROM jobs WHERE models = ?1 AND state = '{Done}' AND updated_ms < ?2");
+            let old =
+                format!("SELECT id FROM jobs WHERE models = ?1 AND state = '{Done}' AND updated_ms < ?2");
             tx.execute(
                 &format!("DELETE FROM thumbnail_blobs WHERE job_id IN ({old})"),
                 params![models, cutoff_ms],

@@ -10,8 +10,8 @@ use super::{
     Enqueued, FileSeen, JOB_COLUMNS, Job, Queue, QueueError, Result, ScreenedSlice, SliceRecord, job_row,
     now_ms,
 };
-use crate::protocol::{JobState, Thumbnail};
 use crate::protocol::JobState::{Done, Failed, Pending, Quarantined, Running};
+use crate::protocol::{JobState, Thumbnail};
 
 impl Queue {
     /// After a clean stop: jobs still running go back to pending with their try given back.
@@ -21,8 +21,10 @@ impl Queue {
         let n = self
             .conn
             .execute(
-                &format!("UPDATE jobs SET state = '{Pending}', attempts = MAX(attempts - 1, 0), updated_ms = ?1
-                 WHERE state = '{Running}'"),
+                &format!(
+                    "UPDATE jobs SET state = '{Pending}', attempts = MAX(attempts - 1, 0), updated_ms = ?1
+                 WHERE state = '{Running}'"
+                ),
                 params![now],
             )
             .map_err(self.db())?;
@@ -86,14 +88,18 @@ impl Queue {
             if let Some((id, state)) = known {
                 // A pending or failed job reads from the newest path (the old one may be gone).
                 tx.execute(
-                    &format!("UPDATE jobs SET path = ?2 WHERE id = ?1 AND state IN ('{Pending}', '{Failed}')"),
+                    &format!(
+                        "UPDATE jobs SET path = ?2 WHERE id = ?1 AND state IN ('{Pending}', '{Failed}')"
+                    ),
                     params![id, path],
                 )?;
                 return Ok(Enqueued::Known(id, JobState::parse(&state)));
             }
             tx.execute(
-                &format!("INSERT INTO jobs (sha256, models, path, size, state, series_key, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, '{Pending}', ?5, ?6, ?6)"),
+                &format!(
+                    "INSERT INTO jobs (sha256, models, path, size, state, series_key, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, '{Pending}', ?5, ?6, ?6)"
+                ),
                 params![file.sha256, models, path, file.size as i64, file.series_key, now],
             )?;
             Ok(Enqueued::New(tx.last_insert_rowid()))

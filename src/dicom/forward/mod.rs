@@ -26,8 +26,8 @@ use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use rusqlite::{Connection, params};
 
-use super::settings::{Destination, DicomSettings};
 use super::receiver;
+use super::settings::{Destination, DicomSettings};
 use crate::daemon::{DaemonError, Shared};
 use crate::protocol::EventKind;
 
@@ -283,4 +283,3 @@ fn store_one(
         }
     }
 }
-

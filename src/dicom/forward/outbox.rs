@@ -285,10 +285,7 @@ mod tests {
         let rows = due(conn, 10).unwrap();
         assert_eq!(rows.len(), 2);
         let backoff = |a: u32| Duration::from_millis(60 * u64::from(a));
-        assert_eq!(
-            mark_failed(conn, &rows[0], "down", 1, backoff).unwrap(),
-            Pending
-        );
+        assert_eq!(mark_failed(conn, &rows[0], "down", 1, backoff).unwrap(), Pending);
         mark_sent(conn, rows[1].id).unwrap();
         assert!(due(conn, 10).unwrap().is_empty(), "backing off");
         let s = status(conn, 10).unwrap();
