@@ -167,6 +167,53 @@ impl SliceSettings {
             max_decoded_bytes: self.max_decoded_bytes.0 as u64,
         }
     }
+
+    /// Values that parse but would make the reader fail open or panic, as (dotted key, reason):
+    /// non-finite HU and window numbers (`f32::clamp` panics on NaN), an empty HU range, a
+    /// window of no width, an axial tolerance of 1 (every orientation passes), a tilt outside
+    /// [0, 45] degrees. The config loader and the daemon (at start and on every reload) check
+    /// these.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (key, v) in [
+            ("slice.window_level", self.window_level),
+            ("slice.window_width", self.window_width),
+            ("slice.hu_min", self.hu_min),
+            ("slice.hu_max", self.hu_max),
+        ] {
+            if !v.is_finite() {
+                out.push((key.to_string(), format!("must be a finite number, got {v}")));
+            }
+        }
+        if self.hu_min.is_finite() && self.hu_max.is_finite() && self.hu_min >= self.hu_max {
+            out.push((
+                "slice.hu_min".into(),
+                format!("must be below hu_max ({}), got {}", self.hu_max, self.hu_min),
+            ));
+        }
+        if self.window_width.is_finite() && self.window_width <= 0.0 {
+            out.push((
+                "slice.window_width".into(),
+                format!("must be positive, got {}", self.window_width),
+            ));
+        }
+        if self.axial_tolerance.0 >= 1.0 {
+            out.push((
+                "slice.axial_tolerance".into(),
+                format!(
+                    "must be below 1 (1 lets nothing or everything through), got {}",
+                    self.axial_tolerance.0
+                ),
+            ));
+        }
+        if !(0.0..=45.0).contains(&self.max_gantry_tilt) {
+            out.push((
+                "slice.max_gantry_tilt".into(),
+                format!("must be within [0, 45] degrees, got {}", self.max_gantry_tilt),
+            ));
+        }
+        out
+    }
 }
 
 /// The whole configuration file.
@@ -238,44 +285,18 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        c.daemon.slice_options = c.slice.options();
         c.daemon.dicom = c.dicom.clone();
         Ok(c)
     }
 
     /// Values that parse but would make the screener fail open or panic, as (dotted key,
-    /// reason): non-finite HU and window numbers, an empty HU range, thresholds of 1 (nothing is
-    /// ever found), an axial tolerance of 1 (every orientation passes), and every problem of the
-    /// daemon block.
+    /// reason): every problem of the `slice:` block ([`SliceSettings::problems`]), thresholds of 1
+    /// (nothing is ever found), and every problem of the daemon and DICOM blocks.
     pub fn problems(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        let sl = &self.slice;
-        for (key, v) in [
-            ("slice.window_level", sl.window_level),
-            ("slice.window_width", sl.window_width),
-            ("slice.hu_min", sl.hu_min),
-            ("slice.hu_max", sl.hu_max),
-        ] {
-            if !v.is_finite() {
-                out.push((key.to_string(), format!("must be a finite number, got {v}")));
-            }
-        }
-        if sl.hu_min.is_finite() && sl.hu_max.is_finite() && sl.hu_min >= sl.hu_max {
-            out.push((
-                "slice.hu_min".into(),
-                format!("must be below hu_max ({}), got {}", sl.hu_max, sl.hu_min),
-            ));
-        }
-        if sl.window_width.is_finite() && sl.window_width <= 0.0 {
-            out.push((
-                "slice.window_width".into(),
-                format!("must be positive, got {}", sl.window_width),
-            ));
-        }
+        let mut out = self.slice.problems();
         for (key, v) in [
             ("screening.mask_threshold", self.screening.mask_threshold.0),
             ("screening.score_threshold", self.screening.score_threshold.0),
-            ("slice.axial_tolerance", sl.axial_tolerance.0),
         ] {
             if v >= 1.0 {
                 out.push((
@@ -290,15 +311,12 @@ impl Config {
                 "must be above 0 (0 marks every pixel as lesion)".into(),
             ));
         }
-        if !(0.0..=45.0).contains(&sl.max_gantry_tilt) {
-            out.push((
-                "slice.max_gantry_tilt".into(),
-                format!("must be within [0, 45] degrees, got {}", sl.max_gantry_tilt),
-            ));
-        }
         for e in self.daemon.problems() {
-            let crate::daemon::settings::SettingsError::Invalid { key, reason } = e;
-            out.push((format!("daemon.{key}"), reason));
+            use crate::daemon::settings::SettingsError;
+            out.push(match e {
+                SettingsError::Invalid { key, reason } => (format!("daemon.{key}"), reason),
+                SettingsError::Slice { key, reason } => (key, reason),
+            });
         }
         let d = &self.daemon;
         for p in self.dicom.problems(&d.watch, &d.output, &d.state) {
@@ -400,7 +418,7 @@ mod tests {
     fn the_shipped_config_loads() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ctmask.yaml");
         let c = Config::load(&p).unwrap();
-        assert_eq!(c.daemon.slice_options, SliceOptions::default());
+        assert_eq!(c.slice.options(), SliceOptions::default());
         // a negative threshold in the daemon block is refused with the key
         let text = std::fs::read_to_string(&p)
             .unwrap()

@@ -17,6 +17,8 @@ mod lengths;
 #[cfg(test)]
 mod pil_tests;
 mod raster;
+#[cfg(test)]
+mod refusal_tests;
 pub mod resample;
 mod rle;
 #[cfg(test)]

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::daemon::Shutdown;
 use crate::daemon::worker::{MakeScreener, Screener};
+use crate::daemon::{Reloaded, Shutdown};
 use crate::screening::ModelScreener;
 
 #[derive(Debug, clap::Args)]
@@ -29,21 +29,25 @@ pub fn make_screener(cfg: &Config) -> MakeScreener {
     })
 }
 
-/// The daemon block of a reloaded config, naming the keys outside it that changed since the
-/// daemon started and need a restart (the screener is built once, with the models, the
-/// screening settings and the thread count).
-pub fn reloaded_daemon_settings(first: &Config, new: Config) -> crate::daemon::DaemonSettings {
-    let mut daemon = new.daemon;
-    for (key, changed) in [
+/// What the daemon takes from a reloaded config: the blocks `daemon::run` took at start-up
+/// (`daemon:`, `slice:`), and the keys outside them that changed since the daemon started and
+/// need a restart (the screener is built once, with the models, the screening settings and the
+/// thread count).
+pub fn reloaded(first: &Config, new: Config) -> Reloaded {
+    let restart_keys = [
         ("models", first.models != new.models),
         ("screening", first.screening != new.screening),
         ("threads", first.threads != new.threads),
-    ] {
-        if changed {
-            daemon.restart_keys.push(key.to_string());
-        }
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(key, _)| key.to_string())
+    .collect();
+    Reloaded {
+        daemon: new.daemon,
+        slice: new.slice,
+        restart_keys,
     }
-    daemon
 }
 
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<(PathBuf, Config)> {
@@ -62,10 +66,10 @@ pub fn run_daemon(a: &DaemonArgs) -> anyhow::Result<()> {
     shutdown.set_reloader(Box::new(move || {
         // the same path as start-up: parse, check, resolve relative model paths
         let (_, c) = load_config(Some(&reload_path)).map_err(|e| e.to_string())?;
-        Ok(reloaded_daemon_settings(&first, c))
+        Ok(reloaded(&first, c))
     }));
     let screener = make_screener(&cfg);
-    crate::daemon::run(cfg.daemon, screener, shutdown)?;
+    crate::daemon::run(cfg.daemon, cfg.slice, screener, shutdown)?;
     Ok(())
 }
 
@@ -166,7 +170,7 @@ pub fn run_status(a: &StatusArgs) -> anyhow::Result<()> {
         for i in o
             .items
             .iter()
-            .filter(|i| i.state == "failed" || i.attempts > 0)
+            .filter(|i| i.state == crate::dicom::forward::OutboxState::Failed.as_str() || i.attempts > 0)
             .take(10)
         {
             println!(

@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::config::{Config, ModelPaths};
 use crate::daemon::Shutdown;
 use crate::data::synth::{ClassChoice, Layout, SynthOptions, run_synth};
-use crate::protocol::{Message, Request, SeriesSummary, SliceSummary};
+use crate::protocol::{Label, Message, Request, SeriesSummary, SliceSummary, Verdict};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -36,10 +36,10 @@ pub struct DemoArgs {
 }
 
 /// The three series of the demo: what each synthetic patient has, and the verdict it should get.
-const SERIES: [(ClassChoice, &str); 3] = [
-    (ClassChoice::Control, "control"),
-    (ClassChoice::Cp, "pneumonia"),
-    (ClassChoice::Covid, "covid"),
+const SERIES: [(ClassChoice, Verdict); 3] = [
+    (ClassChoice::Control, Verdict::Control),
+    (ClassChoice::Cp, Verdict::Pneumonia),
+    (ClassChoice::Covid, Verdict::Covid),
 ];
 
 pub(crate) fn find_models(dir: &Path) -> anyhow::Result<ModelPaths> {
@@ -105,8 +105,9 @@ impl TempDaemon {
         let shutdown = Shutdown::new();
         let daemon_shutdown = shutdown.clone();
         let screener = super::daemon::make_screener(&cfg);
-        let settings = cfg.daemon.clone();
-        let handle = std::thread::spawn(move || crate::daemon::run(settings, screener, daemon_shutdown));
+        let (settings, slice) = (cfg.daemon.clone(), cfg.slice.clone());
+        let handle =
+            std::thread::spawn(move || crate::daemon::run(settings, slice, screener, daemon_shutdown));
         Ok(TempDaemon {
             root: Some(root),
             dir,
@@ -180,9 +181,9 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let mut files: Vec<(PathBuf, String)> = Vec::new();
     // each patient's SeriesInstanceUID: reports name no input file (privacy), so the table
     // finds a patient's series by the UID the demo itself wrote
-    let mut series_uids: Vec<(String, &str)> = Vec::new();
+    let mut series_uids: Vec<(String, Verdict)> = Vec::new();
     for (k, (class, name)) in SERIES.iter().enumerate() {
-        let out = staging.join(name);
+        let out = staging.join(name.as_str());
         run_synth(&SynthOptions {
             out: out.clone(),
             layout: Layout::Dicom,
@@ -200,7 +201,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
             .and_then(|f| crate::slice::read_slices(f, &Default::default()).ok())
             .and_then(|s| s.into_iter().next()?.meta.series_uid)
         {
-            series_uids.push((uid, name));
+            series_uids.push((uid, *name));
         }
         files.extend(
             series
@@ -273,7 +274,7 @@ fn wait_for_reports(
 }
 
 /// One row per series: the patient dropped in, the verdict, the slices' labels and the burden.
-fn print_table(series: &[SeriesSummary], slices: &[SliceSummary], uids: &[(String, &str)]) {
+fn print_table(series: &[SeriesSummary], slices: &[SliceSummary], uids: &[(String, Verdict)]) {
     println!(
         "\n{:<10} {:>6} {:<10} {:<5} {:>18} {:>8} {:>8} {:>8} {:>9}",
         "patient", "slices", "verdict", "", "labels c/p/v", "GGO mL", "cons mL", "lung %", "outside"
@@ -292,8 +293,12 @@ fn print_table(series: &[SeriesSummary], slices: &[SliceSummary], uids: &[(Strin
             .filter(|x| x.series_key == s.key)
             .map(|x| x.lesions_outside_lung)
             .sum();
-        let n = |label: &str| s.counts.get(label).copied().unwrap_or(0);
-        let ok = s.verdict.as_str() == expected;
+        // the slices' labels in the classifier's order: control/pneumonia/covid
+        let labels: Vec<String> = Label::ALL
+            .iter()
+            .map(|l| s.counts.get(l.as_str()).copied().unwrap_or(0).to_string())
+            .collect();
+        let ok = s.verdict == expected;
         right += usize::from(ok);
         println!(
             "{:<10} {:>6} {:<10} {:<5} {:>18} {:>8.1} {:>8.1} {:>8.1} {:>9}",
@@ -301,7 +306,7 @@ fn print_table(series: &[SeriesSummary], slices: &[SliceSummary], uids: &[(Strin
             s.slice_count,
             s.verdict,
             if ok { "right" } else { "WRONG" },
-            format!("{}/{}/{}", n("control"), n("pneumonia"), n("covid")),
+            labels.join("/"),
             s.ggo_ml.unwrap_or(0.0),
             s.consolidation_ml.unwrap_or(0.0),
             s.involvement_percent.unwrap_or(0.0),

@@ -1,4 +1,4 @@
-//! The screening daemon, as a library function: `run(settings, make_screener, shutdown)` returns
+//! The screening daemon, as a library function: `run(settings, slice, make_screener, shutdown)` returns
 //! when `shutdown` is triggered (SIGTERM through `Shutdown::install_os_handlers`, or a test).
 //!
 //! Threads, each with its own SQLite connection, moving paths, job ids and summaries:
@@ -42,9 +42,10 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 pub use settings::DaemonSettings;
-pub use shutdown::{Reloader, Shutdown};
+pub use shutdown::{Reloaded, Reloader, Shutdown};
 pub use worker::{Identity, MakeScreener, Screener};
 
+use crate::config::SliceSettings;
 use crate::protocol::{EventKind, ModelInfo};
 use queue::{Queue, QueueError, StateLock};
 pub(crate) use shared::Shared;
@@ -137,15 +138,15 @@ fn start_worker(
     }
 }
 
-/// Runs the daemon until `shutdown` is triggered. Set `settings.slice_options` (not part of the
-/// YAML block) before calling.
+/// Runs the daemon until `shutdown` is triggered, with the `daemon:` block and the top-level
+/// `slice:` block the reader decodes with (a reload replaces both, see [`Reloaded`]).
 pub fn run(
     settings: DaemonSettings,
+    slice: SliceSettings,
     make_screener: MakeScreener,
     shutdown: Shutdown,
 ) -> Result<(), DaemonError> {
-    let settings = settings.canonicalized();
-    settings.validate()?;
+    let settings = settings::checked(settings, &slice)?;
     let _lock = StateLock::acquire(&settings.state)?;
     std::fs::create_dir_all(&settings.output).map_err(|source| DaemonError::Output {
         path: settings.output.clone(),
@@ -205,6 +206,7 @@ pub fn run(
         failure_streak: Mutex::new((Vec::new(), None)),
         log_limit: Default::default(),
         settings: RwLock::new(settings.clone()),
+        slice: RwLock::new(slice),
     });
     let mut sup = Supervisor::new(shared.clone(), Queue::open(&settings.state, &models_hash)?);
     sup.check_disk(); // before anything is taken

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::SliceSettings;
 use crate::device::DeviceSetting;
-use crate::slice::SliceOptions;
 
 /// How the watcher learns about new files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,16 +113,9 @@ pub struct DaemonSettings {
     /// watch folder. Off by default: no API answer, report or output name carries an input path.
     pub show_input_paths: bool,
     pub series: SeriesSettings,
-    /// How slices are decoded; not a YAML key here: the caller copies it from the top-level config.
-    #[serde(skip)]
-    pub slice_options: SliceOptions,
     /// The top-level `dicom:` block, copied here by the config loader (not a key of `daemon:`).
     #[serde(skip)]
     pub dicom: crate::dicom::DicomSettings,
-    /// Set by a reload: keys outside the daemon block that changed and wait for a restart
-    /// (`models`, `screening`, `threads`: the screener is built once). Not a YAML key.
-    #[serde(skip)]
-    pub restart_keys: Vec<String>,
 }
 
 impl Default for DaemonSettings {
@@ -159,9 +152,7 @@ impl Default for DaemonSettings {
             stall_timeout_s: 600.0,
             show_input_paths: false,
             series: SeriesSettings::default(),
-            slice_options: SliceOptions::default(),
             dicom: crate::dicom::DicomSettings::default(),
-            restart_keys: Vec::new(),
         }
     }
 }
@@ -175,6 +166,21 @@ pub const MAX_SECONDS: f64 = 86_400.0;
 pub enum SettingsError {
     #[error("invalid setting daemon.{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A problem of the top-level `slice:` block the daemon reads with (`key` is dotted).
+    #[error("invalid setting {key}: {reason}")]
+    Slice { key: String, reason: String },
+}
+
+/// The settings the daemon runs with, checked the same way at start-up and on every reload: the
+/// `daemon:` block made canonical and valid, and the `slice:` block free of problems (a library
+/// caller's NaN would otherwise reach `f32::clamp` in the reader).
+pub fn checked(daemon: DaemonSettings, slice: &SliceSettings) -> Result<DaemonSettings, SettingsError> {
+    let daemon = daemon.canonicalized();
+    daemon.validate()?;
+    match slice.problems().into_iter().next() {
+        Some((key, reason)) => Err(SettingsError::Slice { key, reason }),
+        None => Ok(daemon),
+    }
 }
 
 impl DaemonSettings {
@@ -295,26 +301,6 @@ impl DaemonSettings {
             bad(
                 "series.min_covid_percent",
                 format!("must be in [0, 100], got {}", self.series.min_covid_percent),
-            );
-        }
-        // Set by the caller from the `slice:` block (checked there with its lines); a library
-        // caller's NaN would otherwise reach `f32::clamp` in the reader.
-        let o = &self.slice_options;
-        let finite = [
-            o.window_level,
-            o.window_width,
-            o.hu_clamp.0,
-            o.hu_clamp.1,
-            o.axial_tolerance,
-        ]
-        .iter()
-        .all(|v| v.is_finite());
-        if !finite || o.hu_clamp.0 >= o.hu_clamp.1 || o.window_width <= 0.0 {
-            bad(
-                "slice_options",
-                format!(
-                    "HU and window values must be finite, hu_min below hu_max and the width positive: {o:?}"
-                ),
             );
         }
         if self.ignore_suffixes.iter().any(String::is_empty) {
@@ -482,11 +468,13 @@ mod tests {
             assert!(msgs.iter().any(|m| m.contains(key)), "{key} missing in {msgs:?}");
         }
         assert!(s.validate().is_err());
-        let mut nan = DaemonSettings::default();
-        nan.slice_options.hu_clamp.0 = f32::NAN;
+        let nan = SliceSettings {
+            hu_min: f32::NAN,
+            ..SliceSettings::default()
+        };
         assert!(
-            nan.validate()
-                .is_err_and(|e| e.to_string().contains("daemon.slice_options"))
+            checked(DaemonSettings::default(), &nan)
+                .is_err_and(|e| e.to_string().contains("invalid setting slice.hu_min"))
         );
     }
 

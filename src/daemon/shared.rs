@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 use super::queue::{Queue, QueueError};
 use super::settings::DaemonSettings;
 use super::{disk, systemd};
+use crate::config::SliceSettings;
 use crate::protocol::{DiskInfo, EventKind, Intake, ModelInfo, PROTOCOL_VERSION, Snapshot, Throughput};
 use crate::slice::SliceOptions;
 
 /// State every daemon thread sees.
 pub(crate) struct Shared {
     pub(crate) settings: RwLock<DaemonSettings>,
+    /// The `slice:` block the reader decodes with (a reload applies to the next file read).
+    pub(crate) slice: RwLock<SliceSettings>,
     pub(crate) state_dir: PathBuf,
     pub(crate) models: Vec<ModelInfo>,
     pub(crate) models_hash: String,
@@ -86,10 +89,10 @@ impl Shared {
 
     /// The reader's options (the `slice:` block; a reload applies to the next file read).
     pub(crate) fn slice_options(&self) -> SliceOptions {
-        self.settings
+        self.slice
             .read()
-            .map(|s| s.slice_options.clone())
-            .unwrap_or_else(|p| p.into_inner().slice_options.clone())
+            .map(|s| s.options())
+            .unwrap_or_else(|p| p.into_inner().options())
     }
 
     pub(crate) fn stopping(&self) -> bool {

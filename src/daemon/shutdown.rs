@@ -11,9 +11,20 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::settings::DaemonSettings;
+use crate::config::SliceSettings;
+
+/// What a reload (SIGHUP) reads, through the same path as start-up: the blocks `run` takes,
+/// checked by the same code, and the keys outside them that changed and wait for a restart
+/// (`models`, `screening`, `threads`: the screener is built once).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reloaded {
+    pub daemon: DaemonSettings,
+    pub slice: SliceSettings,
+    pub restart_keys: Vec<String>,
+}
 
 /// Reads the settings again (SIGHUP); an `Err` keeps the old ones.
-pub type Reloader = Box<dyn Fn() -> Result<DaemonSettings, String> + Send>;
+pub type Reloader = Box<dyn Fn() -> Result<Reloaded, String> + Send>;
 
 /// Asks a running daemon to stop or to reload, and tells its threads when to stop.
 #[derive(Clone, Default)]
@@ -92,7 +103,7 @@ impl Shutdown {
     }
 
     /// If a reload was requested: the new settings (or why they could not be read).
-    pub(crate) fn take_reload(&self) -> Option<Result<DaemonSettings, String>> {
+    pub(crate) fn take_reload(&self) -> Option<Result<Reloaded, String>> {
         if !self.inner.reload.swap(false, Ordering::SeqCst) {
             return None;
         }
@@ -121,14 +132,18 @@ mod tests {
         s.request_reload();
         assert!(matches!(s.take_reload(), Some(Err(_))), "no reloader set");
         s.set_reloader(Box::new(|| {
-            Ok(DaemonSettings {
-                batch_size: 9,
-                ..DaemonSettings::default()
+            Ok(Reloaded {
+                daemon: DaemonSettings {
+                    batch_size: 9,
+                    ..DaemonSettings::default()
+                },
+                slice: SliceSettings::default(),
+                restart_keys: Vec::new(),
             })
         }));
         s.request_reload();
         assert_eq!(
-            s.take_reload().and_then(Result::ok).map(|x| x.batch_size),
+            s.take_reload().and_then(Result::ok).map(|x| x.daemon.batch_size),
             Some(9)
         );
         let c = s.clone();

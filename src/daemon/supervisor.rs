@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use super::liveness::{Watched, unhealthy};
 use super::queue::Queue;
 use super::series;
-use super::settings::DaemonSettings;
+use super::settings::{self, DaemonSettings};
 use super::shared::Shared;
-use super::shutdown::Shutdown;
+use super::shutdown::{Reloaded, Shutdown};
 use super::{disk, systemd};
 use crate::protocol::EventKind;
 
@@ -84,11 +84,13 @@ impl Supervisor {
         Ok(())
     }
 
-    fn reload(&mut self, reload: Result<DaemonSettings, String>) {
-        let new = match reload.and_then(|s| {
-            let s = s.canonicalized();
-            s.validate().map(|()| s).map_err(|e| e.to_string())
-        }) {
+    fn reload(&mut self, reload: Result<Reloaded, String>) {
+        // checked as at start-up (`run`)
+        let checked = reload.and_then(|r| {
+            let daemon = settings::checked(r.daemon, &r.slice).map_err(|e| e.to_string())?;
+            Ok((daemon, r.slice, r.restart_keys))
+        });
+        let (new, slice, restart_keys) = match checked {
             Ok(s) => s,
             Err(e) => {
                 self.shared.publish(
@@ -132,7 +134,7 @@ impl Supervisor {
         .map(|(k, _)| format!("daemon.{k}"))
         .collect();
         // Settings outside the daemon block the screener was built with (models, screening).
-        fixed.extend(new.restart_keys.iter().cloned());
+        fixed.extend(restart_keys);
         let mut applied = new.clone();
         (applied.watch, applied.output, applied.state) =
             (old.watch.clone(), old.output.clone(), old.state.clone());
@@ -151,10 +153,12 @@ impl Supervisor {
         applied.device = old.device;
         (applied.control_group, applied.max_clients) = (old.control_group.clone(), old.max_clients);
         applied.dicom.receiver = old.dicom.receiver;
-        applied.restart_keys.clear();
-        // `slice:` (windowing, limits) applies to the next file read.
         if let Ok(mut s) = self.shared.settings.write() {
             *s = applied;
+        }
+        // `slice:` (windowing, limits) applies to the next file read.
+        if let Ok(mut s) = self.shared.slice.write() {
+            *s = slice;
         }
         let msg = if fixed.is_empty() {
             "settings reloaded".to_string()
@@ -256,9 +260,8 @@ impl Supervisor {
         let report = series::build(key, slices, &settings.series, revision, &self.shared.models);
         report.write(&settings.output).map_err(|e| e.to_string())?;
         crate::dicom::after_series_report(&self.shared, &self.queue, &report, settings);
-        let summary = serde_json::to_string(&report.summary()).map_err(|e| e.to_string())?;
         self.queue
-            .series_reported(key, last_done, &summary)
+            .series_reported(key, last_done, &report.summary().into())
             .map_err(|e| e.to_string())?;
         let msg = format!(
             "series {key} reported (revision {revision}): {} over {} slices",

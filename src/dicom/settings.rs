@@ -29,6 +29,19 @@ impl ObjectKind {
             ObjectKind::Sc => "sc",
         }
     }
+
+    /// The kind spelled `s` (`as_str`), None for anything else.
+    pub fn parse(s: &str) -> Option<ObjectKind> {
+        [ObjectKind::Seg, ObjectKind::Sr, ObjectKind::Sc]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// An application entity title: 1 to 16 characters of printable ASCII without `\`, not all spaces.

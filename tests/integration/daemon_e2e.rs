@@ -99,8 +99,8 @@ fn series_png_and_bad_files_with_the_real_model() {
     let shutdown = ctmask::daemon::Shutdown::new();
     let s2 = shutdown.clone();
     let screener = ctmask::cli::daemon::make_screener(&cfg);
-    let settings = cfg.daemon.clone();
-    let h = std::thread::spawn(move || ctmask::daemon::run(settings, screener, s2));
+    let (settings, slice) = (cfg.daemon.clone(), cfg.slice.clone());
+    let h = std::thread::spawn(move || ctmask::daemon::run(settings, slice, screener, s2));
     let inbox = d.join("in");
     let files = series(d, 3, 5);
     for (i, f) in files.iter().enumerate() {

@@ -32,7 +32,7 @@ mod tests;
 
 pub use lock::StateLock;
 pub(crate) use record::from_record;
-pub use record::{NoThumbnail, ScreenedSlice, SliceRecord};
+pub use record::{NoThumbnail, ScreenedSlice, SeriesRecord, SliceRecord};
 pub use schema::SCHEMA_VERSION;
 
 use crate::protocol::JobState;
@@ -53,6 +53,8 @@ pub enum QueueError {
     NotRetryable { id: i64, state: &'static str },
     #[error("cannot encode the summary of job {id}: {source}")]
     Summary { id: i64, source: serde_json::Error },
+    #[error("cannot encode the summary of series {key}: {source}")]
+    SeriesSummary { key: String, source: serde_json::Error },
 }
 
 type Result<T> = std::result::Result<T, QueueError>;

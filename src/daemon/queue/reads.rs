@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{OptionalExtension, params};
 
 use super::{JOB_COLUMNS, Job, Queue, QueueError, Result, SliceRecord, job_row, now_ms};
+use crate::protocol::JobState::Done;
 use crate::protocol::{JobInfo, JobState, QueueCounts, SliceSummary, Thumbnail};
 
 impl Queue {
@@ -100,7 +101,7 @@ impl Queue {
         let mut stmt = self
             .conn
             .prepare(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE models = ?1 AND state != 'done' ORDER BY id DESC LIMIT ?2"
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE models = ?1 AND state != '{Done}' ORDER BY id DESC LIMIT ?2"
             ))
             .map_err(self.db())?;
         let rows = stmt
@@ -125,10 +126,12 @@ impl Queue {
 
     /// Summaries of the most recently finished slices, newest first (with thumbnails when asked).
     pub fn recent_slices(&self, limit: usize, offset: usize, thumbnails: bool) -> Result<Vec<SliceSummary>> {
-        let sql = "SELECT summary FROM jobs WHERE models = ?1 AND state = 'done' AND summary IS NOT NULL
-                   ORDER BY updated_ms DESC, id DESC LIMIT ?2 OFFSET ?3";
+        let sql = format!(
+            "SELECT summary FROM jobs WHERE models = ?1 AND state = '{Done}' AND summary IS NOT NULL
+                   ORDER BY updated_ms DESC, id DESC LIMIT ?2 OFFSET ?3"
+        );
         let mut out: Vec<SliceSummary> = self
-            .records(sql, params![self.models, limit as i64, offset as i64])?
+            .records(&sql, params![self.models, limit as i64, offset as i64])?
             .into_iter()
             .map(SliceSummary::from)
             .collect();
@@ -141,8 +144,10 @@ impl Queue {
 
     /// Every screened slice of a series (any order).
     pub fn series_slices(&self, series_key: &str) -> Result<Vec<SliceRecord>> {
-        let sql = "SELECT summary FROM jobs WHERE models = ?1 AND state = 'done' AND series_key = ?2 AND summary IS NOT NULL";
-        self.records(sql, params![self.models, series_key])
+        let sql = format!(
+            "SELECT summary FROM jobs WHERE models = ?1 AND state = '{Done}' AND series_key = ?2 AND summary IS NOT NULL"
+        );
+        self.records(&sql, params![self.models, series_key])
     }
 
     fn records(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<SliceRecord>> {

@@ -1,14 +1,15 @@
-//! The queue's record of one screened slice: the JSON of the `jobs.summary` column (an array,
+//! The queue's records: one screened slice, the JSON of the `jobs.summary` column (an array,
 //! one record per frame), read back for the dashboard (`protocol::SliceSummary`) and the series
-//! reports (`series::SeriesSlice`). Its version is the database's (`schema::SCHEMA_VERSION`).
-//! Thumbnails live in their own table; the `thumbnail` key stays, always null, so a row reads
-//! byte for byte as earlier versions wrote it.
+//! reports (`series::SeriesSlice`); and one reported series, the JSON of the `series.summary`
+//! column, read back for the dashboard (`protocol::SeriesSummary`). Their version is the
+//! database's (`schema::SCHEMA_VERSION`). Thumbnails live in their own table; the `thumbnail`
+//! key stays, always null, so a row reads byte for byte as earlier versions wrote it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::protocol::{Label, SliceSummary, Thumbnail};
+use crate::protocol::{Label, SeriesSummary, SliceSummary, Thumbnail, Verdict};
 
 /// One screened slice as the queue keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -118,6 +119,52 @@ pub(crate) use from_record;
 // The dashboard's view of a record (its thumbnail is attached by the server when sent).
 from_record!(SliceSummary, thumbnail: None);
 
+/// One reported series as the queue keeps it (the `series.summary` column).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeriesRecord {
+    pub key: String,
+    pub series_uid: Option<String>,
+    pub slice_count: u32,
+    /// Slices per classifier label.
+    pub counts: BTreeMap<String, u32>,
+    pub verdict: Verdict,
+    /// The verdict rule, spelled out with its thresholds.
+    pub rule: String,
+    pub ggo_ml: Option<f64>,
+    pub consolidation_ml: Option<f64>,
+    pub involvement_percent: Option<f64>,
+    pub lesion_counts: BTreeMap<String, u32>,
+    pub revision: u32,
+    pub updated_ms: u64,
+}
+
+/// Converts between [`SeriesRecord`] and the wire's [`SeriesSummary`], field by field, both
+/// ways (a field one gains and the other lacks fails to compile).
+macro_rules! series_fields {
+    ($from:ty => $to:ty) => {
+        impl From<$from> for $to {
+            fn from(s: $from) -> $to {
+                Self {
+                    key: s.key,
+                    series_uid: s.series_uid,
+                    slice_count: s.slice_count,
+                    counts: s.counts,
+                    verdict: s.verdict,
+                    rule: s.rule,
+                    ggo_ml: s.ggo_ml,
+                    consolidation_ml: s.consolidation_ml,
+                    involvement_percent: s.involvement_percent,
+                    lesion_counts: s.lesion_counts,
+                    revision: s.revision,
+                    updated_ms: s.updated_ms,
+                }
+            }
+        }
+    };
+}
+series_fields!(SeriesSummary => SeriesRecord);
+series_fields!(SeriesRecord => SeriesSummary);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +213,31 @@ mod tests {
             serde_json::from_str::<SliceRecord>(&with_thumbnail).is_ok(),
             "an old row's thumbnail is skipped"
         );
+    }
+
+    /// The database's series row is byte for byte what the wire's `SeriesSummary` wrote when
+    /// it was the type of both.
+    #[test]
+    fn series_rows_read_as_the_shared_type_wrote_them() {
+        let summary = SeriesSummary {
+            key: "1.2.3".into(),
+            series_uid: Some("1.2.3".into()),
+            slice_count: 12,
+            counts: BTreeMap::from([("covid".into(), 9), ("control".into(), 3)]),
+            verdict: Verdict::Covid,
+            rule: "covid_fraction: at least 3 slices or 10 %".into(),
+            ggo_ml: Some(12.5),
+            involvement_percent: Some(3.25),
+            lesion_counts: BTreeMap::from([("ggo".into(), 4)]),
+            revision: 2,
+            updated_ms: 1_700_000_000_000,
+            ..SeriesSummary::default()
+        };
+        let wire = serde_json::to_string(&summary).expect("wire");
+        let record = SeriesRecord::from(summary.clone());
+        assert_eq!(serde_json::to_string(&record).expect("row"), wire);
+        assert!(wire.contains("\"verdict\":\"covid\""));
+        let back: SeriesRecord = serde_json::from_str(&wire).expect("read back");
+        assert_eq!(SeriesSummary::from(back), summary);
     }
 }

@@ -4,6 +4,7 @@
 use rusqlite::params;
 
 use super::{Queue, Result};
+use crate::protocol::JobState::Done;
 
 impl Queue {
     /// Retention: deletes jobs done before `cutoff_ms` with their thumbnails and SOP instance
@@ -26,7 +27,8 @@ impl Queue {
             .filter(|p| std::fs::symlink_metadata(p).is_err())
             .collect();
         self.in_tx(|tx| {
-            let old = "SELECT id FROM jobs WHERE models = ?1 AND state = 'done' AND updated_ms < ?2";
+            let old =
+                format!("SELECT id FROM jobs WHERE models = ?1 AND state = '{Done}' AND updated_ms < ?2");
             tx.execute(
                 &format!("DELETE FROM thumbnail_blobs WHERE job_id IN ({old})"),
                 params![models, cutoff_ms],
@@ -40,7 +42,7 @@ impl Queue {
                 params![models, cutoff_ms],
             )?;
             let jobs = tx.execute(
-                "DELETE FROM jobs WHERE models = ?1 AND state = 'done' AND updated_ms < ?2",
+                &format!("DELETE FROM jobs WHERE models = ?1 AND state = '{Done}' AND updated_ms < ?2"),
                 params![models, cutoff_ms],
             )?;
             let mut paths = 0;

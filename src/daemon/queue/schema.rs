@@ -95,4 +95,15 @@ mod tests {
             .expect("version");
         assert_eq!(v, SCHEMA_VERSION);
     }
+
+    #[test]
+    fn the_state_check_lists_every_job_state() {
+        use crate::protocol::JobState;
+        let states: Vec<String> = JobState::ALL
+            .iter()
+            .filter(|s| **s != JobState::Unknown)
+            .map(|s| format!("'{s}'"))
+            .collect();
+        assert!(SCHEMA.contains(&format!("CHECK (state IN ({}))", states.join(","))));
+    }
 }

@@ -177,7 +177,11 @@ fn series_become_due_after_quiet_and_again_after_late_slices() {
     );
     let due = q.series_due(Duration::ZERO).expect("due");
     assert_eq!(due.len(), 1);
-    assert_eq!(q.series_reported("S", due[0].1, "{}").expect("reported"), 1);
+    assert_eq!(
+        q.series_reported("S", due[0].1, &SeriesRecord::default())
+            .expect("reported"),
+        1
+    );
     assert!(q.series_due(Duration::ZERO).expect("due").is_empty());
     q.enqueue(&seen("/b", "2")).expect("late slice");
     let id2 = q.claim(1).expect("claim")[0].id;

@@ -10,6 +10,7 @@ use super::{
     Enqueued, FileSeen, JOB_COLUMNS, Job, Queue, QueueError, Result, ScreenedSlice, SliceRecord, job_row,
     now_ms,
 };
+use crate::protocol::JobState::{Done, Failed, Pending, Quarantined, Running};
 use crate::protocol::{JobState, Thumbnail};
 
 impl Queue {
@@ -20,8 +21,10 @@ impl Queue {
         let n = self
             .conn
             .execute(
-                "UPDATE jobs SET state = 'pending', attempts = MAX(attempts - 1, 0), updated_ms = ?1
-                 WHERE state = 'running'",
+                &format!(
+                    "UPDATE jobs SET state = '{Pending}', attempts = MAX(attempts - 1, 0), updated_ms = ?1
+                 WHERE state = '{Running}'"
+                ),
                 params![now],
             )
             .map_err(self.db())?;
@@ -35,7 +38,7 @@ impl Queue {
         let now = now_ms();
         self.in_tx(|tx| {
             let running: Vec<(i64, u32, u32)> = tx
-                .prepare("SELECT id, attempts, crashes FROM jobs WHERE state = 'running'")?
+                .prepare(&format!("SELECT id, attempts, crashes FROM jobs WHERE state = '{Running}'"))?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             let (mut requeued, mut quarantined) = (0, Vec::new());
@@ -47,13 +50,13 @@ impl Queue {
                         if crashes == 1 { "" } else { "s" }
                     );
                     tx.execute(
-                        "UPDATE jobs SET state = 'quarantined', crashes = ?2, reason = ?3, updated_ms = ?4 WHERE id = ?1",
+                        &format!("UPDATE jobs SET state = '{Quarantined}', crashes = ?2, reason = ?3, updated_ms = ?4 WHERE id = ?1"),
                         params![id, crashes, reason, now],
                     )?;
                     quarantined.push((id, reason));
                 } else {
                     tx.execute(
-                        "UPDATE jobs SET state = 'pending', crashes = ?2, next_attempt_ms = 0, updated_ms = ?3 WHERE id = ?1",
+                        &format!("UPDATE jobs SET state = '{Pending}', crashes = ?2, next_attempt_ms = 0, updated_ms = ?3 WHERE id = ?1"),
                         params![id, crashes, now],
                     )?;
                     requeued += 1;
@@ -85,14 +88,18 @@ impl Queue {
             if let Some((id, state)) = known {
                 // A pending or failed job reads from the newest path (the old one may be gone).
                 tx.execute(
-                    "UPDATE jobs SET path = ?2 WHERE id = ?1 AND state IN ('pending', 'failed')",
+                    &format!(
+                        "UPDATE jobs SET path = ?2 WHERE id = ?1 AND state IN ('{Pending}', '{Failed}')"
+                    ),
                     params![id, path],
                 )?;
                 return Ok(Enqueued::Known(id, JobState::parse(&state)));
             }
             tx.execute(
-                "INSERT INTO jobs (sha256, models, path, size, state, series_key, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?6)",
+                &format!(
+                    "INSERT INTO jobs (sha256, models, path, size, state, series_key, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, '{Pending}', ?5, ?6, ?6)"
+                ),
                 params![file.sha256, models, path, file.size as i64, file.series_key, now],
             )?;
             Ok(Enqueued::New(tx.last_insert_rowid()))
@@ -106,7 +113,7 @@ impl Queue {
         let now = now_ms();
         let models = self.models.clone();
         let mut jobs = self.in_tx(|tx| {
-            let due = "models = ?1 AND state IN ('pending', 'failed') AND next_attempt_ms <= ?2";
+            let due = format!("models = ?1 AND state IN ('{Pending}', '{Failed}') AND next_attempt_ms <= ?2");
             let suspect: Vec<Job> = tx
                 .prepare(&format!(
                     "SELECT {JOB_COLUMNS} FROM jobs WHERE {due} AND crashes > 0 ORDER BY next_attempt_ms, id LIMIT 1"
@@ -124,7 +131,7 @@ impl Queue {
             };
             for job in &jobs {
                 tx.execute(
-                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_ms = ?2 WHERE id = ?1",
+                    &format!("UPDATE jobs SET state = '{Running}', attempts = attempts + 1, updated_ms = ?2 WHERE id = ?1"),
                     params![job.id, now],
                 )?;
             }
@@ -165,8 +172,8 @@ impl Queue {
             .collect();
         self.in_tx(|tx| {
             tx.execute(
-                "UPDATE jobs SET state = 'done', reason = NULL, summary = ?2, series_key = COALESCE(?3, series_key),
-                 updated_ms = ?4 WHERE id = ?1",
+                &format!("UPDATE jobs SET state = '{Done}', reason = NULL, summary = ?2, series_key = COALESCE(?3, series_key),
+                 updated_ms = ?4 WHERE id = ?1"),
                 params![id, summary, series_key, now],
             )?;
             for (frame, t) in &thumbs {
@@ -234,8 +241,8 @@ impl Queue {
         let now = now_ms();
         self.conn
             .execute(
-                "UPDATE jobs SET state = 'pending', attempts = MAX(attempts - 1, 0), next_attempt_ms = ?2, updated_ms = ?3
-                 WHERE id = ?1 AND state = 'running'",
+                &format!("UPDATE jobs SET state = '{Pending}', attempts = MAX(attempts - 1, 0), next_attempt_ms = ?2, updated_ms = ?3
+                 WHERE id = ?1 AND state = '{Running}'"),
                 params![id, now + delay.as_millis() as i64, now],
             )
             .map_err(self.db())?;
@@ -251,7 +258,7 @@ impl Queue {
             let Some(state) = state.map(|s| JobState::parse(&s)) else { return Ok(None) };
             if matches!(state, JobState::Failed | JobState::Quarantined) {
                 tx.execute(
-                    "UPDATE jobs SET state = 'pending', attempts = 0, crashes = 0, next_attempt_ms = 0, updated_ms = ?2 WHERE id = ?1",
+                    &format!("UPDATE jobs SET state = '{Pending}', attempts = 0, crashes = 0, next_attempt_ms = 0, updated_ms = ?2 WHERE id = ?1"),
                     params![id, now],
                 )?;
             }
@@ -273,8 +280,8 @@ impl Queue {
         let now = now_ms();
         self.conn
             .execute(
-                "UPDATE jobs SET state = 'pending', attempts = 0, crashes = 0, next_attempt_ms = 0, updated_ms = ?2
-                 WHERE models = ?1 AND state IN ('failed', 'quarantined')",
+                &format!("UPDATE jobs SET state = '{Pending}', attempts = 0, crashes = 0, next_attempt_ms = 0, updated_ms = ?2
+                 WHERE models = ?1 AND state IN ('{Failed}', '{Quarantined}')"),
                 params![self.models, now],
             )
             .map_err(self.db())

@@ -95,10 +95,7 @@ fn recent(queue: &Queue, limit: usize, offset: usize) -> Message {
     let series = queue.recent_series(limit);
     match (slices, series) {
         (Ok(slices), Ok(series)) => Message::Results(Results {
-            series: series
-                .iter()
-                .filter_map(|j| serde_json::from_str::<SeriesSummary>(j).ok())
-                .collect(),
+            series: series.into_iter().map(SeriesSummary::from).collect(),
             slices,
             total: None,
         }),
@@ -115,7 +112,7 @@ fn series(queue: &Queue, key: &str, offset: usize, limit: Option<usize>) -> Mess
     });
     match (series, slices) {
         (Ok(None), _) => error(ErrorCode::NotFound, format!("no series {key} has been reported")),
-        (Ok(Some(json)), Ok(all)) => {
+        (Ok(Some(record)), Ok(all)) => {
             let total = all.len() as u64;
             let mut page: Vec<SliceSummary> = all
                 .into_iter()
@@ -128,7 +125,7 @@ fn series(queue: &Queue, key: &str, offset: usize, limit: Option<usize>) -> Mess
             let with = page.len().min(protocol::SERIES_THUMBNAILS);
             match queue.attach_thumbnails(&mut page[..with]) {
                 Ok(()) => Message::Results(Results {
-                    series: serde_json::from_str::<SeriesSummary>(&json).into_iter().collect(),
+                    series: vec![SeriesSummary::from(record)],
                     slices: page,
                     total: Some(total),
                 }),

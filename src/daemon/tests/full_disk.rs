@@ -112,10 +112,10 @@ fn real_full_disk_pauses_leaves_nothing_partial_and_resumes() {
     d.signal.set_reloader(Box::new({
         let s = s.clone();
         move || {
-            Ok(DaemonSettings {
+            Ok(reloaded(DaemonSettings {
                 min_free_bytes: 0,
                 ..s.clone()
-            })
+            }))
         }
     }));
     d.signal.request_reload();

@@ -148,12 +148,15 @@ fn a_reload_applies_what_it_can_and_names_what_needs_a_restart() {
     let mut events = d.client();
     events.send(&Request::Subscribe).expect("subscribe");
     d.signal.set_reloader(Box::new(move || {
-        Ok(DaemonSettings {
-            poll_interval_s: 0.5,
-            retries: 7,
-            show_input_paths: true,
+        Ok(Reloaded {
+            daemon: DaemonSettings {
+                poll_interval_s: 0.5,
+                retries: 7,
+                show_input_paths: true,
+                ..s.clone()
+            },
+            slice: SliceSettings::default(),
             restart_keys: vec!["screening".into()],
-            ..s.clone()
         })
     }));
     d.signal.request_reload();
@@ -167,5 +170,47 @@ fn a_reload_applies_what_it_can_and_names_what_needs_a_restart() {
         message,
         "settings reloaded; restart to apply: daemon.poll_interval_s, screening"
     );
+    d.stop();
+}
+
+#[test]
+fn a_reload_applies_the_slice_block_to_the_next_file_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = settings(tmp.path());
+    let watch = s.watch[0].clone();
+    let d = start(s.clone(), Duration::ZERO);
+    let snap = || fetch_snapshot(&d.socket).expect("status");
+    drop_file(&watch, "a.png", &png(100));
+    assert!(wait_until(Duration::from_secs(10), || snap().counts.done == 1));
+    // The reader's size limit drops below the 8x8 test images (SIGHUP in production).
+    let mut events = d.client();
+    events.send(&Request::Subscribe).expect("subscribe");
+    d.signal.set_reloader(Box::new(move || {
+        Ok(Reloaded {
+            daemon: s.clone(),
+            slice: SliceSettings {
+                max_width: crate::config::Positive(4),
+                ..SliceSettings::default()
+            },
+            restart_keys: Vec::new(),
+        })
+    }));
+    d.signal.request_reload();
+    let message = loop {
+        match events.next_message().expect("event") {
+            Message::Event(e) if e.kind == EventKind::Reloaded => break e.message,
+            _ => {}
+        }
+    };
+    assert_eq!(message, "settings reloaded", "the slice block applies live");
+    drop_file(&watch, "b.png", &png(200));
+    assert!(
+        wait_until(Duration::from_secs(10), || snap().counts.quarantined == 1),
+        "{:?}",
+        snap().jobs
+    );
+    let reason = snap().jobs[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("too large: 8x8 exceeds limit 4x"), "{reason}");
+    assert_eq!(snap().counts.done, 1);
     d.stop();
 }

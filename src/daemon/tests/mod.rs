@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::settings::PollMode;
 use super::*;
+use crate::config::SliceSettings;
 use crate::findings::{Classification, Finding, Lesion};
 use crate::protocol::{Client, Message, Request, fetch_snapshot};
 use crate::slice::Slice;
@@ -105,6 +106,15 @@ fn drop_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
+/// What a reload reads when only the daemon block changes.
+fn reloaded(daemon: DaemonSettings) -> Reloaded {
+    Reloaded {
+        daemon,
+        slice: SliceSettings::default(),
+        restart_keys: Vec::new(),
+    }
+}
+
 fn settings(root: &Path) -> DaemonSettings {
     let s = DaemonSettings {
         watch: vec![root.join("in")],
@@ -160,7 +170,7 @@ fn start(settings: DaemonSettings, delay: Duration) -> Running {
     };
     let handle = {
         let signal = signal.clone();
-        std::thread::spawn(move || run(settings, make, signal))
+        std::thread::spawn(move || run(settings, SliceSettings::default(), make, signal))
     };
     assert!(
         wait_until(Duration::from_secs(10), || socket.exists()),

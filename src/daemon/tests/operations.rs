@@ -94,10 +94,10 @@ fn low_disk_pauses_intake_until_space_returns() {
     );
     // Space "returns": the threshold drops on reload (SIGHUP in production).
     d.signal.set_reloader(Box::new(move || {
-        Ok(DaemonSettings {
+        Ok(reloaded(DaemonSettings {
             min_free_bytes: 0,
             ..s.clone()
-        })
+        }))
     }));
     d.signal.request_reload();
     assert!(
@@ -123,7 +123,7 @@ fn second_instance_is_refused_and_drain_requeues_the_slice_in_hand() {
         ..s.clone()
     };
     let make: MakeScreener = Box::new(|| Err("must not be built".into()));
-    let err = run(other, make, Shutdown::new()).expect_err("second instance");
+    let err = run(other, SliceSettings::default(), make, Shutdown::new()).expect_err("second instance");
     assert!(err.to_string().contains("another ctmask daemon"), "{err}");
 
     for i in 0..3 {
