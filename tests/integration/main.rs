@@ -12,6 +12,7 @@ mod hostile_files;
 mod import;
 mod model_smoke;
 mod parity;
+mod parity_jpeg;
 mod synth_dicom;
 mod training;
 mod tui_e2e;
