@@ -64,7 +64,11 @@ impl Outbox {
             self.close();
             return false;
         }
-        inner.lines.lock().unwrap_or_else(|p| p.into_inner()).push_back(line);
+        inner
+            .lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(line);
         inner.more.notify_one();
         true
     }
@@ -82,7 +86,9 @@ impl Outbox {
 
     /// Closes the outbox: the writer stops at once (mid-line too) and the connection ends.
     pub fn close(&self) {
-        self.inner.closed.send_if_modified(|closed| !std::mem::replace(closed, true));
+        self.inner
+            .closed
+            .send_if_modified(|closed| !std::mem::replace(closed, true));
     }
 
     /// Returns once the outbox is closed.
@@ -107,7 +113,11 @@ impl Outbox {
     }
 
     fn pop(&self) -> Option<Arc<str>> {
-        self.inner.lines.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+        self.inner
+            .lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
     }
 
     /// The writer: writes the queued lines to `w` (each within `WRITE_TIMEOUT`) until the outbox
@@ -155,6 +165,21 @@ mod tests {
 
     use super::*;
 
+    /// What the writer of `out` writes to a socket before it ends (then it shuts the socket down).
+    fn written(out: &Outbox) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (a, mut b) = tokio::net::UnixStream::pair().expect("pair");
+            out.write_to(a).await;
+            let mut got = Vec::new();
+            let _ = b.read_to_end(&mut got).await;
+            got
+        })
+    }
+
     #[test]
     fn an_outbox_that_is_not_read_closes_at_its_byte_bound() {
         let out = Outbox::new(1 << 20);
@@ -165,17 +190,7 @@ mod tests {
             assert!(pushed < 1000, "never bounded");
         }
         assert!(out.is_closed());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let got = rt.block_on(async {
-            let (a, mut b) = tokio::net::UnixStream::pair().expect("pair");
-            out.write_to(a).await; // ends at once: the outbox is closed
-            let mut got = Vec::new();
-            let _ = b.read_to_end(&mut got).await; // ends: the writer shut the connection down
-            got
-        });
+        let got = written(&out); // at once: the outbox is closed
         assert!(got.len() <= pushed * line.len());
         assert!(!out.push("late\n".into()), "closed stays closed");
     }
@@ -185,18 +200,7 @@ mod tests {
         let out = Outbox::new(1 << 20);
         assert!(out.push("one\n".into()) && out.push("two\n".into()));
         out.finish();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let got = rt.block_on(async {
-            let (a, mut b) = tokio::net::UnixStream::pair().expect("pair");
-            out.write_to(a).await;
-            let mut got = String::new();
-            let _ = b.read_to_string(&mut got).await;
-            got
-        });
-        assert_eq!(got, "one\ntwo\n");
+        assert_eq!(written(&out), b"one\ntwo\n");
         assert_eq!(out.queued_bytes(), 0);
         assert!(out.is_closed());
     }

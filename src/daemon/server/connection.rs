@@ -20,8 +20,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::daemon::Shared;
-pub(crate) use crate::daemon::outbox::WRITE_TIMEOUT;
 use crate::daemon::outbox::Outbox;
+pub(crate) use crate::daemon::outbox::WRITE_TIMEOUT;
 use crate::daemon::peers::{PeerPolicy, Role};
 use crate::daemon::queue::Queue;
 use crate::protocol::{self, ErrorCode, Message, PROTOCOL_VERSION, ProtocolError, Request};

@@ -182,7 +182,11 @@ impl Server {
     }
 
     async fn accept_until_stopped(&self, shared: &Arc<Shared>) {
-        let listener = match self.listener.try_clone().and_then(tokio::net::UnixListener::from_std) {
+        let listener = match self
+            .listener
+            .try_clone()
+            .and_then(tokio::net::UnixListener::from_std)
+        {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "cannot watch the socket");
