@@ -9,6 +9,7 @@
 //! client as a pair of tasks (hundreds of idle clients cost memory, not threads), with a small
 //! blocking pool for the handlers; the rest of the daemon stays on its threads and std channels.
 
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -144,11 +145,16 @@ impl Server {
     /// connected (a short, non-blocking error line; no task).
     fn admit(&self, stream: tokio::net::UnixStream, shared: &Arc<Shared>, stop: &watch::Receiver<bool>) {
         if self.clients.load(Ordering::SeqCst) >= self.max_clients {
-            if let Ok(line) = protocol::encode(&error(
-                ErrorCode::Busy,
-                "too many clients (daemon.max_clients); try again later",
-            )) {
-                let _ = stream.try_write(line.as_bytes());
+            // Written on the plain (non-blocking) socket: a tokio one that the reactor has not
+            // polled yet does not know it is writable.
+            if let (Ok(line), Ok(stream)) = (
+                protocol::encode(&error(
+                    ErrorCode::Busy,
+                    "too many clients (daemon.max_clients); try again later",
+                )),
+                stream.into_std(),
+            ) {
+                let _ = (&stream).write_all(line.as_bytes());
             }
             return;
         }
