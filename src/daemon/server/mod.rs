@@ -166,8 +166,8 @@ impl Server {
         });
     }
 
-    /// Accepts connections until the daemon stops, lets the connections write what they hold
-    /// (the "daemon stopping" event), then removes the socket.
+    /// Accepts connections until the daemon stops, removes the socket, then lets the
+    /// connections write what they hold (the "daemon stopping" event) and close.
     pub(crate) fn serve(self, shared: Arc<Shared>) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -178,34 +178,42 @@ impl Server {
             .build();
         match runtime {
             Ok(runtime) => {
-                runtime.block_on(self.accept_until_stopped(&shared));
+                runtime.block_on(self.run(&shared));
                 runtime.shutdown_timeout(Duration::from_secs(1));
             }
             // the server thread ends; the supervisor sees it stop beating
-            Err(e) => tracing::error!(error = %e, "cannot start the server's runtime"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the server's runtime");
+                let _ = std::fs::remove_file(&self.path);
+            }
         }
-        let _ = std::fs::remove_file(&self.path);
     }
 
-    async fn accept_until_stopped(&self, shared: &Arc<Shared>) {
-        let listener = match self
-            .listener
-            .try_clone()
-            .and_then(tokio::net::UnixListener::from_std)
-        {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch the socket");
-                return;
-            }
-        };
+    async fn run(&self, shared: &Arc<Shared>) {
         let (stop_tx, stop) = watch::channel(false);
+        if let Err(e) = self.accept_until_stopped(shared, &stop).await {
+            tracing::error!(error = %e, "cannot watch the socket");
+        }
+        let _ = std::fs::remove_file(&self.path);
+        stop_tx.send_replace(true);
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT + Duration::from_secs(1);
+        while self.clients.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn accept_until_stopped(
+        &self,
+        shared: &Arc<Shared>,
+        stop: &watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let listener = tokio::net::UnixListener::from_std(self.listener.try_clone()?)?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => self.admit(stream, shared, &stop),
+                    Ok((stream, _)) => self.admit(stream, shared, stop),
                     Err(e) => {
                         if let Some(held) = shared.log_limit.allow("accept") {
                             tracing::warn!(error = %e, held_back = held, "accept failed");
@@ -216,16 +224,10 @@ impl Server {
                 _ = tick.tick() => {
                     shared.beats.server.beat();
                     if shared.stopping() {
-                        break;
+                        return Ok(());
                     }
                 }
             }
-        }
-        drop(listener);
-        stop_tx.send_replace(true);
-        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT + Duration::from_secs(1);
-        while self.clients.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
