@@ -145,8 +145,8 @@ impl Server {
     /// connected (a short, non-blocking error line; no task).
     fn admit(&self, stream: tokio::net::UnixStream, shared: &Arc<Shared>, stop: &watch::Receiver<bool>) {
         if self.clients.load(Ordering::SeqCst) >= self.max_clients {
-            // Written on the plain (non-blocking) socket: a tokio one that the reactor has not
-            // polled yet does not know it is writable.
+            // Written on the plain (non-blocking) socket, without a task: tokio's `try_write`
+            // answers from the readiness its reactor has seen, which may lag a fresh socket.
             if let (Ok(line), Ok(stream)) = (
                 protocol::encode(&error(
                     ErrorCode::Busy,
