@@ -6,9 +6,10 @@
 //! (owns the screener; screens, writes outputs, records) ; the server answers the socket; the
 //! calling thread supervises: signals, reloads, disk space, series reports, systemd notify.
 //! Every thread checks or waits on the one `Shutdown` (`shutdown.rs`); the supervisor turns a
-//! request into the drain. The server (`server/`: accept, `connection.rs`, one handler per
-//! request in `handlers.rs`) and `hub.rs` (events) answer the socket, each connection writing
-//! through its bounded `outbox.rs`; `systemd.rs` and `disk.rs` are what their names say.
+//! request into the drain. The server (`server/`: tokio tasks on its one thread; accept,
+//! `connection.rs`, one handler per request in `handlers.rs`) and `hub.rs` (events) answer the
+//! socket, each connection writing through its bounded `outbox.rs`; `systemd.rs` and `disk.rs`
+//! are what their names say.
 
 pub mod disk;
 mod faults;

@@ -6,7 +6,6 @@
 //! members of `control_group` only.
 
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 
 /// What a peer may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -28,7 +27,7 @@ pub fn group_id(name: &str) -> Option<u32> {
 }
 
 /// (uid, gid) of the process at the other end.
-pub fn peer_credentials(stream: &UnixStream) -> std::io::Result<(u32, u32)> {
+pub fn peer_credentials(stream: &impl AsRawFd) -> std::io::Result<(u32, u32)> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -107,8 +106,8 @@ impl PeerPolicy {
         }
     }
 
-    /// The role of the process at the other end of `stream`.
-    pub fn role_of(&self, stream: &UnixStream) -> std::io::Result<Role> {
+    /// The role of the process at the other end of `stream` (a std or a tokio socket).
+    pub fn role_of(&self, stream: &impl AsRawFd) -> std::io::Result<Role> {
         let (uid, gid) = peer_credentials(stream)?;
         Ok(self.role(uid, &user_groups(uid, gid)))
     }
@@ -116,6 +115,8 @@ impl PeerPolicy {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::net::UnixStream;
+
     use super::*;
 
     #[test]

@@ -323,19 +323,30 @@ fn a_dead_thread_stops_the_watchdog_and_the_daemon_exits_non_zero() {
     );
 }
 
-/// A memory figure of a process from /proc/<pid>/status (`VmRSS`, `VmHWM`...), in bytes.
-fn proc_status_bytes(pid: u32, key: &str) -> u64 {
+/// A number of a process's /proc status (`VmRSS:` in kB, `Threads:`); 0 when absent.
+fn proc_status(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb << 10)
+        .unwrap_or(0)
 }
 
-/// Resident memory of a process.
+/// Resident memory of a process, from /proc.
 fn rss_bytes(pid: u32) -> u64 {
-    proc_status_bytes(pid, "VmRSS")
+    proc_status(pid, "VmRSS:") << 10
+}
+
+/// `ctmask status` against `socket`, and how long it took.
+fn status_cli(socket: &Path) -> (std::process::Output, Duration) {
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ctmask"))
+        .args(["status", "--socket"])
+        .arg(socket)
+        .output()
+        .unwrap();
+    (out, t.elapsed())
 }
 
 #[test]
@@ -395,13 +406,7 @@ fn idle_clients_a_reader_that_never_reads_and_a_flood_do_not_starve_status() {
         "the daemon kept reading a client that never reads ({sent} requests)"
     );
     // A well-behaved `ctmask status` still answers.
-    let t = Instant::now();
-    let status_out = Command::new(env!("CARGO_BIN_EXE_ctmask"))
-        .args(["status", "--socket"])
-        .arg(&socket)
-        .output()
-        .unwrap();
-    let took = t.elapsed();
+    let (status_out, took) = status_cli(&socket);
     assert!(status_out.status.success(), "{status_out:?}");
     eprintln!("ctmask status answered in {took:?} with 200 idle clients");
     let rss = rss_bytes(pid);
@@ -437,9 +442,51 @@ fn idle_clients_a_reader_that_never_reads_and_a_flood_do_not_starve_status() {
     stop(child);
 }
 
-/// Peak resident memory of a process.
+/// What the server's tokio runtime buys: 1000 greeted, idle clients are held at once (the cap
+/// raised for them) while the daemon's thread count stays small, and `ctmask status` answers.
+#[test]
+fn a_thousand_idle_clients_are_held_by_a_few_threads_and_status_answers() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::net::UnixStream;
+    const IDLE: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (seg, cls) = tiny_models(d);
+    let cfg = config(d, &seg, &cls);
+    append_line(&cfg, &format!("  max_clients: {}", IDLE + 10));
+    let (socket, log) = (d.join("d.sock"), d.join("daemon.log"));
+    let child = daemon(&cfg, &log, &[]);
+    wait_for("the socket", Duration::from_secs(60), || {
+        ctmask::protocol::fetch_snapshot(&socket).is_ok()
+    });
+    let pid = child.id();
+    let before = proc_status(pid, "Threads:");
+    let clients: Vec<UnixStream> = (0..IDLE)
+        .map(|i| {
+            let mut c = UnixStream::connect(&socket).unwrap_or_else(|e| panic!("client {i}: {e}"));
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            c.write_all(b"{\"type\":\"hello\",\"version\":1}\n").unwrap();
+            c
+        })
+        .collect();
+    for (i, c) in clients.iter().enumerate() {
+        let mut line = String::new();
+        let read = std::io::BufReader::new(c).read_line(&mut line);
+        read.unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert!(line.contains("\"hello\""), "client {i}: {line}");
+    }
+    let held = proc_status(pid, "Threads:");
+    let (status_out, took) = status_cli(&socket);
+    assert!(status_out.status.success(), "{status_out:?}");
+    eprintln!("{IDLE} idle clients: daemon threads {before} before, {held} while held; status in {took:?}");
+    assert!(held > 0 && held <= before + 8, "{held} threads (were {before})");
+    drop(clients);
+    stop(child);
+}
+
+/// Peak resident memory of a process (VmHWM), from /proc.
 fn peak_rss_bytes(pid: u32) -> u64 {
-    proc_status_bytes(pid, "VmHWM")
+    proc_status(pid, "VmHWM:") << 10
 }
 
 /// The decoder bombs of `hostile_files` (every codec, huge declared sizes, a deflate bomb, PNG and

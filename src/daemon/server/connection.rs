@@ -3,17 +3,25 @@
 //! `IDLE_TIMEOUT` (a subscribed client may stay silent: it is reading events); every write has
 //! `WRITE_TIMEOUT`; what waits to be written is bounded in bytes (`daemon::outbox`), so a client that
 //! requests without reading is dropped instead of growing the daemon. One subscription per
-//! connection. Two threads per connection (requests, writes); their number is capped by the
-//! server (`max_clients`). Pause, resume and retry need the control role (`peers.rs`).
+//! connection. Two tokio tasks per connection (requests, writes) on the server's one thread, so an
+//! idle client costs a few kilobytes, not two threads; their number is capped by the server
+//! (`max_clients`). The handlers, which read SQLite, run on the runtime's small blocking pool so
+//! that a slow query never holds up the other clients. Pause, resume and retry need the control
+//! role (`peers.rs`).
 
-use std::io::BufReader;
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::daemon::Shared;
-pub(crate) use crate::daemon::outbox::THREAD_STACK;
-use crate::daemon::outbox::{Outbox, WRITE_TIMEOUT};
+use crate::daemon::outbox::Outbox;
+pub(crate) use crate::daemon::outbox::WRITE_TIMEOUT;
 use crate::daemon::peers::{PeerPolicy, Role};
 use crate::daemon::queue::Queue;
 use crate::protocol::{self, ErrorCode, Message, PROTOCOL_VERSION, ProtocolError, Request};
@@ -33,16 +41,22 @@ pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> Message {
     }
 }
 
-/// Serves one accepted connection until it closes.
-pub(crate) fn serve_client(stream: UnixStream, shared: Arc<Shared>, policy: PeerPolicy) {
-    let _ = stream.set_nonblocking(false);
-    let Ok(out) = stream
-        .try_clone()
-        .and_then(|w| Outbox::start(w, MAX_QUEUED_BYTES))
-    else {
-        return;
-    };
-    match policy.role_of(&stream) {
+/// Serves one accepted connection until it closes, or until `stop` turns true (then what is
+/// queued, the "daemon stopping" event among it, is still written within `WRITE_TIMEOUT`).
+pub(crate) async fn serve_client(
+    stream: UnixStream,
+    shared: Arc<Shared>,
+    policy: PeerPolicy,
+    stop: watch::Receiver<bool>,
+) {
+    let role = peer_role(&stream, policy).await;
+    let (read, write) = stream.into_split();
+    let out = Outbox::new(MAX_QUEUED_BYTES);
+    let writer = tokio::spawn({
+        let out = out.clone();
+        async move { out.write_to(write).await }
+    });
+    match role {
         Ok(Role::None) => {
             tracing::warn!("refused a client that is neither root, the daemon's user nor in its groups");
             out.send(&error(
@@ -50,7 +64,7 @@ pub(crate) fn serve_client(stream: UnixStream, shared: Arc<Shared>, policy: Peer
                 "not allowed: ask to be added to the daemon's group",
             ));
         }
-        Ok(role) => handle_requests(&stream, &shared, &out, role),
+        Ok(role) => handle_requests(read, &shared, &out, role, stop).await,
         Err(e) => {
             out.send(&error(
                 ErrorCode::Forbidden,
@@ -58,52 +72,88 @@ pub(crate) fn serve_client(stream: UnixStream, shared: Arc<Shared>, policy: Peer
             ));
         }
     }
-    // Let the writer flush what is queued (bounded by WRITE_TIMEOUT per write), then close.
-    let deadline = Instant::now() + WRITE_TIMEOUT;
-    while out.queued_bytes() > 0 && !out.is_closed() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+    // Let the writer flush what is queued (within WRITE_TIMEOUT), then close.
+    out.finish();
+    if tokio::time::timeout(WRITE_TIMEOUT, writer).await.is_err() {
+        out.close();
     }
-    out.close();
 }
 
-fn is_timeout(e: &ProtocolError) -> bool {
-    matches!(e, ProtocolError::Io(io) if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+/// The peer's role; the group database (which NSS may serve from the network) is read on the
+/// blocking pool.
+async fn peer_role(stream: &UnixStream, policy: PeerPolicy) -> std::io::Result<Role> {
+    let fd = stream.as_fd().try_clone_to_owned()?;
+    tokio::task::spawn_blocking(move || policy.role_of(&fd))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
-fn handle_requests(stream: &UnixStream, shared: &Arc<Shared>, out: &Outbox, role: Role) {
-    let mut reader = BufReader::new(stream);
+/// Returns once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Reads up to the end of a line into `buf`, at most `MAX_REQUEST_BYTES + 1` bytes in all.
+/// Cancel-safe: a partial line stays in `buf` for the next call.
+async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let room = (MAX_REQUEST_BYTES + 1).saturating_sub(buf.len()) as u64;
+    reader.take(room).read_until(b'\n', buf).await.map(|_| ())
+}
+
+async fn handle_requests(
+    read: OwnedReadHalf,
+    shared: &Arc<Shared>,
+    out: &Outbox,
+    role: Role,
+    stop: watch::Receiver<bool>,
+) {
+    let mut reader = BufReader::new(read);
+    let mut buf = Vec::new();
     let mut greeted = false;
     let mut subscribed = false;
     let mut queue: Option<Queue> = None;
     let mut last_request = Instant::now();
+    let stop = stopped(stop);
+    tokio::pin!(stop);
     loop {
         let timeout = if greeted { IDLE_TIMEOUT } else { HELLO_TIMEOUT };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1).min(timeout)));
         if out.is_closed() || shared.stopping() {
             return;
         }
-        let request = match protocol::read_message_limited::<Request, _>(&mut reader, MAX_REQUEST_BYTES) {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(e) if is_timeout(&e) => {
-                if !subscribed && last_request.elapsed() >= timeout {
-                    let what = if greeted { "idle" } else { "no hello" };
-                    out.send(&error(
-                        ErrorCode::Timeout,
-                        format!("{what} for {} s: closing", timeout.as_secs()),
-                    ));
+        tokio::select! {
+            read = read_line(&mut reader, &mut buf) => {
+                if read.is_err() {
                     return;
                 }
-                continue;
             }
-            Err(ProtocolError::Io(_)) => return,
-            Err(e @ ProtocolError::TooLong) => {
+            () = tokio::time::sleep_until(last_request + timeout), if !subscribed => {
+                let what = if greeted { "idle" } else { "no hello" };
                 out.send(&error(
-                    ErrorCode::BadRequest,
-                    format!("{e} ({MAX_REQUEST_BYTES} bytes)"),
+                    ErrorCode::Timeout,
+                    format!("{what} for {} s: closing", timeout.as_secs()),
                 ));
                 return;
             }
+            () = &mut stop => return,
+            () = out.closed() => return,
+        }
+        let line = std::mem::take(&mut buf);
+        if line.is_empty() {
+            return; // the client closed its end
+        }
+        if line.len() > MAX_REQUEST_BYTES {
+            out.send(&error(
+                ErrorCode::BadRequest,
+                format!("{} ({MAX_REQUEST_BYTES} bytes)", ProtocolError::TooLong),
+            ));
+            return;
+        }
+        let line = String::from_utf8_lossy(&line);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request = match protocol::decode::<Request>(&line) {
+            Ok(r) => r,
             Err(e) => {
                 if !out.send(&error(ErrorCode::BadRequest, e.to_string())) {
                     return;
@@ -112,9 +162,9 @@ fn handle_requests(stream: &UnixStream, shared: &Arc<Shared>, out: &Outbox, role
             }
         };
         last_request = Instant::now();
-        let reply = match (&request, greeted) {
+        let reply = match (request, greeted) {
             (Request::Hello { version, .. }, _) => {
-                if *version == 0 {
+                if version == 0 {
                     error(ErrorCode::UnsupportedVersion, "protocol version 0 does not exist")
                 } else {
                     greeted = true;
@@ -144,20 +194,36 @@ fn handle_requests(stream: &UnixStream, shared: &Arc<Shared>, out: &Outbox, role
                 ErrorCode::Forbidden,
                 "pause, resume and retries need the control role: root, the daemon's user or daemon.control_group",
             ),
-            (_, true) => {
-                if queue.is_none() {
-                    queue = Queue::open(&shared.state_dir, &shared.models_hash)
-                        .map_err(|e| tracing::error!(error = %e, "client cannot open the queue"))
-                        .ok();
-                }
-                match queue.as_mut() {
-                    Some(q) => super::handlers::answer(&request, shared, q),
-                    None => error(ErrorCode::Internal, "the queue database cannot be opened"),
-                }
-            }
+            (request, true) => answer(request, shared, &mut queue).await,
         };
         if !out.send(&reply) {
             return;
         }
+    }
+}
+
+/// A handler's reply, computed on the blocking pool with the connection's queue (opened on the
+/// first request that needs it).
+async fn answer(request: Request, shared: &Arc<Shared>, queue: &mut Option<Queue>) -> Message {
+    let (shared, mut held) = (shared.clone(), queue.take());
+    let done = tokio::task::spawn_blocking(move || {
+        if held.is_none() {
+            held = Queue::open(&shared.state_dir, &shared.models_hash)
+                .map_err(|e| tracing::error!(error = %e, "client cannot open the queue"))
+                .ok();
+        }
+        let reply = match held.as_mut() {
+            Some(q) => super::handlers::answer(&request, &shared, q),
+            None => error(ErrorCode::Internal, "the queue database cannot be opened"),
+        };
+        (held, reply)
+    })
+    .await;
+    match done {
+        Ok((held, reply)) => {
+            *queue = held;
+            reply
+        }
+        Err(e) => error(ErrorCode::Internal, format!("the request failed: {e}")),
     }
 }

@@ -4,7 +4,10 @@
 //! refused. At most `max_clients` connections are served (`connection.rs`: timeouts, bounded
 //! output, roles from `peers.rs`); `hub.rs` broadcasts events; `handlers.rs` answers each request
 //! kind with its own function, dispatched from one match. `protocol::Client` is the other end
-//! (`ctmask status`, the dashboard). Laid out as mini-redis's `server.rs` / `connection.rs`.
+//! (`ctmask status`, the dashboard). Laid out as mini-redis's `server.rs` / `connection.rs`, and
+//! like mini-redis on tokio: a current-thread runtime on the server's own thread holds every
+//! client as a pair of tasks (hundreds of idle clients cost memory, not threads), with a small
+//! blocking pool for the handlers; the rest of the daemon stays on its threads and std channels.
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -14,6 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 mod connection;
 mod handlers;
 
@@ -21,7 +26,14 @@ use super::Shared;
 use super::peers::{PeerPolicy, group_id};
 use super::settings::DaemonSettings;
 use crate::protocol::{self, ErrorCode};
-use connection::{THREAD_STACK, error, serve_client};
+use connection::{WRITE_TIMEOUT, error, serve_client};
+
+/// Threads of the blocking pool that runs the handlers (SQLite reads, the group database).
+const BLOCKING_THREADS: usize = 4;
+/// Stack of the server's threads (they hold a line buffer and a queue connection, no more).
+const THREAD_STACK: usize = 512 << 10;
+/// How often the accept loop beats and looks for the stop.
+const TICK: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -129,52 +141,110 @@ impl Server {
         &self.path
     }
 
-    /// Serves a new connection on its own threads, or refuses it at once when `max_clients`
-    /// are connected (a short, non-blocking error line; no thread).
-    fn admit(&self, stream: UnixStream, shared: &Arc<Shared>) {
+    /// Serves a new connection as a task, or refuses it at once when `max_clients` are
+    /// connected (a short, non-blocking error line; no task).
+    fn admit(&self, stream: tokio::net::UnixStream, shared: &Arc<Shared>, stop: &watch::Receiver<bool>) {
         if self.clients.load(Ordering::SeqCst) >= self.max_clients {
-            let _ = stream.set_nonblocking(true);
-            if let Ok(line) = protocol::encode(&error(
-                ErrorCode::Busy,
-                "too many clients (daemon.max_clients); try again later",
-            )) {
+            // Written on the plain (non-blocking) socket, without a task: tokio's `try_write`
+            // answers from the readiness its reactor has seen, which may lag a fresh socket.
+            if let (Ok(line), Ok(stream)) = (
+                protocol::encode(&error(
+                    ErrorCode::Busy,
+                    "too many clients (daemon.max_clients); try again later",
+                )),
+                stream.into_std(),
+            ) {
                 let _ = (&stream).write_all(line.as_bytes());
             }
             return;
         }
-        self.clients.fetch_add(1, Ordering::SeqCst);
-        let (shared, policy, clients) = (shared.clone(), self.policy.clone(), self.clients.clone());
-        let spawned = std::thread::Builder::new()
-            .name("ctmask-client".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || {
-                serve_client(stream, shared, policy);
-                clients.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            self.clients.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!(error = %e, "cannot start a client thread");
+        let held = Held::new(&self.clients);
+        let (shared, policy, stop) = (shared.clone(), self.policy.clone(), stop.clone());
+        tokio::spawn(async move {
+            serve_client(stream, shared, policy, stop).await;
+            drop(held);
+        });
+    }
+
+    /// Accepts connections until the daemon stops, removes the socket, then lets the
+    /// connections write what they hold (the "daemon stopping" event) and close.
+    pub(crate) fn serve(self, shared: Arc<Shared>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .max_blocking_threads(BLOCKING_THREADS)
+            .thread_name("ctmask-server")
+            .thread_stack_size(THREAD_STACK)
+            .build();
+        match runtime {
+            Ok(runtime) => {
+                runtime.block_on(self.run(&shared));
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            }
+            // the server thread ends; the supervisor sees it stop beating
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the server's runtime");
+                let _ = std::fs::remove_file(&self.path);
+            }
         }
     }
 
-    /// Accepts connections until the daemon stops, then removes the socket.
-    pub(crate) fn serve(self, shared: Arc<Shared>) {
-        while !shared.stopping() {
-            shared.beats.server.beat();
-            match self.listener.accept() {
-                Ok((stream, _)) => self.admit(stream, &shared),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    shared.shutdown.wait(Duration::from_millis(50));
-                }
-                Err(e) => {
-                    if let Some(held) = shared.log_limit.allow("accept") {
-                        tracing::warn!(error = %e, held_back = held, "accept failed");
+    async fn run(&self, shared: &Arc<Shared>) {
+        let (stop_tx, stop) = watch::channel(false);
+        if let Err(e) = self.accept_until_stopped(shared, &stop).await {
+            tracing::error!(error = %e, "cannot watch the socket");
+        }
+        let _ = std::fs::remove_file(&self.path);
+        stop_tx.send_replace(true);
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT + Duration::from_secs(1);
+        while self.clients.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn accept_until_stopped(
+        &self,
+        shared: &Arc<Shared>,
+        stop: &watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let listener = tokio::net::UnixListener::from_std(self.listener.try_clone()?)?;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => self.admit(stream, shared, stop),
+                    Err(e) => {
+                        if let Some(held) = shared.log_limit.allow("accept") {
+                            tracing::warn!(error = %e, held_back = held, "accept failed");
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
-                    std::thread::sleep(Duration::from_millis(200));
+                },
+                _ = tick.tick() => {
+                    shared.beats.server.beat();
+                    if shared.stopping() {
+                        return Ok(());
+                    }
                 }
             }
         }
-        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// One connection counted in `Server::clients` while it lives (a panicking task too).
+struct Held(Arc<AtomicUsize>);
+
+impl Held {
+    fn new(clients: &Arc<AtomicUsize>) -> Held {
+        clients.fetch_add(1, Ordering::SeqCst);
+        Held(clients.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The daemon in-process against hostile conditions (issue 17): a broken device, a second file
 //! with a screened SOP instance UID, queued files swapped for links and FIFOs, and reloads that
-//! name what needs a restart. Helpers come from the parent module (`mod.rs`).
+//! name what needs a restart, a client over `max_clients`, and the stop as a subscriber sees it.
+//! Helpers come from the parent module (`mod.rs`).
 
 use super::*;
 
@@ -212,5 +213,42 @@ fn a_reload_applies_the_slice_block_to_the_next_file_read() {
     let reason = snap().jobs[0].reason.clone().unwrap_or_default();
     assert!(reason.contains("too large: 8x8 exceeds limit 4x"), "{reason}");
     assert_eq!(snap().counts.done, 1);
+    d.stop();
+}
+
+#[test]
+fn a_client_over_max_clients_is_told_busy_and_a_subscriber_hears_the_daemon_stop() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = DaemonSettings {
+        max_clients: 2,
+        ..settings(tmp.path())
+    };
+    let d = start(s, Duration::ZERO);
+    let mut events = d.client();
+    events.send(&Request::Subscribe).expect("subscribe");
+    let _second = d.client();
+    let third = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut line = String::new();
+    std::io::BufReader::new(&third)
+        .read_line(&mut line)
+        .expect("busy line");
+    let busy: Message = crate::protocol::decode(&line).expect("decode");
+    assert!(
+        matches!(&busy, Message::Error { code: crate::protocol::ErrorCode::Busy, message } if message.contains("too many clients")),
+        "{busy:?}"
+    );
+    // The stop: "daemon stopping" reaches the subscriber before its connection closes.
+    d.signal.trigger();
+    loop {
+        match events.next_message() {
+            Ok(Message::Event(e)) if e.kind == EventKind::DaemonStopping => break,
+            Ok(_) => continue,
+            Err(e) => panic!("closed before the stopping event: {e}"),
+        }
+    }
     d.stop();
 }
