@@ -23,7 +23,8 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn daemon(cfg: &Path, log: &Path, envs: &[(&str, &str)]) -> Child {
+/// `ctmask daemon` with `cfg`, logging at `level` into `log` (appended), with `envs` set.
+fn daemon_command(cfg: &Path, log: &Path, envs: &[(&str, &str)], level: &str) -> Command {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -32,13 +33,17 @@ fn daemon(cfg: &Path, log: &Path, envs: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ctmask"));
     cmd.args(["daemon", "--config"])
         .arg(cfg)
-        .env("RUST_LOG", "debug")
+        .env("RUST_LOG", level)
         .stdout(Stdio::null())
         .stderr(log);
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.spawn().unwrap()
+    cmd
+}
+
+fn daemon(cfg: &Path, log: &Path, envs: &[(&str, &str)]) -> Child {
+    daemon_command(cfg, log, envs, "debug").spawn().unwrap()
 }
 
 fn stop(mut child: Child) {
@@ -173,20 +178,7 @@ fn patient_names_in_folders_and_file_names_never_leave_the_daemon() {
 /// Starts the daemon without core dumps (a test-only abort must not leave a core file behind).
 fn daemon_no_core(cfg: &Path, log: &Path, envs: &[(&str, &str)]) -> Child {
     use std::os::unix::process::CommandExt;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ctmask"));
-    cmd.args(["daemon", "--config"])
-        .arg(cfg)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
+    let mut cmd = daemon_command(cfg, log, envs, "info");
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
