@@ -20,6 +20,7 @@
 //! | [`lung`] | the original's overlay rendering |
 //! | [`lung_field`] | the lung field (lungs with their dense lesions) and the gate on lesions outside it |
 //! | [`tui`] | the ratatui dashboard; talks only to the daemon's socket |
+//! | `test_support` | helpers shared by unit tests of several modules (tests only) |
 //! | [`fsutil`] | files that appear whole (temporary name, fsync, rename), alone or in batches |
 //! | [`digest`] | SHA-256 content hashes as hex (job keys, file names, model identities) |
 //! | [`png_encode`] | PNG encoding of 8-bit grey or RGB pixels (masks, overlays, phantoms) |
@@ -50,6 +51,8 @@ pub mod protocol;
 pub mod screening;
 pub mod slice;
 pub mod stage_clock;
+#[cfg(test)]
+mod test_support;
 pub mod training;
 pub mod tui;
 

@@ -1,23 +1,11 @@
 //! Tests of the lung field: distance transform, synthetic phantoms against their own lung
 //! masks (lesions included) and the real slices in `../shared/data/dicom/`.
 
-use std::path::{Path, PathBuf};
-
 use super::*;
 use crate::data::synth::{LesionClass, PhantomSpec, phantom_with};
 use crate::slice::{SliceOptions, read_slices};
 
-fn shared_dicom(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [
-        root.join("../shared/data/dicom"),
-        root.join("../../shared/data/dicom"),
-    ]
-    .into_iter()
-    .map(|d| d.join(name))
-    .find(|p| p.is_file())
-    .expect("shared/data/dicom must sit beside the repository")
-}
+use crate::test_support::shared_dicom;
 
 /// The phantom's lesions as separate masks (4-connected components of mask values 2 and 3).
 fn lesion_components(mask: &[u8], n: usize) -> Vec<Vec<bool>> {

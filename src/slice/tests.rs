@@ -10,17 +10,7 @@ use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 
 use super::*;
 
-/// `../shared/data/dicom` next to the crate (or next to its parent for scratch crates).
-fn shared_dicom() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [
-        root.join("../shared/data/dicom"),
-        root.join("../../shared/data/dicom"),
-    ]
-    .into_iter()
-    .find(|p| p.is_dir())
-    .expect("shared/data/dicom must sit beside the repository")
-}
+use crate::test_support::shared_dicom_dir as shared_dicom;
 
 pub(super) fn fixtures() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

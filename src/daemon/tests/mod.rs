@@ -224,17 +224,7 @@ fn slice_reports(out: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn shared_dicom(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [
-        root.join("../shared/data/dicom"),
-        root.join("../../shared/data/dicom"),
-    ]
-    .into_iter()
-    .map(|d| d.join(name))
-    .find(|p| p.is_file())
-    .expect("shared/data/dicom must sit beside the repository")
-}
+use crate::test_support::shared_dicom;
 
 mod full_disk;
 mod hostile;
