@@ -120,6 +120,17 @@ fn read_job(queue: &Queue, job: &Job, shared: &Shared) -> Result<(PathBuf, Frame
     })
 }
 
+impl ReadFailure {
+    /// Records the failure of `job`, its reason after `prefix`: a permanent one quarantines it.
+    fn record(self, queue: &mut Queue, shared: &Shared, job: &Job, prefix: &str) {
+        let (reason, permanent) = match self {
+            ReadFailure::Permanent(r) => (r, true),
+            ReadFailure::Retry(r) => (r, false),
+        };
+        record_failure(queue, shared, job, &format!("{prefix}{reason}"), permanent);
+    }
+}
+
 fn read_failure(e: SliceError) -> ReadFailure {
     match e.rejection() {
         Some(_) => ReadFailure::Permanent(e.reason()),
@@ -231,12 +242,8 @@ pub(crate) fn reader_loop(shared: Arc<Shared>, mut queue: Queue, tx: SyncSender<
                     rest,
                     read_ms: t0.elapsed().as_secs_f64() * 1e3,
                 },
-                Err(ReadFailure::Permanent(r)) => {
-                    record_failure(&mut queue, &shared, &job, &r, true);
-                    continue;
-                }
-                Err(ReadFailure::Retry(r)) => {
-                    record_failure(&mut queue, &shared, &job, &r, false);
+                Err(f) => {
+                    f.record(&mut queue, &shared, &job, "");
                     continue;
                 }
             };
@@ -441,12 +448,8 @@ fn screen_streamed(
         drop(std::mem::take(&mut slices));
         slices = match next_slices(frames, batch_size) {
             Ok(s) => s,
-            Err(ReadFailure::Permanent(r)) => {
-                record_failure(queue, shared, &job.job, &format!("frame {done}: {r}"), true);
-                return false;
-            }
-            Err(ReadFailure::Retry(r)) => {
-                record_failure(queue, shared, &job.job, &format!("frame {done}: {r}"), false);
+            Err(f) => {
+                f.record(queue, shared, &job.job, &format!("frame {done}: "));
                 return false;
             }
         };

@@ -100,8 +100,12 @@ const STREAM_ZOOM: u64 = 4;
 
 /// The phantom of slice `index` of a run: what its files hold.
 pub fn slice_phantom(opts: &SynthOptions, index: usize) -> Phantom {
-    let (_, _, spec) = plan(opts, index);
-    let ph = phantom_with(&spec);
+    phantom_of(opts, &plan(opts, index).2)
+}
+
+/// The phantom of `spec`, zoomed when the run's `zoom` draw says so.
+fn phantom_of(opts: &SynthOptions, spec: &PhantomSpec) -> Phantom {
+    let ph = phantom_with(spec);
     if opts.zoom <= 0.0 {
         return ph;
     }
@@ -154,7 +158,7 @@ pub fn run_synth(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
     let mut split = String::new();
     for index in 0..opts.count {
         let (patient, k, spec) = plan(opts, index);
-        let ph = slice_phantom(opts, index);
+        let ph = phantom_of(opts, &spec);
         let grey: Vec<u8> = ph
             .hu
             .iter()
