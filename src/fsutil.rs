@@ -56,7 +56,7 @@ impl AtomicBatch {
     pub fn new(dir: &Path) -> Result<AtomicBatch, WriteError> {
         if !dir.is_dir() {
             std::fs::create_dir_all(dir).map_err(WriteError::at(dir))?;
-            if let Some(parent) = dir.parent() {
+            if let Some(parent) = parent_dir(dir) {
                 sync_dir(parent)?;
             }
         }
@@ -117,6 +117,15 @@ fn sync_dir(dir: &Path) -> Result<(), WriteError> {
         .map_err(WriteError::at(dir))
 }
 
+/// The folder holding `dir`: "." for a relative name alone ("out", whose `parent()` is the
+/// empty path), none for the root.
+fn parent_dir(dir: &Path) -> Option<&Path> {
+    match dir.parent() {
+        Some(p) if p.as_os_str().is_empty() => Some(Path::new(".")),
+        p => p,
+    }
+}
+
 /// The folder and the UTF-8 file name of `path`.
 fn split(path: &Path) -> Result<(&Path, &str), WriteError> {
     let dir = match path.parent() {
@@ -160,5 +169,21 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"{\"x\":1}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         assert!(super::write_atomic(&dir.path().join("no/such/dir/x"), b"1").is_err());
+    }
+
+    /// `ctmask synth --out out` (a relative folder name alone) once failed with "cannot write
+    /// : No such file or directory": the new folder's parent is the empty path, which is the
+    /// working directory.
+    #[test]
+    fn the_parent_of_a_relative_folder_named_alone_is_the_working_directory() {
+        use std::path::Path;
+        assert_eq!(super::parent_dir(Path::new("out")), Some(Path::new(".")));
+        assert_eq!(super::parent_dir(Path::new("a/out")), Some(Path::new("a")));
+        assert_eq!(super::parent_dir(Path::new("/srv/out")), Some(Path::new("/srv")));
+        assert_eq!(super::parent_dir(Path::new("/")), None);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("new").join("x.txt");
+        super::write_atomic_creating_dir(&p, b"1").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"1");
     }
 }

@@ -86,7 +86,7 @@ impl Canvas {
         }
     }
 
-    fn fill_value(&self, i: usize, fill: Fill, r: f64) -> (f32, Tissue) {
+    pub(super) fn fill_value(&self, i: usize, fill: Fill, r: f64) -> (f32, Tissue) {
         let (tex, fine) = (self.tex[i], self.fine[i]);
         match fill {
             Fill::Plain(hu, amp, t) => (hu + amp * tex + 0.5 * amp * fine, t),
@@ -159,7 +159,7 @@ impl Ring {
     }
 }
 
-fn bump(x: f64, centre: f64, width: f64) -> f64 {
+pub(super) fn bump(x: f64, centre: f64, width: f64) -> f64 {
     (-((x - centre) / width).powi(2)).exp()
 }
 

@@ -4,12 +4,17 @@
 //! back. GGO (mask 2) raises HU towards about -560 additively, so vessels stay visible;
 //! consolidation (mask 3) replaces HU by about +10 +- 25 and hides vessels. COVID: 3-8
 //! bilateral peripheral posterior GGO patches with 0-3 consolidation cores (sometimes crazy
-//! paving); CP: one large unilateral consolidation with a thin GGO halo (sometimes air
-//! bronchograms); Control: none.
+//! paving); CP: one large unilateral consolidation with a GGO halo several pixels wide
+//! (sometimes air bronchograms); Control: none.
 
 use super::canvas::{add_blob, smooth_field, smoothstep, soft_stroke};
 use super::phantom::LesionClass;
 use super::rng::Rng;
+
+/// CP halo: where the consolidation field is above 1 / (2 HALO) but below 1/2 the lung is GGO, a
+/// rim several pixels wide (the halo sign), wide enough to be an image feature and not only the
+/// blurred edge of the consolidation.
+const HALO: f32 = 3.0;
 
 /// Lesion variants the tests need beside the typical picture of each class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -142,7 +147,7 @@ pub fn add_lesions(
         if mask[i] == 0 {
             continue;
         }
-        let (g, c) = (ggo[i] + if halo { 1.5 * cons[i] } else { 0.0 }, cons[i]);
+        let (g, c) = (ggo[i] + if halo { HALO * cons[i] } else { 0.0 }, cons[i]);
         if g > 0.02 {
             let alpha = smoothstep(0.3, 0.7, g);
             hu[i] += alpha * (280.0 + 30.0 * tex[i]);

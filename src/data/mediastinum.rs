@@ -7,7 +7,7 @@
 
 use std::f64::consts::PI;
 
-use super::anatomy::{Anatomy, Canvas, Fill, Tissue};
+use super::anatomy::{Anatomy, Canvas, Fill, Tissue, bump};
 use super::canvas::Ellipse;
 use super::rng::Rng;
 
@@ -165,6 +165,40 @@ impl Anatomy {
                 0.0,
             );
             c.ellipse_in(&bubble, Fill::Air, &cavity);
+        }
+        self.paint_recesses(c);
+    }
+
+    /// Below the dome tops (z > 0.8) the abdominal organs fill the cavity from the front and the
+    /// sides; the lungs are left as posterior and lateral recesses that thin towards the base.
+    /// Their inner border is a broad partial-volume band (the dome surface runs obliquely
+    /// through the slice thickness), so the thin lung there is grey, not black, and normal.
+    fn paint_recesses(&self, c: &mut Canvas) {
+        let q = ((self.z - 0.8) / 0.12).clamp(0.0, 1.0);
+        if q <= 0.0 {
+            return;
+        }
+        let s = self.s;
+        // band width from the body's own draws (no new random draw: the rest stays as it was)
+        let band = s * (6.0 + 10.0 * (self.a / s).fract());
+        let n = c.n;
+        for y in 0..n {
+            for x in 0..n {
+                let i = y * n + x;
+                if c.lung[i] <= 0.0 {
+                    continue;
+                }
+                let (alpha, depth) = self.polar(x as f64, y as f64);
+                let inside = depth - self.wall(alpha)[5];
+                let back = bump(alpha.abs(), 2.6, 0.9);
+                let recess =
+                    s * ((8.0 + 60.0 * (1.0 - q)) * back + 250.0 * (1.0 - q).powf(1.5) * (1.0 - back));
+                let w = ((inside - recess) / band).clamp(0.0, 1.0) as f32;
+                let w = w * w * (3.0 - 2.0 * w) * c.lung[i];
+                let organ = if (x as f64) < self.cx { 58.0 } else { 45.0 };
+                let (v, t) = c.fill_value(i, Fill::Plain(organ, 4.0, Tissue::Soft), 0.0);
+                c.put(i, w, v, t, false);
+            }
         }
     }
 }

@@ -129,14 +129,10 @@ fn plan(opts: &SynthOptions, index: usize) -> (usize, usize, PhantomSpec) {
     let mix = |a: u64, b: u64| a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_add(0x632B_E59B_D9B4_E019);
     let mut spec = PhantomSpec::new(mix(opts.seed, index as u64), class, opts.size);
     spec.anatomy_seed = mix(opts.seed, 1 << 40 | patient as u64);
-    // apex to base: 0.22 .. 0.82, shifted per patient by up to +-0.03
+    // apex to base: 0.22 .. 0.88, shifted per patient by up to +-0.02; the last level reaches
+    // the lung bases (thin posterior recesses above the liver, see `paint_recesses`)
     let shift = (spec.anatomy_seed % 1001) as f64 / 1000.0 - 0.5;
-    spec.z = 0.22 + 0.15 * k as f64 + 0.06 * shift;
-    if opts.zoom > 0.0 {
-        // with zoomed views the levels also reach the lung bases (a thin posterior recess
-        // above the liver), where zoomed reconstructions of real scans often are
-        spec.z += 0.05 * k as f64 / (SLICES_PER_PATIENT - 1) as f64;
-    }
+    spec.z = 0.22 + 0.165 * k as f64 + 0.04 * shift;
     (patient, k, spec)
 }
 

@@ -363,3 +363,76 @@ fn zoomed_views_are_written_for_the_fraction_asked_and_read_back() {
     let bad = run_synth(&SynthOptions { zoom: 1.5, ..opts });
     assert!(matches!(bad, Err(SynthError::Options(_))));
 }
+
+/// At the bases (z > 0.8) the organs fill the cavity: the lungs are recesses around the domes
+/// (deepest at the back), and the dome's partial-volume band leaves grey, normal lung beside
+/// the organs (what the real lung-base slice in `shared/data/dicom` shows).
+#[test]
+fn lung_bases_are_small_recesses_with_grey_partial_volume_edges() {
+    for seed in 0..4u64 {
+        let at = |z: f64| {
+            phantom_with(&PhantomSpec {
+                z,
+                ..PhantomSpec::new(seed, LesionClass::Control, 512)
+            })
+        };
+        let (mid, base) = (at(0.5), at(0.88));
+        let lung = |ph: &Phantom| -> Vec<(usize, i16)> {
+            ph.mask
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| **m == 1)
+                .map(|(i, _)| (i, ph.hu[i]))
+                .collect()
+        };
+        let (lm, lb) = (lung(&mid), lung(&base));
+        assert!(
+            !lb.is_empty() && lb.len() * 2 < lm.len(),
+            "seed {seed}: {} vs {} lung px",
+            lb.len(),
+            lm.len()
+        );
+        // the dome's band: lung pixels raised part-way to the organs' HU
+        let grey = |l: &[(usize, i16)]| {
+            l.iter().filter(|(_, h)| (-650..-250).contains(h)).count() as f64 / l.len() as f64
+        };
+        assert!(
+            grey(&lb) > 0.04,
+            "seed {seed}: grey {} vs {}",
+            grey(&lb),
+            grey(&lm)
+        );
+    }
+}
+
+/// Common pneumonia's halo is a GGO rim several pixels wide around the consolidation (the halo
+/// sign), not one or two pixels of its blurred edge: the rim's area over the consolidation's
+/// border length is its mean width.
+#[test]
+fn common_pneumonia_halo_is_a_rim_several_pixels_wide() {
+    let mut widths = Vec::new();
+    for seed in 0..6u64 {
+        let ph = phantom(seed, LesionClass::Cp, 512);
+        let n = 512;
+        let ggo = ph.mask.iter().filter(|&&m| m == 2).count();
+        let border = (0..n * n)
+            .filter(|&i| {
+                let (x, y) = (i % n, i / n);
+                ph.mask[i] == 3
+                    && [
+                        (x.wrapping_sub(1), y),
+                        (x + 1, y),
+                        (x, y.wrapping_sub(1)),
+                        (x, y + 1),
+                    ]
+                    .iter()
+                    .any(|&(a, b)| a >= n || b >= n || ph.mask[b * n + a] != 3)
+            })
+            .count();
+        if border > 0 {
+            widths.push(ggo as f64 / border as f64);
+        }
+    }
+    assert!(widths.len() >= 4, "{widths:?}");
+    assert!(widths.iter().all(|&w| w >= 4.0), "halo widths {widths:?}");
+}
