@@ -128,10 +128,7 @@ fn parent_dir(dir: &Path) -> Option<&Path> {
 
 /// The folder and the UTF-8 file name of `path`.
 fn split(path: &Path) -> Result<(&Path, &str), WriteError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path).unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .and_then(|n| n.to_str())

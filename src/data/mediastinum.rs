@@ -169,8 +169,8 @@ impl Anatomy {
         self.paint_recesses(c);
     }
 
-    /// Below the dome tops (z > 0.8) the abdominal organs fill the cavity from the front and the
-    /// sides; the lungs are left as posterior and lateral recesses that thin towards the base.
+    /// Below the dome tops (z > 0.8) the abdominal organs fill the cavity; the lungs are left as
+    /// recesses around the domes, deepest at the back, that thin towards the base.
     /// Their inner border is a broad partial-volume band (the dome surface runs obliquely
     /// through the slice thickness), so the thin lung there is grey, not black, and normal.
     fn paint_recesses(&self, c: &mut Canvas) {

@@ -130,7 +130,7 @@ fn plan(opts: &SynthOptions, index: usize) -> (usize, usize, PhantomSpec) {
     let mut spec = PhantomSpec::new(mix(opts.seed, index as u64), class, opts.size);
     spec.anatomy_seed = mix(opts.seed, 1 << 40 | patient as u64);
     // apex to base: 0.22 .. 0.88, shifted per patient by up to +-0.02; the last level reaches
-    // the lung bases (thin posterior recesses above the liver, see `paint_recesses`)
+    // the lung bases (thin recesses around the liver and stomach domes, see `paint_recesses`)
     let shift = (spec.anatomy_seed % 1001) as f64 / 1000.0 - 0.5;
     spec.z = 0.22 + 0.165 * k as f64 + 0.04 * shift;
     (patient, k, spec)

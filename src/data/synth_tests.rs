@@ -377,15 +377,7 @@ fn lung_bases_are_small_recesses_with_grey_partial_volume_edges() {
             })
         };
         let (mid, base) = (at(0.5), at(0.88));
-        let lung = |ph: &Phantom| -> Vec<(usize, i16)> {
-            ph.mask
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| **m == 1)
-                .map(|(i, _)| (i, ph.hu[i]))
-                .collect()
-        };
-        let (lm, lb) = (lung(&mid), lung(&base));
+        let (lm, lb) = (lung_hu(&mid), lung_hu(&base));
         assert!(
             !lb.is_empty() && lb.len() * 2 < lm.len(),
             "seed {seed}: {} vs {} lung px",
@@ -393,9 +385,7 @@ fn lung_bases_are_small_recesses_with_grey_partial_volume_edges() {
             lm.len()
         );
         // the dome's band: lung pixels raised part-way to the organs' HU
-        let grey = |l: &[(usize, i16)]| {
-            l.iter().filter(|(_, h)| (-650..-250).contains(h)).count() as f64 / l.len() as f64
-        };
+        let grey = |l: &[i16]| l.iter().filter(|h| (-650..-250).contains(*h)).count() as f64 / l.len() as f64;
         assert!(
             grey(&lb) > 0.04,
             "seed {seed}: grey {} vs {}",

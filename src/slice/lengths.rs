@@ -245,7 +245,7 @@ mod tests {
         b.extend([0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0x7C, 0x5A, 0x7D, 0x7C]);
         let e = check(&b, 0, false, true).unwrap_err();
         assert!(e.contains("(7FE0,0010)"), "{e}");
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/dicom");
+        let dir = crate::test_support::shared_dicom_dir();
         for f in std::fs::read_dir(dir).unwrap().flatten() {
             if f.path().extension().is_some_and(|x| x == "dcm") {
                 let bytes = std::fs::read(f.path()).unwrap();

@@ -2,7 +2,7 @@
 //! fixtures in `tests/fixtures/slice/` (expected HU from pydicom, see make_fixtures.py) and
 //! DICOM objects edited in memory for each refusal.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use dicom_core::{DataElement, PrimitiveValue, VR, smallvec::smallvec};
 use dicom_dictionary_std::tags;
@@ -13,14 +13,10 @@ use super::*;
 use crate::test_support::shared_dicom_dir as shared_dicom;
 
 pub(super) fn fixtures() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [
-        root.join("tests/fixtures/slice"),
-        root.join("../../main/tests/fixtures/slice"),
-    ]
-    .into_iter()
-    .find(|p| p.is_dir())
-    .expect("tests/fixtures/slice must exist")
+    crate::test_support::first_dir(
+        &["tests/fixtures/slice", "../../main/tests/fixtures/slice"],
+        "tests/fixtures/slice must exist",
+    )
 }
 
 pub(super) fn wide() -> SliceOptions {
