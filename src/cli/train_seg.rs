@@ -137,6 +137,11 @@ pub struct TrainSegArgs {
     /// Random flips and small intensity jitter (the original has none).
     #[arg(long)]
     pub augment: bool,
+    /// Also train on slices without lesions, as negatives (every anchor and RoI background):
+    /// hard negatives such as magnified vessels then teach the detector what is not a lesion.
+    /// The original skips such slices (off: the original).
+    #[arg(long)]
+    pub train_empty: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
     /// Name used for checkpoint files.
@@ -220,6 +225,7 @@ pub fn run_train(a: &TrainSegArgs) -> anyhow::Result<()> {
         seed: a.seed,
         val_train_mode: a.val_train_mode,
         augment: a.augment,
+        train_empty: a.train_empty,
         device,
         model_name: a.model_name.clone(),
     };

@@ -138,7 +138,8 @@ impl Anatomy {
         }
     }
 
-    /// Liver and the stomach or spleen rising into the cavity at the base.
+    /// Liver and the stomach or spleen rising into the cavity at the base, in front of the
+    /// posterior recesses (the domes are highest in front, the recesses deepest at the back).
     pub(super) fn paint_domes(&self, c: &mut Canvas) {
         let s = self.s;
         let (vx, vy) = self.spine;
@@ -151,11 +152,11 @@ impl Anatomy {
             let (alpha, depth) = self.polar(x, y);
             (depth - self.wall(alpha)[5] + 0.5).clamp(0.0, 1.0) as f32
         };
-        let liver = Ellipse::new(vx - 35.0 * s, vy - 48.0 * s, 150.0 * s * q, 105.0 * s * q, 0.15);
+        let liver = Ellipse::new(vx - 35.0 * s, vy - 85.0 * s, 150.0 * s * q, 105.0 * s * q, 0.15);
         c.ellipse_in(&liver, Fill::Plain(58.0, 4.0, Tissue::Soft), &cavity);
         let q2 = ((self.z - 0.78) / 0.14).clamp(0.0, 1.0);
         if q2 > 0.0 {
-            let stomach = Ellipse::new(vx + 72.0 * s, vy - 60.0 * s, 85.0 * s * q2, 70.0 * s * q2, -0.3);
+            let stomach = Ellipse::new(vx + 72.0 * s, vy - 95.0 * s, 85.0 * s * q2, 70.0 * s * q2, -0.3);
             c.ellipse_in(&stomach, Fill::Plain(35.0, 5.0, Tissue::Soft), &cavity);
             let bubble = Ellipse::new(
                 stomach.cx + 10.0 * s,
@@ -169,10 +170,12 @@ impl Anatomy {
         self.paint_recesses(c);
     }
 
-    /// Below the dome tops (z > 0.8) the abdominal organs fill the cavity; the lungs are left as
-    /// recesses around the domes, deepest at the back, that thin towards the base.
-    /// Their inner border is a broad partial-volume band (the dome surface runs obliquely
-    /// through the slice thickness), so the thin lung there is grey, not black, and normal.
+    /// Below the dome tops (z > 0.8) the abdominal organs fill the cavity from the front; the
+    /// lungs are left as recesses around the domes: the posterior costophrenic recesses, crescents
+    /// along the back beside the spine, are the deepest and last to go, the anterior and lateral
+    /// lung thins first. Their inner border is a broad partial-volume band (the dome surface runs
+    /// obliquely through the slice thickness), so the thin lung there is grey, not black, and
+    /// normal, down to the grey tips of the crescents.
     fn paint_recesses(&self, c: &mut Canvas) {
         let q = ((self.z - 0.8) / 0.12).clamp(0.0, 1.0);
         if q <= 0.0 {
@@ -191,8 +194,7 @@ impl Anatomy {
                 let (alpha, depth) = self.polar(x as f64, y as f64);
                 let inside = depth - self.wall(alpha)[5];
                 let back = bump(alpha.abs(), 2.6, 0.9);
-                let recess =
-                    s * ((8.0 + 60.0 * (1.0 - q)) * back + 250.0 * (1.0 - q).powf(1.5) * (1.0 - back));
+                let recess = s * ((10.0 + 70.0 * (1.0 - q)) * back + 20.0 * (1.0 - q).powi(2) * (1.0 - back));
                 let w = ((inside - recess) / band).clamp(0.0, 1.0) as f32;
                 let w = w * w * (3.0 - 2.0 * w) * c.lung[i];
                 let organ = if (x as f64) < self.cx { 58.0 } else { 45.0 };

@@ -384,6 +384,20 @@ fn lung_bases_are_small_recesses_with_grey_partial_volume_edges() {
             lb.len(),
             lm.len()
         );
+        // the recesses left are posterior (the domes rise highest in front): most base lung
+        // pixels lie behind the mid-lung level's lung centre
+        let rows = |ph: &Phantom| -> Vec<usize> {
+            (0..512 * 512)
+                .filter(|&i| ph.mask[i] == 1)
+                .map(|i| i / 512)
+                .collect()
+        };
+        let centre = rows(&mid).iter().sum::<usize>() as f64 / rows(&mid).len() as f64;
+        let back = rows(&base).iter().filter(|&&y| y as f64 > centre).count() as f64 / lb.len() as f64;
+        assert!(
+            back > 0.7,
+            "seed {seed}: {back} of the base's lung behind the centre"
+        );
         // the dome's band: lung pixels raised part-way to the organs' HU
         let grey = |l: &[i16]| l.iter().filter(|h| (-650..-250).contains(*h)).count() as f64 / l.len() as f64;
         assert!(

@@ -1,7 +1,8 @@
 //! The segmentation trainer (spec §2.7): batch 1, the plain sum of the five losses, Adam with
 //! L2 weight decay and optional MultiStepLR drops, slices without lesions skipped but counted in
-//! the epoch average, a validation pass each epoch (eval mode by default; the original's
-//! train-mode pass is an option).
+//! the epoch average (or, with `train_empty`, trained as negatives: every anchor and RoI is
+//! background), a validation pass each epoch (eval mode by default; the original's train-mode
+//! pass is an option).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,9 @@ pub struct SegTrainOptions {
     pub seed: i64,
     pub val_train_mode: bool,
     pub augment: bool,
+    /// Train on slices without lesions too, as negatives (torchvision's detection models accept
+    /// empty targets); the original skips them (off: the original).
+    pub train_empty: bool,
     pub device: Device,
     pub model_name: String,
 }
@@ -53,6 +57,7 @@ impl Default for SegTrainOptions {
             seed: 0,
             val_train_mode: false,
             augment: false,
+            train_empty: false,
             device: Device::Cpu,
             model_name: "ctmask_segmentation".into(),
         }
@@ -223,7 +228,7 @@ pub fn train_segmentation(
         let mut sums = [0.0f64; 6];
         for (step, &i) in rng_order.iter().enumerate() {
             let (slice, inst, path) = train.item(i).map_err(|e| Error::Other(e.to_string()))?;
-            if inst.is_empty() {
+            if inst.is_empty() && !opts.train_empty {
                 continue; // the original skips empty slices but counts them in the average
             }
             let (mut img, mut t) = to_example(&slice, &inst, opts.device)?;

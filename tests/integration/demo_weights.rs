@@ -59,11 +59,11 @@ fn demo_segmentation_scores_on_a_test_subset() {
         ctmask::model::default_mask_threshold(),
     )
     .unwrap();
-    // the card's unseen seed-6363 set, first 15 of its 90 slices: AP@0.5 0.8887 and mAP 0.7283
-    // when the card was written (0.9220 on all 90, over the 0.75 target); the bound is the
+    // the card's unseen seed-6363 set, first 15 of its 90 slices: AP@0.5 0.8058 and mAP 0.6492
+    // when the card was written (0.8301 on all 90, over the 0.75 target); the bound is the
     // measured figure less 0.05, so one borderline detection on another CPU keeps it
-    assert!(m.ap_50 >= 0.8887 - 0.05, "AP@0.5 {}", m.ap_50);
-    assert!(m.map_50_95 >= 0.7283 - 0.05, "mAP {}", m.map_50_95);
+    assert!(m.ap_50 >= 0.8058 - 0.05, "AP@0.5 {}", m.ap_50);
+    assert!(m.map_50_95 >= 0.6492 - 0.05, "mAP {}", m.map_50_95);
 }
 
 /// The confusion matrix of the demo classifier on the first 15 slices of a synthetic COVIDx set.
@@ -92,13 +92,13 @@ fn demo_classifier_confusion(seed: u64) -> [[u64; 3]; 3] {
 
 #[test]
 fn demo_classifier_scores_on_a_test_subset() {
-    // the first 15 slices of seed 6262 as the current generator draws them (its bases and halos
-    // changed after this classifier was trained): 11 right ([[4,0,1],[0,4,1],[1,1,3]]) when the
-    // card was updated; accuracy 0.833 on the unseen seed-6464 set, under the 0.95 target (see
-    // the card). At most one borderline slice may differ on another CPU.
+    // the first 15 slices of seed 6262 as the current generator draws them (posterior recesses
+    // at the bases since this classifier was trained): all 15 right when the card was updated;
+    // accuracy 0.844 on the unseen 90-slice seed-6464 set, under the 0.95 target (see the card).
+    // At most one borderline slice may differ on another CPU.
     let cm = demo_classifier_confusion(6262);
     let right: u64 = (0..3).map(|k| cm[k][k]).sum();
-    assert!(right >= 11 - 1, "{cm:?}");
+    assert!(right >= 15 - 1, "{cm:?}");
     assert!(cm[0][0] >= 4, "control slices: {cm:?}");
 }
 
@@ -235,8 +235,8 @@ fn demo_weights_on_real_normal_slices_count_no_lesion_outside_the_lungs() {
             }
         }
         // The targets on these slices, label control and involvement under 1 %: the
-        // chest crop is labelled control (asserted); its involvement (11 %) and the lung-base
-        // slice (pneumonia, 23 %) are NOT met by the current demo weights (see the cards):
+        // chest crop is labelled control (asserted); its involvement (3.9 %) and the lung-base
+        // slice (pneumonia, 4.5 %) are NOT met by the current demo weights (see the cards):
         // recorded here, not asserted, until weights meet them.
         if name.starts_with("chest_ct1") && label != Some("control") {
             failures.push(format!("{name}: labelled {label:?}, not control"));

@@ -46,6 +46,7 @@ fn resume_continues_from_the_saved_epoch_and_optimizer_state() {
         seed: 1,
         val_train_mode: false,
         augment: false,
+        train_empty: false,
         device: tch::Device::Cpu,
         model_name: "t".into(),
     };
@@ -95,4 +96,86 @@ fn resume_continues_from_the_saved_epoch_and_optimizer_state() {
     assert_eq!(epochs, vec!["1", "2"]);
     let (_, meta) = ctmask::model::weights::read_config(&ck2).unwrap();
     assert_eq!(meta["epoch"], "2");
+}
+
+#[test]
+fn train_empty_trains_on_slices_without_lesions_as_negatives_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cncb");
+    run_synth(&SynthOptions {
+        out: data.clone(),
+        layout: Layout::Cncb,
+        count: 2,
+        seed: 5,
+        class: ClassChoice::Control,
+        size: 128,
+        preview: false,
+        zoom: 0.0,
+    })
+    .unwrap();
+    let set = CncbDataset::open(
+        &data.join("imgs"),
+        &data.join("masks"),
+        None,
+        CncbOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(set.len(), 2);
+    assert!(
+        (0..2).all(|i| set.item(i).unwrap().1.is_empty()),
+        "controls have no lesion"
+    );
+    let model = MaskRcnn::new(&super::common::tiny_config(), tch::Device::Cpu).unwrap();
+    let steps = |train_empty: bool, name: &str| {
+        let out = dir.path().join(name);
+        let ck = train_segmentation(
+            &model,
+            &set,
+            None,
+            &SegTrainOptions {
+                out: out.clone(),
+                epochs: 1,
+                lr: 1e-4,
+                save_every: 1,
+                seed: 2,
+                train_empty,
+                model_name: "t".into(),
+                ..SegTrainOptions::default()
+            },
+            None,
+        )
+        .unwrap();
+        let step = tch::Tensor::read_safetensors(optimizer_path(&ck))
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| n == "step")
+            .map_or(0, |(_, t)| t.int64_value(&[0]));
+        let log = std::fs::read_to_string(out.join("training_log.csv")).unwrap();
+        let row: Vec<f64> = log
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect();
+        (step, row)
+    };
+    // the original skips them: no optimizer step, every loss zero
+    let (skipped, row) = steps(false, "skip");
+    assert_eq!(skipped, 0);
+    assert!(row[1..6].iter().all(|&v| v == 0.0), "{row:?}");
+    // as negatives: one step per slice; only the two classification losses are non-zero
+    // (columns: epoch, classifier, box_reg, mask, objectness, rpn_box_reg, total, val, seconds)
+    let (trained, row) = steps(true, "neg");
+    assert_eq!(trained, 2);
+    assert!(
+        row[1] > 0.0 && row[4] > 0.0,
+        "classifier and objectness losses: {row:?}"
+    );
+    assert_eq!(
+        (row[2], row[3], row[5]),
+        (0.0, 0.0, 0.0),
+        "no box or mask targets: {row:?}"
+    );
+    assert!(row[6].is_finite());
 }
