@@ -1,33 +1,39 @@
-//! Segmentation training on synthetic CNCB data: checkpoints, the CSV log and the plot, and
-//! `--resume` continuing from the saved epoch with the saved optimizer state.
+//! Segmentation training on synthetic CNCB data: checkpoints, the CSV log and the plot,
+//! `--resume` continuing from the saved epoch with the saved optimizer state, and
+//! `--train-empty` training slices without lesions as negatives.
 
 use ctmask::data::cncb::{CncbDataset, CncbOptions};
 use ctmask::data::synth::{ClassChoice, Layout, SynthOptions, run_synth};
 use ctmask::model::MaskRcnn;
 use ctmask::training::{SegTrainOptions, optimizer_path, train_segmentation};
 
-#[test]
-fn resume_continues_from_the_saved_epoch_and_optimizer_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("cncb");
+/// `count` synthetic 128-pixel CNCB slices of `class` under `dir`, opened as a dataset.
+fn synth_cncb(dir: &std::path::Path, count: usize, seed: u64, class: ClassChoice) -> CncbDataset {
+    let data = dir.join("cncb");
     run_synth(&SynthOptions {
         out: data.clone(),
         layout: Layout::Cncb,
-        count: 3,
-        seed: 4,
-        class: ClassChoice::Covid,
+        count,
+        seed,
+        class,
         size: 128,
         preview: false,
         zoom: 0.0,
     })
     .unwrap();
-    let set = CncbDataset::open(
+    CncbDataset::open(
         &data.join("imgs"),
         &data.join("masks"),
         None,
         CncbOptions::default(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn resume_continues_from_the_saved_epoch_and_optimizer_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = synth_cncb(dir.path(), 3, 4, ClassChoice::Covid);
     let with_lesions = (0..set.len())
         .filter(|&i| !set.item(i).unwrap().1.is_empty())
         .count();
@@ -101,25 +107,7 @@ fn resume_continues_from_the_saved_epoch_and_optimizer_state() {
 #[test]
 fn train_empty_trains_on_slices_without_lesions_as_negatives_only() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("cncb");
-    run_synth(&SynthOptions {
-        out: data.clone(),
-        layout: Layout::Cncb,
-        count: 2,
-        seed: 5,
-        class: ClassChoice::Control,
-        size: 128,
-        preview: false,
-        zoom: 0.0,
-    })
-    .unwrap();
-    let set = CncbDataset::open(
-        &data.join("imgs"),
-        &data.join("masks"),
-        None,
-        CncbOptions::default(),
-    )
-    .unwrap();
+    let set = synth_cncb(dir.path(), 2, 5, ClassChoice::Control);
     assert_eq!(set.len(), 2);
     assert!(
         (0..2).all(|i| set.item(i).unwrap().1.is_empty()),
