@@ -392,7 +392,8 @@ fn lung_bases_are_small_recesses_with_grey_partial_volume_edges() {
                 .map(|i| i / 512)
                 .collect()
         };
-        let centre = rows(&mid).iter().sum::<usize>() as f64 / rows(&mid).len() as f64;
+        let mid_rows = rows(&mid);
+        let centre = mid_rows.iter().sum::<usize>() as f64 / mid_rows.len() as f64;
         let back = rows(&base).iter().filter(|&&y| y as f64 > centre).count() as f64 / lb.len() as f64;
         assert!(
             back > 0.7,

@@ -30,6 +30,17 @@ fn synth_cncb(dir: &std::path::Path, count: usize, seed: u64, class: ClassChoice
     .unwrap()
 }
 
+/// The optimizer steps taken so far, as saved beside checkpoint `ck`.
+fn optimizer_step(ck: &std::path::Path) -> i64 {
+    tch::Tensor::read_safetensors(optimizer_path(ck))
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == "step")
+        .unwrap()
+        .1
+        .int64_value(&[0])
+}
+
 #[test]
 fn resume_continues_from_the_saved_epoch_and_optimizer_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,13 +70,7 @@ fn resume_continues_from_the_saved_epoch_and_optimizer_state() {
     let ck1 = train_segmentation(&model, &set, None, &opts, None).unwrap();
     assert!(ck1.ends_with("t_ckpt_1.safetensors"));
     assert!(out.join("training_curves.png").exists());
-    let step1 = tch::Tensor::read_safetensors(optimizer_path(&ck1))
-        .unwrap()
-        .into_iter()
-        .find(|(n, _)| n == "step")
-        .unwrap()
-        .1
-        .int64_value(&[0]);
+    let step1 = optimizer_step(&ck1);
     assert_eq!(step1 as usize, with_lesions, "one step per slice with lesions");
     // resume: a fresh process would load the checkpoint; epochs 2 of 2 run, the log keeps epoch 1
     let resumed = MaskRcnn::load(&ck1, tch::Device::Cpu).unwrap();
@@ -81,13 +86,7 @@ fn resume_continues_from_the_saved_epoch_and_optimizer_state() {
     )
     .unwrap();
     assert!(ck2.ends_with("t_ckpt_2.safetensors"));
-    let step2 = tch::Tensor::read_safetensors(optimizer_path(&ck2))
-        .unwrap()
-        .into_iter()
-        .find(|(n, _)| n == "step")
-        .unwrap()
-        .1
-        .int64_value(&[0]);
+    let step2 = optimizer_step(&ck2);
     assert_eq!(
         step2,
         2 * step1,
@@ -133,11 +132,7 @@ fn train_empty_trains_on_slices_without_lesions_as_negatives_only() {
             None,
         )
         .unwrap();
-        let step = tch::Tensor::read_safetensors(optimizer_path(&ck))
-            .unwrap()
-            .into_iter()
-            .find(|(n, _)| n == "step")
-            .map_or(0, |(_, t)| t.int64_value(&[0]));
+        let step = optimizer_step(&ck);
         let log = std::fs::read_to_string(out.join("training_log.csv")).unwrap();
         let row: Vec<f64> = log
             .lines()
