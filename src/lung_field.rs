@@ -14,9 +14,12 @@
 //!    consolidation surrounded by lung).
 //! 4. A lobar consolidation can replace a whole stretch of the lung's edge, more than any
 //!    closing restores. [`LungField::with_lesions`] therefore adds the pixels of detected
-//!    lesions that lie mostly (at least [`SEED_FRACTION`]) in the field or a lung's convex hull,
-//!    or whose border lies on the field for at least [`SEED_CONTACT`], and connect to it; a detection in the fat, the breasts or the muscles outside
-//!    the ribs lies outside the hulls, which follow the lungs' outer edge, and adds nothing.
+//!    lesions that lie mostly (at least [`SEED_FRACTION`]) in the field or a lung's convex hull
+//!    (with a lung on each side, also the hulls' mirror images across the midline: a lobar
+//!    consolidation that replaced the front of one lung lies in the other's mirrored hull), or
+//!    whose border lies on the field for at least [`SEED_CONTACT`], and connect to it; a
+//!    detection in the fat, the breasts or the muscles outside the ribs lies outside the hulls,
+//!    which follow the lungs' outer edge, and adds nothing.
 //!    (A detection in the heart can lie inside the left lung's hull: the gate does not catch
 //!    every false positive.)
 //!
@@ -55,7 +58,8 @@ pub struct LungField {
     pub mask: Vec<bool>,
     /// Number of lungs (components) found.
     pub lungs: usize,
-    /// `H*W`: inside the convex hull of a lung's air-like pixels.
+    /// `H*W`: inside the convex hull of a lung's air-like pixels, or (with a lung on each side)
+    /// inside the mirror image of such a hull across the midline between them.
     pub hull: Vec<bool>,
 }
 
@@ -66,7 +70,7 @@ impl LungField {
 
     /// The field with the lesions of the lung, and the fraction of each lesion's mask inside
     /// it. A lesion with at least [`SEED_FRACTION`] of its mask in the field or the lungs'
-    /// convex hulls, or [`SEED_CONTACT`] of its border on the field, is a lesion of the lung: its pixels connected to the field (4-connected,
+    /// convex hulls (and their mirror images), or [`SEED_CONTACT`] of its border on the field, is a lesion of the lung: its pixels connected to the field (4-connected,
     /// through the pixels of such lesions) join it. A lesion in the chest wall or the fat lies
     /// outside the hulls (they follow the lungs' outer edge), adds nothing and keeps its small
     /// fraction.
@@ -178,12 +182,38 @@ pub fn lung_field_hu(hu: &[f32], w: usize, h: usize, spacing_mm: f64) -> LungFie
         close_and_fill(&comp, w, h, radius, &mut mask);
         fill_hull(&comp, w, &mut hull);
     }
+    mirror_hulls(&mask, w, h, &mut hull);
     LungField {
         width: w,
         height: h,
         mask,
         lungs,
         hull,
+    }
+}
+
+/// With a lung on each side, add the hulls' mirror images across the midline between the lungs'
+/// outer edges: a lobar consolidation that replaced the front or the side of one lung (its air
+/// hull then stops short of the chest wall there) lies inside the other lung's mirrored hull,
+/// which follows the chest's outer edge too. Skipped when one side holds less than a fifth of
+/// the field (one lung in view, a crop).
+fn mirror_hulls(field: &[bool], w: usize, h: usize, hull: &mut [bool]) {
+    let xs = || (0..w * h).filter(|&i| field[i]).map(|i| i % w);
+    let (Some(lo), Some(hi)) = (xs().min(), xs().max()) else {
+        return;
+    };
+    let twice_mid = lo + hi;
+    let total = xs().count();
+    let left = xs().filter(|&x| 2 * x < twice_mid).count();
+    if 5 * left < total || 5 * (total - left) < total {
+        return;
+    }
+    let own = hull.to_vec();
+    for i in (0..w * h).filter(|&i| own[i]) {
+        let x = i % w;
+        if let Some(mx) = twice_mid.checked_sub(x).filter(|&mx| mx < w) {
+            hull[i - x + mx] = true;
+        }
     }
 }
 

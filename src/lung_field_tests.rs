@@ -74,7 +74,10 @@ fn phantom_lungs_with_their_lesions_match_the_generator_mask() {
                 let lesions = lesion_components(&ph.mask, 512);
                 let alone = iou(&field.mask, &truth);
                 let (with, fractions) = field.with_lesions(&lesions);
-                assert!(fractions.iter().all(|&f| f >= 0.95), "{fractions:?}");
+                assert!(
+                    fractions.iter().all(|&f| f >= 0.95),
+                    "seed {seed} {class:?} z {z}: {fractions:?}"
+                );
                 let score = iou(&with, &truth);
                 assert!(score >= 0.95, "seed {seed} {class:?} z {z}: IoU {score:.3}");
                 // the air-based field alone holds the lungs of a slice without large lesions
@@ -152,4 +155,50 @@ fn real_slices_lung_base_chest_crop_and_head() {
     // the head has no lungs
     let head = lung_field(&real("head_ct_693_j2k_lossy.dcm"));
     assert_eq!((head.lungs, head.pixels()), (0, 0));
+}
+
+/// A disc of radius `r` px at `(cx, cy)` as a lesion mask.
+fn disc(n: usize, cx: usize, cy: usize, r: usize) -> Vec<bool> {
+    (0..n * n)
+        .map(|i| (i % n).abs_diff(cx).pow(2) + (i / n).abs_diff(cy).pow(2) <= r * r)
+        .collect()
+}
+
+#[test]
+fn detections_in_the_chest_wall_stay_outside_the_field_with_mirrored_hulls() {
+    // what the gate is for: "lesions" in the subcutaneous fat and muscles beside the lungs, and
+    // behind the spine, are not taken into the field, though the hulls are mirrored across the
+    // midline (the lungs are symmetric enough that a mirrored hull stays inside the ribs)
+    for seed in 0..4u64 {
+        let ph = phantom_with(&PhantomSpec {
+            z: 0.5,
+            ..PhantomSpec::new(seed, LesionClass::Control, 512)
+        });
+        let hu: Vec<f32> = ph.hu.iter().map(|&v| f32::from(v)).collect();
+        let field = lung_field_hu(&hu, 512, 512, ph.pixel_spacing_mm);
+        assert_eq!(field.lungs, 2, "seed {seed}");
+        // the lungs' middle row and their lateral extent
+        let lung: Vec<usize> = (0..512 * 512).filter(|&i| ph.mask[i] == 1).collect();
+        let cy = lung.iter().map(|&i| i / 512).sum::<usize>() / lung.len();
+        let row = |x: usize| ph.mask[cy * 512 + x] == 1;
+        let (lo, hi) = (
+            (0..512).find(|&x| row(x)).unwrap(),
+            (0..512).rev().find(|&x| row(x)).unwrap(),
+        );
+        // the body's outer edge on that row (skin: first pixel denser than -500 HU)
+        let body = |x: usize| hu[cy * 512 + x] > -500.0;
+        let skin_l = (0..lo).find(|&x| body(x)).unwrap();
+        let skin_r = (hi..512).rev().find(|&x| body(x)).unwrap();
+        let spine_back = (cy..512).rev().find(|&y| hu[y * 512 + 256] > -500.0).unwrap();
+        let walls = [
+            disc(512, (skin_l + lo) / 2, cy, 6),
+            disc(512, (skin_r + hi) / 2, cy, 6),
+            disc(512, 256, spine_back - 12, 6),
+        ];
+        let (_, fractions) = field.with_lesions(&walls);
+        assert!(
+            fractions.iter().all(|&f| f < 0.5),
+            "seed {seed}: chest-wall discs taken into the field: {fractions:?}"
+        );
+    }
 }

@@ -116,12 +116,15 @@ pub fn phantom_and_tissues(spec: &PhantomSpec) -> (Phantom, Vec<u8>) {
     (phantom, tissue)
 }
 
-/// Branching vessel trees from each hilum, thinning towards the periphery, plus dot
-/// cross-sections that shrink with the distance from the hilum; partial-volume blurred and
-/// pulled to about +40 HU (blood).
+/// Branching vessel trees from each hilum, thinning towards the periphery, plus the vessels the
+/// slice cuts everywhere else in the lung: short segments (some forking) running away from the
+/// hilum and dot cross-sections, about one per 1200 lung pixels and fainter than the trees, that shrink with the distance
+/// from the hilum but still reach the pleura (a real slice shows them out to the chest wall; a
+/// lung left empty there taught the detector that any bright spot near the edge of a zoomed
+/// view is a lesion). Partial-volume blurred and pulled to about +40 HU (blood).
 fn add_vessels(rng: &mut Rng, anatomy: &Anatomy, hu: &mut [f32], mask: &[u8], n: usize) {
     let s = anatomy.s;
-    let mut weight = vec![0.0f32; n * n];
+    let (mut weight, mut fine) = (vec![0.0f32; n * n], vec![0.0f32; n * n]);
     for (side, &hilum) in anatomy.hila.iter().enumerate() {
         let out = if side == 0 { std::f64::consts::PI } else { 0.0 };
         let sign = if side == 0 { -1.0 } else { 1.0 };
@@ -130,6 +133,22 @@ fn add_vessels(rng: &mut Rng, anatomy: &Anatomy, hu: &mut [f32], mask: &[u8], n:
             let angle = out + sign * (t as f64 - 1.0) * 0.8 + rng.range(-0.25, 0.25);
             branch(rng, &mut weight, n, mask, hilum, angle, 1.8 * s, 18.0 * s, 1);
         }
+        // the lower-lobe arteries and veins run down behind the hilum: the slice cuts them as
+        // large round or oval cross-sections (2-4 mm) in the posterior lung, beside the spine
+        let below: Vec<usize> = (0..n * n)
+            .filter(|&i| mask[i] == 1 && ((i % n) < n / 2) == (side == 0) && (i / n) as f64 > hilum.1)
+            .collect();
+        if !below.is_empty() {
+            for _ in 0..rng.int(1, 3) {
+                let i = below[rng.int(0, below.len() as u32 - 1) as usize];
+                let (x, y) = ((i % n) as f64, (i / n) as f64);
+                let r = rng.range(1.4, 2.6) * s;
+                let tilt = rng.range(0.0, std::f64::consts::PI);
+                let len = rng.range(0.0, 2.5) * r;
+                let d = (len * tilt.cos(), len * tilt.sin());
+                soft_stroke(&mut weight, n, (x - d.0, y - d.1), (x + d.0, y + d.1), r, r * 0.9);
+            }
+        }
         let reach = 170.0 * s;
         let lung_px = mask
             .iter()
@@ -137,29 +156,44 @@ fn add_vessels(rng: &mut Rng, anatomy: &Anatomy, hu: &mut [f32], mask: &[u8], n:
             .filter(|&(i, &m)| m == 1 && ((i % n) < n / 2) == (side == 0))
             .count();
         let per = (s * s).max(1e-3);
-        let (segments, dots) = (lung_px as f64 / (6000.0 * per), lung_px as f64 / (2600.0 * per));
-        for k in 0..(segments + dots) as usize {
+        let (segments, dots) = (lung_px as f64 / (3000.0 * per), lung_px as f64 / (2000.0 * per));
+        // points drawn over the whole slice until enough have landed in this lung
+        let (wanted, mut k) = ((segments + dots) as usize, 0usize);
+        for _ in 0..wanted * 60 {
+            if k >= wanted {
+                break;
+            }
             let (x, y) = (rng.range(0.0, n as f64), rng.range(0.0, n as f64));
             if mask[y as usize * n + x as usize] != 1 || ((x as usize) < n / 2) != (side == 0) {
                 continue;
             }
+            k += 1;
             let d = ((x - hilum.0).powi(2) + (y - hilum.1).powi(2)).sqrt();
             let near = (1.0 - d / reach).max(0.0);
-            let r = (1.2 * near + rng.range(0.2, 0.6)) * s;
+            let r = (1.3 * near + rng.range(0.25, 0.6)) * s;
             if (k as f64) < segments {
                 // a vessel running away from the hilum, cut obliquely by the slice
                 let dir = (y - hilum.1).atan2(x - hilum.0) + rng.range(-0.4, 0.4);
                 let len = rng.range(6.0, 22.0) * s * (0.5 + 0.5 * near);
                 let to = (x + len * dir.cos(), y + len * dir.sin());
-                soft_stroke(&mut weight, n, (x, y), to, r, r * 0.75);
+                soft_stroke(&mut fine, n, (x, y), to, r, r * 0.75);
+                if rng.chance(0.4) {
+                    // a twig forking off half-way
+                    let mid = ((x + to.0) / 2.0, (y + to.1) / 2.0);
+                    let turn = dir + if rng.chance(0.5) { 0.6 } else { -0.6 };
+                    let tip = (mid.0 + 0.5 * len * turn.cos(), mid.1 + 0.5 * len * turn.sin());
+                    soft_stroke(&mut fine, n, mid, tip, r * 0.75, r * 0.5);
+                }
             } else {
-                soft_disc(&mut weight, n, x, y, r);
+                soft_disc(&mut fine, n, x, y, r);
             }
         }
     }
     for i in 0..n * n {
-        if mask[i] == 1 && weight[i] > 0.0 {
-            hu[i] += (40.0 - hu[i]) * weight[i] * 0.9;
+        // the small vessels are partial-volumed more (thinner than the slice is thick)
+        let w = weight[i].max(0.5 * fine[i]);
+        if mask[i] == 1 && w > 0.0 {
+            hu[i] += (40.0 - hu[i]) * w * 0.9;
         }
     }
 }

@@ -148,12 +148,20 @@ pub fn segmentation_parameters(model: &MaskRcnn) -> Vec<(String, Tensor)> {
     v
 }
 
-/// Mean of the five losses and their sum over a data set (no optimiser step).
-pub fn validation_losses(model: &MaskRcnn, data: &CncbDataset, train_mode: bool) -> Result<[f64; 6]> {
+/// Mean of the five losses and their sum over a data set (no optimiser step). Slices without
+/// lesions count as zero (the original's average) unless `with_empty`, which scores them as
+/// negatives the way `train_empty` trains them, so that the validation loss measures what is
+/// trained.
+pub fn validation_losses(
+    model: &MaskRcnn,
+    data: &CncbDataset,
+    train_mode: bool,
+    with_empty: bool,
+) -> Result<[f64; 6]> {
     let mut acc = [0.0; 6];
     for i in 0..data.len() {
         let (slice, inst, _) = data.item(i).map_err(|e| Error::Other(e.to_string()))?;
-        if inst.is_empty() {
+        if inst.is_empty() && !with_empty {
             continue;
         }
         let (img, t) = to_example(&slice, &inst, model.device())?;
@@ -260,7 +268,7 @@ pub fn train_segmentation(
         let n = train.len().max(1) as f64;
         let means = sums.map(|v| v / n);
         let val_total = match val {
-            Some(v) => validation_losses(model, v, opts.val_train_mode)?[5],
+            Some(v) => validation_losses(model, v, opts.val_train_mode, opts.train_empty)?[5],
             None => f64::NAN,
         };
         let secs = started.elapsed().as_secs_f64();

@@ -59,11 +59,12 @@ fn demo_segmentation_scores_on_a_test_subset() {
         ctmask::model::default_mask_threshold(),
     )
     .unwrap();
-    // the card's unseen seed-6363 set, first 15 of its 90 slices: AP@0.5 0.8058 and mAP 0.6492
-    // when the card was written (0.8301 on all 90, over the 0.75 target); the bound is the
-    // measured figure less 0.05, so one borderline detection on another CPU keeps it
-    assert!(m.ap_50 >= 0.8058 - 0.05, "AP@0.5 {}", m.ap_50);
-    assert!(m.map_50_95 >= 0.6492 - 0.05, "mAP {}", m.map_50_95);
+    // the card's unseen seed-6363 set, first 15 of its 90 slices as the current generator draws
+    // them: AP@0.5 0.8114 and mAP 0.6504 when the card was updated (0.8397 on all 90, over the
+    // 0.75 target); the bound is the measured figure less 0.05, so one borderline detection on
+    // another CPU keeps it
+    assert!(m.ap_50 >= 0.8114 - 0.05, "AP@0.5 {}", m.ap_50);
+    assert!(m.map_50_95 >= 0.6504 - 0.05, "mAP {}", m.map_50_95);
 }
 
 /// The confusion matrix of the demo classifier on the first 15 slices of a synthetic COVIDx set.
@@ -92,10 +93,10 @@ fn demo_classifier_confusion(seed: u64) -> [[u64; 3]; 3] {
 
 #[test]
 fn demo_classifier_scores_on_a_test_subset() {
-    // the first 15 slices of seed 6262 as the current generator draws them (posterior recesses
-    // at the bases since this classifier was trained): all 15 right when the card was updated;
-    // accuracy 0.844 on the unseen 90-slice seed-6464 set, under the 0.95 target (see the card).
-    // At most one borderline slice may differ on another CPU.
+    // the first 15 slices of seed 6262 as the current generator draws them: all 15 right when
+    // the card was written; accuracy 0.933 on the unseen 90-slice seed-6464 set and 0.947 on the
+    // 300-slice seed-6868 set, just under the 0.95 target (see the card). At most one
+    // borderline slice may differ on another CPU.
     let cm = demo_classifier_confusion(6262);
     let right: u64 = (0..3).map(|k| cm[k][k]).sum();
     assert!(right >= 15 - 1, "{cm:?}");
@@ -234,15 +235,16 @@ fn demo_weights_on_real_normal_slices_count_no_lesion_outside_the_lungs() {
                 failures.push(format!("{name}: counted lesion with {inside} in the lung field"));
             }
         }
-        // The targets on these slices, label control and involvement under 1 %: the
-        // chest crop is labelled control (asserted); its involvement (3.9 %) and the lung-base
-        // slice (pneumonia, 4.5 %) are NOT met by the current demo weights (see the cards):
-        // recorded here, not asserted, until weights meet them.
-        if name.starts_with("chest_ct1") && label != Some("control") {
+        // The targets on these slices, label control and involvement under 1 %: both
+        // are labelled control (asserted; control 0.89 and 0.72 when the card was written); the
+        // involvement (3.9 % and 4.5 %, one to five low-scored detections in small lung fields)
+        // is NOT met by the current demo weights (see the cards): recorded here, not asserted,
+        // until weights meet it.
+        if label != Some("control") {
             failures.push(format!("{name}: labelled {label:?}, not control"));
         }
-        if label != Some("control") || involved >= 0.01 {
-            eprintln!("{name}: target not met (label {label:?}, involvement {involved:.3})");
+        if involved >= 0.01 {
+            eprintln!("{name}: target not met (involvement {involved:.3})");
         }
         if f.lung_field_px.is_none_or(|p| p == 0) {
             failures.push(format!("{name}: no lung field"));

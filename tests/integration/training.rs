@@ -118,7 +118,7 @@ fn train_empty_trains_on_slices_without_lesions_as_negatives_only() {
         let ck = train_segmentation(
             &model,
             &set,
-            None,
+            Some(&set),
             &SegTrainOptions {
                 out: out.clone(),
                 epochs: 1,
@@ -143,10 +143,10 @@ fn train_empty_trains_on_slices_without_lesions_as_negatives_only() {
             .collect();
         (step, row)
     };
-    // the original skips them: no optimizer step, every loss zero
+    // the original skips them: no optimizer step, every loss zero, validation included
     let (skipped, row) = steps(false, "skip");
     assert_eq!(skipped, 0);
-    assert!(row[1..6].iter().all(|&v| v == 0.0), "{row:?}");
+    assert!(row[1..8].iter().all(|&v| v == 0.0), "{row:?}");
     // as negatives: one step per slice; only the two classification losses are non-zero
     // (columns: epoch, classifier, box_reg, mask, objectness, rpn_box_reg, total, val, seconds)
     let (trained, row) = steps(true, "neg");
@@ -161,4 +161,6 @@ fn train_empty_trains_on_slices_without_lesions_as_negatives_only() {
         "no box or mask targets: {row:?}"
     );
     assert!(row[6].is_finite());
+    // and validated as negatives too: the validation loss measures what is trained
+    assert!(row[7] > 0.0, "validation loss of the negatives: {row:?}");
 }
