@@ -116,9 +116,10 @@ pub fn phantom_and_tissues(spec: &PhantomSpec) -> (Phantom, Vec<u8>) {
     (phantom, tissue)
 }
 
-/// Branching vessel trees from each hilum, thinning towards the periphery, plus the vessels the
-/// slice cuts everywhere else in the lung: short segments (some forking) running away from the
-/// hilum and dot cross-sections, about one per 1200 lung pixels and fainter than the trees, that shrink with the distance
+/// Branching vessel trees from each hilum, thinning towards the periphery; large lower-lobe
+/// cross-sections in the posterior lung; and the vessels the slice cuts everywhere else in the
+/// lung: short segments (some forking) running away from the hilum and dot cross-sections,
+/// about one per 1200 lung pixels and fainter than the trees, that shrink with the distance
 /// from the hilum but still reach the pleura (a real slice shows them out to the chest wall; a
 /// lung left empty there taught the detector that any bright spot near the edge of a zoomed
 /// view is a lesion). Partial-volume blurred and pulled to about +40 HU (blood).
