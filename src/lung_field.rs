@@ -198,13 +198,13 @@ pub fn lung_field_hu(hu: &[f32], w: usize, h: usize, spacing_mm: f64) -> LungFie
 /// which follows the chest's outer edge too. Skipped when one side holds less than a fifth of
 /// the field (one lung in view, a crop).
 fn mirror_hulls(field: &[bool], w: usize, h: usize, hull: &mut [bool]) {
-    let xs = || (0..w * h).filter(|&i| field[i]).map(|i| i % w);
-    let (Some(lo), Some(hi)) = (xs().min(), xs().max()) else {
+    let xs: Vec<usize> = (0..w * h).filter(|&i| field[i]).map(|i| i % w).collect();
+    let (Some(&lo), Some(&hi)) = (xs.iter().min(), xs.iter().max()) else {
         return;
     };
     let twice_mid = lo + hi;
-    let total = xs().count();
-    let left = xs().filter(|&x| 2 * x < twice_mid).count();
+    let total = xs.len();
+    let left = xs.iter().filter(|&&x| 2 * x < twice_mid).count();
     if 5 * left < total || 5 * (total - left) < total {
         return;
     }

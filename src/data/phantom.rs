@@ -129,6 +129,8 @@ fn add_vessels(rng: &mut Rng, anatomy: &Anatomy, hu: &mut [f32], mask: &[u8], n:
     for (side, &hilum) in anatomy.hila.iter().enumerate() {
         let out = if side == 0 { std::f64::consts::PI } else { 0.0 };
         let sign = if side == 0 { -1.0 } else { 1.0 };
+        // this lung's half of the slice (the left half holds hilum 0)
+        let on_side = |x: usize| (x < n / 2) == (side == 0);
         for t in 0..3 {
             // short trunks fanning out from the hilum
             let angle = out + sign * (t as f64 - 1.0) * 0.8 + rng.range(-0.25, 0.25);
@@ -137,7 +139,7 @@ fn add_vessels(rng: &mut Rng, anatomy: &Anatomy, hu: &mut [f32], mask: &[u8], n:
         // the lower-lobe arteries and veins run down behind the hilum: the slice cuts them as
         // large round or oval cross-sections (2-4 mm) in the posterior lung, beside the spine
         let below: Vec<usize> = (0..n * n)
-            .filter(|&i| mask[i] == 1 && ((i % n) < n / 2) == (side == 0) && (i / n) as f64 > hilum.1)
+            .filter(|&i| mask[i] == 1 && on_side(i % n) && (i / n) as f64 > hilum.1)
             .collect();
         if !below.is_empty() {
             for _ in 0..rng.int(1, 3) {
@@ -154,7 +156,7 @@ fn add_vessels(rng: &mut Rng, anatomy: &Anatomy, hu: &mut [f32], mask: &[u8], n:
         let lung_px = mask
             .iter()
             .enumerate()
-            .filter(|&(i, &m)| m == 1 && ((i % n) < n / 2) == (side == 0))
+            .filter(|&(i, &m)| m == 1 && on_side(i % n))
             .count();
         let per = (s * s).max(1e-3);
         let (segments, dots) = (lung_px as f64 / (3000.0 * per), lung_px as f64 / (2000.0 * per));
@@ -165,7 +167,7 @@ fn add_vessels(rng: &mut Rng, anatomy: &Anatomy, hu: &mut [f32], mask: &[u8], n:
                 break;
             }
             let (x, y) = (rng.range(0.0, n as f64), rng.range(0.0, n as f64));
-            if mask[y as usize * n + x as usize] != 1 || ((x as usize) < n / 2) != (side == 0) {
+            if mask[y as usize * n + x as usize] != 1 || !on_side(x as usize) {
                 continue;
             }
             k += 1;
