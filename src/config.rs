@@ -101,6 +101,10 @@ pub struct ScreeningSettings {
     /// (it stays listed in the slice report). 0 turns the gate off. The classifier's input is
     /// never changed by it.
     pub min_lung_fraction: Probability,
+    /// On CUDA, run the fixed-shape part of each model (backbone, FPN, RPN head) as captured
+    /// CUDA graphs, replayed batch after batch (fewer kernel launches from the host). Ignored on
+    /// the CPU; where graphs cannot be used, everything runs eagerly (`ctmask doctor` says why).
+    pub cuda_graphs: bool,
 }
 
 impl Default for ScreeningSettings {
@@ -111,6 +115,7 @@ impl Default for ScreeningSettings {
             precision: Precision::Fp32,
             cpu_channels_last: true,
             min_lung_fraction: Probability(0.5),
+            cuda_graphs: false,
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod cuda_graph;
 pub mod daemon;
 pub mod data;
 pub mod device;

@@ -12,12 +12,17 @@ pub fn overlay(s: &Slice, label_mask: &[u8], boxes: &[(Vec<f32>, i64)], class_na
         0 => [0, 0, 0],
         _ => [255, 0, 0],
     };
+    // out = round(rgb * 0.5 + colour * 0.75) per channel, saturating; a colour channel is 0 or
+    // 255, so two 256-entry tables hold every value
+    let blend = |c: u8| -> [u8; 256] {
+        std::array::from_fn(|v| (v as f32 * 0.5 + c as f32 * 0.75).round().clamp(0.0, 255.0) as u8)
+    };
+    let tables = [blend(0), blend(255)];
     let mut out = vec![0u8; w * h * 3];
-    for i in 0..w * h {
+    for (i, (o, px)) in out.chunks_exact_mut(3).zip(s.rgb.chunks_exact(3)).enumerate() {
         let c = colour(label_mask.get(i).copied().unwrap_or(0));
         for ch in 0..3 {
-            let v = s.rgb[i * 3 + ch] as f32 * 0.5 + c[ch] as f32 * 0.75;
-            out[i * 3 + ch] = v.round().clamp(0.0, 255.0) as u8;
+            o[ch] = tables[usize::from(c[ch] == 255)][usize::from(px[ch])];
         }
     }
     for (b, label) in boxes {
@@ -81,5 +86,34 @@ mod tests {
         lm[5 * 8 + 5] = 2;
         let o = overlay(&s, &lm, &[], &["ggo".into(), "consolidation".into()]);
         assert_eq!(&o[(5 * 8 + 5) * 3..(5 * 8 + 5) * 3 + 3], &[0, 0, 191]);
+    }
+
+    #[test]
+    fn overlay_tables_give_the_blend_formula() {
+        // every grey value under every label value, against the original's per-pixel formula
+        let rgb: Vec<u8> = (0..=255u8).flat_map(|v| [v, 255 - v, v / 2]).collect();
+        let s = Slice {
+            width: 256,
+            height: 3,
+            rgb: [rgb.clone(), rgb.clone(), rgb].concat(),
+            hu: None,
+            format: SliceFormat::Png,
+            meta: SliceMeta::default(),
+        };
+        let lm: Vec<u8> = (0..256 * 3).map(|i| (i / 256) as u8).collect();
+        let o = overlay(&s, &lm, &[], &[]);
+        for i in 0..256 * 3 {
+            let c: [f32; 3] = match lm[i] {
+                2 => [0.0, 0.0, 255.0],
+                0 => [0.0; 3],
+                _ => [255.0, 0.0, 0.0],
+            };
+            for ch in 0..3 {
+                let want = (s.rgb[i * 3 + ch] as f32 * 0.5 + c[ch] * 0.75)
+                    .round()
+                    .clamp(0.0, 255.0) as u8;
+                assert_eq!(o[i * 3 + ch], want, "pixel {i} channel {ch}");
+            }
+        }
     }
 }

@@ -108,6 +108,260 @@ impl LungField {
         let fractions = lesions.iter().map(|m| fraction(&out, m)).collect();
         (out, fractions)
     }
+
+    /// [`LungField::with_lesions`] over bit-packed lesion masks, each kept as the words of its
+    /// bounding box ([`MaskCrop`]): the same field (as a [`Bitmap`]) and the same fractions, at
+    /// a cost that follows the lesions' boxes and the frame's words, not lesions x pixels.
+    pub fn with_lesion_crops(&self, lesions: &[MaskCrop]) -> (Bitmap, Vec<f64>) {
+        let (w, h) = (self.width, self.height);
+        let field = Bitmap::from_bools(&self.mask, w, h);
+        let near_px: Vec<bool> = self.mask.iter().zip(&self.hull).map(|(&m, &h)| m || h).collect();
+        let near = Bitmap::from_bools(&near_px, w, h);
+        let mut grows = Bitmap::new(w, h);
+        for m in lesions
+            .iter()
+            .filter(|m| m.fraction_in(&near) >= SEED_FRACTION || contact_crop(&field, m) >= SEED_CONTACT)
+        {
+            m.or_into(&mut grows);
+        }
+        // the grow pixels 4-connected to the field (through grow pixels) join it: seeded from
+        // those beside the field, the same set as a flood from every field pixel
+        let mut out = field.clone();
+        let mut stack = Vec::new();
+        for (idx, (&g, &f)) in grows.words.iter().zip(&field.words).enumerate() {
+            let mut bits = g & !f;
+            let (y, x0) = (idx / grows.words_per_row, 64 * (idx % grows.words_per_row));
+            while bits != 0 {
+                let x = x0 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if neighbours4(y * w + x, w, h).any(|j| field.get(j % w, j / w)) {
+                    out.set(x, y);
+                    stack.push(y * w + x);
+                }
+            }
+        }
+        while let Some(i) = stack.pop() {
+            for j in neighbours4(i, w, h) {
+                let (x, y) = (j % w, j / w);
+                if !out.get(x, y) && grows.get(x, y) {
+                    out.set(x, y);
+                    stack.push(j);
+                }
+            }
+        }
+        let fractions = lesions.iter().map(|m| m.fraction_in(&out)).collect();
+        (out, fractions)
+    }
+}
+
+/// A `width` x `height` binary image bit-packed row by row: `words_per_row` (`width / 64`
+/// rounded up) words a row, pixel `x` of a row in bit `x % 64` of its word `x / 64`; the bits
+/// past the width are 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bitmap {
+    pub width: usize,
+    pub height: usize,
+    pub words_per_row: usize,
+    /// `height * words_per_row` words.
+    pub words: Vec<u64>,
+}
+
+impl Bitmap {
+    /// All off.
+    pub fn new(width: usize, height: usize) -> Self {
+        let words_per_row = width.div_ceil(64);
+        Bitmap {
+            width,
+            height,
+            words_per_row,
+            words: vec![0; words_per_row * height],
+        }
+    }
+
+    /// From `width * height` row-major booleans.
+    pub fn from_bools(m: &[bool], width: usize, height: usize) -> Self {
+        let mut b = Self::new(width, height);
+        for (y, row) in m.chunks_exact(width.max(1)).take(height).enumerate() {
+            for (x, _) in row.iter().enumerate().filter(|&(_, &on)| on) {
+                b.set(x, y);
+            }
+        }
+        b
+    }
+
+    /// As `width * height` row-major booleans.
+    pub fn to_bools(&self) -> Vec<bool> {
+        (0..self.width * self.height)
+            .map(|i| self.get(i % self.width, i / self.width))
+            .collect()
+    }
+
+    pub fn get(&self, x: usize, y: usize) -> bool {
+        self.words[y * self.words_per_row + x / 64] >> (x % 64) & 1 != 0
+    }
+
+    pub fn set(&mut self, x: usize, y: usize) {
+        self.words[y * self.words_per_row + x / 64] |= 1 << (x % 64);
+    }
+
+    /// Pixels on.
+    pub fn count(&self) -> u64 {
+        self.words.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+}
+
+/// One mask of a frame as the words of its bounding box in the frame's [`Bitmap`] layout: rows
+/// `y0..y1`, words `w0..w1` of each (pixels `64 * w0 .. 64 * w1`); the mask is off elsewhere.
+/// A pasted detection mask is off outside its box, so a few dozen of them take little room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskCrop {
+    pub y0: usize,
+    pub y1: usize,
+    pub w0: usize,
+    pub w1: usize,
+    /// `(y1 - y0) * (w1 - w0)` words, row by row.
+    pub words: Vec<u64>,
+    /// Pixels on.
+    pub area: u64,
+}
+
+impl MaskCrop {
+    /// The crop of one full frame's words (`words_per_row` a row): the rows and words that hold
+    /// a set bit (an empty crop when none does).
+    pub fn from_frame(frame: &[u64], words_per_row: usize) -> Self {
+        let (mut y0, mut y1, mut w0, mut w1) = (usize::MAX, 0, usize::MAX, 0);
+        for (y, row) in frame.chunks_exact(words_per_row.max(1)).enumerate() {
+            let (Some(first), Some(last)) = (
+                row.iter().position(|&v| v != 0),
+                row.iter().rposition(|&v| v != 0),
+            ) else {
+                continue;
+            };
+            (y0, y1, w0, w1) = (y0.min(y), y + 1, w0.min(first), w1.max(last + 1));
+        }
+        if y0 == usize::MAX {
+            return MaskCrop {
+                y0: 0,
+                y1: 0,
+                w0: 0,
+                w1: 0,
+                words: Vec::new(),
+                area: 0,
+            };
+        }
+        let words: Vec<u64> = (y0..y1)
+            .flat_map(|y| {
+                frame[y * words_per_row + w0..y * words_per_row + w1]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        let area = words.iter().map(|w| u64::from(w.count_ones())).sum();
+        MaskCrop {
+            y0,
+            y1,
+            w0,
+            w1,
+            words,
+            area,
+        }
+    }
+
+    /// The crop of `width * height` row-major booleans.
+    pub fn from_bools(m: &[bool], width: usize, height: usize) -> Self {
+        Self::from_frame(&Bitmap::from_bools(m, width, height).words, width.div_ceil(64))
+    }
+
+    /// Word `k` of row `y` in the frame's layout (0 outside the crop).
+    pub fn word(&self, y: usize, k: usize) -> u64 {
+        if (self.y0..self.y1).contains(&y) && (self.w0..self.w1).contains(&k) {
+            self.words[(y - self.y0) * (self.w1 - self.w0) + k - self.w0]
+        } else {
+            0
+        }
+    }
+
+    /// `(index in the frame's words, word)` of every word of the crop.
+    pub fn frame_words(&self, words_per_row: usize) -> impl Iterator<Item = (usize, u64)> + '_ {
+        let span = self.w1 - self.w0;
+        self.words.iter().enumerate().map(move |(i, &v)| {
+            (
+                (self.y0 + i / span.max(1)) * words_per_row + self.w0 + i % span.max(1),
+                v,
+            )
+        })
+    }
+
+    /// Pixels on in both the mask and `frame`.
+    pub fn count_and(&self, frame: &Bitmap) -> u64 {
+        self.frame_words(frame.words_per_row)
+            .map(|(i, v)| u64::from((v & frame.words[i]).count_ones()))
+            .sum()
+    }
+
+    /// Fraction of the mask inside `frame` (0 for an empty mask).
+    pub fn fraction_in(&self, frame: &Bitmap) -> f64 {
+        if self.area == 0 {
+            0.0
+        } else {
+            self.count_and(frame) as f64 / self.area as f64
+        }
+    }
+
+    /// OR the mask into `frame`.
+    pub fn or_into(&self, frame: &mut Bitmap) {
+        for (i, v) in self.frame_words(frame.words_per_row) {
+            frame.words[i] |= v;
+        }
+    }
+
+    /// As a full frame.
+    pub fn to_bitmap(&self, width: usize, height: usize) -> Bitmap {
+        let mut b = Bitmap::new(width, height);
+        self.or_into(&mut b);
+        b
+    }
+}
+
+/// [`contact`] of a cropped mask, a word (64 pixels) at a time: a pixel of `m` is on its
+/// border when one of its 4-neighbours in the frame is off `m`, and touches the field when such
+/// a neighbour is in the `field`.
+fn contact_crop(field: &Bitmap, m: &MaskCrop) -> f64 {
+    if m.area == 0 {
+        return 0.0;
+    }
+    let (w, h, wpr) = (field.width, field.height, field.words_per_row);
+    // the last column has no right neighbour (nor the first a left one): count it as inside
+    let (edge_word, edge_bit) = ((w - 1) / 64, 1u64 << ((w - 1) % 64));
+    let f = |y: usize, k: usize| field.words[y * wpr + k];
+    let (mut border, mut touching) = (0u64, 0u64);
+    for y in m.y0..m.y1 {
+        for k in m.w0..m.w1 {
+            let c = m.word(y, k);
+            if c == 0 {
+                continue;
+            }
+            let prev = if k > 0 { m.word(y, k - 1) >> 63 } else { 1 };
+            let next = if k + 1 < wpr { m.word(y, k + 1) << 63 } else { 0 };
+            let left_in = (c << 1) | prev;
+            let right_in = (c >> 1) | next | if k == edge_word { edge_bit } else { 0 };
+            let up_in = if y > 0 { m.word(y - 1, k) } else { !0 };
+            let down_in = if y + 1 < h { m.word(y + 1, k) } else { !0 };
+            let (ol, or, ou, od) = (c & !left_in, c & !right_in, c & !up_in, c & !down_in);
+            border += u64::from((ol | or | ou | od).count_ones());
+            let fc = f(y, k);
+            let fl = (fc << 1) | if k > 0 { f(y, k - 1) >> 63 } else { 0 };
+            let fr = (fc >> 1) | if k + 1 < wpr { f(y, k + 1) << 63 } else { 0 };
+            let fu = if y > 0 { f(y - 1, k) } else { 0 };
+            let fd = if y + 1 < h { f(y + 1, k) } else { 0 };
+            touching += u64::from(((ol & fl) | (or & fr) | (ou & fu) | (od & fd)).count_ones());
+        }
+    }
+    if border == 0 {
+        0.0
+    } else {
+        touching as f64 / border as f64
+    }
 }
 
 /// Fraction of the border pixels of mask `m` (inside pixels with a 4-neighbour outside it)
@@ -161,7 +415,6 @@ pub fn lung_field(s: &Slice) -> LungField {
 /// The lung field of a `w`x`h` HU image with square pixels of `spacing_mm`.
 pub fn lung_field_hu(hu: &[f32], w: usize, h: usize, spacing_mm: f64) -> LungField {
     let air: Vec<bool> = hu.iter().map(|&v| v < AIR_HU).collect();
-    let depth = edt_sq(&air.iter().map(|&a| !a).collect::<Vec<_>>(), w, h);
     let min_px = (MIN_LUNG_CM2 * 100.0 / (spacing_mm * spacing_mm)) as usize;
     let min_depth_sq = (MIN_THICKNESS_MM / spacing_mm).powi(2) as f32;
     let radius = CLOSING_MM / spacing_mm;
@@ -169,13 +422,14 @@ pub fn lung_field_hu(hu: &[f32], w: usize, h: usize, spacing_mm: f64) -> LungFie
     let mut hull = vec![false; w * h];
     let mut lungs = 0;
     for comp in components(&air, w, h) {
-        if comp.len() < min_px || !comp.iter().any(|&i| depth[i] >= min_depth_sq) {
+        if comp.len() < min_px {
             continue;
         }
         let mut values: Vec<f32> = comp.iter().map(|&i| hu[i]).collect();
         let mid = values.len() / 2;
         let median = *values.select_nth_unstable_by(mid, f32::total_cmp).1;
-        if median <= GAS_HU {
+        // the gas test first: the outside air, the largest component, then needs no distances
+        if median <= GAS_HU || !thick(&comp, &air, w, h, min_depth_sq) {
             continue;
         }
         lungs += 1;
@@ -190,6 +444,26 @@ pub fn lung_field_hu(hu: &[f32], w: usize, h: usize, spacing_mm: f64) -> LungFie
         lungs,
         hull,
     }
+}
+
+/// Whether some pixel of `comp` lies at least `sqrt(min_depth_sq)` px from every pixel that is
+/// not `air` ([`edt_sq`] of those pixels over the image), computed in the component's box grown
+/// by that distance: a nearer non-air pixel lies inside it, so the answer is the same.
+fn thick(comp: &[usize], air: &[bool], w: usize, h: usize, min_depth_sq: f32) -> bool {
+    let pad = f64::from(min_depth_sq.max(0.0)).sqrt().ceil() as usize + 1;
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for &i in comp {
+        let (x, y) = (i % w, i / w);
+        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+    }
+    let (x0, y0) = (x0.saturating_sub(pad), y0.saturating_sub(pad));
+    let (lw, lh) = ((x1 + pad).min(w - 1) - x0 + 1, (y1 + pad).min(h - 1) - y0 + 1);
+    let feature: Vec<bool> = (0..lw * lh)
+        .map(|i| !air[(y0 + i / lw) * w + x0 + i % lw])
+        .collect();
+    let depth = edt_sq(&feature, lw, lh);
+    comp.iter()
+        .any(|&i| depth[(i / w - y0) * lw + i % w - x0] >= min_depth_sq)
 }
 
 /// With a lung on each side, add the hulls' mirror images across the midline between the lungs'
@@ -317,12 +591,25 @@ fn fill_hull(comp: &[usize], w: usize, out: &mut [bool]) {
         )
     };
     let ((x0, x1), (y0, y1)) = (span(|p| p.0), span(|p| p.1));
+    // counter-clockwise hull: inside when on the left of (or on) every edge, i.e. when
+    // cross(o, a, (x, y)) = ex (y - oy) - ey (x - ox) >= 0 for each edge o -> a: on a row, an
+    // interval of x bounded (exactly, in integers) by the edges that are not horizontal
     for y in y0..=y1 {
-        for x in x0..=x1 {
-            // counter-clockwise hull: inside when on the left of (or on) every edge
-            if (0..hull.len()).all(|k| cross(hull[k], hull[(k + 1) % hull.len()], (x, y)) >= 0) {
-                out[y as usize * w + x as usize] = true;
+        let (mut lo, mut hi) = (x0, x1);
+        for k in 0..hull.len() {
+            let (o, a) = (hull[k], hull[(k + 1) % hull.len()]);
+            let (ex, ey) = (a.0 - o.0, a.1 - o.1);
+            // ey x <= r
+            let r = ex * (y - o.1) + ey * o.0;
+            match ey.signum() {
+                1 => hi = hi.min(r.div_euclid(ey)),
+                -1 => lo = lo.max(-(r.div_euclid(-ey))),
+                _ if r < 0 => hi = lo - 1,
+                _ => {}
             }
+        }
+        for x in lo..=hi {
+            out[y as usize * w + x as usize] = true;
         }
     }
 }

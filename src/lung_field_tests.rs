@@ -7,27 +7,22 @@ use crate::slice::{SliceOptions, read_slices};
 
 use crate::test_support::shared_dicom;
 
-/// The phantom's lesions as separate masks (4-connected components of mask values 2 and 3).
-fn lesion_components(mask: &[u8], n: usize) -> Vec<Vec<bool>> {
-    let mut seen = vec![false; n * n];
+/// The phantom's lesions as separate masks (4-connected components of mask values 2 and 3) of a
+/// `w` x `h` mask.
+fn lesion_components(mask: &[u8], w: usize, h: usize) -> Vec<Vec<bool>> {
+    let mut seen = vec![false; w * h];
     let mut out = Vec::new();
-    for start in 0..n * n {
+    for start in 0..w * h {
         if mask[start] < 2 || seen[start] {
             continue;
         }
-        let mut m = vec![false; n * n];
+        let mut m = vec![false; w * h];
         let mut stack = vec![start];
         seen[start] = true;
         while let Some(i) = stack.pop() {
             m[i] = true;
-            let (x, y) = (i % n, i / n);
-            for (ok, j) in [
-                (x > 0, i.wrapping_sub(1)),
-                (x + 1 < n, i + 1),
-                (y > 0, i.wrapping_sub(n)),
-                (y + 1 < n, i + n),
-            ] {
-                if ok && mask[j] >= 2 && !seen[j] {
+            for j in neighbours4(i, w, h) {
+                if mask[j] >= 2 && !seen[j] {
                     seen[j] = true;
                     stack.push(j);
                 }
@@ -71,7 +66,7 @@ fn phantom_lungs_with_their_lesions_match_the_generator_mask() {
                 let hu: Vec<f32> = ph.hu.iter().map(|&v| f32::from(v)).collect();
                 let field = lung_field_hu(&hu, 512, 512, ph.pixel_spacing_mm);
                 let truth: Vec<bool> = ph.mask.iter().map(|&m| m >= 1).collect();
-                let lesions = lesion_components(&ph.mask, 512);
+                let lesions = lesion_components(&ph.mask, 512, 512);
                 let alone = iou(&field.mask, &truth);
                 let (with, fractions) = field.with_lesions(&lesions);
                 assert!(
@@ -200,5 +195,226 @@ fn detections_in_the_chest_wall_stay_outside_the_field_with_mirrored_hulls() {
             fractions.iter().all(|&f| f < 0.5),
             "seed {seed}: chest-wall discs taken into the field: {fractions:?}"
         );
+    }
+}
+
+/// splitmix64 in [0, 1).
+fn unit(state: &mut u64) -> f64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A blob: an ellipse at `(cx, cy)` with some pixels knocked out (holes, ragged border).
+fn blob(w: usize, h: usize, (cx, cy): (f64, f64), (rx, ry): (f64, f64), state: &mut u64) -> Vec<bool> {
+    (0..w * h)
+        .map(|i| {
+            let (dx, dy) = (((i % w) as f64 - cx) / rx, ((i / w) as f64 - cy) / ry);
+            dx * dx + dy * dy <= 1.0 && unit(state) < 0.9
+        })
+        .collect()
+}
+
+#[test]
+fn bitmaps_and_crops_round_trip_and_contact_agrees_word_by_word() {
+    let mut state = 5u64;
+    // widths on both sides of a word's edge, one of them a whole number of words
+    for (w, h) in [(70usize, 45usize), (64, 33), (129, 20), (1, 9), (63, 1)] {
+        for _ in 0..40 {
+            let field: Vec<bool> = blob(
+                w,
+                h,
+                (w as f64 / 2.0, h as f64 / 2.0),
+                (w as f64 / 3.0, 30.0),
+                &mut state,
+            );
+            let c = (unit(&mut state) * w as f64, unit(&mut state) * h as f64);
+            let r = (0.5 + unit(&mut state) * 30.0, 0.5 + unit(&mut state) * 30.0);
+            let m = blob(w, h, c, r, &mut state);
+            let bits = Bitmap::from_bools(&m, w, h);
+            assert_eq!(bits.to_bools(), m);
+            let crop = MaskCrop::from_bools(&m, w, h);
+            assert_eq!(crop.to_bitmap(w, h), bits);
+            assert_eq!(crop.area, m.iter().filter(|&&v| v).count() as u64);
+            let fb = Bitmap::from_bools(&field, w, h);
+            assert_eq!(
+                contact_crop(&fb, &crop),
+                contact(&field, &m, w, h),
+                "{w}x{h} at {c:?} {r:?}"
+            );
+            let inside = m.iter().zip(&field).filter(|&(&a, &b)| a && b).count() as u64;
+            assert_eq!(crop.count_and(&fb), inside);
+        }
+    }
+}
+
+#[test]
+fn lesion_crops_give_the_same_field_and_fractions_as_full_masks() {
+    let mut state = 17u64;
+    for (seed, class) in [
+        (0u64, LesionClass::Cp),
+        (3, LesionClass::Covid),
+        (5, LesionClass::Control),
+    ] {
+        let ph = phantom_with(&PhantomSpec::new(seed, class, 256));
+        // a non-square window with a width of no whole number of words
+        let (w, h, x0, y0) = (250usize, 236usize, 3usize, 10usize);
+        let (mut hu, mut mask) = (Vec::new(), Vec::new());
+        for y in y0..y0 + h {
+            for x in x0..x0 + w {
+                hu.push(f32::from(ph.hu[y * 256 + x]));
+                mask.push(ph.mask[y * 256 + x]);
+            }
+        }
+        let field = lung_field_hu(&hu, w, h, ph.pixel_spacing_mm);
+        // the phantom's own lesions, then blobs across the lungs' edges, in the chest wall
+        // and over the image's border
+        let mut lesions = lesion_components(&mask, w, h);
+        let rim: Vec<usize> = (0..w * h)
+            .filter(|&i| field.mask[i] && neighbours4(i, w, h).any(|j| !field.mask[j]))
+            .collect();
+        for k in 0..60 {
+            let c = if k % 2 == 0 && !rim.is_empty() {
+                let i = rim[(unit(&mut state) * rim.len() as f64) as usize % rim.len()];
+                ((i % w) as f64, (i / w) as f64)
+            } else {
+                (unit(&mut state) * w as f64, unit(&mut state) * h as f64)
+            };
+            let r = (1.0 + unit(&mut state) * 25.0, 1.0 + unit(&mut state) * 25.0);
+            lesions.push(blob(w, h, c, r, &mut state));
+        }
+        lesions.push(vec![false; w * h]);
+        let crops: Vec<MaskCrop> = lesions.iter().map(|m| MaskCrop::from_bools(m, w, h)).collect();
+        let (want_field, want_fractions) = field.with_lesions(&lesions);
+        let (got_field, got_fractions) = field.with_lesion_crops(&crops);
+        assert_eq!(got_fractions, want_fractions, "seed {seed} {class:?}");
+        assert!(
+            got_field.to_bools() == want_field,
+            "seed {seed} {class:?}: fields differ"
+        );
+        // the lesions did grow the field here
+        assert!(got_field.count() > field.pixels(), "seed {seed} {class:?}");
+    }
+}
+
+/// `fill_hull` as it was first written: every pixel of the hull's box tested against every
+/// edge.
+fn fill_hull_per_pixel(comp: &[usize], w: usize, out: &mut [bool]) {
+    let mut hull_only = vec![false; out.len()];
+    let mut pts: Vec<(i64, i64)> = comp.iter().map(|&i| ((i % w) as i64, (i / w) as i64)).collect();
+    pts.sort_unstable();
+    pts.dedup();
+    let cross =
+        |o: (i64, i64), a: (i64, i64), b: (i64, i64)| (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0);
+    let mut hull: Vec<(i64, i64)> = Vec::new();
+    for pass in 0..2 {
+        let start = hull.len();
+        let ordered: Vec<(i64, i64)> = if pass == 0 {
+            pts.clone()
+        } else {
+            pts.iter().rev().copied().collect()
+        };
+        for p in ordered {
+            while hull.len() >= start + 2 && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0 {
+                hull.pop();
+            }
+            hull.push(p);
+        }
+        hull.pop();
+    }
+    if hull.len() < 3 {
+        return;
+    }
+    let (x0, x1) = (
+        hull.iter().map(|p| p.0).min().unwrap(),
+        hull.iter().map(|p| p.0).max().unwrap(),
+    );
+    let (y0, y1) = (
+        hull.iter().map(|p| p.1).min().unwrap(),
+        hull.iter().map(|p| p.1).max().unwrap(),
+    );
+    for y in y0..=y1 {
+        for x in x0..=x1 {
+            if (0..hull.len()).all(|k| cross(hull[k], hull[(k + 1) % hull.len()], (x, y)) >= 0) {
+                hull_only[y as usize * w + x as usize] = true;
+            }
+        }
+    }
+    for (o, h) in out.iter_mut().zip(hull_only) {
+        *o |= h;
+    }
+}
+
+#[test]
+fn hull_rows_match_the_per_pixel_test() {
+    let mut state = 23u64;
+    let (w, h) = (97usize, 61usize);
+    for case in 0..300 {
+        // a few points, a line, a blob, or a scatter over the frame
+        let n = [1, 2, 3, 5, 40, 400][case % 6];
+        let spread = 2.0 + unit(&mut state) * 60.0;
+        let (cx, cy) = (unit(&mut state) * w as f64, unit(&mut state) * h as f64);
+        let comp: Vec<usize> = (0..n)
+            .map(|_| {
+                let x = (cx + (unit(&mut state) - 0.5) * spread).clamp(0.0, (w - 1) as f64) as usize;
+                let y = if case % 7 == 0 {
+                    cy as usize
+                } else {
+                    (cy + (unit(&mut state) - 0.5) * spread).clamp(0.0, (h - 1) as f64) as usize
+                };
+                y * w + x
+            })
+            .collect();
+        let (mut got, mut want) = (vec![false; w * h], vec![false; w * h]);
+        fill_hull(&comp, w, &mut got);
+        fill_hull_per_pixel(&comp, w, &mut want);
+        assert!(got == want, "case {case}: hulls differ");
+    }
+    // and the lungs of a phantom
+    let ph = phantom_with(&PhantomSpec::new(1, LesionClass::Covid, 256));
+    let air: Vec<bool> = ph.hu.iter().map(|&v| f32::from(v) < AIR_HU).collect();
+    for comp in components(&air, 256, 256).iter().filter(|c| c.len() > 50) {
+        let (mut got, mut want) = (vec![false; 256 * 256], vec![false; 256 * 256]);
+        fill_hull(comp, 256, &mut got);
+        fill_hull_per_pixel(comp, 256, &mut want);
+        assert!(
+            got == want,
+            "phantom component of {} px: hulls differ",
+            comp.len()
+        );
+    }
+}
+
+#[test]
+fn thickness_in_the_components_box_matches_the_whole_image_transform() {
+    let mut state = 31u64;
+    // random air over small frames, with thresholds of a few pixels
+    for case in 0..60 {
+        let (w, h) = (20 + case % 13 * 5, 15 + case % 7 * 6);
+        let p = 0.5 + 0.45 * unit(&mut state);
+        let air: Vec<bool> = (0..w * h).map(|_| unit(&mut state) < p).collect();
+        let depth = edt_sq(&air.iter().map(|&a| !a).collect::<Vec<_>>(), w, h);
+        for t in [0.5f32, 1.0, 2.0, 4.84, 9.0, 20.0] {
+            for comp in components(&air, w, h) {
+                let whole = comp.iter().any(|&i| depth[i] >= t);
+                assert_eq!(thick(&comp, &air, w, h, t), whole, "case {case} t {t}");
+            }
+        }
+    }
+    // the components of phantoms, the outside air and the lungs included
+    for (seed, z) in [(0u64, 0.5), (4, 0.2), (6, 0.85)] {
+        let ph = phantom_with(&PhantomSpec {
+            z,
+            ..PhantomSpec::new(seed, LesionClass::Covid, 256)
+        });
+        let air: Vec<bool> = ph.hu.iter().map(|&v| f32::from(v) < AIR_HU).collect();
+        let depth = edt_sq(&air.iter().map(|&a| !a).collect::<Vec<_>>(), 256, 256);
+        let t = (MIN_THICKNESS_MM / ph.pixel_spacing_mm).powi(2) as f32;
+        for comp in components(&air, 256, 256) {
+            let whole = comp.iter().any(|&i| depth[i] >= t);
+            assert_eq!(thick(&comp, &air, 256, 256, t), whole, "seed {seed} z {z}");
+        }
     }
 }

@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// On the CPU, keep libtorch's NCHW weight layout (screening's `cpu_channels_last: false`).
     #[arg(long)]
     pub nchw: bool,
+    /// On CUDA, run backbone, FPN and RPN head as captured CUDA graphs (screening's
+    /// `cuda_graphs`); the report then also compares the first batch with an eager run.
+    #[arg(long)]
+    pub cuda_graphs: bool,
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
@@ -79,7 +83,16 @@ pub struct BenchReport {
     pub slices_per_s: f64,
     pub latency_ms_p50: f64,
     pub latency_ms_p95: f64,
+    /// Where the time goes: a separate pass over the first two batches whose clock synchronises
+    /// CUDA at each stage (so its sum exceeds the throughput pass's time per slice on a GPU).
     pub stage_ms_per_slice: std::collections::BTreeMap<String, f64>,
+    /// Device-to-host reads per batch in the throughput pass (`ops::host`; each one a
+    /// synchronisation on CUDA, none counted on the CPU).
+    pub syncs_per_batch: Option<f64>,
+    /// The segmentation model's CUDA graphs ("off", "on (N captured)" or why not).
+    pub cuda_graphs: Option<String>,
+    /// With graphs: the first batch screened with them and eagerly, compared.
+    pub cuda_graphs_vs_eager: Option<GraphsVsEager>,
     pub peak_rss_mb: f64,
     pub peak_gpu_mb: Option<f64>,
     pub train_step_s: Option<f64>,
@@ -187,20 +200,22 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let settings = ScreeningSettings {
         precision: a.precision,
         cpu_channels_last: !a.nchw,
+        cuda_graphs: a.cuda_graphs,
         ..Default::default()
     };
-    let screener = ModelScreener::from_models(seg, cls, settings, device);
+    let mut screener = ModelScreener::from_models(seg, cls, settings, device);
     let mut latencies = Vec::new();
     let mut peak_gpu: Option<f64> = None;
     let batches: Vec<&[Slice]> = slices.chunks(a.batch_size.max(1)).collect();
     for b in batches.iter().cycle().take(a.warmup) {
         screener.screen_batch(b);
     }
+    // throughput: no stage clock (it synchronises CUDA at every stage)
+    let syncs_before = crate::ops::host::syncs();
     let started = Instant::now();
     for b in &batches {
         let t = Instant::now();
-        let mut clock = StageClock::on();
-        let results = screener.screen_batch_timed(b, &mut clock);
+        let results = screener.screen_batch(b);
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
             peak_gpu =
@@ -211,11 +226,27 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         }
         let per = t.elapsed().as_secs_f64() * 1e3 / b.len() as f64;
         latencies.extend(std::iter::repeat_n(per, b.len()));
-        for (k, v) in clock.ms {
-            *stages.entry(k.to_string()).or_insert(0.0) += v / slices.len() as f64;
-        }
     }
     let total = started.elapsed().as_secs_f64();
+    let graphs_status = screener.segmentation.cuda_graphs_status();
+    let graphs_vs_eager = if a.cuda_graphs && device.is_cuda() {
+        Some(compare_with_eager(&mut screener, batches[0])?)
+    } else {
+        None
+    };
+    let syncs_per_batch = (crate::ops::host::syncs() - syncs_before) as f64 / batches.len().max(1) as f64;
+    // where the time goes: the first two batches again, the clock synchronising at each stage
+    let staged: Vec<&&[Slice]> = batches.iter().take(2).collect();
+    let staged_slices: usize = staged.iter().map(|b| b.len()).sum();
+    for b in staged {
+        let mut clock = StageClock::on();
+        for r in screener.screen_batch_timed(b, &mut clock) {
+            r?;
+        }
+        for (k, v) in clock.ms {
+            *stages.entry(k.to_string()).or_insert(0.0) += v / staged_slices.max(1) as f64;
+        }
+    }
     let r = BenchReport {
         device: crate::device::device_name(device),
         precision: format!("{:?}", a.precision).to_lowercase(),
@@ -225,6 +256,9 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         latency_ms_p50: percentile(&latencies, 0.5),
         latency_ms_p95: percentile(&latencies, 0.95),
         stage_ms_per_slice: stages,
+        syncs_per_batch: Some(syncs_per_batch),
+        cuda_graphs: Some(graphs_status),
+        cuda_graphs_vs_eager: graphs_vs_eager,
         peak_rss_mb: peak_rss_mb(),
         peak_gpu_mb: peak_gpu,
         train_step_s: None,
@@ -232,6 +266,56 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         allocator: allocator_name(),
     };
     print_report(&r, a.json)
+}
+
+/// The first batch screened with CUDA graphs and eagerly: what differs.
+#[derive(Debug, Serialize)]
+pub struct GraphsVsEager {
+    pub slices: usize,
+    pub same_lesion_counts: bool,
+    pub same_labels: bool,
+    pub max_score_diff: f64,
+    pub max_box_diff_px: f64,
+    pub max_probability_diff: f64,
+}
+
+fn compare_with_eager(screener: &mut ModelScreener, batch: &[Slice]) -> anyhow::Result<GraphsVsEager> {
+    let graphed: Vec<_> = screener
+        .screen_batch(batch)
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    screener.segmentation.set_cuda_graphs(false);
+    if let Some(c) = screener.classifier.as_mut() {
+        c.set_cuda_graphs(false);
+    }
+    let eager: Vec<_> = screener
+        .screen_batch(batch)
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let mut r = GraphsVsEager {
+        slices: batch.len(),
+        same_lesion_counts: true,
+        same_labels: true,
+        max_score_diff: 0.0,
+        max_box_diff_px: 0.0,
+        max_probability_diff: 0.0,
+    };
+    for (g, e) in graphed.iter().zip(&eager) {
+        r.same_lesion_counts &= g.lesions.len() == e.lesions.len();
+        for (x, y) in g.lesions.iter().zip(&e.lesions) {
+            r.max_score_diff = r.max_score_diff.max((x.score - y.score).abs() as f64);
+            for (p, q) in x.bbox.iter().zip(&y.bbox) {
+                r.max_box_diff_px = r.max_box_diff_px.max((p - q).abs() as f64);
+            }
+        }
+        if let (Some(x), Some(y)) = (&g.classification, &e.classification) {
+            r.same_labels &= x.label == y.label;
+            for (p, q) in x.probabilities.iter().zip(&y.probabilities) {
+                r.max_probability_diff = r.max_probability_diff.max((p - q).abs() as f64);
+            }
+        }
+    }
+    Ok(r)
 }
 
 fn allocator_name() -> &'static str {
@@ -255,8 +339,13 @@ fn print_report(r: &BenchReport, json: bool) -> anyhow::Result<()> {
         println!("training step {t:.3} s");
     } else {
         println!(
-            "{:.2} slices/s, latency p50 {:.1} ms p95 {:.1} ms",
-            r.slices_per_s, r.latency_ms_p50, r.latency_ms_p95
+            "{:.2} slices/s, latency p50 {:.1} ms p95 {:.1} ms{}",
+            r.slices_per_s,
+            r.latency_ms_p50,
+            r.latency_ms_p95,
+            r.syncs_per_batch
+                .map(|s| format!(", {s:.1} device-to-host syncs per batch"))
+                .unwrap_or_default()
         );
         for (k, v) in &r.stage_ms_per_slice {
             println!("  {k:<15} {v:>9.1} ms/slice");
@@ -330,6 +419,9 @@ fn train_step(model: &MaskRcnn, s: &Slice, json: bool) -> anyhow::Result<()> {
         latency_ms_p50: f64::NAN,
         latency_ms_p95: f64::NAN,
         stage_ms_per_slice: Default::default(),
+        syncs_per_batch: None,
+        cuda_graphs: None,
+        cuda_graphs_vs_eager: None,
         peak_rss_mb: peak_rss_mb(),
         peak_gpu_mb: None,
         train_step_s: Some(percentile(&times[1..], 0.5)),

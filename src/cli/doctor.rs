@@ -28,6 +28,8 @@ pub struct DoctorReport {
     pub cuda_library: Option<String>,
     pub cuda_unavailable_reason: Option<String>,
     pub cuda_devices: Vec<CudaDevice>,
+    /// "available", or why CUDA graphs cannot be used ("not applicable: no CUDA" without CUDA).
+    pub cuda_graphs: String,
     pub cpu_threads: usize,
     pub cores_available: usize,
     /// Whether the malloc settings of `device::tune_allocator` are in force.
@@ -77,6 +79,11 @@ pub fn report() -> DoctorReport {
         cuda_unavailable_reason: (!cuda_available)
             .then(|| load.error.clone().unwrap_or_else(|| "no CUDA device".into())),
         cuda_devices: cuda_devices(),
+        cuda_graphs: if cuda_available {
+            crate::cuda_graph::availability().map_or_else(|e| e, |()| "available".into())
+        } else {
+            "not applicable: no CUDA".into()
+        },
         cpu_threads: tch::get_num_threads().max(0) as usize,
         cores_available: threads,
         allocator_tuned: device::allocator_tuned(),
@@ -106,6 +113,7 @@ pub fn run(a: &DoctorArgs) -> anyhow::Result<()> {
             .unwrap_or_default();
         println!("  cuda:{}        {} {}", d.index, d.name, mem);
     }
+    println!("cuda graphs     {}", r.cuda_graphs);
     println!(
         "cpu threads     {} (cores available: {})",
         r.cpu_threads, r.cores_available

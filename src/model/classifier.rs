@@ -37,6 +37,14 @@ impl S2Predictor {
         let x = self.fc_scores_2.forward(&x).relu();
         self.fc_scores_img.forward(&x).squeeze_dim(0)
     }
+
+    /// `[B, N, 5]` ranked rows of `B` images -> `[B, 3]` logits.
+    pub fn forward_batch(&self, ranked: &Tensor) -> Tensor {
+        let x = ranked.reshape([ranked.size()[0], -1]);
+        let x = self.fc_scores.forward(&x).relu();
+        let x = self.fc_scores_2.forward(&x).relu();
+        self.fc_scores_img.forward(&x)
+    }
 }
 
 /// SplitMix64: a tiny, stable generator for the padding cut points.
@@ -80,8 +88,10 @@ pub fn pad_ranked(ranked: &Tensor, n: i64, seed: u64) -> (Tensor, bool) {
         return (Tensor::zeros([n, 5], (Kind::Float, ranked.device())), true);
     }
     let lens = padding_segments(k as usize, n as usize, seed);
-    let repeats =
-        Tensor::from_slice(&lens.iter().map(|&l| l as i64).collect::<Vec<_>>()).to_device(ranked.device());
+    let repeats = crate::ops::host::upload_i64(
+        &lens.iter().map(|&l| l as i64).collect::<Vec<_>>(),
+        ranked.device(),
+    );
     (ranked.repeat_interleave_self_tensor(&repeats, 0, Some(n)), true)
 }
 

@@ -44,6 +44,21 @@ pub struct MaskRcnn {
     pub s2new: Option<S2Predictor>,
     /// Precision of the backbone and FPN (float32 unless [`MaskRcnn::set_backbone_kind`]).
     pub backbone_kind: Kind,
+    /// CUDA graphs of the fixed-shape part of inference, when turned on
+    /// ([`MaskRcnn::set_cuda_graphs`]).
+    graphs: std::cell::RefCell<GraphCache>,
+}
+
+/// The most input shapes captured as CUDA graphs per model (each holds its own activations).
+pub const MAX_GRAPHS: usize = 4;
+
+/// Captured graphs of backbone + FPN + RPN head, one per input shape `[B, 3, H, W]`.
+#[derive(Debug, Default)]
+struct GraphCache {
+    on: bool,
+    graphs: std::collections::HashMap<Vec<i64>, crate::cuda_graph::CapturedGraph>,
+    /// Why graphs could not be used (then everything runs eagerly).
+    failed: Option<String>,
 }
 
 impl MaskRcnn {
@@ -67,6 +82,7 @@ impl MaskRcnn {
             roi_heads,
             s2new,
             backbone_kind: Kind::Float,
+            graphs: Default::default(),
         })
     }
 
@@ -136,18 +152,101 @@ impl MaskRcnn {
         }
     }
 
-    /// Run the backbone and FPN in `kind` (bf16 or fp16 on CUDA), the heads in fp32: the bulk
-    /// of the arithmetic in reduced precision, box coding, NMS and RoIAlign exact.
+    /// Run the backbone, the FPN and the heads' layers (the RPN head, the box head and
+    /// predictor, the mask head) in `kind` (bf16 or fp16 on CUDA), as autocast would: the bulk of
+    /// the arithmetic in reduced precision; RoIAlign, box coding, NMS, mask pasting and module S
+    /// stay in float32 (each layer's input is cast to its weights' kind, its output back).
     pub fn set_backbone_kind(&mut self, kind: Kind) {
+        let reduced = |name: &str| {
+            name.starts_with("backbone.") || name.starts_with("rpn.head.") || name.starts_with("roi_heads.")
+        };
         tch::no_grad(|| {
             for (name, mut v) in self.vs.variables() {
-                if name.starts_with("backbone.") && v.is_floating_point() {
+                if reduced(&name) && v.is_floating_point() {
                     let c = v.to_kind(kind);
                     v.set_data(&c);
                 }
             }
         });
         self.backbone_kind = kind;
+    }
+
+    /// Run the fixed-shape part of inference (backbone, FPN, RPN head) as CUDA graphs: each
+    /// input shape `[B, 3, H, W]` is captured at its first batch and replayed after, for up to
+    /// [`MAX_GRAPHS`] shapes (a series' batches and its last, shorter one); others run eagerly.
+    /// Call after the precision and layout are set (capture records the weights' memory). Only
+    /// on CUDA; where the graph library cannot be loaded or a capture fails, the reason is kept
+    /// ([`MaskRcnn::cuda_graphs_status`]) and everything runs eagerly.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        let mut g = self.graphs.borrow_mut();
+        g.graphs.clear();
+        g.failed = None;
+        g.on = on;
+        if on && !self.device().is_cuda() {
+            g.failed = Some("CUDA graphs need a CUDA device".into());
+        } else if on && let Err(e) = crate::cuda_graph::availability() {
+            g.failed = Some(e);
+        }
+    }
+
+    /// "off", "on (N captured)" or why graphs are not used.
+    pub fn cuda_graphs_status(&self) -> String {
+        let g = self.graphs.borrow();
+        match (&g.failed, g.on) {
+            (Some(e), _) => format!("unavailable: {e}"),
+            (None, false) => "off".into(),
+            (None, true) => format!("on ({} captured)", g.graphs.len()),
+        }
+    }
+
+    /// Features, objectness and deltas of `x` through a captured graph, when graphs are on for
+    /// its shape (capturing it the first time); `None`: run eagerly.
+    fn graphed_static_part(&self, x: &Tensor) -> Option<(Vec<Tensor>, Tensor, Tensor)> {
+        let mut g = self.graphs.borrow_mut();
+        let shape = x.size();
+        if !g.on || g.failed.is_some() {
+            return None;
+        }
+        if !g.graphs.contains_key(&shape) {
+            if g.graphs.len() >= MAX_GRAPHS {
+                return None;
+            }
+            let captured =
+                crate::cuda_graph::CapturedGraph::capture(self.device(), vec![x.zeros_like()], 2, |inputs| {
+                    let batch = ImageBatch {
+                        tensors: inputs[0].shallow_clone(),
+                        image_sizes: vec![],
+                        original_sizes: vec![],
+                    };
+                    let mut f = self.features(&batch, false);
+                    let (obj, del) = self.rpn.head_raw(&f);
+                    f.push(obj);
+                    f.push(del);
+                    f
+                });
+            match captured {
+                Ok(c) => {
+                    tracing::info!(shape = ?shape, "captured a CUDA graph of backbone, FPN and RPN head");
+                    g.graphs.insert(shape.clone(), c);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "CUDA graph capture failed; running eagerly");
+                    g.failed = Some(e);
+                    return None;
+                }
+            }
+        }
+        let out = match g.graphs[&shape].run(&[x]) {
+            Ok(o) => o,
+            Err(e) => {
+                g.failed = Some(e);
+                return None;
+            }
+        };
+        let mut out = out;
+        let del = out.pop()?;
+        let obj = out.pop()?;
+        Some((out, obj, del))
     }
 
     /// Lay every convolution weight out channels-last (NHWC strides; shapes, names and values
@@ -232,9 +331,17 @@ impl MaskRcnn {
     ) -> Result<Forward> {
         let batch = batch_images(images, &self.cfg)?;
         clock.lap("transform", self.device());
-        let features = self.features(&batch, train_bn);
-        clock.lap("backbone", self.device());
         let size = batch.tensors.size();
+        let graphed = if targets.is_none() && !train_bn {
+            self.graphed_static_part(&batch.tensors)
+        } else {
+            None
+        };
+        let (features, head) = match graphed {
+            Some((f, obj, del)) => (f, Some((obj, del))),
+            None => (self.features(&batch, train_bn), None),
+        };
+        clock.lap("backbone", self.device());
         let roi_targets: Vec<RoiTarget> = targets
             .as_ref()
             .map(|(t, _)| {
@@ -249,12 +356,19 @@ impl MaskRcnn {
             })
             .unwrap_or_default();
         let gt_boxes: Vec<Tensor> = roi_targets.iter().map(|t| t.boxes.shallow_clone()).collect();
-        let (proposals, rpn_losses) = self.rpn.forward(
-            &features,
-            (size[2], size[3]),
-            &batch.image_sizes,
-            targets.map(|(_, rng)| (gt_boxes.as_slice(), rng)),
-        );
+        let (proposals, rpn_losses) = match head {
+            Some((obj, del)) => self.rpn.forward_from(
+                self.rpn.with_anchors(obj, del, &features, (size[2], size[3])),
+                &batch.image_sizes,
+                None,
+            ),
+            None => self.rpn.forward(
+                &features,
+                (size[2], size[3]),
+                &batch.image_sizes,
+                targets.map(|(_, rng)| (gt_boxes.as_slice(), rng)),
+            ),
+        };
         clock.lap("rpn", self.device());
         Ok(Forward {
             batch,
@@ -302,7 +416,7 @@ impl MaskRcnn {
         } else {
             tch::no_grad(|| s2.forward(&rows))
         };
-        let v: Vec<f32> = Vec::try_from(logits.detach().to_kind(Kind::Float).to_device(Device::Cpu))
+        let v: Vec<f32> = crate::ops::host::read(&logits.detach().to_kind(Kind::Float))
             .map_err(|e: tch::TchError| Error::Other(e.to_string()))?;
         Ok((
             logits,
@@ -318,6 +432,50 @@ impl MaskRcnn {
     /// Classifier logits of one image.
     pub fn classify(&self, image: &Tensor) -> Result<ClassScores> {
         Ok(self.classify_tensor(image, false)?.1)
+    }
+
+    /// Classifier logits of a batch of images of one size, in one pass (one backbone run, the
+    /// rankings' NMS in one read to the host, module S on all rows at once, the logits read
+    /// once). With one image it gives what [`MaskRcnn::classify`] gives.
+    pub fn classify_batch(&self, images: &[Tensor]) -> Result<Vec<ClassScores>> {
+        let (s2, cfg) = self
+            .classifier_head()
+            .ok_or_else(|| Error::Input("this model has no classifier (module S)".into()))?;
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        if images.len() == 1 {
+            return Ok(vec![self.classify(&images[0])?]);
+        }
+        tch::no_grad(|| {
+            let f = self.features_and_proposals(images, false, None, &mut StageClock::off())?;
+            let ranked = self.roi_heads.ranked_batch(
+                &f.features[..self.cfg.roi_levels()],
+                &f.proposals,
+                &f.batch.image_sizes,
+            );
+            let mut rows = Vec::with_capacity(ranked.len());
+            let mut facts = Vec::with_capacity(ranked.len());
+            for r in &ranked {
+                let k = r.size()[0];
+                let (x, padded) = pad_ranked(r, cfg.detections, cfg.padding_seed);
+                rows.push(x);
+                facts.push((k, padded));
+            }
+            let logits = s2.forward_batch(&Tensor::stack(&rows, 0));
+            let v: Vec<f32> = crate::ops::host::read(&logits.to_kind(Kind::Float).flatten(0, -1))
+                .map_err(|e: tch::TchError| Error::Other(e.to_string()))?;
+            Ok(facts
+                .iter()
+                .enumerate()
+                .map(|(i, &(k, padded))| ClassScores {
+                    logits: [v[3 * i], v[3 * i + 1], v[3 * i + 2]],
+                    detections: k,
+                    padded,
+                    no_detections: k == 0,
+                })
+                .collect())
+        })
     }
 
     /// Training losses of a batch (the model's parameters get gradients through `total()`).

@@ -8,9 +8,9 @@ use tch::{Kind, Tensor};
 
 use super::config::{MaskHeadKind, ModelConfig};
 use super::layers::{conv2d, linear};
-use crate::ops::boxes::{BoxCoder, box_iou, clip_boxes_to_image, positive_area, remove_small_boxes};
+use crate::ops::boxes::{BoxCoder, box_iou, clip_boxes_to_image};
 use crate::ops::matcher::{BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher};
-use crate::ops::nms::batched_nms;
+use crate::ops::nms::{SortedProblems, greedy_sorted_with};
 use crate::ops::roi_align::{MultiScaleRoiAlign, roi_align};
 use crate::ops::sampler::{BalancedSampler, SamplingRng};
 
@@ -157,11 +157,17 @@ impl RoiHeads {
         sizes: &[(i64, i64)],
     ) -> (Tensor, Tensor) {
         let pooled = self.box_pool.pool(features, proposals, sizes); // [R, 256, 7, 7]
+        // the layers run in their weights' precision (bf16 / fp16 when asked for on CUDA);
+        // RoIAlign before them and the box coding after them stay in float32
+        let kind = self.fc6.ws.kind();
         let x = self
             .fc7
-            .forward(&self.fc6.forward(&pooled.flatten(1, -1)).relu())
+            .forward(&self.fc6.forward(&pooled.flatten(1, -1).to_kind(kind)).relu())
             .relu();
-        (self.cls_score.forward(&x), self.bbox_pred.forward(&x))
+        (
+            self.cls_score.forward(&x).to_kind(Kind::Float),
+            self.bbox_pred.forward(&x).to_kind(Kind::Float),
+        )
     }
 
     /// Mask logits `[R, n_c, 28, 28]` of boxes (per image).
@@ -172,7 +178,9 @@ impl RoiHeads {
         sizes: &[(i64, i64)],
     ) -> Option<Tensor> {
         let m = self.mask.as_ref()?;
-        Some(m.forward(&self.mask_pool.pool(features, boxes, sizes)))
+        let pooled = self.mask_pool.pool(features, boxes, sizes);
+        let kind = self.fc6.ws.kind();
+        Some(m.forward(&pooled.to_kind(kind)).to_kind(Kind::Float))
     }
 
     /// Decoded, clipped boxes `[R, n_c, 4]` and softmax scores `[R, n_c]` of one image.
@@ -188,41 +196,103 @@ impl RoiHeads {
         (boxes, logits.softmax(-1, Kind::Float))
     }
 
-    /// Foreground candidates of one image, flattened (each class of each RoI), before NMS:
-    /// `(boxes [C,4], scores [C], labels [C], candidate index [C] into R*(n_c-1))`.
-    fn candidates(&self, boxes: &Tensor, scores: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
-        let (r, nc) = (scores.size()[0], scores.size()[1]);
-        let device = scores.device();
-        let labels = Tensor::arange(nc, (Kind::Int64, device))
-            .view([1, -1])
-            .expand([r, nc], false);
-        let boxes = boxes.narrow(1, 1, nc - 1).reshape([-1, 4]);
-        let scores = scores.narrow(1, 1, nc - 1).reshape([-1]);
-        let labels = labels.narrow(1, 1, nc - 1).reshape([-1]);
-        let mut index = Tensor::arange(r * (nc - 1), (Kind::Int64, device));
-        let mut keep_mask = match self.cfg.roi_heads.box_min_size {
-            None => positive_area(&boxes),
-            Some(_) => Tensor::arange(boxes.size()[0], (Kind::Int64, device)),
-        };
-        let (mut b, mut s, mut l) = (boxes, scores, labels);
-        let sel = |t: &Tensor, k: &Tensor| t.index_select(0, k);
-        b = sel(&b, &keep_mask);
-        s = sel(&s, &keep_mask);
-        l = sel(&l, &keep_mask);
-        index = sel(&index, &keep_mask);
-        keep_mask = s.gt(self.cfg.roi_heads.box_score_thresh).nonzero().squeeze_dim(1);
-        b = sel(&b, &keep_mask);
-        s = sel(&s, &keep_mask);
-        l = sel(&l, &keep_mask);
-        index = sel(&index, &keep_mask);
-        if let Some(min) = self.cfg.roi_heads.box_min_size {
-            let k = remove_small_boxes(&b, min);
-            b = sel(&b, &k);
-            s = sel(&s, &k);
-            l = sel(&l, &k);
-            index = sel(&index, &k);
+    /// torchvision's candidate filter and per-class NMS for every image at once: each image's
+    /// foreground candidates (each class of each RoI, flattened RoI-major) are kept when their
+    /// box has a positive area (or, per the semantics, is not small) and their score is over
+    /// `box_score_thresh`; NMS runs per image and class, then the kept candidates are ordered by
+    /// descending score (ties in flattened order) and the best `box_detections_per_img` kept.
+    /// `boxes` `[R_i, n_c, 4]` and `scores` `[R_i, n_c]` per image (decoded, clipped, softmax).
+    /// Returns per image the kept candidates' flattened indices into `R_i * (n_c - 1)`, in
+    /// order. The NMS passes of all images and classes share one read to the host.
+    fn select(&self, per_image: &[(Tensor, Tensor)]) -> Vec<Vec<i64>> {
+        let b = per_image.len() as i64;
+        if b == 0 {
+            return Vec::new();
         }
-        (b, s, l, index)
+        let nc = self.cfg.num_classes;
+        let fg = nc - 1;
+        let device = per_image[0].1.device();
+        let r_max = per_image.iter().map(|(_, s)| s.size()[0]).max().unwrap_or(0);
+        let rs: Vec<i64> = per_image.iter().map(|(_, s)| s.size()[0]).collect();
+        // [B, R_max, fg, 4] boxes and [B, R_max, fg] scores, padding invalid
+        let pad = |t: &Tensor, r: i64| {
+            let mut shape = t.size();
+            shape[0] = r_max - r;
+            Tensor::cat(&[t.shallow_clone(), Tensor::zeros(shape, (t.kind(), device))], 0)
+        };
+        let boxes = Tensor::stack(
+            &per_image
+                .iter()
+                .zip(&rs)
+                .map(|((bx, _), &r)| pad(&bx.narrow(1, 1, fg), r))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let scores = Tensor::stack(
+            &per_image
+                .iter()
+                .zip(&rs)
+                .map(|((_, sc), &r)| pad(&sc.narrow(1, 1, fg), r))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let present = Tensor::stack(
+            &rs.iter()
+                .map(|&r| Tensor::arange(r_max, (Kind::Int64, device)).lt(r))
+                .collect::<Vec<_>>(),
+            0,
+        )
+        .unsqueeze(2); // [B, R_max, 1]
+        let col = |k: i64| boxes.select(3, k);
+        let (ws, hs) = (col(2) - col(0), col(3) - col(1));
+        let shape_ok = match self.cfg.roi_heads.box_min_size {
+            None => (&ws * &hs).gt(0.0),
+            Some(min) => ws.ge(min).logical_and(&hs.ge(min)),
+        };
+        let valid = shape_ok
+            .logical_and(&scores.gt(self.cfg.roi_heads.box_score_thresh))
+            .logical_and(&present); // [B, R_max, fg]
+        let mut families = Vec::with_capacity(fg as usize);
+        let mut orders = Vec::with_capacity(fg as usize);
+        for c in 0..fg {
+            let sc = scores.select(2, c); // [B, R_max]
+            // NMS priority: descending score, ties in RoI order (padding last: it is invalid)
+            let order = sc
+                .masked_fill(&present.squeeze_dim(2).logical_not(), f64::NEG_INFINITY)
+                .argsort_stable(true, 1, true);
+            let bx = boxes
+                .select(2, c)
+                .gather(1, &order.unsqueeze(2).expand([b, r_max, 4], false), false);
+            families.push(SortedProblems {
+                boxes: bx,
+                valid: valid.select(2, c).gather(1, &order, false),
+            });
+            orders.push(order);
+        }
+        // RoI positions (< 2^24) travel as float32 with the scores
+        let order_f = Tensor::stack(&orders, 2).to_kind(Kind::Float); // [B, R_max, fg]
+        let (kept, floats) =
+            greedy_sorted_with(&families, self.cfg.roi_heads.box_nms_thresh, &[&scores, &order_f]);
+        let (host_scores, host_order) = (&floats[0], &floats[1]);
+        let (rm, fgu) = (r_max as usize, fg as usize);
+        (0..b as usize)
+            .map(|i| {
+                // flattened candidate index r * fg + c of each kept candidate, ascending
+                let mut keep: Vec<usize> = (0..fgu)
+                    .flat_map(|c| {
+                        kept[c][i].iter().map(move |&p| {
+                            let r = host_order[(i * rm + p) * fgu + c] as usize;
+                            r * fgu + c
+                        })
+                    })
+                    .collect();
+                keep.sort_unstable();
+                let sc = &host_scores[i * rm * fgu..(i + 1) * rm * fgu];
+                keep.sort_by(|&x, &y| sc[y].partial_cmp(&sc[x]).unwrap_or(std::cmp::Ordering::Equal));
+                keep.truncate(self.cfg.roi_heads.box_detections_per_img.max(0) as usize);
+                keep.into_iter().map(|k| k as i64).collect()
+            })
+            .collect()
     }
 
     /// Inference: detections per image (resized coordinates), masks included when present.
@@ -250,7 +320,7 @@ impl RoiHeads {
 
     /// torchvision `postprocess_detections`: decode each image's boxes, clip, drop the
     /// background and low scores (and, per the semantics, small boxes), batched NMS per class,
-    /// keep the `box_detections_per_img` best.
+    /// keep the `box_detections_per_img` best ([`RoiHeads::select`]).
     pub fn postprocess_detections(
         &self,
         logits: &Tensor,
@@ -258,32 +328,57 @@ impl RoiHeads {
         proposals: &[Tensor],
         sizes: &[(i64, i64)],
     ) -> Vec<RawDetections> {
+        let decoded = self.decode_all(logits, regression, proposals, sizes);
+        let chosen = self.select(&decoded);
+        let device = logits.device();
+        let fg = self.cfg.num_classes - 1;
+        let flat: Vec<i64> = chosen.iter().flatten().copied().collect();
+        let idx = crate::ops::host::upload_i64(&flat, device);
         let mut start = 0;
-        let mut out = Vec::with_capacity(proposals.len());
-        for (p, &size) in proposals.iter().zip(sizes) {
-            let r = p.size()[0];
-            let (boxes, scores) = self.decode(
-                &logits.narrow(0, start, r),
-                &regression.narrow(0, start, r),
-                p,
-                size,
-            );
-            start += r;
-            let (b, s, l, _) = self.candidates(&boxes, &scores);
-            let keep = batched_nms(&b, &s, &l, self.cfg.roi_heads.box_nms_thresh);
-            let keep = keep.narrow(
-                0,
-                0,
-                self.cfg.roi_heads.box_detections_per_img.min(keep.size()[0]),
-            );
-            out.push(RawDetections {
-                boxes: b.index_select(0, &keep),
-                scores: s.index_select(0, &keep),
-                labels: l.index_select(0, &keep),
-                mask_logits: None,
-            });
-        }
-        out
+        decoded
+            .iter()
+            .zip(&chosen)
+            .map(|((boxes, scores), keep)| {
+                let k = keep.len() as i64;
+                let ix = idx.narrow(0, start, k);
+                start += k;
+                let labels = ix.remainder(fg) + 1;
+                let b = boxes.narrow(1, 1, fg).reshape([-1, 4]).index_select(0, &ix);
+                let s = scores.narrow(1, 1, fg).reshape([-1]).index_select(0, &ix);
+                RawDetections {
+                    boxes: b,
+                    scores: s,
+                    labels,
+                    mask_logits: None,
+                }
+            })
+            .collect()
+    }
+
+    /// Each image's decoded, clipped boxes `[R_i, n_c, 4]` and softmax scores `[R_i, n_c]`.
+    fn decode_all(
+        &self,
+        logits: &Tensor,
+        regression: &Tensor,
+        proposals: &[Tensor],
+        sizes: &[(i64, i64)],
+    ) -> Vec<(Tensor, Tensor)> {
+        let mut start = 0;
+        proposals
+            .iter()
+            .zip(sizes)
+            .map(|(p, &size)| {
+                let r = p.size()[0];
+                let d = self.decode(
+                    &logits.narrow(0, start, r),
+                    &regression.narrow(0, start, r),
+                    p,
+                    size,
+                );
+                start += r;
+                d
+            })
+            .collect()
     }
 
     /// The mask branch on the detections' boxes: each detection's mask logits at its label.
@@ -310,23 +405,45 @@ impl RoiHeads {
     /// The classifier's ranked detections of one image (§4.3): `[score, raw dx, dy, dw, dh]` of
     /// the kept candidates in descending score order, `[k, 5]` with k <= N (no padding here).
     pub fn ranked(&self, features: &[Tensor], proposals: &Tensor, size: (i64, i64)) -> Tensor {
-        let (logits, regression) = self.box_forward(features, &[proposals.shallow_clone()], &[size]);
-        let (boxes, scores) = self.decode(&logits, &regression, proposals, size);
-        let r = regression.size()[0];
+        self.ranked_batch(features, std::slice::from_ref(proposals), &[size])
+            .pop()
+            .expect("one image in, one ranking out")
+    }
+
+    /// [`RoiHeads::ranked`] of every image of a batch (features of the whole batch).
+    pub fn ranked_batch(
+        &self,
+        features: &[Tensor],
+        proposals: &[Tensor],
+        sizes: &[(i64, i64)],
+    ) -> Vec<Tensor> {
+        let (logits, regression) = self.box_forward(features, proposals, sizes);
+        let decoded = self.decode_all(&logits, &regression, proposals, sizes);
+        let chosen = self.select(&decoded);
         let nc = self.cfg.num_classes;
-        let raw = regression
-            .reshape([r, nc, 4])
-            .narrow(1, 1, nc - 1)
-            .reshape([-1, 4]);
-        let (b, s, l, index) = self.candidates(&boxes, &scores);
-        let keep = batched_nms(&b, &s, &l, self.cfg.roi_heads.box_nms_thresh);
-        let keep = keep.narrow(
-            0,
-            0,
-            self.cfg.roi_heads.box_detections_per_img.min(keep.size()[0]),
-        );
-        let deltas = raw.index_select(0, &index.index_select(0, &keep));
-        Tensor::cat(&[s.index_select(0, &keep).unsqueeze(1), deltas], 1)
+        let device = logits.device();
+        let flat: Vec<i64> = chosen.iter().flatten().copied().collect();
+        let idx = crate::ops::host::upload_i64(&flat, device);
+        let (mut start, mut row) = (0, 0);
+        decoded
+            .iter()
+            .zip(&chosen)
+            .zip(proposals)
+            .map(|(((_, scores), keep), p)| {
+                let r = p.size()[0];
+                let k = keep.len() as i64;
+                let ix = idx.narrow(0, start, k);
+                start += k;
+                let raw = regression
+                    .narrow(0, row, r)
+                    .reshape([r, nc, 4])
+                    .narrow(1, 1, nc - 1)
+                    .reshape([-1, 4]);
+                row += r;
+                let s = scores.narrow(1, 1, nc - 1).reshape([-1]).index_select(0, &ix);
+                Tensor::cat(&[s.unsqueeze(1), raw.index_select(0, &ix)], 1)
+            })
+            .collect()
     }
 
     /// Training: sample RoIs from the proposals (GT boxes appended) with `rng`, run the box and

@@ -7,9 +7,9 @@ use tch::{Kind, Tensor};
 
 use super::anchors::AnchorGenerator;
 use super::config::{BoxLoss, ModelConfig};
-use crate::ops::boxes::{BoxCoder, box_iou, clip_boxes_to_image, remove_small_boxes};
+use crate::ops::boxes::{BoxCoder, box_iou, clip_batched};
 use crate::ops::matcher::Matcher;
-use crate::ops::nms::batched_nms;
+use crate::ops::nms::{SortedProblems, greedy_sorted_with};
 use crate::ops::sampler::{BalancedSampler, Sampled, SamplingRng};
 
 #[derive(Debug)]
@@ -103,14 +103,22 @@ impl Rpn {
 
     /// Run the head on every level: `[N, A, H, W]` / `[N, 4A, H, W]` -> `[N, H*W*A]` / `[N, H*W*A, 4]`.
     pub fn head_outputs(&self, features: &[Tensor], padded: (i64, i64)) -> RpnOutput {
+        let (objectness, deltas) = self.head_raw(features);
+        self.with_anchors(objectness, deltas, features, padded)
+    }
+
+    /// The head alone (fixed shapes, no host work: what a CUDA graph captures): objectness
+    /// `[N, total]` and deltas `[N, total, 4]`, flattened over levels in torchvision's order.
+    pub fn head_raw(&self, features: &[Tensor]) -> (Tensor, Tensor) {
         let mut obj = Vec::new();
         let mut del = Vec::new();
-        let mut grids = Vec::new();
-        let mut per_level = Vec::new();
+        // the head runs in its weights' precision (bf16 / fp16 when asked for on CUDA), its
+        // outputs are float32
+        let kind = self.head.conv.ws.kind();
         for f in features {
-            let t = self.head.conv.forward(f).relu();
-            let logits = self.head.cls_logits.forward(&t);
-            let deltas = self.head.bbox_pred.forward(&t);
+            let t = self.head.conv.forward(&f.to_kind(kind)).relu();
+            let logits = self.head.cls_logits.forward(&t).to_kind(Kind::Float);
+            let deltas = self.head.bbox_pred.forward(&t).to_kind(Kind::Float);
             let [n, a, h, w] = logits.size()[..] else {
                 unreachable!("conv output is 4-D")
             };
@@ -121,13 +129,25 @@ impl Rpn {
                     .permute([0, 3, 4, 1, 2])
                     .reshape([n, -1, 4]),
             );
-            grids.push((h, w));
-            per_level.push(h * w * a);
         }
+        (Tensor::cat(&obj, 1), Tensor::cat(&del, 1))
+    }
+
+    /// [`RpnOutput`] of the head's outputs on `features`: the anchors of the padded batch.
+    pub fn with_anchors(
+        &self,
+        objectness: Tensor,
+        deltas: Tensor,
+        features: &[Tensor],
+        padded: (i64, i64),
+    ) -> RpnOutput {
+        let a = self.cfg.anchors_per_location();
+        let grids: Vec<(i64, i64)> = features.iter().map(|f| (f.size()[2], f.size()[3])).collect();
+        let per_level = grids.iter().map(|&(h, w)| h * w * a).collect();
         let device = features[0].device();
         RpnOutput {
-            objectness: Tensor::cat(&obj, 1),
-            deltas: Tensor::cat(&del, 1),
+            objectness,
+            deltas,
             anchors: self.anchor_generator.anchors(padded, &grids, device),
             per_level,
         }
@@ -144,7 +164,16 @@ impl Rpn {
         image_sizes: &[(i64, i64)],
         targets: Option<(&[Tensor], &mut SamplingRng)>,
     ) -> (Vec<Proposals>, Option<RpnLosses>) {
-        let out = self.head_outputs(features, padded);
+        self.forward_from(self.head_outputs(features, padded), image_sizes, targets)
+    }
+
+    /// [`Rpn::forward`] from the head's outputs.
+    pub fn forward_from(
+        &self,
+        out: RpnOutput,
+        image_sizes: &[(i64, i64)],
+        targets: Option<(&[Tensor], &mut SamplingRng)>,
+    ) -> (Vec<Proposals>, Option<RpnLosses>) {
         let proposals = self.proposals(&out, image_sizes, targets.is_some());
         let losses = targets.map(|(gt_boxes, rng)| {
             let sampler = self.sampler();
@@ -163,7 +192,12 @@ impl Rpn {
         (proposals, losses)
     }
 
-    /// Filter proposals per image (`image_sizes` are the un-padded sizes).
+    /// Filter proposals per image (`image_sizes` are the un-padded sizes): per level the top-n
+    /// anchors by objectness, decoded and clipped, small boxes (and, per the semantics, low
+    /// scores) left out, NMS within each level, then the post-NMS top-n by score (torchvision's
+    /// `filter_proposals` with its per-level `batched_nms`). Every image of the batch is done at
+    /// once on the device, and the NMS passes of all images and levels share one read to the
+    /// host ([`greedy_sorted_with`]): one synchronisation per batch on CUDA.
     pub fn proposals(&self, out: &RpnOutput, image_sizes: &[(i64, i64)], train: bool) -> Vec<Proposals> {
         let (pre_n, post_n) = if train {
             (
@@ -179,54 +213,89 @@ impl Rpn {
         let objectness = out.objectness.detach();
         let deltas = out.deltas.detach();
         let device = objectness.device();
-        image_sizes
+        let b = image_sizes.len() as i64;
+        let bound = |f: fn(&(i64, i64)) -> i64| {
+            let v: Vec<f32> = image_sizes.iter().map(|s| f(s) as f32).collect();
+            Tensor::from_slice(&v).to_device(device).view([b, 1])
+        };
+        let (heights, widths) = (bound(|s| s.0), bound(|s| s.1));
+        let mut families = Vec::new();
+        let mut level_boxes = Vec::new();
+        let mut level_scores = Vec::new();
+        let mut offset = 0;
+        for &n in &out.per_level {
+            let k = pre_n.min(n);
+            let (mut scores, top) = objectness.narrow(1, offset, n).topk(k, 1, true, true); // [B, k]
+            let top = top + offset;
+            offset += n;
+            let anchors = out.anchors.index_select(0, &top.flatten(0, -1));
+            let d = deltas
+                .gather(1, &top.unsqueeze(2).expand([b, k, 4], false), false)
+                .reshape([b * k, 4]);
+            let boxes = self.box_coder.decode(&d, &anchors).view([b, k, 4]);
+            let boxes = clip_batched(&boxes, &heights, &widths);
+            if self.cfg.rpn.rpn_nms_on_probabilities {
+                scores = scores.sigmoid();
+            }
+            let min = self.cfg.rpn.rpn_min_size;
+            let ws = boxes.select(2, 2) - boxes.select(2, 0);
+            let hs = boxes.select(2, 3) - boxes.select(2, 1);
+            let mut valid = ws.ge(min).logical_and(&hs.ge(min));
+            if let Some(t) = self.cfg.rpn.rpn_score_thresh {
+                let probs = if self.cfg.rpn.rpn_nms_on_probabilities {
+                    scores.shallow_clone()
+                } else {
+                    scores.sigmoid()
+                };
+                valid = valid.logical_and(&probs.ge(t));
+            }
+            // topk's order is descending, so each level is already in NMS priority order
+            families.push(SortedProblems {
+                boxes: boxes.shallow_clone(),
+                valid,
+            });
+            level_boxes.push(boxes);
+            level_scores.push(scores);
+        }
+        let all_scores = Tensor::cat(&level_scores, 1); // [B, N]
+        let (kept, floats) = greedy_sorted_with(&families, self.cfg.rpn.rpn_nms_thresh, &[&all_scores]);
+        let total = all_scores.size()[1] as usize;
+        let host_scores = &floats[0];
+        let mut starts = Vec::with_capacity(out.per_level.len());
+        let mut s0 = 0usize;
+        for f in &families {
+            starts.push(s0);
+            s0 += f.boxes.size()[1] as usize;
+        }
+        // per image: the kept positions of every level, by descending score, ties in
+        // (level, rank) order (torchvision sorts the kept indices, then stably by score)
+        let mut selected = Vec::new();
+        let mut counts = Vec::with_capacity(b as usize);
+        for i in 0..b as usize {
+            let mut keep: Vec<usize> = kept
+                .iter()
+                .zip(&starts)
+                .flat_map(|(per_image, &st)| per_image[i].iter().map(move |&p| st + p))
+                .collect();
+            let sc = &host_scores[i * total..(i + 1) * total];
+            keep.sort_by(|&x, &y| sc[y].partial_cmp(&sc[x]).unwrap_or(std::cmp::Ordering::Equal));
+            keep.truncate(post_n.max(0) as usize);
+            counts.push(keep.len() as i64);
+            selected.extend(keep.iter().map(|&p| (i * total + p) as i64));
+        }
+        let idx = crate::ops::host::upload_i64(&selected, device);
+        let boxes = Tensor::cat(&level_boxes, 1).view([-1, 4]).index_select(0, &idx);
+        let scores = all_scores.view([-1]).index_select(0, &idx);
+        let mut start = 0;
+        counts
             .iter()
-            .enumerate()
-            .map(|(i, &(h, w))| {
-                let ob = objectness.get(i as i64);
-                // top-n per level
-                let mut idx = Vec::new();
-                let mut lv = Vec::new();
-                let mut offset = 0;
-                for (l, &n) in out.per_level.iter().enumerate() {
-                    let k = pre_n.min(n);
-                    let top = ob.narrow(0, offset, n).topk(k, 0, true, true).1 + offset;
-                    lv.push(Tensor::full([k], l as i64, (Kind::Int64, device)));
-                    idx.push(top);
-                    offset += n;
-                }
-                let idx = Tensor::cat(&idx, 0);
-                let levels = Tensor::cat(&lv, 0);
-                let mut scores = ob.index_select(0, &idx);
-                let anchors = out.anchors.index_select(0, &idx);
-                let d = deltas.get(i as i64).index_select(0, &idx);
-                let boxes = self.box_coder.decode(&d, &anchors).squeeze_dim(1);
-                let mut boxes = clip_boxes_to_image(&boxes, h, w);
-                let mut levels = levels;
-                if self.cfg.rpn.rpn_nms_on_probabilities {
-                    scores = scores.sigmoid();
-                }
-                let keep = remove_small_boxes(&boxes, self.cfg.rpn.rpn_min_size);
-                boxes = boxes.index_select(0, &keep);
-                scores = scores.index_select(0, &keep);
-                levels = levels.index_select(0, &keep);
-                if let Some(t) = self.cfg.rpn.rpn_score_thresh {
-                    let probs = if self.cfg.rpn.rpn_nms_on_probabilities {
-                        scores.shallow_clone()
-                    } else {
-                        scores.sigmoid()
-                    };
-                    let keep = probs.ge(t).nonzero().squeeze_dim(1);
-                    boxes = boxes.index_select(0, &keep);
-                    scores = scores.index_select(0, &keep);
-                    levels = levels.index_select(0, &keep);
-                }
-                let keep = batched_nms(&boxes, &scores, &levels, self.cfg.rpn.rpn_nms_thresh);
-                let keep = keep.narrow(0, 0, post_n.min(keep.size()[0]));
-                Proposals {
-                    boxes: boxes.index_select(0, &keep),
-                    scores: scores.index_select(0, &keep),
-                }
+            .map(|&c| {
+                let p = Proposals {
+                    boxes: boxes.narrow(0, start, c),
+                    scores: scores.narrow(0, start, c),
+                };
+                start += c;
+                p
             })
             .collect()
     }

@@ -119,9 +119,15 @@ pub fn resize_boxes(boxes: &Tensor, resized: (i64, i64), original: (i64, i64)) -
 /// Paste `[K, M, M]` masks into `[K, H, W]` images at `boxes` (torchvision
 /// `paste_masks_in_image`: pad by one pixel, grow the box by (M+2)/M, truncate to integers,
 /// bilinear-resize to the box and copy the part inside the image).
+///
+/// On the CPU each box is resized and copied in turn; on CUDA every box at once
+/// ([`paste_masks_gathered`]), with no read of the boxes on the host.
 pub fn paste_masks(masks: &Tensor, boxes: &Tensor, (im_h, im_w): (i64, i64)) -> Tensor {
     let k = masks.size()[0];
     let device = masks.device();
+    if device.is_cuda() && k > 0 {
+        return paste_masks_gathered(masks, boxes, (im_h, im_w));
+    }
     let out = Tensor::zeros([k, im_h, im_w], (masks.kind(), device));
     if k == 0 {
         return out;
@@ -167,9 +173,95 @@ pub fn paste_masks(masks: &Tensor, boxes: &Tensor, (im_h, im_w): (i64, i64)) -> 
     out
 }
 
+/// [`paste_masks`] of every box at once, on the masks' device: `upsample_bilinear2d`'s sampling
+/// (align_corners false, scale `(M + 2) / size` in float32, source index clamped at 0, the
+/// upper neighbour only inside the input) written as two gathers, columns first and then rows,
+/// so each value is `l0y * (l0x v00 + l1x v01) + l1y * (l0x v10 + l1x v11)` in the kernel's
+/// order. Memory: a few `[K, H, W]` float tensors (no `[K, H, W]` index is materialised).
+pub fn paste_masks_gathered(masks: &Tensor, boxes: &Tensor, (im_h, im_w): (i64, i64)) -> Tensor {
+    let k = masks.size()[0];
+    let m = masks.size()[2];
+    let device = masks.device();
+    let kind = masks.kind();
+    let scale = (m + 2) as f64 / m as f64;
+    let padded = masks.constant_pad_nd([1, 1, 1, 1]); // [K, m+2, m+2]
+    let x1 = boxes.select(1, 0);
+    let y1 = boxes.select(1, 1);
+    let x2 = boxes.select(1, 2);
+    let y2 = boxes.select(1, 3);
+    let w_half = (&x2 - &x1) * 0.5 * scale;
+    let h_half = (&y2 - &y1) * 0.5 * scale;
+    let xc = (&x2 + &x1) * 0.5;
+    let yc = (&y2 + &y1) * 0.5;
+    let ex =
+        Tensor::stack(&[&xc - &w_half, &yc - &h_half, &xc + &w_half, &yc + &h_half], 1).to_kind(Kind::Int64); // [K, 4]
+    let p = m + 2;
+    // one axis: for output positions 0..size, the box's source indices, weights and inside flag
+    let axis = |lo: Tensor, hi: Tensor, size: i64| {
+        let len = (&hi - &lo + 1).clamp_min(1); // [K]
+        let pos = Tensor::arange(size, (Kind::Int64, device)).unsqueeze(0); // [1, size]
+        let d = &pos - lo.unsqueeze(1); // [K, size]
+        let inside = pos
+            .ge_tensor(&lo.clamp_min(0).unsqueeze(1))
+            .logical_and(&pos.lt_tensor(&(&hi + 1).clamp_max(size).unsqueeze(1)));
+        let sc =
+            Tensor::full([k, 1], p as f64, (Kind::Float, device)) / len.to_kind(Kind::Float).unsqueeze(1);
+        let src = ((d.to_kind(Kind::Float) + 0.5) * sc - 0.5).clamp_min(0.0);
+        let i0 = src.to_kind(Kind::Int64).clamp(0, p - 1); // truncation (src >= 0); clamp for outside
+        let i1 = (&i0 + i0.lt(p - 1).to_kind(Kind::Int64)).clamp_max(p - 1);
+        let l1 = &src - i0.to_kind(Kind::Float);
+        let l0 = (-&l1 + 1.0).to_kind(kind); // 1 - l1, exactly
+        let l1 = l1.to_kind(kind);
+        (i0, i1, l0, l1, inside)
+    };
+    let (x0i, x1i, lx0, lx1, in_x) = axis(ex.select(1, 0), ex.select(1, 2), im_w);
+    let (y0i, y1i, ly0, ly1, in_y) = axis(ex.select(1, 1), ex.select(1, 3), im_h);
+    // columns: [K, p, W]
+    let gx = |i: &Tensor| padded.gather(2, &i.unsqueeze(1).expand([k, p, im_w], false), false);
+    let cols = lx0.unsqueeze(1) * gx(&x0i) + lx1.unsqueeze(1) * gx(&x1i);
+    // rows: [K, H, W]
+    let gy = |i: &Tensor| cols.gather(1, &i.unsqueeze(2).expand([k, im_h, im_w], false), false);
+    let out = ly0.unsqueeze(2) * gy(&y0i) + ly1.unsqueeze(2) * gy(&y1i);
+    let inside = in_y.unsqueeze(2).logical_and(&in_x.unsqueeze(1));
+    out.where_self(&inside, &Tensor::zeros([], (kind, device)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gathered_paste_equals_the_per_box_paste() {
+        // random masks and boxes (some partly outside the image, one tiny), CPU both ways
+        let mut g = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        use rand::{Rng, SeedableRng};
+        let k = 12;
+        let vals: Vec<f32> = (0..k * 28 * 28).map(|_| g.gen_range(-4.0..4.0f32)).collect();
+        let masks = Tensor::from_slice(&vals).view([k, 28, 28]);
+        let mut rows = Vec::new();
+        for i in 0..k {
+            let (x, y) = (g.gen_range(-20.0..90.0f32), g.gen_range(-20.0..60.0f32));
+            let (w, h) = if i == 0 {
+                (0.4, 0.7)
+            } else {
+                (g.gen_range(1.0..60.0f32), g.gen_range(1.0..50.0f32))
+            };
+            rows.extend([x, y, x + w, y + h]);
+        }
+        let boxes = Tensor::from_slice(&rows).view([k, 4]);
+        let a = paste_masks(&masks, &boxes, (70, 96));
+        let b = paste_masks_gathered(&masks, &boxes, (70, 96));
+        let diff = (&a - &b).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "max difference {diff}");
+        assert_eq!(
+            a.gt(0.5).sum(Kind::Int64).int64_value(&[]),
+            b.gt(0.5).sum(Kind::Int64).int64_value(&[])
+        );
+        assert!(
+            a.abs().sum(Kind::Float).double_value(&[]) > 100.0,
+            "the boxes paste something"
+        );
+    }
 
     #[test]
     fn resize_rule() {

@@ -36,6 +36,13 @@ pub fn clip_boxes_to_image(boxes: &Tensor, height: i64, width: i64) -> Tensor {
     Tensor::stack(&[xs, ys], 2).reshape(shape.as_slice())
 }
 
+/// Clip `[B, n, 4]` boxes, image `i` to `heights[i]` x `widths[i]` (`[B, 1]` float tensors): the
+/// same float operations as [`clip_boxes_to_image`] per image.
+pub fn clip_batched(boxes: &Tensor, heights: &Tensor, widths: &Tensor) -> Tensor {
+    let c = |k: i64, bound: &Tensor| boxes.select(2, k).clamp_min(0.0).minimum(bound);
+    Tensor::stack(&[c(0, widths), c(1, heights), c(2, widths), c(3, heights)], 2)
+}
+
 /// Indices of boxes whose width and height are both >= `min_size`.
 pub fn remove_small_boxes(boxes: &Tensor, min_size: f64) -> Tensor {
     let (x1, y1, x2, y2) = columns(boxes);

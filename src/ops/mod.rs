@@ -3,6 +3,7 @@
 //! are written on tensor ops (spec §9 item 13, libtorch.md "Operators missing from libtorch").
 
 pub mod boxes;
+pub mod host;
 pub mod matcher;
 pub mod nms;
 pub mod roi_align;
