@@ -12,7 +12,8 @@
 #      (same count and labels, boxes within 1e-2 px, scores and probabilities within 1e-4, mask
 #      areas within 1 %) with the benchmarked R50 models (`ctmask bench --save-models`), or
 #      pretrained_models/demo_{segmentation,classifier}.safetensors when saving failed;
-#   4. runs bench/side_by_side.sh --device cuda --quick (ctmask vs torchvision, batch 1 fp32);
+#   4. runs bench/side_by_side.sh --device cuda --quick --rounds 1 (ctmask vs torchvision, batch 1
+#      fp32, segmentation and screening);
 #   5. checks bf16 against fp32 on 24 slices: the same slice label (`ctmask classify --precision`)
 #      on >= 99 % of them and a Dice >= 0.95 of the lesion masks (`ctmask segment --precision
 #      --out`, the <name>_mask.png files, lesion = any non-zero pixel, pooled over all slices),
@@ -175,7 +176,7 @@ if [[ $cuda_ok == 1 ]]; then
     if [[ $dry == 1 ]]; then
         sbs=(--device cpu --preset "$preset" --slices 2 --rounds 1 --timeout 120)
     else
-        sbs=(--device cuda --quick --timeout 60 --cases segmentation,screening)
+        sbs=(--device cuda --quick --rounds 1 --timeout 60 --cases segmentation,screening)
     fi
     # leave time for bf16 (4 short runs) and for the summary after the last run
     sbs_limit=$((deadline - SECONDS - 60)); ((sbs_limit > 170)) && sbs_limit=170
@@ -274,7 +275,8 @@ def compare(sfx=""):
         problems.append("classify did not run on both devices")
     detections = [len(a["detections"]) for a in sc]
     ok = not problems and box_d <= 1e-2 and score_d <= 1e-4 and area_r <= 0.01 and prob_d <= 1e-4
-    return {"models": os.environ.get("MODELS"), "slices": len(sc), "detections_cuda": detections,
+    models = "demo weights (pretrained_models/)" if sfx == "_demo" else os.environ.get("MODELS")
+    return {"models": models, "slices": len(sc), "detections_cuda": detections,
             "max_box_diff_px": box_d, "max_score_diff": score_d, "max_mask_area_rel_diff": area_r,
             "max_probability_diff": prob_d, "problems": problems[:10], "pass": ok}
 

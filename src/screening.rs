@@ -142,13 +142,21 @@ impl ModelScreener {
         if slices.is_empty() {
             return Vec::new();
         }
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(slices.len());
+        let workers = worker_threads().min(slices.len());
+        let t0 = Instant::now();
+        // the images go to the device first, before other threads start work
+        let images: Vec<Tensor> = match slices
+            .iter()
+            .map(|s| crate::model::transform::tensor_from_rgb(&s.rgb, s.width, s.height, self.device))
+            .collect::<Result<_>>()
+        {
+            Ok(i) => i,
+            Err(e) => return slices.iter().map(|_| Err(Error::Input(e.to_string()))).collect(),
+        };
+        clock.lap("decode", self.device);
         std::thread::scope(|scope| {
             let fields = scope.spawn(move || par_map(slices, workers, crate::lung_field::lung_field));
-            let models = self.run_models(slices, clock);
+            let models = self.run_models(slices, &images, t0, clock);
             let fields = fields.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             let (seg_ms, cls_ms, per_slice) = match models {
                 Ok(m) => m,
@@ -183,24 +191,19 @@ impl ModelScreener {
     fn run_models(
         &self,
         slices: &[Slice],
+        images: &[Tensor],
+        t0: Instant,
         clock: &mut StageClock,
     ) -> Result<(
         f64,
         f64,
         Vec<(Result<HostDetections>, Result<Option<Classification>>)>,
     )> {
-        let t0 = Instant::now();
-        let images: Vec<Tensor> = slices
-            .iter()
-            .map(|s| crate::model::transform::tensor_from_rgb(&s.rgb, s.width, s.height, self.device))
-            .collect::<Result<_>>()
-            .map_err(|e| Error::Input(e.to_string()))?;
-        clock.lap("decode", self.device);
-        let dets = self.segmentation.detect_timed(&images, clock)?;
+        let dets = self.segmentation.detect_timed(images, clock)?;
         let seg_ms = t0.elapsed().as_secs_f64() * 1e3 / slices.len() as f64;
         clock.reset();
         let t = Instant::now();
-        let classifications = self.classify_all(slices, &images);
+        let classifications = self.classify_all(slices, images);
         clock.lap("classifier", self.device);
         let cls_ms = t.elapsed().as_secs_f64() * 1e3 / slices.len() as f64;
         let per_slice = slices
@@ -255,6 +258,13 @@ impl ModelScreener {
             self.device,
         ))
     }
+}
+
+/// The threads the host's share of a batch may use: the cores this process may use (read once:
+/// on Linux it reads the cgroup's CPU limit from files).
+fn worker_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 /// `f` of each item, on up to `workers` threads (contiguous shares, in order); a panic in `f`

@@ -117,6 +117,11 @@ impl Shared {
         self.operator_paused.load(Ordering::SeqCst) || self.disk_is_low() || self.device_alert().is_some()
     }
 
+    /// Whether intake is paused for a run of screening failures.
+    pub(crate) fn device_failure_paused(&self) -> bool {
+        self.device_alert().is_some()
+    }
+
     fn device_alert(&self) -> Option<String> {
         self.failure_streak.lock().ok().and_then(|s| s.1.clone())
     }

@@ -1,10 +1,12 @@
-//! The screening pipeline around a model-agnostic `Screener`. Two threads:
+//! The screening pipeline around a model-agnostic `Screener`. Three threads:
 //! - the reader claims due jobs, reads each file once (checking that its content still has the
 //!   job's hash), decodes its slices and hands them over a small bounded channel, so the reading
 //!   of the next slices overlaps the model's work; of a multi-frame object longer than a batch it
 //!   decodes the first batch, and the worker decodes the rest a batch at a time;
 //! - the worker owns the screener (built on that thread by the caller's closure: tensors are not
-//!   `Sync`), screens in batches, writes the outputs and records each job's outcome.
+//!   `Sync`) and screens in batches; a writer thread it starts writes each batch's outputs and
+//!   records each job's outcome while the next batch is screened (a multi-frame object longer
+//!   than a batch is written by the worker, a part at a time).
 //!
 //! A slice failure is data: an `Err` or a caught panic fails its job (retried with backoff, then
 //! quarantined); a file the reader refuses (not CT, localizer, corrupt...) is quarantined at once,
@@ -311,13 +313,74 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// The worker thread's screening loop (the screener is already built).
+/// The worker thread's screening loop (the screener is already built). The outputs of each
+/// screened batch go to a writer thread (PNG and JSON files, the queue's records), so the
+/// screener goes on with the next batch while they are written; at the end the writer drains
+/// what it was handed before the loop returns.
 pub(crate) fn worker_loop(
     shared: Arc<Shared>,
-    mut queue: Queue,
+    queue: Queue,
     screener: &mut dyn Screener,
     rx: Receiver<ReadJob>,
 ) {
+    let queue = std::sync::Mutex::new(queue);
+    let (to_writer, from_worker) = std::sync::mpsc::sync_channel::<Screened>(1);
+    std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name("writer".into())
+            .spawn_scoped(scope, || writer_loop(&shared, &queue, from_worker));
+        if let Err(e) = &writer {
+            tracing::error!(error = %e, "cannot start the writer thread; writing on the worker thread");
+        }
+        let writer_tx = writer.is_ok().then_some(to_writer);
+        screening_loop(&shared, &queue, screener, rx, writer_tx.as_ref());
+        drop(writer_tx); // the writer ends once it has written what it holds
+    });
+}
+
+/// One screened batch on its way to the writer: its jobs, one result per slice in order, and
+/// the model's milliseconds per slice.
+struct Screened {
+    jobs: Vec<ReadJob>,
+    results: Vec<Result<Finding, String>>,
+    model_ms: f64,
+}
+
+/// Writes each screened batch's outputs and records its jobs' outcomes, until the worker hangs
+/// up.
+fn writer_loop(shared: &Shared, queue: &std::sync::Mutex<Queue>, rx: Receiver<Screened>) {
+    for batch in rx {
+        write_screened(shared, queue, batch);
+    }
+}
+
+fn write_screened(shared: &Shared, queue: &std::sync::Mutex<Queue>, batch: Screened) {
+    let mut results = batch.results.into_iter();
+    let n_jobs = batch.jobs.len();
+    for job in batch.jobs {
+        let t1 = Instant::now();
+        let findings: Vec<Result<Finding, String>> = results.by_ref().take(job.slices.len()).collect();
+        let n = job.slices.len();
+        let outcome = {
+            let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+            finish_job(shared, &mut q, &job, findings)
+        };
+        let overhead = (job.read_ms + t1.elapsed().as_secs_f64() * 1e3) / n.max(1) as f64;
+        if outcome {
+            shared.record_slices(n, batch.model_ms, overhead);
+        }
+    }
+    shared.in_flight.fetch_sub(n_jobs, Ordering::SeqCst);
+}
+
+fn screening_loop(
+    shared: &Arc<Shared>,
+    queue: &std::sync::Mutex<Queue>,
+    screener: &mut dyn Screener,
+    rx: Receiver<ReadJob>,
+    writer: Option<&SyncSender<Screened>>,
+) {
+    let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
     // A job that was in hand when the daemon died is screened alone: held back from a batch.
     let mut held: Option<ReadJob> = None;
     loop {
@@ -335,10 +398,11 @@ pub(crate) fn worker_loop(
         if first.rest.is_some() {
             // a multi-frame object longer than a batch: screened alone, a batch at a time
             if shared.stopping() {
-                requeue_all(&mut queue, std::iter::once(&first.job));
+                requeue_all(&mut lock(), std::iter::once(&first.job));
                 break;
             }
-            screen_streamed(&shared, &mut queue, screener, first, batch_size);
+            // written here, a part at a time (the frames' outputs are not held in memory)
+            screen_streamed(shared, queue, screener, first, batch_size);
             shared.in_flight.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
@@ -356,16 +420,44 @@ pub(crate) fn worker_loop(
             }
         }
         if shared.stopping() {
-            requeue_all(&mut queue, jobs.iter().map(|j| &j.job));
+            requeue_all(&mut lock(), jobs.iter().map(|j| &j.job));
             break;
         }
-        let n = jobs.len();
-        screen_jobs(&shared, &mut queue, screener, jobs, batch_size);
-        shared.in_flight.fetch_sub(n, Ordering::SeqCst);
+        let screened = screen_jobs(shared, screener, jobs, batch_size);
+        match writer {
+            Some(tx) => send_to_writer(tx, screened, shared, queue),
+            None => write_screened(shared, queue, screened),
+        }
     }
     // Whatever the reader already handed over goes back to pending.
     let left: Vec<ReadJob> = held.into_iter().chain(rx.try_iter()).collect();
-    requeue_all(&mut queue, left.iter().map(|j| &j.job));
+    requeue_all(&mut lock(), left.iter().map(|j| &j.job));
+}
+
+/// Hands a screened batch to the writer, beating while it waits (the writer holds at most one
+/// more batch: a slow disk holds the screener back rather than piling outputs up in memory).
+fn send_to_writer(
+    tx: &SyncSender<Screened>,
+    mut item: Screened,
+    shared: &Shared,
+    queue: &std::sync::Mutex<Queue>,
+) {
+    loop {
+        match tx.try_send(item) {
+            Ok(()) => return,
+            Err(TrySendError::Full(back)) => {
+                item = back;
+                shared.beats.worker.beat();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(TrySendError::Disconnected(back)) => {
+                // the writer died (a panic): write here rather than lose the batch
+                tracing::error!("the writer thread is gone; writing on the worker thread");
+                write_screened(shared, queue, back);
+                return;
+            }
+        }
+    }
 }
 
 fn requeue_all<'a>(queue: &mut Queue, jobs: impl Iterator<Item = &'a Job>) {
@@ -376,13 +468,13 @@ fn requeue_all<'a>(queue: &mut Queue, jobs: impl Iterator<Item = &'a Job>) {
     }
 }
 
+/// Screens the slices of `jobs` in batches of `batch_size`.
 fn screen_jobs(
     shared: &Shared,
-    queue: &mut Queue,
     screener: &mut dyn Screener,
     jobs: Vec<ReadJob>,
     batch_size: usize,
-) {
+) -> Screened {
     let all: Vec<Slice> = jobs.iter().flat_map(|j| j.slices.iter().cloned()).collect();
     let t0 = Instant::now();
     let mut results = Vec::with_capacity(all.len());
@@ -391,16 +483,10 @@ fn screen_jobs(
         results.extend(screen_guarded(screener, chunk));
     }
     let model_ms = t0.elapsed().as_secs_f64() * 1e3 / all.len().max(1) as f64;
-    let mut results = results.into_iter();
-    for job in jobs {
-        let t1 = Instant::now();
-        let findings: Vec<Result<Finding, String>> = results.by_ref().take(job.slices.len()).collect();
-        let n = job.slices.len();
-        let outcome = finish_job(shared, queue, &job, findings);
-        let overhead = (job.read_ms + t1.elapsed().as_secs_f64() * 1e3) / n.max(1) as f64;
-        if outcome {
-            shared.record_slices(n, model_ms, overhead);
-        }
+    Screened {
+        jobs,
+        results,
+        model_ms,
     }
 }
 
@@ -410,11 +496,13 @@ fn screen_jobs(
 /// them). Returns whether the job is done.
 fn screen_streamed(
     shared: &Shared,
-    queue: &mut Queue,
+    queue: &std::sync::Mutex<Queue>,
     screener: &mut dyn Screener,
     mut job: ReadJob,
     batch_size: usize,
 ) -> bool {
+    // the queue is shared with the writer thread: held only while a part is recorded
+    let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
     let mut rest = job.rest.take();
     let mut slices = std::mem::take(&mut job.slices);
     let mut summaries = Vec::new();
@@ -426,7 +514,16 @@ fn screen_streamed(
         let findings = screen_guarded(screener, &slices);
         let model_ms = t0.elapsed().as_secs_f64() * 1e3 / slices.len().max(1) as f64;
         let t1 = Instant::now();
-        if !write_part(shared, queue, &job, &slices, findings, done, true, &mut summaries) {
+        if !write_part(
+            shared,
+            &mut lock(),
+            &job,
+            &slices,
+            findings,
+            done,
+            true,
+            &mut summaries,
+        ) {
             return false;
         }
         let n = slices.len();
@@ -441,7 +538,7 @@ fn screen_streamed(
             break;
         }
         if shared.stopping() {
-            requeue_all(queue, std::iter::once(&job.job)); // not a try: screened again whole
+            requeue_all(&mut lock(), std::iter::once(&job.job)); // not a try: screened again whole
             return false;
         }
         let t2 = Instant::now();
@@ -449,13 +546,13 @@ fn screen_streamed(
         slices = match next_slices(frames, batch_size) {
             Ok(s) => s,
             Err(f) => {
-                f.record(queue, shared, &job.job, &format!("frame {done}: "));
+                f.record(&mut lock(), shared, &job.job, &format!("frame {done}: "));
                 return false;
             }
         };
         read_ms = t2.elapsed().as_secs_f64() * 1e3;
     }
-    complete_job(shared, queue, &job.job, &summaries)
+    complete_job(shared, &mut lock(), &job.job, &summaries)
 }
 
 /// Writes the outputs of a job whose slices all succeeded and marks it done; otherwise records
@@ -499,6 +596,15 @@ fn write_part(
         } else {
             reason.clone()
         };
+        if shared.device_failure_paused() {
+            // intake is already paused for a run of screening failures (the device or the
+            // models): this one is not the file's fault either; it waits, its tries untouched
+            // (the writer learns of the pause after the worker screened further jobs)
+            if let Err(e) = queue.requeue(job.job.id, Duration::ZERO) {
+                tracing::error!(job = job.job.id, error = %e, "cannot requeue");
+            }
+            return false;
+        }
         record_failure(
             queue,
             shared,

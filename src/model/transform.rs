@@ -28,12 +28,18 @@ pub fn tensor_from_rgb(rgb: &[u8], width: u32, height: u32, device: Device) -> c
             rgb.len()
         )));
     }
-    Ok(Tensor::from_slice(rgb)
-        .to_device(device)
-        .view([h, w, 3])
-        .permute([2, 0, 1])
-        .to_kind(Kind::Float)
-        / 255.0)
+    let bytes = Tensor::from_slice(rgb);
+    // on CUDA from pinned memory without blocking (libtorch's pinned-memory cache keeps the
+    // buffer until the copy is done): the host goes on queueing work (`_pin_memory`: see
+    // `ops::host::upload_i64`)
+    let bytes = if device.is_cuda() {
+        bytes
+            .internal_pin_memory(device)
+            .to_device_(device, Kind::Uint8, true, false)
+    } else {
+        bytes
+    };
+    Ok(bytes.view([h, w, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 255.0)
 }
 
 /// Resized output size and scale for an `(h, w)` image.

@@ -39,11 +39,13 @@ pub fn nonzero(t: &Tensor) -> Tensor {
 
 /// `v` as a 1-D int64 tensor on `device`. On CUDA the copy goes from pinned host memory without
 /// blocking (libtorch's pinned-memory cache keeps the buffer until the copy is done), so the host
-/// need not wait for the GPU to drain its queue.
+/// need not wait for the GPU to drain its queue. Pinned through `_pin_memory` (what
+/// `pin_memory` calls): `pin_memory` with a device argument, the only form tch binds, prints a
+/// deprecation warning on every call in libtorch 2.11.
 pub fn upload_i64(v: &[i64], device: Device) -> Tensor {
     let t = Tensor::from_slice(v);
     if device.is_cuda() {
-        t.pin_memory(device)
+        t.internal_pin_memory(device)
             .to_device_(device, tch::Kind::Int64, true, false)
     } else {
         t

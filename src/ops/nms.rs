@@ -110,7 +110,8 @@ pub fn greedy_sorted_with(
         }
         let device = f.boxes.device();
         let over = batched_box_iou(&f.boxes).gt(iou_threshold).to_kind(Kind::Uint8);
-        let n8 = (n + 7) / 8;
+        // rows padded to whole 64-bit words: the host ORs a kept box's row in word by word
+        let n8 = (n + 63) / 64 * 8;
         let bits = Tensor::from_slice(&[1u8, 2, 4, 8, 16, 32, 64, 128]).to_device(device);
         let packed = over
             .constant_pad_nd([0, n8 * 8 - n])
@@ -145,7 +146,7 @@ pub fn greedy_sorted_with(
             if b == 0 || n == 0 {
                 return vec![Vec::new(); b];
             }
-            let n8 = n.div_ceil(8);
+            let n8 = n.div_ceil(64) * 8;
             let bits = &host[at..at + b * n * n8];
             let valid = &host[at + b * n * n8..at + b * n * n8 + b * n];
             at += b * n * n8 + b * n;
@@ -168,22 +169,25 @@ pub fn greedy_sorted_with(
     (kept, floats)
 }
 
-/// Greedy suppression over packed rows (`n8 = ceil(n / 8)` bytes per box, bit `j % 8` of byte
-/// `j / 8` set when box `j` overlaps the row's box too much), skipping invalid boxes.
+/// Greedy suppression over packed rows (`8 * ceil(n / 64)` bytes per box, bit `j % 8` of byte
+/// `j / 8` set when box `j` overlaps the row's box too much), skipping invalid boxes: the
+/// removed set is a bitset, and each kept box's row is ORed into it a 64-bit word at a time
+/// (torchvision's CUDA NMS does the same pass on the host).
 fn greedy_bits(bits: &[u8], valid: &[u8], n: usize) -> Vec<usize> {
-    let n8 = n.div_ceil(8);
-    let mut suppressed = vec![false; n];
+    let words = n.div_ceil(64);
+    let word = |row: usize, w: usize| {
+        let at = (row * words + w) * 8;
+        u64::from_le_bytes(bits[at..at + 8].try_into().expect("8 bytes"))
+    };
+    let mut removed = vec![0u64; words];
     let mut keep = Vec::new();
     for i in 0..n {
-        if valid[i] == 0 || suppressed[i] {
+        if valid[i] == 0 || removed[i / 64] >> (i % 64) & 1 != 0 {
             continue;
         }
         keep.push(i);
-        let row = &bits[i * n8..(i + 1) * n8];
-        for (j, s) in suppressed.iter_mut().enumerate().skip(i + 1) {
-            if row[j / 8] >> (j % 8) & 1 != 0 {
-                *s = true;
-            }
+        for (w, r) in removed.iter_mut().enumerate().skip(i / 64) {
+            *r |= word(i, w);
         }
     }
     keep

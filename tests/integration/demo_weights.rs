@@ -252,3 +252,83 @@ fn demo_weights_on_real_normal_slices_count_no_lesion_outside_the_lungs() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// A batch is screened as its slices are one by one: the batched RPN and RoI-head NMS (one read
+/// to the host per batch), the classifier over the batch and the findings finished on worker
+/// threads give each slice what it gets alone (lesions, their scores, boxes and areas, the
+/// involvement, the label and its probabilities), on three phantoms of the three classes.
+#[test]
+fn a_batch_is_screened_as_its_slices_one_by_one() {
+    use ctmask::data::synth::{LesionClass, phantom};
+    use ctmask::slice::{Slice, SliceFormat, SliceMeta};
+    let slices: Vec<Slice> = [LesionClass::Covid, LesionClass::Cp, LesionClass::Control]
+        .iter()
+        .enumerate()
+        .map(|(i, &class)| {
+            let p = phantom(4100 + i as u64, class, 512);
+            let hu: Vec<f32> = p.hu.iter().map(|&v| v as f32).collect();
+            Slice {
+                width: p.width,
+                height: p.height,
+                rgb: hu
+                    .iter()
+                    .flat_map(|&v| [ctmask::slice::lung_window(v, -600.0, 1500.0); 3])
+                    .collect(),
+                hu: Some(hu),
+                format: SliceFormat::Png,
+                meta: SliceMeta::default(),
+            }
+        })
+        .collect();
+    let paths = ctmask::config::ModelPaths {
+        segmentation: weights("demo_segmentation.safetensors"),
+        classifier: Some(weights("demo_classifier.safetensors")),
+    };
+    let screener =
+        ctmask::screening::ModelScreener::new(&paths, tch::Device::Cpu, Default::default()).unwrap();
+    let batch: Vec<_> = screener
+        .screen_batch(&slices)
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let mut lesions = 0;
+    for (s, b) in slices.iter().zip(&batch) {
+        let a = screener
+            .screen_batch(std::slice::from_ref(s))
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.lesions.len(), b.lesions.len());
+        lesions += a.lesions.len();
+        for (x, y) in a.lesions.iter().zip(&b.lesions) {
+            assert_eq!((x.label, x.outside_lung), (y.label, y.outside_lung));
+            assert!((x.score - y.score).abs() < 1e-4, "{} vs {}", x.score, y.score);
+            for (p, q) in x.bbox.iter().zip(&y.bbox) {
+                assert!((p - q).abs() < 1e-2, "{:?} vs {:?}", x.bbox, y.bbox);
+            }
+            let (pa, pb) = (x.area_px as f64, y.area_px as f64);
+            assert!((pa - pb).abs() <= 0.01 * pa.max(pb) + 1.0, "{pa} vs {pb}");
+        }
+        for (k, v) in &a.involvement {
+            assert!(
+                (v - b.involvement[k]).abs() < 1e-3,
+                "{k}: {v} vs {}",
+                b.involvement[k]
+            );
+        }
+        let (ca, cb) = (
+            a.classification.unwrap(),
+            b.classification.as_ref().unwrap().clone(),
+        );
+        assert_eq!(ca.label, cb.label);
+        for (p, q) in ca.probabilities.iter().zip(&cb.probabilities) {
+            assert!(
+                (p - q).abs() < 1e-4,
+                "{:?} vs {:?}",
+                ca.probabilities,
+                cb.probabilities
+            );
+        }
+    }
+    assert!(lesions > 0, "the phantoms with lesions give lesions to compare");
+}
