@@ -206,14 +206,13 @@ impl ModelScreener {
         let classifications = self.classify_all(slices, images);
         clock.lap("classifier", self.device);
         let cls_ms = t.elapsed().as_secs_f64() * 1e3 / slices.len() as f64;
-        let per_slice = slices
+        let sizes: Vec<(usize, usize)> = slices
             .iter()
-            .zip(&dets)
+            .map(|s| (s.width as usize, s.height as usize))
+            .collect();
+        let per_slice = host_detections_batch(&dets, &self.settings, &sizes)
+            .into_iter()
             .zip(classifications)
-            .map(|((s, d), c)| {
-                let size = (s.width as usize, s.height as usize);
-                (host_detections(d, &self.settings, size), c)
-            })
             .collect();
         Ok((seg_ms, cls_ms, per_slice))
     }
@@ -300,90 +299,171 @@ struct HostDetections {
     masks: Vec<MaskCrop>,
 }
 
-/// Bring one slice's detections to the host in at most two reads ([`host::read`]): first
-/// scores, labels, boxes and each mask's maximum in one `[K, 7]` float tensor; then the
-/// thresholded masks of the kept detections whose maximum passes the threshold, bit-packed on
-/// the device (64 pixels a word: `[n, H, W / 8]` bytes, 3.3 MB for 100 masks of 512x512
-/// against 26 MB of bytes) and cropped to their bounding boxes here. The threshold is
-/// [`Detections::binary_masks`]'s (`>` the probability, or its logit for logit masks).
+/// Bring one slice's detections to the host ([`host_detections_batch`] of one slice).
 fn host_detections(
     d: &Detections,
     settings: &ScreeningSettings,
-    (w, h): (usize, usize),
+    size: (usize, usize),
 ) -> Result<HostDetections> {
-    let k = d.len();
-    let cut = match d.mask_space {
+    host_detections_batch(std::slice::from_ref(d), settings, &[size])
+        .pop()
+        .expect("one slice in, one out")
+}
+
+/// Bring a batch's detections to the host in at most two reads ([`host::read`]) for the whole
+/// batch: first every slice's scores, labels, boxes and each mask's maximum as `[K, 7]` float
+/// rows, concatenated; then the thresholded masks of the kept detections whose maximum passes
+/// the threshold, bit-packed on the device (64 pixels a word: `[n, H, W / 8]` bytes, 3.3 MB for
+/// 100 masks of 512x512 against 26 MB of bytes), concatenated, and cropped to their bounding
+/// boxes here. The threshold is [`Detections::binary_masks`]'s (`>` the probability, or its
+/// logit for logit masks). `sizes` are the slices' `(width, height)`; a slice whose masks do
+/// not match its size gets an error, the others their detections.
+fn host_detections_batch(
+    dets: &[Detections],
+    settings: &ScreeningSettings,
+    sizes: &[(usize, usize)],
+) -> Vec<Result<HostDetections>> {
+    let cut_of = |d: &Detections| match d.mask_space {
         MaskSpace::Probabilities => settings.mask_threshold.0,
         MaskSpace::Logits => crate::model::logit(settings.mask_threshold.0),
     };
-    let masks = d.masks.as_ref().filter(|_| k > 0);
-    if let Some(m) = masks
-        && m.size() != [k, h as i64, w as i64]
-    {
-        return Err(Error::Other(format!(
-            "masks of shape {:?} for {k} detections on a {w}x{h} slice",
-            m.size()
-        )));
-    }
-    let peak = match masks {
-        Some(m) => m.flatten(1, -1).amax([1], false).to_kind(Kind::Float),
-        None => Tensor::zeros([k], (Kind::Float, d.scores.device())),
-    };
-    let small = Tensor::stack(
-        &[
-            d.scores.to_kind(Kind::Float),
-            d.labels.to_kind(Kind::Float),
-            d.boxes.select(1, 0).to_kind(Kind::Float),
-            d.boxes.select(1, 1).to_kind(Kind::Float),
-            d.boxes.select(1, 2).to_kind(Kind::Float),
-            d.boxes.select(1, 3).to_kind(Kind::Float),
-            peak,
-        ],
-        1,
-    );
-    let rows: Vec<f32> = host::read(&small.flatten(0, -1)).map_err(torch)?;
-    let rows: Vec<&[f32]> = rows.chunks_exact(7).collect();
-    let scores: Vec<f32> = rows.iter().map(|r| r[0]).collect();
-    // labels are small integers: exact in f32
-    let labels: Vec<i64> = rows.iter().map(|r| r[1] as i64).collect();
-    let boxes: Vec<Vec<f32>> = rows.iter().map(|r| r[2..6].to_vec()).collect();
-    let keep: Vec<usize> = (0..scores.len())
-        .filter(|&i| scores[i] as f64 >= settings.score_threshold.0)
-        .collect();
-    let mut crops = vec![MaskCrop::from_frame(&[], 1); keep.len()];
-    // the kept masks with a pixel above the threshold, packed; the others are empty. A filter
-    // only (the device's `gt` decides every bit): a NaN maximum may hide such a pixel, and a
-    // pixel the device finds above the threshold (rounded to the masks' kind) is above it here
-    let lit: Vec<usize> = (0..keep.len())
-        .filter(|&j| {
-            let peak = f64::from(rows[keep[j]][6]);
-            peak > cut || peak.is_nan()
+    let checked: Vec<Result<()>> = dets
+        .iter()
+        .zip(sizes)
+        .map(|(d, &(w, h))| {
+            let k = d.len();
+            match d.masks.as_ref().filter(|_| k > 0) {
+                Some(m) if m.size() != [k, h as i64, w as i64] => Err(Error::Other(format!(
+                    "masks of shape {:?} for {k} detections on a {w}x{h} slice",
+                    m.size()
+                ))),
+                _ => Ok(()),
+            }
         })
         .collect();
-    if let (Some(m), false) = (masks, lit.is_empty()) {
-        let picked: Vec<i64> = lit.iter().map(|&j| keep[j] as i64).collect();
-        let sel = if picked.iter().enumerate().all(|(j, &i)| i == j as i64) {
-            m.narrow(0, 0, picked.len() as i64)
-        } else {
-            m.index_select(0, &Tensor::from_slice(&picked).to_device(m.device()))
-        };
-        let bytes: Vec<u8> = host::read(&pack_bits(&sel.gt(cut)).flatten(0, -1)).map_err(torch)?;
-        let wpr = w.div_ceil(64);
-        let mut frame = vec![0u64; h * wpr];
-        for (&j, c) in lit.iter().zip(bytes.chunks_exact(h * wpr * 8)) {
-            for (f, b) in frame.iter_mut().zip(c.chunks_exact(8)) {
-                *f = u64::from_le_bytes(b.try_into().expect("8 bytes"));
-            }
-            crops[j] = MaskCrop::from_frame(&frame, wpr);
+    let ok: Vec<usize> = (0..dets.len()).filter(|&i| checked[i].is_ok()).collect();
+    // read 1: the rows of every slice
+    let small: Vec<Tensor> = ok
+        .iter()
+        .map(|&i| {
+            let d = &dets[i];
+            let k = d.len();
+            let peak = match d.masks.as_ref().filter(|_| k > 0) {
+                Some(m) => m.flatten(1, -1).amax([1], false).to_kind(Kind::Float),
+                None => Tensor::zeros([k], (Kind::Float, d.scores.device())),
+            };
+            Tensor::stack(
+                &[
+                    d.scores.to_kind(Kind::Float),
+                    d.labels.to_kind(Kind::Float),
+                    d.boxes.select(1, 0).to_kind(Kind::Float),
+                    d.boxes.select(1, 1).to_kind(Kind::Float),
+                    d.boxes.select(1, 2).to_kind(Kind::Float),
+                    d.boxes.select(1, 3).to_kind(Kind::Float),
+                    peak,
+                ],
+                1,
+            )
+            .flatten(0, -1)
+        })
+        .collect();
+    let rows_all: Vec<f32> = if small.is_empty() {
+        Vec::new()
+    } else {
+        match host::read(&Tensor::cat(&small, 0)) {
+            Ok(v) => v,
+            Err(e) => return dets.iter().map(|_| Err(Error::Other(e.to_string()))).collect(),
         }
+    };
+    struct Part {
+        rows: Vec<f32>,
+        keep: Vec<usize>,
+        lit: Vec<usize>,
     }
-    Ok(HostDetections {
-        scores,
-        labels,
-        boxes,
-        keep,
-        masks: crops,
-    })
+    let mut at = 0;
+    let parts: Vec<Part> = ok
+        .iter()
+        .map(|&i| {
+            let d = &dets[i];
+            let n = d.len() as usize * 7;
+            let rows = rows_all[at..at + n].to_vec();
+            at += n;
+            let keep: Vec<usize> = (0..d.len() as usize)
+                .filter(|&j| rows[7 * j] as f64 >= settings.score_threshold.0)
+                .collect();
+            // the kept masks with a pixel above the threshold, packed; the others are empty. A
+            // filter only (the device's `gt` decides every bit): a NaN maximum may hide such a
+            // pixel, and a pixel the device finds above the threshold (rounded to the masks'
+            // kind) is above it here
+            let cut = cut_of(d);
+            let lit: Vec<usize> = (0..keep.len())
+                .filter(|&j| {
+                    let peak = f64::from(rows[7 * keep[j] + 6]);
+                    peak > cut || peak.is_nan()
+                })
+                .collect();
+            Part { rows, keep, lit }
+        })
+        .collect();
+    // read 2: the lit masks of every slice, packed
+    let packed: Vec<Tensor> = ok
+        .iter()
+        .zip(&parts)
+        .filter_map(|(&i, p)| {
+            let m = dets[i].masks.as_ref()?;
+            if p.lit.is_empty() {
+                return None;
+            }
+            let picked: Vec<i64> = p.lit.iter().map(|&j| p.keep[j] as i64).collect();
+            let sel = if picked.iter().enumerate().all(|(j, &i)| i == j as i64) {
+                m.narrow(0, 0, picked.len() as i64)
+            } else {
+                m.index_select(0, &host::upload_i64(&picked, m.device()))
+            };
+            Some(pack_bits(&sel.gt(cut_of(&dets[i]))).flatten(0, -1))
+        })
+        .collect();
+    let bytes_all: Vec<u8> = if packed.is_empty() {
+        Vec::new()
+    } else {
+        match host::read(&Tensor::cat(&packed, 0)) {
+            Ok(v) => v,
+            Err(e) => return dets.iter().map(|_| Err(Error::Other(e.to_string()))).collect(),
+        }
+    };
+    let mut at = 0;
+    let mut done: Vec<Option<HostDetections>> = (0..dets.len()).map(|_| None).collect();
+    for (&i, p) in ok.iter().zip(parts) {
+        let (w, h) = sizes[i];
+        let rows: Vec<&[f32]> = p.rows.chunks_exact(7).collect();
+        let mut crops = vec![MaskCrop::from_frame(&[], 1); p.keep.len()];
+        if dets[i].masks.is_some() && !p.lit.is_empty() {
+            let wpr = w.div_ceil(64);
+            let per_mask = h * wpr * 8;
+            let bytes = &bytes_all[at..at + p.lit.len() * per_mask];
+            at += p.lit.len() * per_mask;
+            let mut frame = vec![0u64; h * wpr];
+            for (&j, c) in p.lit.iter().zip(bytes.chunks_exact(per_mask)) {
+                for (f, b) in frame.iter_mut().zip(c.chunks_exact(8)) {
+                    *f = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+                }
+                crops[j] = MaskCrop::from_frame(&frame, wpr);
+            }
+        }
+        done[i] = Some(HostDetections {
+            scores: rows.iter().map(|r| r[0]).collect(),
+            // labels are small integers: exact in f32
+            labels: rows.iter().map(|r| r[1] as i64).collect(),
+            boxes: rows.iter().map(|r| r[2..6].to_vec()).collect(),
+            keep: p.keep,
+            masks: crops,
+        });
+    }
+    checked
+        .into_iter()
+        .zip(done)
+        .map(|(c, d)| c.map(|()| d.expect("every checked slice is read")))
+        .collect()
 }
 
 /// `[K, H, W]` booleans bit-packed on their device into `[K, H, 8 * ceil(W / 64)]` bytes, the
@@ -579,10 +659,6 @@ pub fn apply_precision(model: &mut MaskRcnn, precision: Precision, device: Devic
         Precision::Fp16 if device.is_cuda() => model.set_backbone_kind(Kind::Half),
         _ => {}
     }
-}
-
-fn torch(e: tch::TchError) -> Error {
-    Error::Torch(e)
 }
 
 /// The classifier's input for a slice, as the original's `evaluate_classifier.py` makes it
@@ -960,6 +1036,43 @@ mod tests {
             grew && flagged && counted,
             "grew {grew} flagged {flagged} counted {counted}"
         );
+    }
+
+    #[test]
+    fn a_batch_reads_as_its_slices_one_by_one() {
+        // several slices' detections brought to the host together (two reads for the batch)
+        // give each slice what it gets alone; a slice whose masks do not fit it fails alone
+        let names: Vec<String> = vec!["ggo".into(), "consolidation".into()];
+        let settings = ScreeningSettings::default();
+        let (s, mask) = slice(7);
+        let dets = vec![
+            detections(&s, &mask, 60, 2, false, MaskSpace::Probabilities),
+            detections(&s, &mask, 0, 5, true, MaskSpace::Probabilities),
+            detections(&s, &mask, 20, 3, true, MaskSpace::Probabilities),
+            detections(&s, &mask, 16, 4, true, MaskSpace::Probabilities),
+        ];
+        let size = (s.width as usize, s.height as usize);
+        let mut sizes = vec![size; dets.len()];
+        sizes[3] = (s.width as usize + 1, s.height as usize); // masks of another size
+        let before = host::syncs();
+        let got = host_detections_batch(&dets, &settings, &sizes);
+        assert_eq!(host::syncs(), before, "no synchronisation is counted on the CPU");
+        assert_eq!(got.len(), 4);
+        assert!(
+            got[3]
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("masks of shape"))
+        );
+        let field = crate::lung_field::lung_field(&s);
+        let mut lesions = 0;
+        for (d, g) in dets.iter().zip(&got).take(3) {
+            let alone = host_detections(d, &settings, size).unwrap();
+            let a = finding_on_host(&s, &field, &alone, &settings, &names, Device::Cpu);
+            let b = finding_on_host(&s, &field, g.as_ref().unwrap(), &settings, &names, Device::Cpu);
+            lesions += a.lesions.len();
+            assert_eq!(a, b);
+        }
+        assert!(lesions > 0);
     }
 
     #[test]
