@@ -35,7 +35,7 @@ static ALLOCATOR_TUNED: OnceLock<bool> = OnceLock::new();
 /// memory stays with the process, at its peak, for the next slice). Setting
 /// `CTMASK_SYSTEM_MALLOC=1` keeps glibc's defaults; glibc's own `MALLOC_*_` variables, when set,
 /// win as well. Call first thing in `main`, before threads start. `main` calls it only where
-/// CUDA is not usable: on a GPU the host's work runs on several threads (the lung fields and
+/// libtorch's CUDA library does not load: on a GPU the host's work runs on several threads (the lung fields and
 /// findings of a batch), which the single arena serialises (an H200, R50 bf16 batch 16: 55
 /// slices/s tuned, 113 with glibc's defaults).
 pub fn tune_allocator() -> bool {
@@ -73,10 +73,11 @@ pub fn allocator_tuned() -> bool {
 
 static CUDA_LOAD: OnceLock<CudaLoad> = OnceLock::new();
 
-/// Whether this process can run on a CUDA device: libtorch's CUDA library loads ([`init`]) and
-/// sees at least one device.
-pub fn cuda_usable() -> bool {
-    init().loaded.is_some() && tch::Cuda::is_available()
+/// Whether libtorch's CUDA library is loaded in this process ([`init`]): a GPU machine's libtorch
+/// (on the CPU-only install it fails to load). Asks the driver nothing, so a command such as
+/// `ctmask status` does not initialise CUDA.
+pub fn cuda_library_loaded() -> bool {
+    init().loaded.is_some()
 }
 
 /// Load `libtorch_cuda.so` once per process (a no-op after the first call) and return the outcome.

@@ -3,11 +3,11 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    // CUDA first (a dlopen; on a CPU-only machine it fails at once and starts no thread): the
-    // malloc tuning is for the CPU path, and on a GPU machine glibc's per-thread arenas serve
-    // the threads that finish each batch (bf16 batch 16 on an H200: 113 slices/s with glibc's
-    // defaults against 55 with the tuning, whose single arena they contend for)
-    if !ctmask::device::cuda_usable() {
+    // libtorch's CUDA library first (a dlopen; on a CPU-only machine it fails at once and starts
+    // no thread): the malloc tuning is for the CPU path, and on a GPU machine glibc's per-thread
+    // arenas serve the threads that finish each batch (bf16 batch 16 on an H200: 113 slices/s
+    // with glibc's defaults against 55 with the tuning, whose single arena they contend for)
+    if !ctmask::device::cuda_library_loaded() {
         ctmask::device::tune_allocator();
     }
     let cli = ctmask::cli::Cli::parse();
