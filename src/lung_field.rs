@@ -557,8 +557,9 @@ fn close_and_fill(comp: &[usize], w: usize, h: usize, radius: f64, mask: &mut [b
     }
 }
 
-/// Mark the convex hull of the pixel centres of `comp` in `out` (Andrew's monotone chain).
-fn fill_hull(comp: &[usize], w: usize, out: &mut [bool]) {
+/// The convex hull of the pixel centres of `comp` (indices into rows of `w`): its vertices in
+/// the monotone chain's order (Andrew's algorithm: lower hull, then upper).
+fn convex_hull(comp: &[usize], w: usize) -> Vec<(i64, i64)> {
     let mut pts: Vec<(i64, i64)> = comp.iter().map(|&i| ((i % w) as i64, (i / w) as i64)).collect();
     pts.sort_unstable();
     pts.dedup();
@@ -580,6 +581,12 @@ fn fill_hull(comp: &[usize], w: usize, out: &mut [bool]) {
         }
         hull.pop();
     }
+    hull
+}
+
+/// Mark the convex hull of the pixel centres of `comp` in `out`.
+fn fill_hull(comp: &[usize], w: usize, out: &mut [bool]) {
+    let hull = convex_hull(comp, w);
     if hull.len() < 3 {
         return;
     }

@@ -303,30 +303,12 @@ fn lesion_crops_give_the_same_field_and_fractions_as_full_masks() {
 /// edge.
 fn fill_hull_per_pixel(comp: &[usize], w: usize, out: &mut [bool]) {
     let mut hull_only = vec![false; out.len()];
-    let mut pts: Vec<(i64, i64)> = comp.iter().map(|&i| ((i % w) as i64, (i / w) as i64)).collect();
-    pts.sort_unstable();
-    pts.dedup();
-    let cross =
-        |o: (i64, i64), a: (i64, i64), b: (i64, i64)| (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0);
-    let mut hull: Vec<(i64, i64)> = Vec::new();
-    for pass in 0..2 {
-        let start = hull.len();
-        let ordered: Vec<(i64, i64)> = if pass == 0 {
-            pts.clone()
-        } else {
-            pts.iter().rev().copied().collect()
-        };
-        for p in ordered {
-            while hull.len() >= start + 2 && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0 {
-                hull.pop();
-            }
-            hull.push(p);
-        }
-        hull.pop();
-    }
+    let hull = convex_hull(comp, w);
     if hull.len() < 3 {
         return;
     }
+    let cross =
+        |o: (i64, i64), a: (i64, i64), b: (i64, i64)| (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0);
     let (x0, x1) = (
         hull.iter().map(|p| p.0).min().unwrap(),
         hull.iter().map(|p| p.0).max().unwrap(),

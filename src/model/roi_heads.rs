@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use super::config::{MaskHeadKind, ModelConfig};
 use super::layers::{conv2d, linear};
-use crate::ops::boxes::{BoxCoder, box_iou, clip_boxes_to_image};
+use crate::ops::boxes::{BoxCoder, box_iou, clip_boxes_to_image, has_area, large_enough};
 use crate::ops::matcher::{BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher};
 use crate::ops::nms::{SortedProblems, greedy_sorted_with};
 use crate::ops::roi_align::{MultiScaleRoiAlign, roi_align};
@@ -212,30 +212,25 @@ impl RoiHeads {
         let nc = self.cfg.num_classes;
         let fg = nc - 1;
         let device = per_image[0].1.device();
-        let r_max = per_image.iter().map(|(_, s)| s.size()[0]).max().unwrap_or(0);
         let rs: Vec<i64> = per_image.iter().map(|(_, s)| s.size()[0]).collect();
-        // [B, R_max, fg, 4] boxes and [B, R_max, fg] scores, padding invalid
-        let pad = |t: &Tensor, r: i64| {
-            let mut shape = t.size();
-            shape[0] = r_max - r;
-            Tensor::cat(&[t.shallow_clone(), Tensor::zeros(shape, (t.kind(), device))], 0)
+        let r_max = rs.iter().copied().max().unwrap_or(0);
+        // [B, R_max, fg, 4] boxes and [B, R_max, fg] scores: each image's foreground classes,
+        // padded with zeros (invalid) to R_max RoIs
+        let stacked = |pick: fn(&(Tensor, Tensor)) -> &Tensor| {
+            let padded: Vec<Tensor> = per_image
+                .iter()
+                .zip(&rs)
+                .map(|(p, &r)| {
+                    let t = pick(p).narrow(1, 1, fg);
+                    let mut shape = t.size();
+                    shape[0] = r_max - r;
+                    Tensor::cat(&[t.shallow_clone(), Tensor::zeros(shape, (t.kind(), device))], 0)
+                })
+                .collect();
+            Tensor::stack(&padded, 0)
         };
-        let boxes = Tensor::stack(
-            &per_image
-                .iter()
-                .zip(&rs)
-                .map(|((bx, _), &r)| pad(&bx.narrow(1, 1, fg), r))
-                .collect::<Vec<_>>(),
-            0,
-        );
-        let scores = Tensor::stack(
-            &per_image
-                .iter()
-                .zip(&rs)
-                .map(|((_, sc), &r)| pad(&sc.narrow(1, 1, fg), r))
-                .collect::<Vec<_>>(),
-            0,
-        );
+        let boxes = stacked(|p| &p.0);
+        let scores = stacked(|p| &p.1);
         let present = Tensor::stack(
             &rs.iter()
                 .map(|&r| Tensor::arange(r_max, (Kind::Int64, device)).lt(r))
@@ -243,11 +238,9 @@ impl RoiHeads {
             0,
         )
         .unsqueeze(2); // [B, R_max, 1]
-        let col = |k: i64| boxes.select(3, k);
-        let (ws, hs) = (col(2) - col(0), col(3) - col(1));
         let shape_ok = match self.cfg.roi_heads.box_min_size {
-            None => (&ws * &hs).gt(0.0),
-            Some(min) => ws.ge(min).logical_and(&hs.ge(min)),
+            None => has_area(&boxes),
+            Some(min) => large_enough(&boxes, min),
         };
         let valid = shape_ok
             .logical_and(&scores.gt(self.cfg.roi_heads.box_score_thresh))

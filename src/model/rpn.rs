@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use super::anchors::AnchorGenerator;
 use super::config::{BoxLoss, ModelConfig};
-use crate::ops::boxes::{BoxCoder, box_iou, clip_batched};
+use crate::ops::boxes::{BoxCoder, box_iou, clip_batched, large_enough};
 use crate::ops::matcher::Matcher;
 use crate::ops::nms::{SortedProblems, greedy_sorted_with};
 use crate::ops::sampler::{BalancedSampler, Sampled, SamplingRng};
@@ -237,10 +237,7 @@ impl Rpn {
             if self.cfg.rpn.rpn_nms_on_probabilities {
                 scores = scores.sigmoid();
             }
-            let min = self.cfg.rpn.rpn_min_size;
-            let ws = boxes.select(2, 2) - boxes.select(2, 0);
-            let hs = boxes.select(2, 3) - boxes.select(2, 1);
-            let mut valid = ws.ge(min).logical_and(&hs.ge(min));
+            let mut valid = large_enough(&boxes, self.cfg.rpn.rpn_min_size);
             if let Some(t) = self.cfg.rpn.rpn_score_thresh {
                 let probs = if self.cfg.rpn.rpn_nms_on_probabilities {
                     scores.shallow_clone()

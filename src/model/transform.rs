@@ -28,17 +28,8 @@ pub fn tensor_from_rgb(rgb: &[u8], width: u32, height: u32, device: Device) -> c
             rgb.len()
         )));
     }
-    let bytes = Tensor::from_slice(rgb);
-    // on CUDA from pinned memory without blocking (libtorch's pinned-memory cache keeps the
-    // buffer until the copy is done): the host goes on queueing work (`_pin_memory`: see
-    // `ops::host::upload_i64`)
-    let bytes = if device.is_cuda() {
-        bytes
-            .internal_pin_memory(device)
-            .to_device_(device, Kind::Uint8, true, false)
-    } else {
-        bytes
-    };
+    // on CUDA from pinned memory without blocking: the host goes on queueing work
+    let bytes = crate::ops::host::upload(Tensor::from_slice(rgb), device);
     Ok(bytes.view([h, w, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 255.0)
 }
 
@@ -139,19 +130,8 @@ pub fn paste_masks(masks: &Tensor, boxes: &Tensor, (im_h, im_w): (i64, i64)) -> 
         return out;
     }
     let m = masks.size()[2];
-    let scale = (m + 2) as f64 / m as f64;
     let padded = masks.constant_pad_nd([1, 1, 1, 1]);
-    let x1 = boxes.select(1, 0);
-    let y1 = boxes.select(1, 1);
-    let x2 = boxes.select(1, 2);
-    let y2 = boxes.select(1, 3);
-    let w_half = (&x2 - &x1) * 0.5 * scale;
-    let h_half = (&y2 - &y1) * 0.5 * scale;
-    let xc = (&x2 + &x1) * 0.5;
-    let yc = (&y2 + &y1) * 0.5;
-    let expanded = Tensor::stack(&[&xc - &w_half, &yc - &h_half, &xc + &w_half, &yc + &h_half], 1)
-        .to_kind(Kind::Int64)
-        .to_device(Device::Cpu);
+    let expanded = expanded_boxes(boxes, m).to_device(Device::Cpu);
     let rows: Vec<Vec<i64>> = Vec::try_from(expanded).expect("int64 boxes convert");
     for (i, b) in rows.iter().enumerate() {
         let w = (b[2] - b[0] + 1).max(1);
@@ -179,6 +159,21 @@ pub fn paste_masks(masks: &Tensor, boxes: &Tensor, (im_h, im_w): (i64, i64)) -> 
     out
 }
 
+/// The boxes grown by `(M + 2) / M` around their centres for masks padded by one pixel, truncated
+/// to integers: `[K, 4]` int64 on the boxes' device (torchvision's `expand_boxes`).
+fn expanded_boxes(boxes: &Tensor, m: i64) -> Tensor {
+    let scale = (m + 2) as f64 / m as f64;
+    let x1 = boxes.select(1, 0);
+    let y1 = boxes.select(1, 1);
+    let x2 = boxes.select(1, 2);
+    let y2 = boxes.select(1, 3);
+    let w_half = (&x2 - &x1) * 0.5 * scale;
+    let h_half = (&y2 - &y1) * 0.5 * scale;
+    let xc = (&x2 + &x1) * 0.5;
+    let yc = (&y2 + &y1) * 0.5;
+    Tensor::stack(&[&xc - &w_half, &yc - &h_half, &xc + &w_half, &yc + &h_half], 1).to_kind(Kind::Int64)
+}
+
 /// [`paste_masks`] of every box at once, on the masks' device: `upsample_bilinear2d`'s sampling
 /// (align_corners false, scale `(M + 2) / size` in float32, source index clamped at 0, the
 /// upper neighbour only inside the input) written as two gathers, columns first and then rows,
@@ -189,18 +184,8 @@ pub fn paste_masks_gathered(masks: &Tensor, boxes: &Tensor, (im_h, im_w): (i64, 
     let m = masks.size()[2];
     let device = masks.device();
     let kind = masks.kind();
-    let scale = (m + 2) as f64 / m as f64;
     let padded = masks.constant_pad_nd([1, 1, 1, 1]); // [K, m+2, m+2]
-    let x1 = boxes.select(1, 0);
-    let y1 = boxes.select(1, 1);
-    let x2 = boxes.select(1, 2);
-    let y2 = boxes.select(1, 3);
-    let w_half = (&x2 - &x1) * 0.5 * scale;
-    let h_half = (&y2 - &y1) * 0.5 * scale;
-    let xc = (&x2 + &x1) * 0.5;
-    let yc = (&y2 + &y1) * 0.5;
-    let ex =
-        Tensor::stack(&[&xc - &w_half, &yc - &h_half, &xc + &w_half, &yc + &h_half], 1).to_kind(Kind::Int64); // [K, 4]
+    let ex = expanded_boxes(boxes, m); // [K, 4]
     let p = m + 2;
     // one axis: for output positions 0..size, the box's source indices, weights and inside flag
     let axis = |lo: Tensor, hi: Tensor, size: i64| {

@@ -4,14 +4,14 @@
 
 use tch::{Kind, Tensor};
 
-/// Areas of `[N, 4]` boxes: `(x2 - x1) * (y2 - y1)`.
+/// Areas of `[..., 4]` boxes: `(x2 - x1) * (y2 - y1)`.
 pub fn box_area(boxes: &Tensor) -> Tensor {
     let (x1, y1, x2, y2) = columns(boxes);
     (x2 - x1) * (y2 - y1)
 }
 
 fn columns(b: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
-    (b.select(1, 0), b.select(1, 1), b.select(1, 2), b.select(1, 3))
+    (b.select(-1, 0), b.select(-1, 1), b.select(-1, 2), b.select(-1, 3))
 }
 
 /// Pairwise IoU `[N, M]` of `a` `[N, 4]` and `b` `[M, 4]`.
@@ -43,20 +43,18 @@ pub fn clip_batched(boxes: &Tensor, heights: &Tensor, widths: &Tensor) -> Tensor
     Tensor::stack(&[c(0, widths), c(1, heights), c(2, widths), c(3, heights)], 2)
 }
 
-/// Indices of boxes whose width and height are both >= `min_size`.
-pub fn remove_small_boxes(boxes: &Tensor, min_size: f64) -> Tensor {
+/// Which of `[..., 4]` boxes have width and height both >= `min_size` (torchvision's
+/// `remove_small_boxes` keeps these), as a mask: the batched NMS takes masks, not indices.
+pub fn large_enough(boxes: &Tensor, min_size: f64) -> Tensor {
     let (x1, y1, x2, y2) = columns(boxes);
     let ws = x2 - x1;
     let hs = y2 - y1;
-    ws.ge(min_size)
-        .logical_and(&hs.ge(min_size))
-        .nonzero()
-        .squeeze_dim(1)
+    ws.ge(min_size).logical_and(&hs.ge(min_size))
 }
 
-/// Indices of boxes with a positive area.
-pub fn positive_area(boxes: &Tensor) -> Tensor {
-    box_area(boxes).gt(0.0).nonzero().squeeze_dim(1)
+/// Which of `[..., 4]` boxes have a positive area, as a mask.
+pub fn has_area(boxes: &Tensor) -> Tensor {
+    box_area(boxes).gt(0.0)
 }
 
 /// Encodes boxes relative to reference boxes and decodes deltas back (torchvision `BoxCoder`).
@@ -187,11 +185,9 @@ mod tests {
         let b = boxes_from_rows(&[[-5., -5., 600., 20.], [3., 3., 3., 9.], [1., 1., 2., 2.]]);
         let c = vec2(&clip_boxes_to_image(&b, 512, 512));
         assert_eq!(c[0], vec![0., 0., 512., 20.]);
-        let keep = Vec::<i64>::try_from(remove_small_boxes(&b, 1e-3)).unwrap();
-        assert_eq!(keep, vec![0, 2]);
-        let keep0 = Vec::<i64>::try_from(remove_small_boxes(&b, 0.0)).unwrap();
-        assert_eq!(keep0, vec![0, 1, 2]);
-        let pos = Vec::<i64>::try_from(positive_area(&b)).unwrap();
-        assert_eq!(pos, vec![0, 2]);
+        let idx = |m: Tensor| Vec::<i64>::try_from(m.nonzero().squeeze_dim(1)).unwrap();
+        assert_eq!(idx(large_enough(&b, 1e-3)), vec![0, 2]);
+        assert_eq!(idx(large_enough(&b, 0.0)), vec![0, 1, 2]);
+        assert_eq!(idx(has_area(&b)), vec![0, 2]);
     }
 }

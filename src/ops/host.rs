@@ -37,19 +37,24 @@ pub fn nonzero(t: &Tensor) -> Tensor {
     t.nonzero()
 }
 
-/// `v` as a 1-D int64 tensor on `device`. On CUDA the copy goes from pinned host memory without
+/// The host tensor `t` on `device`. On CUDA the copy goes from pinned host memory without
 /// blocking (libtorch's pinned-memory cache keeps the buffer until the copy is done), so the host
 /// need not wait for the GPU to drain its queue. Pinned through `_pin_memory` (what
 /// `pin_memory` calls): `pin_memory` with a device argument, the only form tch binds, prints a
 /// deprecation warning on every call in libtorch 2.11.
-pub fn upload_i64(v: &[i64], device: Device) -> Tensor {
-    let t = Tensor::from_slice(v);
+pub fn upload(t: Tensor, device: Device) -> Tensor {
     if device.is_cuda() {
+        let kind = t.kind();
         t.internal_pin_memory(device)
-            .to_device_(device, tch::Kind::Int64, true, false)
+            .to_device_(device, kind, true, false)
     } else {
         t
     }
+}
+
+/// `v` as a 1-D int64 tensor on `device` ([`upload`]).
+pub fn upload_i64(v: &[i64], device: Device) -> Tensor {
+    upload(Tensor::from_slice(v), device)
 }
 
 #[cfg(test)]

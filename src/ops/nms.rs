@@ -123,14 +123,12 @@ pub fn greedy_sorted_with(
     }
     let extra_len: Vec<usize> = extra.iter().map(|t| t.numel()).collect();
     for t in extra {
-        let device = t.device();
         if t.numel() > 0 {
             parts.push(
                 t.to_kind(Kind::Float)
                     .contiguous()
                     .flatten(0, -1)
-                    .view_dtype(Kind::Uint8)
-                    .to_device(device),
+                    .view_dtype(Kind::Uint8),
             );
         }
     }
