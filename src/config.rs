@@ -101,6 +101,12 @@ pub struct ScreeningSettings {
     /// (it stays listed in the slice report). 0 turns the gate off. The classifier's input is
     /// never changed by it.
     pub min_lung_fraction: Probability,
+    /// Lesions scoring below this are listed in the slice report with `low_score` and left out
+    /// of the lesion counts, the involvement, the burden, the label mask and the overlay. 0.75,
+    /// the score threshold of the original's evaluation (its mask AP), by default; 0 (or the
+    /// `score_threshold`) counts every reported lesion, as the original's inference script draws
+    /// them. The classifier's input is never changed by it.
+    pub min_counted_score: Probability,
     /// On CUDA, run the fixed-shape part of each model (backbone, FPN, RPN head) as captured
     /// CUDA graphs, replayed batch after batch (fewer kernel launches from the host). Ignored on
     /// the CPU; where graphs cannot be used, everything runs eagerly (`ctmask doctor` says why).
@@ -115,6 +121,7 @@ impl Default for ScreeningSettings {
             precision: Precision::Fp32,
             cpu_channels_last: true,
             min_lung_fraction: Probability(0.5),
+            min_counted_score: Probability(0.75),
             cuda_graphs: false,
         }
     }
@@ -302,6 +309,7 @@ impl Config {
         for (key, v) in [
             ("screening.mask_threshold", self.screening.mask_threshold.0),
             ("screening.score_threshold", self.screening.score_threshold.0),
+            ("screening.min_counted_score", self.screening.min_counted_score.0),
         ] {
             if v >= 1.0 {
                 out.push((

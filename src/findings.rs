@@ -56,6 +56,17 @@ pub struct Lesion {
     /// Flagged by the lung gate: essentially outside the lung field, so not counted.
     #[serde(default)]
     pub outside_lung: bool,
+    /// Scored below `screening.min_counted_score`: listed, not counted.
+    #[serde(default)]
+    pub low_score: bool,
+}
+
+impl Lesion {
+    /// Counted in the lesion counts, the involvement, the burden, the label mask and the overlay:
+    /// neither flagged outside the lung nor scored below the counting threshold.
+    pub fn counted(&self) -> bool {
+        !self.outside_lung && !self.low_score
+    }
 }
 
 /// The lung gate's setting and what it did on one slice.
@@ -65,9 +76,48 @@ pub struct LungGate {
     pub min_lung_fraction: f64,
     /// Lesions flagged `outside_lung` (listed, not counted).
     pub flagged: u32,
-    /// Lesion pixels left out: outside the lung field or of flagged lesions.
+    /// Lesion pixels left out: outside the lung field, or of lesions not counted (flagged by
+    /// this gate or scored below the counting threshold).
     pub excluded_px: u64,
     pub description: String,
+}
+
+/// The counting threshold's setting and what it did on one slice: lesions reported (scoring at
+/// least `screening.score_threshold`) but scoring below `min_counted_score` are listed with
+/// `low_score` and not counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreGate {
+    pub min_counted_score: f64,
+    /// Lesions flagged `low_score` (listed, not counted).
+    pub flagged: u32,
+    pub description: String,
+}
+
+impl ScoreGate {
+    /// The gate at `min_counted_score` over lesions scored `scores`: which are low, and the
+    /// report's entry.
+    pub fn over(min_counted_score: f64, scores: impl IntoIterator<Item = f32>) -> (Vec<bool>, ScoreGate) {
+        let low: Vec<bool> = scores
+            .into_iter()
+            .map(|s| f64::from(s) < min_counted_score)
+            .collect();
+        let description = if min_counted_score <= 0.0 {
+            "off: every reported lesion is counted".to_string()
+        } else {
+            format!(
+                "lesions scoring below {min_counted_score} are listed with low_score and left out of \
+                 the lesion counts, involvement, burden, label mask and overlay (the default, 0.75, \
+                 is the score threshold of the original's evaluation, at which the model cards' mask \
+                 AP is measured); the classifier's input is unchanged"
+            )
+        };
+        let gate = ScoreGate {
+            min_counted_score,
+            flagged: low.iter().filter(|&&l| l).count() as u32,
+            description,
+        };
+        (low, gate)
+    }
 }
 
 /// Everything screening found on one slice.
@@ -84,10 +134,13 @@ pub struct Finding {
     /// The lung gate's setting and effect (None when no lesion was gated, e.g. unsegmented).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lung_gate: Option<LungGate>,
+    /// The counting threshold's setting and effect (None when unsegmented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_gate: Option<ScoreGate>,
     pub width: u32,
     pub height: u32,
-    /// `height * width` labels: 0 background, 1 GGO, 2 consolidation (empty when not segmented);
-    /// with the lung gate on, only counted lesions' pixels inside the lung field.
+    /// `height * width` labels: 0 background, 1 GGO, 2 consolidation (empty when not segmented):
+    /// counted lesions' pixels only, inside the lung field when the lung gate is on.
     #[serde(skip)]
     pub label_mask: Vec<u8>,
     /// `height * width * 3` RGB overlay (empty when not rendered).
@@ -99,10 +152,10 @@ pub struct Finding {
 }
 
 impl Finding {
-    /// Number of counted lesions (not flagged outside the lung) per class name.
+    /// Number of counted lesions ([`Lesion::counted`]) per class name.
     pub fn lesion_counts(&self) -> BTreeMap<String, u32> {
         let mut counts = BTreeMap::new();
-        for lesion in self.lesions.iter().filter(|l| !l.outside_lung) {
+        for lesion in self.lesions.iter().filter(|l| l.counted()) {
             *counts.entry(lesion.class.clone()).or_insert(0) += 1;
         }
         counts
@@ -151,6 +204,7 @@ mod tests {
                     area_mm2: None,
                     lung_fraction: Some(1.0),
                     outside_lung: false,
+                    low_score: false,
                 },
                 Lesion {
                     class: "ggo".into(),
@@ -161,6 +215,7 @@ mod tests {
                     area_mm2: None,
                     lung_fraction: Some(0.0),
                     outside_lung: true,
+                    low_score: false,
                 },
             ],
             width: 2,
@@ -169,6 +224,17 @@ mod tests {
             overlay_rgb: vec![0; 12],
             ..Finding::default()
         }
+    }
+
+    #[test]
+    fn score_gate_flags_lesions_below_the_counting_score() {
+        let (low, gate) = ScoreGate::over(0.75, [0.9, 0.75, 0.7499, 0.05]);
+        assert_eq!(low, [false, false, true, true]);
+        assert_eq!((gate.min_counted_score, gate.flagged), (0.75, 2));
+        assert!(gate.description.contains("below 0.75"), "{}", gate.description);
+        let (low, gate) = ScoreGate::over(0.0, [0.9, 0.05]);
+        assert_eq!((low, gate.flagged), (vec![false, false], 0));
+        assert!(gate.description.starts_with("off"));
     }
 
     #[test]
@@ -187,6 +253,10 @@ mod tests {
         let mut f = finding();
         // the second lesion is flagged outside the lung: listed, not counted
         assert_eq!(f.lesion_counts().get("ggo"), Some(&1));
+        // so is a lesion scored below the counting threshold
+        f.lesions[0].low_score = true;
+        assert!(!f.lesions[0].counted() && f.lesion_counts().is_empty());
+        f.lesions[0].low_score = false;
         assert_eq!(f.mask_pixels(MASK_GGO), 2);
         assert_eq!(f.mask_pixels(MASK_CONSOLIDATION), 1);
         f.set_lesion_areas_mm2([0.5, 0.5]);

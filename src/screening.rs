@@ -12,7 +12,9 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{ModelPaths, Precision, ScreeningSettings};
-use crate::findings::{CLASS_NAMES, Classification, Finding, Lesion, LungGate, MASK_CONSOLIDATION, MASK_GGO};
+use crate::findings::{
+    CLASS_NAMES, Classification, Finding, Lesion, LungGate, MASK_CONSOLIDATION, MASK_GGO, ScoreGate,
+};
 use crate::lung_field::{Bitmap, LungField, MaskCrop};
 use crate::model::{Detections, MaskRcnn, MaskSpace, StageClock};
 use crate::ops::host;
@@ -517,13 +519,15 @@ fn finding_on_host(
         })
         .collect();
     let gate = LungGateOutcome::compute(lung_field, masks, settings.min_lung_fraction.0);
+    let (low, score_gate) = ScoreGate::over(settings.min_counted_score.0, keep.iter().map(|&i| scores[i]));
+    let counted: Vec<bool> = (0..keep.len()).map(|k| !gate.flagged[k] && !low[k]).collect();
     // the label of the last (lowest-scored) counted detection covering each pixel, as the
     // original's figures paint them; with the gate on, inside the lung field only. Painted as
     // two bit planes (GGO, consolidation), a word at a time.
     let mut ggo = Bitmap::new(w, h);
     let mut consolidation = Bitmap::new(w, h);
     for (k, m) in masks.iter().enumerate() {
-        if gate.flagged[k] {
+        if !counted[k] {
             continue;
         }
         let (paint, clear) = if names[k] == "consolidation" {
@@ -568,6 +572,7 @@ fn finding_on_host(
                 area_mm2: None,
                 lung_fraction: Some(gate.fractions[k]),
                 outside_lung: gate.flagged[k],
+                low_score: low[k],
             }
         })
         .collect();
@@ -596,7 +601,7 @@ fn finding_on_host(
     let reported: Vec<(Vec<f32>, i64)> = keep
         .iter()
         .enumerate()
-        .filter(|&(k, _)| !gate.flagged[k])
+        .filter(|&(k, _)| counted[k])
         .map(|(_, &i)| (boxes[i].clone(), labels[i]))
         .collect();
     let mut f = Finding {
@@ -605,6 +610,7 @@ fn finding_on_host(
         lung_field_px: Some(lung_px),
         involvement,
         lung_gate: Some(lung_gate),
+        score_gate: Some(score_gate),
         width: s.width,
         height: s.height,
         overlay_rgb: crate::lung::overlay(s, &label_mask, &reported, class_names),
@@ -788,10 +794,14 @@ mod tests {
         let min_fraction = settings.min_lung_fraction.0;
         let (field, fractions) = crate::lung_field::lung_field(s).with_lesions(&masks);
         let flagged: Vec<bool> = fractions.iter().map(|&f| f < min_fraction).collect();
+        let low: Vec<bool> = keep
+            .iter()
+            .map(|&i| f64::from(scores[i]) < settings.min_counted_score.0)
+            .collect();
         let counts_pixel = |i: usize| min_fraction <= 0.0 || field[i];
         let mut label_mask = vec![0u8; w * h];
         for (k, m) in masks.iter().enumerate() {
-            if flagged[k] {
+            if flagged[k] || low[k] {
                 continue;
             }
             for (i, _) in m.iter().enumerate().filter(|&(i, &on)| on && counts_pixel(i)) {
@@ -812,6 +822,7 @@ mod tests {
                     area_mm2: None,
                     lung_fraction: Some(fractions[k]),
                     outside_lung: flagged[k],
+                    low_score: low[k],
                 }
             })
             .collect();
@@ -844,7 +855,7 @@ mod tests {
         let reported: Vec<(Vec<f32>, i64)> = keep
             .iter()
             .enumerate()
-            .filter(|&(k, _)| !flagged[k])
+            .filter(|&(k, _)| !flagged[k] && !low[k])
             .map(|(_, &i)| (boxes[i].clone(), labels[i]))
             .collect();
         let mut f = Finding {
@@ -853,6 +864,11 @@ mod tests {
             lung_field_px: Some(lung_px),
             involvement,
             lung_gate: Some(lung_gate),
+            score_gate: Some(ScoreGate {
+                min_counted_score: settings.min_counted_score.0,
+                flagged: low.iter().filter(|&&l| l).count() as u32,
+                description: ScoreGate::over(settings.min_counted_score.0, []).1.description,
+            }),
             width: s.width,
             height: s.height,
             overlay_rgb: crate::lung::overlay(s, &label_mask, &reported, class_names),
@@ -957,7 +973,9 @@ mod tests {
             }
             boxes.extend([bx0 - 1.5, by0 - 1.5, bx1 + 1.5, by1 + 1.5]);
         }
-        let mut scores: Vec<f32> = (0..n).map(|_| rng.next() as f32 * 0.3).collect();
+        // scores over [0, 1): below the report's 0.05, reported but under the counting 0.75,
+        // and counted
+        let mut scores: Vec<f32> = (0..n).map(|_| rng.next() as f32).collect();
         if sorted {
             scores.sort_by(|a, b| b.total_cmp(a));
         }
@@ -1009,11 +1027,17 @@ mod tests {
             min_lung_fraction: crate::config::Probability(0.0),
             ..Default::default()
         };
-        let (mut grew, mut flagged, mut counted) = (false, false, false);
+        // every reported lesion counted, as the original's inference draws them
+        let count_all = ScreeningSettings {
+            min_counted_score: crate::config::Probability(0.0),
+            ..Default::default()
+        };
+        let (mut grew, mut flagged, mut counted, mut low) = (false, false, false, false);
         let lung_alone = crate::lung_field::lung_field(&s).pixels();
         for (n, seed, sorted) in [(100, 1u64, true), (60, 2, false), (20, 3, true), (16, 4, true)] {
             let d = detections(&s, &mask, n, seed, sorted, MaskSpace::Probabilities);
-            for settings in [&gate_on, &gate_off] {
+            let mut painted = Vec::new();
+            for settings in [&gate_on, &gate_off, &count_all] {
                 let got = packed(&s, &d, settings, &names);
                 let want = reference_finding(&s, &d, settings, &names, Device::Cpu);
                 assert_eq!(got.lesions, want.lesions, "n {n} seed {seed}");
@@ -1029,12 +1053,21 @@ mod tests {
                 grew |= got.lung_field_px.unwrap() > lung_alone;
                 flagged |= got.lung_gate.as_ref().unwrap().flagged > 0;
                 counted |= got.mask_pixels(MASK_GGO) > 0 && got.mask_pixels(MASK_CONSOLIDATION) > 0;
+                let gate = got.score_gate.as_ref().unwrap();
+                assert_eq!(gate.min_counted_score, settings.min_counted_score.0);
+                low |= gate.flagged > 0;
+                for l in &got.lesions {
+                    assert_eq!(l.low_score, f64::from(l.score) < settings.min_counted_score.0);
+                }
+                painted.push(got.mask_pixels(MASK_GGO) + got.mask_pixels(MASK_CONSOLIDATION));
             }
+            // counting every reported lesion paints at least what counting the confident ones does
+            assert!(painted[2] >= painted[0], "n {n} seed {seed}: {painted:?}");
         }
         // the cases the packed path must get right all occur
         assert!(
-            grew && flagged && counted,
-            "grew {grew} flagged {flagged} counted {counted}"
+            grew && flagged && counted && low,
+            "grew {grew} flagged {flagged} counted {counted} low {low}"
         );
     }
 

@@ -302,6 +302,25 @@ pub fn run_eval(a: &EvalSegArgs) -> anyhow::Result<()> {
     for (l, n, ap) in &m.per_class_ap_50 {
         println!("class {l} {n:<14} AP@0.5 {ap:.4}");
     }
+    println!(
+        "lung involvement against the ground truth (lesion pixels in the true lung field / its \
+         pixels), counting detections scoring at least:"
+    );
+    println!(
+        "{:<8} {:>12} {:>12} {:>28}",
+        "score", "|error| pp", "bias pp", "lesion-free: mean pp, >= 1 %"
+    );
+    for r in &m.involvement {
+        println!(
+            "{:<8.2} {:>12.3} {:>12.3} {:>16.3} {:>5}/{}",
+            r.score_threshold,
+            r.mean_abs_error_pp,
+            r.mean_error_pp,
+            r.lesion_free_mean_pp,
+            r.lesion_free_at_least_1pct,
+            r.lesion_free_images
+        );
+    }
     if let Some(p) = &a.json {
         crate::fsutil::write_atomic(p, serde_json::to_string_pretty(&m)?.as_bytes())?;
     }

@@ -181,6 +181,9 @@ struct SliceReport<'a> {
     /// The lung gate's setting and effect on this slice.
     #[serde(skip_serializing_if = "Option::is_none")]
     lung_gate: Option<&'a crate::findings::LungGate>,
+    /// The counting threshold's setting and effect on this slice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score_gate: Option<&'a crate::findings::ScoreGate>,
     lung_field_px: Option<u64>,
     involvement: &'a std::collections::BTreeMap<String, f64>,
     timings_ms: &'a std::collections::BTreeMap<String, f64>,
@@ -270,6 +273,7 @@ pub fn write_slice(
         classification: finding.classification.as_ref(),
         lesions: &finding.lesions,
         lung_gate: finding.lung_gate.as_ref(),
+        score_gate: finding.score_gate.as_ref(),
         lung_field_px: finding.lung_field_px,
         involvement: &finding.involvement,
         timings_ms: &finding.timings_ms,
@@ -310,6 +314,8 @@ pub fn write_slice(
         lesion_counts: finding.lesion_counts(),
         lesions_outside_lung: finding.lesions.iter().filter(|l| l.outside_lung).count() as u32,
         lung_gate_min_fraction: finding.lung_gate.as_ref().map(|g| g.min_lung_fraction),
+        lesions_low_score: finding.lesions.iter().filter(|l| l.low_score).count() as u32,
+        min_counted_score: finding.score_gate.as_ref().map(|g| g.min_counted_score),
         ggo_px: finding.mask_pixels(MASK_GGO),
         consolidation_px: finding.mask_pixels(MASK_CONSOLIDATION),
         lung_px: finding.lung_field_px,
@@ -407,6 +413,7 @@ mod tests {
                 area_mm2: None,
                 lung_fraction: None,
                 outside_lung: false,
+                low_score: false,
             }],
             width: 2,
             height: 2,

@@ -35,6 +35,17 @@ pub struct Burden {
     pub method: &'static str,
 }
 
+/// The counting threshold over the series: its setting and how many lesions scored below it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesScoreGate {
+    /// The setting the slices were screened with (None: not recorded).
+    pub min_counted_score: Option<f64>,
+    /// Lesions scored below it over all slices: listed in the slice reports, left out of
+    /// `lesion_counts`, the burden and the involvement.
+    pub lesions_low_score: u32,
+    pub description: &'static str,
+}
+
 /// The lung gate over the series: its setting and how many lesions it flagged.
 #[derive(Debug, Clone, Serialize)]
 pub struct SeriesLungGate {
@@ -71,9 +82,10 @@ pub struct SeriesReport {
     pub slices: Vec<SeriesSlice>,
     /// Slices per classifier label (`unclassified` for slices without a label).
     pub counts: BTreeMap<String, u32>,
-    /// Counted lesions per class (not those flagged outside the lung).
+    /// Counted lesions per class (not those flagged outside the lung or scored low).
     pub lesion_counts: BTreeMap<String, u32>,
     pub lung_gate: SeriesLungGate,
+    pub score_gate: SeriesScoreGate,
     pub burden: Burden,
     pub verdict: SeriesVerdict,
     pub models: Vec<ModelInfo>,
@@ -106,12 +118,17 @@ pub struct SeriesSlice {
     pub report: String,
     pub label: Option<Label>,
     pub probabilities: Option<[f32; 3]>,
-    /// Counted lesions per class (lesions flagged outside the lung are not counted).
+    /// Counted lesions per class (lesions flagged outside the lung or scored below the counting
+    /// threshold are not).
     pub lesion_counts: BTreeMap<String, u32>,
     /// Lesions flagged outside the lung field by the lung gate.
     pub lesions_outside_lung: u32,
     /// The lung gate's setting when the slice was screened (None: not gated).
     pub lung_gate_min_fraction: Option<f64>,
+    /// Lesions scored below the counting threshold (listed in the slice report only).
+    pub lesions_low_score: u32,
+    /// The counting threshold when the slice was screened (None: not recorded).
+    pub min_counted_score: Option<f64>,
     /// GGO and consolidation pixels counted (inside the lung field when the gate is on).
     pub ggo_px: u64,
     pub consolidation_px: u64,
@@ -280,6 +297,12 @@ pub fn build(
             description: "a lesion with less than min_lung_fraction of its mask in the lung field is \
                           flagged outside_lung; the burden and involvement count lesion pixels in \
                           the lung field only",
+        },
+        score_gate: SeriesScoreGate {
+            min_counted_score: slices.iter().find_map(|s| s.min_counted_score),
+            lesions_low_score: slices.iter().map(|s| s.lesions_low_score).sum(),
+            description: "a lesion scoring below min_counted_score is flagged low_score and left out \
+                          of the lesion counts, the burden and the involvement",
         },
         slices: slices.into_iter().map(SeriesSlice::from).collect(),
         models: models.to_vec(),

@@ -304,6 +304,14 @@ impl CncbDataset {
 
     /// The slice, its lesion instances and the image path of item `i`.
     pub fn item(&self, i: usize) -> Result<(Slice, Vec<Instance>, PathBuf), CncbError> {
+        let (slice, instances, _, image) = self.item_with_mask(i)?;
+        Ok((slice, instances, image))
+    }
+
+    /// The slice, its lesion instances, its mask's values (row-major; 0 background, 1 lung,
+    /// 2 GGO, 3 consolidation: the lung field and the lesion pixels before any instance filter)
+    /// and the image path of item `i`.
+    pub fn item_with_mask(&self, i: usize) -> Result<(Slice, Vec<Instance>, Vec<u8>, PathBuf), CncbError> {
         let (image, mask_path) = self.pairs.get(i).ok_or(CncbError::Index {
             index: i,
             len: self.pairs.len(),
@@ -323,7 +331,7 @@ impl CncbDataset {
             return Err(bad(format!("mask is {mw}x{mh}, image is {w}x{h}")));
         }
         let instances = instances_from_mask(mask.as_raw(), slice.width, slice.height, &self.opts.targets);
-        Ok((slice, instances, image.clone()))
+        Ok((slice, instances, mask.into_raw(), image.clone()))
     }
 }
 

@@ -61,7 +61,8 @@ pub struct SliceSummary {
     pub report: String,
     pub label: Option<Label>,
     pub probabilities: Option<[f32; 3]>,
-    /// Counted lesions per class (lesions flagged outside the lung are not counted).
+    /// Counted lesions per class (lesions flagged outside the lung or scored below the counting
+    /// threshold are not).
     pub lesion_counts: BTreeMap<String, u32>,
     /// Lesions flagged outside the lung field by the lung gate (listed in the slice report only).
     #[serde(default)]
@@ -69,6 +70,12 @@ pub struct SliceSummary {
     /// The lung gate's setting when the slice was screened (None: not gated).
     #[serde(default)]
     pub lung_gate_min_fraction: Option<f64>,
+    /// Lesions scored below the counting threshold (listed in the slice report only).
+    #[serde(default)]
+    pub lesions_low_score: u32,
+    /// The counting threshold when the slice was screened (None: not recorded).
+    #[serde(default)]
+    pub min_counted_score: Option<f64>,
     /// GGO and consolidation pixels counted (inside the lung field when the gate is on).
     pub ggo_px: u64,
     pub consolidation_px: u64,

@@ -113,6 +113,9 @@ pub struct SegmentationMetrics {
     pub coco_map_50_95: f64,
     pub coco_ap_50: f64,
     pub coco_ap_75: f64,
+    /// The lung involvement's agreement with the ground truth per detection score threshold
+    /// (filled by [`evaluate_segmentation`]; empty from [`SegmentationEvaluator::finish`]).
+    pub involvement: Vec<InvolvementRow>,
 }
 
 /// Accumulates images and computes [`SegmentationMetrics`].
@@ -171,6 +174,7 @@ impl SegmentationEvaluator {
             coco_map_50_95: coco.iter().sum::<f64>() / coco.len() as f64,
             coco_ap_50: coco[0],
             coco_ap_75: coco[5],
+            involvement: Vec::new(),
         }
     }
 
@@ -244,6 +248,83 @@ impl SegmentationEvaluator {
     }
 }
 
+/// The score thresholds at which [`InvolvementAgreement`] compares involvement: the screening
+/// default (0.05, the original's inference), three between, the original's evaluation threshold
+/// (0.75, the screening's `min_counted_score`) and two above it.
+pub const INVOLVEMENT_SCORE_THRESHOLDS: [f64; 6] = [0.05, 0.25, 0.5, 0.75, 0.9, 0.95];
+
+/// How well the model's lung involvement (lesion pixels in the lung field over lung-field
+/// pixels) agrees with the ground truth's when only detections scoring at least a threshold are
+/// counted: one row per threshold, in percentage points.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvolvementRow {
+    pub score_threshold: f64,
+    /// Mean |model - truth| over all images.
+    pub mean_abs_error_pp: f64,
+    /// Mean (model - truth): positive where the model overstates the burden.
+    pub mean_error_pp: f64,
+    /// Images whose ground truth has no lesion pixel, and the model's mean involvement on them.
+    pub lesion_free_images: usize,
+    pub lesion_free_mean_pp: f64,
+    /// Lesion-free images where the model's involvement is 1 % or more.
+    pub lesion_free_at_least_1pct: usize,
+}
+
+/// Accumulates, per image, the true involvement and the model's at each of
+/// [`INVOLVEMENT_SCORE_THRESHOLDS`]. The lung field is the ground truth's (lung and lesion
+/// pixels), so the figures measure the detections and their masks, not the lung-field estimate.
+#[derive(Debug, Default)]
+pub struct InvolvementAgreement {
+    /// (true involvement, the model's per threshold), as fractions.
+    images: Vec<(f64, Vec<f64>)>,
+}
+
+impl InvolvementAgreement {
+    /// One image: its mask values (0 background, 1 lung, 2 GGO, 3 consolidation) and the model's
+    /// instances (score and mask over the same pixels). An image without lung pixels is skipped.
+    pub fn add(&mut self, mask: &[u8], preds: &[MaskInstance]) {
+        let in_lung = |v: u8| (1..=3).contains(&v);
+        let lung = mask.iter().filter(|&&v| in_lung(v)).count();
+        if lung == 0 {
+            return;
+        }
+        let truth = mask.iter().filter(|&&v| v == 2 || v == 3).count();
+        // the best score covering each lung pixel: the pixel counts at threshold t when an
+        // instance scoring at least t covers it
+        let mut best = vec![f32::NEG_INFINITY; mask.len()];
+        for p in preds {
+            for ((b, &m), &v) in best.iter_mut().zip(&p.mask).zip(mask) {
+                if m && in_lung(v) && p.score > *b {
+                    *b = p.score;
+                }
+            }
+        }
+        let model = INVOLVEMENT_SCORE_THRESHOLDS
+            .iter()
+            .map(|&t| best.iter().filter(|&&b| f64::from(b) >= t).count() as f64 / lung as f64)
+            .collect();
+        self.images.push((truth as f64 / lung as f64, model));
+    }
+
+    pub fn finish(&self) -> Vec<InvolvementRow> {
+        let n = self.images.len().max(1) as f64;
+        let free: Vec<&(f64, Vec<f64>)> = self.images.iter().filter(|(t, _)| *t == 0.0).collect();
+        INVOLVEMENT_SCORE_THRESHOLDS
+            .iter()
+            .enumerate()
+            .map(|(k, &t)| InvolvementRow {
+                score_threshold: t,
+                mean_abs_error_pp: 100.0 * self.images.iter().map(|(g, m)| (m[k] - g).abs()).sum::<f64>() / n,
+                mean_error_pp: 100.0 * self.images.iter().map(|(g, m)| m[k] - g).sum::<f64>() / n,
+                lesion_free_images: free.len(),
+                lesion_free_mean_pp: 100.0 * free.iter().map(|(_, m)| m[k]).sum::<f64>()
+                    / free.len().max(1) as f64,
+                lesion_free_at_least_1pct: free.iter().filter(|(_, m)| m[k] >= 0.01).count(),
+            })
+            .collect()
+    }
+}
+
 /// Class names of the classifier, in label order.
 pub const CLASSIFIER_CLASSES: [&str; 3] = ["control", "pneumonia", "covid"];
 
@@ -291,7 +372,11 @@ pub fn classification_metrics(cm: [[u64; 3]; 3]) -> ClassificationMetrics {
 // The evaluation loops: a model over a data set, into the metrics above.
 
 /// Evaluate a segmentation model on a data set with detection score threshold `confidence` and
-/// mask probability threshold `mask_threshold` (`ctmask evaluate-segmentation`).
+/// mask probability threshold `mask_threshold` (`ctmask evaluate-segmentation`). The model runs
+/// once, at the lower of `confidence` and the screening default 0.05: the AP takes the
+/// detections scoring above `confidence` (the same detections as a run at `confidence`: lower
+/// scores suppress none of them in NMS, and the best are kept first), the involvement agreement
+/// all of them.
 pub fn evaluate_segmentation(
     model: &mut MaskRcnn,
     data: &CncbDataset,
@@ -299,11 +384,14 @@ pub fn evaluate_segmentation(
     mask_threshold: f64,
 ) -> crate::Result<SegmentationMetrics> {
     let mut cfg = model.cfg.clone();
-    cfg.roi_heads.box_score_thresh = confidence;
+    cfg.roi_heads.box_score_thresh = confidence.min(INVOLVEMENT_SCORE_THRESHOLDS[0]);
     model.set_config(cfg)?;
     let mut ev = SegmentationEvaluator::default();
+    let mut involvement = InvolvementAgreement::default();
     for i in 0..data.len() {
-        let (slice, inst, path) = data.item(i).map_err(|e| crate::Error::Other(e.to_string()))?;
+        let (slice, inst, mask, path) = data
+            .item_with_mask(i)
+            .map_err(|e| crate::Error::Other(e.to_string()))?;
         let img =
             crate::model::transform::tensor_from_rgb(&slice.rgb, slice.width, slice.height, model.device())?;
         let d = model.detect(&[img])?.remove(0);
@@ -315,7 +403,7 @@ pub fn evaluate_segmentation(
                 mask: g.mask.iter().map(|&v| v != 0).collect(),
             })
             .collect();
-        let preds = match d.binary_masks(mask_threshold) {
+        let all = match d.binary_masks(mask_threshold) {
             Some(m) if !d.is_empty() => {
                 let labels: Vec<i64> = Vec::try_from(&d.labels)?;
                 let scores: Vec<f32> = Vec::try_from(&d.scores)?;
@@ -334,12 +422,19 @@ pub fn evaluate_segmentation(
             }
             _ => Vec::new(),
         };
+        involvement.add(&mask, &all);
+        let preds: Vec<MaskInstance> = all
+            .into_iter()
+            .filter(|p| f64::from(p.score) > confidence)
+            .collect();
         if tracing::enabled!(tracing::Level::DEBUG) {
             log_image(&path, &preds, &gts);
         }
         ev.add(preds, gts);
     }
-    Ok(ev.finish(&model.cfg.class_names))
+    let mut m = ev.finish(&model.cfg.class_names);
+    m.involvement = involvement.finish();
+    Ok(m)
 }
 
 /// One evaluated image at debug level: each prediction in score order with its class, score and
@@ -454,6 +549,51 @@ mod tests {
         // COCO: ggo AP 1, consolidation AP 0 (a GT never found)
         assert!((m.coco_ap_50 - 0.5).abs() < 1e-12, "{}", m.coco_ap_50);
         assert_eq!(iou_thresholds().len(), 10);
+    }
+
+    #[test]
+    fn involvement_agreement_by_score_threshold() {
+        // 10x10: lung in the left 5 columns (50 px), 10 of them a lesion (value 2)
+        let mut mask = vec![0u8; 100];
+        for y in 0..10 {
+            for x in 0..5 {
+                mask[y * 10 + x] = 1;
+            }
+        }
+        let lesion: Vec<usize> = (0..10).map(|y| y * 10).collect();
+        for &c in &lesion {
+            mask[c] = 2;
+        }
+        // a 0.9 detection on the lesion, a 0.3 one on 5 other lung pixels and 5 outside the lung
+        let fp: Vec<usize> = (0..5)
+            .map(|y| y * 10 + 2)
+            .chain((0..5).map(|y| y * 10 + 8))
+            .collect();
+        let mut a = InvolvementAgreement::default();
+        a.add(&mask, &[inst(1, 0.9, &lesion), inst(1, 0.3, &fp)]);
+        // a lesion-free image with the same lungs: one 0.6 detection of 2 lung pixels
+        let free: Vec<u8> = mask.iter().map(|&v| v.min(1)).collect();
+        a.add(&free, &[inst(2, 0.6, &[1, 11])]);
+        // no lung at all: skipped
+        a.add(&[0u8; 100], &[inst(1, 0.9, &[1])]);
+        let rows = a.finish();
+        let at = |t: f64| rows.iter().find(|r| r.score_threshold == t).unwrap();
+        // 0.05: image 1 reads 15/50 (truth 10/50, +10 pp), image 2 2/50 (+4 pp)
+        let r = at(0.05);
+        assert!((r.mean_abs_error_pp - 7.0).abs() < 1e-9, "{r:?}");
+        assert!((r.mean_error_pp - 7.0).abs() < 1e-9);
+        assert_eq!((r.lesion_free_images, r.lesion_free_at_least_1pct), (1, 1));
+        assert!((r.lesion_free_mean_pp - 4.0).abs() < 1e-9);
+        // 0.5: the 0.3 detection is gone (image 1 exact), the 0.6 one stays
+        let r = at(0.5);
+        assert!((r.mean_abs_error_pp - 2.0).abs() < 1e-9, "{r:?}");
+        // 0.75: only the lesion's detection: exact on both
+        let r = at(0.75);
+        assert!(r.mean_abs_error_pp.abs() < 1e-9, "{r:?}");
+        assert_eq!(r.lesion_free_at_least_1pct, 0);
+        // 0.95: the lesion is missed: -20 pp on image 1, a mean of -10
+        let r = at(0.95);
+        assert!((r.mean_error_pp + 10.0).abs() < 1e-9, "{r:?}");
     }
 
     #[test]

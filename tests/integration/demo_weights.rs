@@ -65,6 +65,26 @@ fn demo_segmentation_scores_on_a_test_subset() {
     // another CPU keeps it
     assert!(m.ap_50 >= 0.8114 - 0.05, "AP@0.5 {}", m.ap_50);
     assert!(m.map_50_95 >= 0.6504 - 0.05, "mAP {}", m.map_50_95);
+    // the involvement's agreement per counting threshold: counting fewer detections never adds
+    // involvement, so the bias and the lesion-free mean fall as the threshold rises
+    let rows = &m.involvement;
+    let ths: Vec<f64> = rows.iter().map(|r| r.score_threshold).collect();
+    assert_eq!(ths, ctmask::training::eval::INVOLVEMENT_SCORE_THRESHOLDS);
+    for w in rows.windows(2) {
+        assert!(w[1].mean_error_pp <= w[0].mean_error_pp + 1e-12, "{rows:?}");
+        assert!(
+            w[1].lesion_free_mean_pp <= w[0].lesion_free_mean_pp + 1e-12,
+            "{rows:?}"
+        );
+    }
+    assert!(
+        rows.iter()
+            .all(|r| r.lesion_free_images == rows[0].lesion_free_images)
+    );
+    assert!(
+        rows[0].lesion_free_images > 0,
+        "the first 15 slices hold controls"
+    );
 }
 
 /// The confusion matrix of the demo classifier on the first 15 slices of a synthetic COVIDx set.
@@ -185,8 +205,10 @@ fn bench_daemon_reports_intake_latency_and_overhead() {
 }
 
 /// The real, normal chest slices in `../shared/data/dicom/` (a posterior chest crop and a
-/// lung-base slice) screened with the demo weights and the default settings: the lung gate
-/// reports every lesion with its fraction in the lung field and counts none outside it.
+/// lung-base slice) screened with the demo weights and the default settings: labelled control,
+/// involvement under 1 %; the lung gate reports every lesion with its fraction in the lung field
+/// and counts none outside it, and lesions scoring under the counting threshold are listed, not
+/// counted.
 #[test]
 fn demo_weights_on_real_normal_slices_count_no_lesion_outside_the_lungs() {
     let paths = ctmask::config::ModelPaths {
@@ -235,17 +257,31 @@ fn demo_weights_on_real_normal_slices_count_no_lesion_outside_the_lungs() {
                 failures.push(format!("{name}: counted lesion with {inside} in the lung field"));
             }
         }
-        // The targets on these slices, label control and involvement under 1 %: both
-        // are labelled control (asserted; control 0.870 and 0.666 when the card was written); the
-        // involvement (3.9 % and 4.5 %, one to five low-scored detections in small lung fields)
-        // is NOT met by the current demo weights (see the cards): recorded here, not asserted,
-        // until weights meet it.
+        // The targets on these slices: label control (0.870 and 0.666 when the card was
+        // written) and involvement under 1 %. The demo detector still reports low-scored
+        // lesions inside the lungs here (5 on the crop, top score 0.64, a magnified vessel at its
+        // left edge; 1 at 0.14 on the base, the grey tip of a posterior recess): listed, flagged
+        // low_score (under the default min_counted_score 0.75), not counted.
         if label != Some("control") {
             failures.push(format!("{name}: labelled {label:?}, not control"));
         }
         if involved >= 0.01 {
-            eprintln!("{name}: target not met (involvement {involved:.3})");
+            failures.push(format!("{name}: involvement {involved:.4}, not under 1 %"));
         }
+        let gate = f.score_gate.as_ref().expect("the counting threshold is reported");
+        assert_eq!(gate.min_counted_score, 0.75);
+        assert_eq!(
+            gate.flagged as usize,
+            f.lesions.iter().filter(|l| l.low_score).count()
+        );
+        for l in &f.lesions {
+            assert_eq!(l.low_score, l.score < 0.75, "{name}: {l:?}");
+        }
+        let painted = f.label_mask.iter().filter(|&&v| v != 0).count();
+        assert!(
+            painted as f64 <= involved * f.lung_field_px.unwrap_or(0) as f64 + 0.5,
+            "{name}: the mask paints only counted lesions ({painted} px)"
+        );
         if f.lung_field_px.is_none_or(|p| p == 0) {
             failures.push(format!("{name}: no lung field"));
         }

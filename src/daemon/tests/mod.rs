@@ -75,6 +75,7 @@ fn pixel_finding(s: &Slice) -> Result<Finding, String> {
                 area_mm2: None,
                 lung_fraction: None,
                 outside_lung: false,
+                low_score: false,
             })
             .into_iter()
             .collect(),
