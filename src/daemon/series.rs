@@ -367,12 +367,25 @@ mod tests {
 
     #[test]
     fn orders_anatomically_and_measures_burden() {
-        let slices = vec![
+        let mut slices = vec![
             slice(1, 10.0, "covid", 400),
             slice(2, 0.0, "control", 0),
             slice(3, 5.0, "covid", 400),
         ];
+        for s in &mut slices {
+            (s.lesions_outside_lung, s.lesions_low_score) = (1, 2);
+            (s.lung_gate_min_fraction, s.min_counted_score) = (Some(0.5), Some(0.75));
+        }
         let r = build("S", slices, &SeriesSettings::default(), 1, &[]);
+        // both gates name their setting and sum what they flagged over the slices
+        assert_eq!(
+            (r.lung_gate.min_lung_fraction, r.lung_gate.lesions_outside_lung),
+            (Some(0.5), 3)
+        );
+        assert_eq!(
+            (r.score_gate.min_counted_score, r.score_gate.lesions_low_score),
+            (Some(0.75), 6)
+        );
         assert_eq!(r.order, "image_position_z");
         assert_eq!(
             r.slices.iter().map(|s| s.job_id).collect::<Vec<_>>(),
