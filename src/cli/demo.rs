@@ -276,8 +276,17 @@ fn wait_for_reports(
 /// One row per series: the patient dropped in, the verdict, the slices' labels and the burden.
 fn print_table(series: &[SeriesSummary], slices: &[SliceSummary], uids: &[(String, Verdict)]) {
     println!(
-        "\n{:<10} {:>6} {:<10} {:<5} {:>18} {:>8} {:>8} {:>8} {:>9}",
-        "patient", "slices", "verdict", "", "labels c/p/v", "GGO mL", "cons mL", "lung %", "outside"
+        "\n{:<10} {:>6} {:<10} {:<5} {:>18} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "patient",
+        "slices",
+        "verdict",
+        "",
+        "labels c/p/v",
+        "GGO mL",
+        "cons mL",
+        "lung %",
+        "outside",
+        "low score"
     );
     let mut right = 0;
     for (_, expected) in SERIES {
@@ -288,11 +297,9 @@ fn print_table(series: &[SeriesSummary], slices: &[SliceSummary], uids: &[(Strin
             println!("{expected:<10} (no report)");
             continue;
         };
-        let outside: u32 = slices
-            .iter()
-            .filter(|x| x.series_key == s.key)
-            .map(|x| x.lesions_outside_lung)
-            .sum();
+        let of_series = || slices.iter().filter(|x| x.series_key == s.key);
+        let outside: u32 = of_series().map(|x| x.lesions_outside_lung).sum();
+        let low: u32 = of_series().map(|x| x.lesions_low_score).sum();
         // the slices' labels in the classifier's order: control/pneumonia/covid
         let labels: Vec<String> = Label::ALL
             .iter()
@@ -301,7 +308,7 @@ fn print_table(series: &[SeriesSummary], slices: &[SliceSummary], uids: &[(Strin
         let ok = s.verdict == expected;
         right += usize::from(ok);
         println!(
-            "{:<10} {:>6} {:<10} {:<5} {:>18} {:>8.1} {:>8.1} {:>8.1} {:>9}",
+            "{:<10} {:>6} {:<10} {:<5} {:>18} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>9}",
             expected,
             s.slice_count,
             s.verdict,
@@ -310,12 +317,14 @@ fn print_table(series: &[SeriesSummary], slices: &[SliceSummary], uids: &[(Strin
             s.ggo_ml.unwrap_or(0.0),
             s.consolidation_ml.unwrap_or(0.0),
             s.involvement_percent.unwrap_or(0.0),
-            outside
+            outside,
+            low
         );
     }
     println!(
-        "{right} of {} verdicts right (rule: {}); lesions outside the lung field are listed in \
-         the slice reports and not counted",
+        "{right} of {} verdicts right (rule: {}); lesions outside the lung field (outside) or \
+         scoring under screening.min_counted_score (low score) are listed in the slice reports \
+         and not counted",
         SERIES.len(),
         series.first().map_or("", |s| s.rule.as_str())
     );
