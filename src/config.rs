@@ -497,6 +497,11 @@ mod tests {
                 "screening.score_threshold",
                 4,
             ),
+            (
+                "screening:\n  min_counted_score: 1\n",
+                "screening.min_counted_score",
+                4,
+            ),
             ("slice:\n  axial_tolerance: 1.0\n", "slice.axial_tolerance", 4),
             ("daemon:\n  socket_mode: \"0666\"\n", "daemon.socket_mode", 4),
             ("daemon:\n  socket_mode: \"0777\"\n", "daemon.socket_mode", 4),
