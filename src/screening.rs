@@ -83,6 +83,11 @@ impl ModelScreener {
             training_data: vec![None],
             device,
         };
+        if let Some(problem) =
+            crate::model::mask_threshold_problem(&s.segmentation.cfg, s.settings.mask_threshold.0)
+        {
+            tracing::warn!("{problem}");
+        }
         apply_precision(&mut s.segmentation, s.settings.precision, device);
         if let Some(c) = s.classifier.as_mut() {
             apply_precision(c, s.settings.precision, device);

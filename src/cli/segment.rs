@@ -27,8 +27,16 @@ pub struct SegmentArgs {
     pub precision: crate::config::Precision,
     /// Also write, per input, `<name>_mask.png` (0 background, 1 GGO or lesion, 2 consolidation),
     /// `<name>_overlay.png` (GGO red, consolidation blue, dashed boxes) and `<name>.json` here.
+    /// The mask and overlay show the counted lesions, as the daemon's do: inside the lung field
+    /// (lung gate 0.5) and scoring at least `--min-counted-score`; the JSON lists every
+    /// detection, each flagged `outside_lung` / `low_score` when not counted.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// With `--out`: detections scoring below this are listed, not painted (the daemon's
+    /// `screening.min_counted_score`, 0.75 by default; 0 paints every detection, as the
+    /// original's inference script draws them).
+    #[arg(long, default_value_t = 0.75)]
+    pub min_counted_score: f64,
     /// Slice files (PNG, JPEG or DICOM).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
@@ -43,6 +51,12 @@ pub struct DetectionJson {
     pub class: String,
     pub score: f32,
     pub mask_area_px: u64,
+    /// With `--out`: left out of the mask and overlay by the lung gate.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub outside_lung: bool,
+    /// With `--out`: scored below `--min-counted-score`, left out of the mask and overlay.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub low_score: bool,
 }
 
 /// The JSON output for one input (one entry per frame of a multi-frame file).
@@ -92,6 +106,8 @@ pub fn detections_json(
                 .unwrap_or_else(|| format!("class{l}")),
             score: s,
             mask_area_px: a.max(0) as u64,
+            outside_lung: false,
+            low_score: false,
         })
         .collect())
 }
@@ -107,12 +123,18 @@ pub fn run(a: &SegmentArgs) -> anyhow::Result<()> {
         (0.0..1.0).contains(&threshold) && threshold > 0.0,
         "--mask-threshold must be within (0, 1), got {threshold}"
     );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.min_counted_score),
+        "--min-counted-score must be within [0, 1], got {}",
+        a.min_counted_score
+    );
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     }
     let settings = crate::config::ScreeningSettings {
         mask_threshold: crate::config::Probability(threshold),
         score_threshold: crate::config::Probability(0.0),
+        min_counted_score: crate::config::Probability(a.min_counted_score),
         precision: a.precision,
         ..Default::default()
     };
@@ -175,8 +197,17 @@ fn segment_input(
         let img = crate::model::transform::tensor_from_rgb(&s.rgb, s.width, s.height, device)?;
         let dets = model.detect(std::slice::from_ref(&img))?;
         let d = &dets[0];
-        let rows = detections_json(model, d, threshold)?;
+        let mut rows = detections_json(model, d, threshold)?;
         tracing::info!(input = %input.display(), detections = rows.len(), "segmented");
+        // with --out, the finding that paints the mask and overlay flags what it leaves out
+        // (score threshold 0: its lesions are the detections, in the same order)
+        let finding = out.map(|_| screener.finding(s, d)).transpose()?;
+        if let Some(f) = &finding {
+            anyhow::ensure!(f.lesions.len() == rows.len(), "lesions and detections differ");
+            for (row, l) in rows.iter_mut().zip(&f.lesions) {
+                (row.outside_lung, row.low_score) = (l.outside_lung, l.low_score);
+            }
+        }
         let item = SegmentJson {
             input: input.display().to_string(),
             frame: s.meta.frame,
@@ -185,13 +216,12 @@ fn segment_input(
             detections: rows,
             error: None,
         };
-        if let Some(dir) = out {
+        if let (Some(dir), Some(f)) = (out, finding) {
             let stem = input
                 .file_stem()
                 .map(|x| x.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let stem = if many { format!("{stem}_f{fi}") } else { stem };
-            let f = screener.finding(s, d)?;
             write_png(
                 &dir.join(format!("{stem}_mask.png")),
                 &f.label_mask,

@@ -272,6 +272,9 @@ pub fn run_eval(a: &EvalSegArgs) -> anyhow::Result<()> {
     let th = a
         .mask_threshold
         .unwrap_or_else(crate::model::default_mask_threshold);
+    if let Some(problem) = crate::model::mask_threshold_problem(&model.cfg, th) {
+        tracing::warn!("{problem}");
+    }
     let m = evaluate_segmentation(&mut model, &data, a.confidence, th)?;
     println!(
         "{} images; mask AP (the original's per-image metric, §2.9) and COCO-style:",

@@ -515,6 +515,20 @@ mod tests {
         assert_eq!(t.clone().with_semantics(Semantics::Original), o);
     }
 
+    /// Below 0.5 the original's pasted logits (0 outside each box) mark whole frames: named for
+    /// logit models, not for models that paste probabilities.
+    #[test]
+    fn mask_thresholds_below_one_half_are_named_for_logit_models() {
+        let o = ModelConfig::r50_fpn4();
+        let t = o.clone().with_semantics(Semantics::Torchvision);
+        let problem = crate::model::mask_threshold_problem(&o, 0.4).expect("named");
+        assert!(problem.contains("below 0.5"), "{problem}");
+        for th in [0.5, crate::model::default_mask_threshold()] {
+            assert_eq!(crate::model::mask_threshold_problem(&o, th), None);
+        }
+        assert_eq!(crate::model::mask_threshold_problem(&t, 0.4), None);
+    }
+
     /// The nested config reads and writes a model file's `config` metadata exactly as the flat
     /// struct before it did: same keys, same order, same bytes; unknown keys are still refused.
     #[test]

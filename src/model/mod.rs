@@ -75,6 +75,20 @@ impl Detections {
     }
 }
 
+/// Why `threshold` gives useless masks with a model whose pasted masks are logits (the
+/// original's): they are pasted into zeros, and zero is logit(0.5), so below 0.5 every pixel
+/// outside each detection's box counts as lesion (the original does the same with a negative
+/// `mask_logits_th`). None when the threshold is 0.5 or more, or the model pastes probabilities.
+pub fn mask_threshold_problem(cfg: &ModelConfig, threshold: f64) -> Option<String> {
+    (!cfg.roi_heads.mask_paste_probabilities && threshold < 0.5).then(|| {
+        format!(
+            "mask threshold {threshold} is below 0.5: this model pastes mask logits into zeros \
+             (logit 0 = probability 0.5), as the original does, so every pixel outside each \
+             detection's box counts as lesion; use 0.5 or more"
+        )
+    })
+}
+
 /// `log(p / (1 - p))`.
 pub fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()

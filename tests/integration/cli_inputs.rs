@@ -133,3 +133,61 @@ fn codec_chatter_stays_out_of_the_default_log() {
     assert_eq!(ctmask::cli::log_filter("error"), "error");
     assert_eq!(ctmask::cli::log_filter("jpeg2k=info"), "jpeg2k=info");
 }
+
+/// `segment --out` paints what the daemon counts and flags the rest in its JSON: on the real
+/// lung-base slice the demo detector's one detection (score 0.14) is listed `low_score` and the
+/// mask stays empty; on the head CT every detection is `outside_lung`; with
+/// `--min-counted-score 0` the base's detection is painted, as the original's script draws it.
+#[test]
+fn segment_out_paints_the_counted_lesions_and_flags_the_rest() {
+    let dicom = super::common::shared().join("data/dicom");
+    let base = dicom.join("ct_siemens_unsigned12_jpeg_lossless_badseq.dcm");
+    let head = dicom.join("head_ct_693_j2k_lossy.dcm");
+    let painted = |dir: &Path, stem: &str| -> usize {
+        let m = image::open(dir.join(format!("{stem}_mask.png")))
+            .unwrap()
+            .into_luma8();
+        m.pixels().filter(|p| p.0[0] != 0).count()
+    };
+    let mut painted_at = Vec::new();
+    for min_score in ["0.75", "0"] {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("all.json");
+        let out = ctmask(&[
+            "segment",
+            "--model",
+            "pretrained_models/demo_segmentation.safetensors",
+            "--device",
+            "cpu",
+            "--min-counted-score",
+            min_score,
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+            base.to_str().unwrap(),
+            head.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let min: f64 = min_score.parse().unwrap();
+        for item in v.as_array().unwrap() {
+            let dets = item["detections"].as_array().unwrap();
+            assert!(!dets.is_empty(), "{item}");
+            for d in dets {
+                let low = d.get("low_score").and_then(|x| x.as_bool()).unwrap_or(false);
+                assert_eq!(low, d["score"].as_f64().unwrap() < min, "{d}");
+                if item["input"].as_str().unwrap().contains("head_ct") {
+                    assert_eq!(d["outside_lung"], true, "a head has no lungs: {d}");
+                }
+            }
+        }
+        assert_eq!(painted(dir.path(), "head_ct_693_j2k_lossy"), 0);
+        painted_at.push(painted(dir.path(), "ct_siemens_unsigned12_jpeg_lossless_badseq"));
+    }
+    assert_eq!(painted_at[0], 0, "nothing counted at 0.75");
+    assert!(
+        painted_at[1] > 100,
+        "the 0.14 detection painted at 0: {painted_at:?}"
+    );
+}
