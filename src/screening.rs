@@ -799,10 +799,8 @@ mod tests {
         let min_fraction = settings.min_lung_fraction.0;
         let (field, fractions) = crate::lung_field::lung_field(s).with_lesions(&masks);
         let flagged: Vec<bool> = fractions.iter().map(|&f| f < min_fraction).collect();
-        let low: Vec<bool> = keep
-            .iter()
-            .map(|&i| f64::from(scores[i]) < settings.min_counted_score.0)
-            .collect();
+        let (low, score_gate) =
+            ScoreGate::over(settings.min_counted_score.0, keep.iter().map(|&i| scores[i]));
         let counts_pixel = |i: usize| min_fraction <= 0.0 || field[i];
         let mut label_mask = vec![0u8; w * h];
         for (k, m) in masks.iter().enumerate() {
@@ -869,11 +867,7 @@ mod tests {
             lung_field_px: Some(lung_px),
             involvement,
             lung_gate: Some(lung_gate),
-            score_gate: Some(ScoreGate {
-                min_counted_score: settings.min_counted_score.0,
-                flagged: low.iter().filter(|&&l| l).count() as u32,
-                description: ScoreGate::over(settings.min_counted_score.0, []).1.description,
-            }),
+            score_gate: Some(score_gate),
             width: s.width,
             height: s.height,
             overlay_rgb: crate::lung::overlay(s, &label_mask, &reported, class_names),
